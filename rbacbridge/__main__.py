@@ -1,0 +1,3 @@
+from rbacbridge.cli import main
+
+main()

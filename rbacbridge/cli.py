@@ -1,0 +1,271 @@
+"""Command line: parse, call, render. The work lives in the part modules and the planner.
+
+boto3, kubernetes and paramiko are imported inside the commands, never here, so that
+`rbacbridge --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from rbacbridge.errors import RbacbridgeError, UsageError
+
+app = typer.Typer(
+    name="rbacbridge",
+    help="Set up, verify and tear down kube2iam's Kubernetes-to-AWS IAM bridge (pods stop inheriting the node's IAM role).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# --- options shared by the commands -----------------------------------------------------------
+
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="rbacbridge.yaml (article values are the defaults)", show_default=False)]
+AccountOpt = Annotated[Optional[str], typer.Option("--account-id", help="AWS account id (12 digits); must match the credentials in use", show_default=False)]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="AWS profile (else AWS_PROFILE, env, instance role)", show_default=False)]
+RegionOpt = Annotated[Optional[str], typer.Option("--region", help="AWS region [default: us-east-1]", show_default=False)]
+EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint-url", help="AWS endpoint (else AWS_ENDPOINT_URL)", show_default=False)]
+InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance-id", help="worker instance id (repeatable; else from the nodes' providerID)", show_default=False)]
+KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubeconfig file", show_default=False)]
+ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubeconfig context", show_default=False)]
+OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="parts to act on: aws,kube,nodes [default: all]", show_default=False)]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask before changing anything")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan only; change nothing")]
+
+
+def _config(config_path: str | None, **overrides):
+    from rbacbridge import config as config_module
+
+    base = config_module.load(config_path)
+    return base.with_overrides(**overrides)
+
+
+def _output_format(value: str) -> str:
+    from rbacbridge.output import FORMATS
+
+    if value not in FORMATS:
+        raise UsageError(f"invalid --output {value!r}: choose from {', '.join(FORMATS)}")
+    return value
+
+
+class _CliReporter:
+    """Progress to stderr, so stdout stays clean for `-o json` and pipes."""
+
+    def __init__(self, output: str):
+        from rbacbridge.output import console
+
+        self.err = console(stderr=True)
+        self.output = output
+
+    def progress(self, message: str) -> None:
+        self.err.print(f"[dim]...[/dim] {message}")
+
+    def note(self, message: str) -> None:
+        self.err.print(f"[dim]note:[/dim] {message}")
+
+    def step_started(self, step) -> None:
+        pass
+
+    def step_done(self, step) -> None:
+        from rbacbridge.output import step_line
+
+        self.err.print(step_line(step, done=True))
+
+    def show_plan(self, plan, title: str) -> None:
+        from rbacbridge.output import print_plan
+
+        print_plan(plan, title, to_stderr=True)
+
+
+def _context(cfg, only, output, force=False, adopt=False):
+    from rbacbridge.planner import Context, parse_parts
+
+    return Context(config=cfg, parts=parse_parts(only), force=force, adopt=adopt, reporter=_CliReporter(output))
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return True  # CI: the plan is printed above; proceed
+    return typer.confirm(question, default=False, err=True)
+
+
+def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> int:
+    from rbacbridge import output as out
+    from rbacbridge.planner import run
+
+    verb = "teardown" if teardown else "setup"
+    if output == "table":
+        out.print_plan(plan, f"rbacbridge {verb} plan")
+    if plan.conflicts:
+        names = ", ".join(f"{s.kind} {s.name}" for s in plan.conflicts)
+        if output == "json":
+            out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": False, "error": f"conflicts: {names}"})
+        raise RbacbridgeError(f"{len(plan.conflicts)} conflict(s), nothing changed: {names} (see the plan; --adopt takes them over)")
+    if dry_run:
+        if output == "json":
+            out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": True, "dry_run": True})
+        return 0
+    if plan.changes and not yes and not _confirm(f"Apply these {len(plan.changes)} changes?"):
+        raise RbacbridgeError("aborted: nothing changed")
+    outcome = run(ctx, plan, teardown=teardown)
+    error = None
+    if not outcome.ok:
+        failure = outcome.failure
+        error = f"{failure.failed.message} failed: {failure.error}"
+    if output == "json":
+        out.dump_json({"plan": outcome.plan.to_dict(), "applied": [s.to_dict() for s in outcome.done], "ok": outcome.ok, "error": error})
+    else:
+        con = out.console()
+        con.print(f"{verb}: {len(outcome.done)} change(s) made" + ("" if outcome.ok else ", then it stopped"))
+    if error:
+        raise RbacbridgeError(f"{error} (re-run `rbacbridge {verb}` to finish; it plans again from live state)")
+    return 0
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@app.command()
+def plan(
+    config: ConfigOpt = None,
+    account_id: AccountOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    endpoint_url: EndpointOpt = None,
+    instance_id: InstanceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    only: OnlyOpt = None,
+    teardown: Annotated[bool, typer.Option("--teardown", help="plan the teardown instead")] = False,
+    output: OutputOpt = "table",
+) -> None:
+    """Show every step setup (or teardown) would take against live state. Changes nothing."""
+    from rbacbridge import output as out
+    from rbacbridge import planner
+
+    fmt = _output_format(output)
+    cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
+                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context)
+    ctx = _context(cfg, only, fmt)
+    result = planner.plan_teardown(ctx) if teardown else planner.plan_setup(ctx)
+    if fmt == "json":
+        out.dump_json(result.to_dict())
+    else:
+        out.print_plan(result, "rbacbridge teardown plan" if teardown else "rbacbridge setup plan")
+
+
+@app.command()
+def setup(
+    config: ConfigOpt = None,
+    account_id: AccountOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    endpoint_url: EndpointOpt = None,
+    instance_id: InstanceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    only: OnlyOpt = None,
+    adopt: Annotated[bool, typer.Option("--adopt", help="take over same-named resources that exist without rbacbridge's tag")] = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    output: OutputOpt = "table",
+) -> None:
+    """Create or update everything (IAM, instance profiles, kube2iam, iptables) idempotently."""
+    from rbacbridge import planner
+
+    fmt = _output_format(output)
+    cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
+                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context)
+    ctx = _context(cfg, only, fmt, adopt=adopt)
+    if "aws" in ctx.parts and not cfg.account_id:
+        raise UsageError("setup needs --account-id (or account_id in the config): the account you mean to change")
+    raise typer.Exit(_apply(ctx, planner.plan_setup(ctx), fmt, dry_run, yes, teardown=False))
+
+
+@app.command()
+def teardown(
+    config: ConfigOpt = None,
+    account_id: AccountOpt = None,
+    profile: ProfileOpt = None,
+    region: RegionOpt = None,
+    endpoint_url: EndpointOpt = None,
+    instance_id: InstanceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    only: OnlyOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="also delete same-named resources without rbacbridge's tag")] = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    output: OutputOpt = "table",
+) -> None:
+    """Undo setup in reverse order; delete only what rbacbridge owns; restore what it replaced."""
+    from rbacbridge import planner
+
+    fmt = _output_format(output)
+    cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
+                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context)
+    ctx = _context(cfg, only, fmt, force=force)
+    raise typer.Exit(_apply(ctx, planner.plan_teardown(ctx), fmt, dry_run, yes, teardown=True))
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="leave the sandbox running until Ctrl-C")] = False,
+) -> None:
+    """Sandbox walk-through on an embedded moto server: plan, setup, no-op re-run, teardown."""
+    from rbacbridge.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
+@app.command("config-reference")
+def config_reference() -> None:
+    """Every setting of rbacbridge.yaml with its default."""
+    from rbacbridge.config import SCHEMA
+
+    for option in SCHEMA:
+        default = option.default
+        if default in ((), None):
+            default = "-"
+        typer.echo(f"{option.path:32} {str(default):28} {option.help}")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("RBACBRIDGE_DEBUG") == "1"
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+    try:
+        code = app(args=argv, prog_name="rbacbridge", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except RbacbridgeError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted (re-run to finish; plans start from live state)", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for a trace)", err=True)
+        sys.exit(1)

@@ -1,0 +1,365 @@
+"""Configuration: the article's values as defaults, `rbacbridge.yaml` over them, flags over that.
+
+Everything is validated here, before any outside system is called.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from rbacbridge.errors import UsageError
+
+# --- validators: each returns the cleaned value or raises UsageError(one line) ---------------
+
+_IAM_NAME = re.compile(r"^[\w+=,.@-]+$")
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}$")
+_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\+?$")
+_IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
+_LABEL_SELECTOR = re.compile(r"^[A-Za-z0-9_./=!,() -]*$")
+_SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def _fail(key: str, value: Any, why: str) -> UsageError:
+    return UsageError(f"invalid {key} {value!r}: {why}")
+
+
+def account_id(key: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if not re.fullmatch(r"\d{12}", text):
+        raise _fail(key, value, "an AWS account id is exactly 12 digits")
+    return text
+
+
+def region(key: str, value: Any) -> str:
+    text = str(value)
+    if not _REGION.fullmatch(text):
+        raise _fail(key, value, "not an AWS region name (like us-east-1)")
+    return text
+
+
+def _iam_name(limit: int) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        text = str(value)
+        if not 1 <= len(text) <= limit:
+            raise _fail(key, value, f"IAM names are 1-{limit} characters")
+        if not _IAM_NAME.fullmatch(text):
+            raise _fail(key, value, "IAM names allow letters, digits and +=,.@_- only")
+        return text
+
+    return check
+
+
+role_name = _iam_name(64)
+policy_name = _iam_name(128)
+profile_name = _iam_name(128)
+
+
+def bucket_name(key: str, value: Any) -> str:
+    text = str(value)
+    why = None
+    if not 3 <= len(text) <= 63:
+        why = "bucket names are 3-63 characters"
+    elif not re.fullmatch(r"[a-z0-9.-]+", text):
+        why = "bucket names allow lowercase letters, digits, dots and hyphens only"
+    elif not (text[0].isalnum() and text[-1].isalnum()):
+        why = "bucket names begin and end with a letter or digit"
+    elif ".." in text or ".-" in text or "-." in text:
+        why = "bucket names have no '..', '.-' or '-.'"
+    elif re.fullmatch(r"\d+\.\d+\.\d+\.\d+", text):
+        why = "bucket names are not IP addresses"
+    elif text.startswith(("xn--", "sthree-")) or text.endswith(("-s3alias", "--ol-s3")):
+        why = "that prefix or suffix is reserved by S3"
+    if why:
+        raise _fail(key, value, why)
+    return text
+
+
+def instance_ids(key: str, value: Any) -> tuple[str, ...]:
+    items = _as_list(key, value)
+    for item in items:
+        if not _INSTANCE_ID.fullmatch(str(item)):
+            raise _fail(key, item, "an EC2 instance id looks like i-0123456789abcdef0")
+    return tuple(str(i) for i in items)
+
+
+def k8s_name(key: str, value: Any) -> str:
+    text = str(value)
+    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
+        raise _fail(key, value, "Kubernetes names are lowercase letters, digits and '-', at most 63")
+    return text
+
+
+def port(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise _fail(key, value, "a port is a number") from None
+    if not 1 <= number <= 65535:
+        raise _fail(key, value, "a port is 1-65535")
+    return number
+
+
+def interface(key: str, value: Any) -> str:
+    text = str(value)
+    if text != "auto" and not _IFACE.fullmatch(text):
+        raise _fail(key, value, "an interface name is at most 15 of [A-Za-z0-9_.-], optionally ending in '+'")
+    return text
+
+
+def default_role(key: str, value: Any) -> str:
+    text = str(value)
+    if text == "auto":
+        return text
+    return role_name(key, text)
+
+
+def image(key: str, value: Any) -> str:
+    text = str(value)
+    if len(text) > 255 or not _IMAGE.fullmatch(text):
+        raise _fail(key, value, "not a container image reference")
+    return text
+
+
+def endpoint_url(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/.*)?", text):
+        raise _fail(key, value, "an endpoint URL starts with http:// or https://")
+    return text
+
+
+def optional_text(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if "\n" in text or "\x00" in text:
+        raise _fail(key, value, "must be one line")
+    return text
+
+
+def label_selector(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if not _LABEL_SELECTOR.fullmatch(text):
+        raise _fail(key, value, "not a Kubernetes label selector")
+    return text
+
+
+def boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise _fail(key, value, "expected true or false")
+
+
+def ssh_user(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if not _SSH_USER.fullmatch(text):
+        raise _fail(key, value, "not a valid user name")
+    return text
+
+
+def node_addresses(key: str, value: Any) -> tuple[str, ...]:
+    """HOST or HOST:PORT or [IPv6]:PORT; host is an IP address or a DNS name."""
+    out = []
+    for item in _as_list(key, value):
+        text = str(item)
+        host, _, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+        if text.startswith("["):
+            host, _, port_text = text[1:].partition("]")
+            port_text = port_text.lstrip(":")
+        host = host or text
+        if port_text:
+            port(key, port_text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not _HOST.fullmatch(host):
+                raise _fail(key, item, "not a host name or IP address") from None
+        out.append(text)
+    return tuple(out)
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in re.split(r"[,\s]+", value) if v]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise _fail(key, value, "expected a list")
+
+
+# --- the schema: YAML path, field, default, validator, help ----------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    path: str  # dotted path in rbacbridge.yaml
+    field: str  # attribute of Config
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str
+
+
+SCHEMA: tuple[Option, ...] = (
+    Option("account_id", "account_id", None, account_id, "AWS account the roles live in (12 digits); setup requires it"),
+    Option("aws.region", "region", "us-east-1", region, "AWS region of the worker instances"),
+    Option("aws.profile", "profile", None, optional_text, "AWS profile (else AWS_PROFILE / env / instance role)"),
+    Option("aws.endpoint_url", "endpoint_url", None, endpoint_url, "AWS endpoint (else AWS_ENDPOINT_URL); for sandboxes"),
+    Option("iam.node_policy", "node_policy", "nettech-s3-read-only", policy_name, "read-only S3 policy of the node role (article step 1)"),
+    Option("iam.node_role", "node_role", "nettech-s3-read-only", role_name, "node role, trusted by EC2 (step 2)"),
+    Option("iam.instance_profile", "instance_profile", "nettech-instance-profile", profile_name, "instance profile holding the node role (step 3)"),
+    Option("iam.kube2iam_policy", "kube2iam_policy", "nettech-kube2iam-node", policy_name, "node role's sts:AssumeRole on the pod roles + ec2:DescribeRegions"),
+    Option("iam.pod_policy", "pod_policy", "nettech-s3-read-write", policy_name, "read+write S3 policy of the pod role (step 4)"),
+    Option("iam.pod_role", "pod_role", "nettech-s3-read-write", role_name, "pod role, trusting the node role's exact ARN (steps 4-5)"),
+    Option("buckets.shared", "shared_bucket", "nettech-helm-test", bucket_name, "bucket everyone may read"),
+    Option("buckets.tenant", "tenant_bucket", "lanre.k8s.dev", bucket_name, "bucket only the annotated pod may read and write"),
+    Option("instances", "instance_ids", (), instance_ids, "worker instance ids (else from the nodes' spec.providerID)"),
+    Option("kubernetes.kubeconfig", "kubeconfig", None, optional_text, "kubeconfig file (else KUBECONFIG / ~/.kube/config / in-cluster)"),
+    Option("kubernetes.context", "context", None, optional_text, "kubeconfig context"),
+    Option("kubernetes.namespace", "namespace", "default", k8s_name, "namespace of the nginx Deployments"),
+    Option("kubernetes.node_selector", "node_selector", None, label_selector, "label selector for the worker nodes"),
+    Option("kube2iam.namespace", "kube2iam_namespace", "kube-system", k8s_name, "namespace of kube2iam"),
+    Option("kube2iam.image", "kube2iam_image", "jtblin/kube2iam:0.11.2", image, "kube2iam image (pinned)"),
+    Option("kube2iam.port", "kube2iam_port", 8282, port, "kube2iam --app-port (article: 8282; kube2iam's default: 8181)"),
+    Option("kube2iam.host_interface", "host_interface", "auto", interface, "pods' interface; auto = from the network plugin"),
+    Option("kube2iam.default_role", "default_role", "auto", default_role, "auto = --auto-discover-default-role (the node role), or a role name"),
+    Option("kube2iam.namespace_restrictions", "namespace_restrictions", True, boolean, "grant roles per namespace (iam.amazonaws.com/allowed-roles)"),
+    Option("nodes.hosts", "node_hosts", (), node_addresses, "SSH addresses of the nodes (else from the cluster)"),
+    Option("nodes.ssh_user", "ssh_user", None, ssh_user, "SSH user (else ~/.ssh/config, else the local user)"),
+    Option("nodes.ssh_key", "ssh_key", None, optional_text, "SSH private key file"),
+    Option("nodes.ssh_port", "ssh_port", None, port, "SSH port (else ~/.ssh/config, else 22)"),
+    Option("nodes.known_hosts", "known_hosts", None, optional_text, "known_hosts file (else ~/.ssh/known_hosts)"),
+)
+
+_BY_PATH = {o.path: o for o in SCHEMA}
+_BY_FIELD = {o.field: o for o in SCHEMA}
+
+
+@dataclass(frozen=True)
+class Config:
+    account_id: str | None = None
+    region: str = "us-east-1"
+    profile: str | None = None
+    endpoint_url: str | None = None
+    node_policy: str = "nettech-s3-read-only"
+    node_role: str = "nettech-s3-read-only"
+    instance_profile: str = "nettech-instance-profile"
+    kube2iam_policy: str = "nettech-kube2iam-node"
+    pod_policy: str = "nettech-s3-read-write"
+    pod_role: str = "nettech-s3-read-write"
+    shared_bucket: str = "nettech-helm-test"
+    tenant_bucket: str = "lanre.k8s.dev"
+    instance_ids: tuple[str, ...] = ()
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str = "default"
+    node_selector: str | None = None
+    kube2iam_namespace: str = "kube-system"
+    kube2iam_image: str = "jtblin/kube2iam:0.11.2"
+    kube2iam_port: int = 8282
+    host_interface: str = "auto"
+    default_role: str = "auto"
+    namespace_restrictions: bool = True
+    node_hosts: tuple[str, ...] = ()
+    ssh_user: str | None = None
+    ssh_key: str | None = None
+    ssh_port: int | None = None
+    known_hosts: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def effective_default_role(self) -> str:
+        """The role kube2iam hands unannotated pods (auto-discovery finds the node role)."""
+        return self.node_role if self.default_role == "auto" else self.default_role
+
+    def role_arn(self, account: str, name: str) -> str:
+        return f"arn:aws:iam::{account}:role/{name}"
+
+    def policy_arn(self, account: str, name: str) -> str:
+        return f"arn:aws:iam::{account}:policy/{name}"
+
+    def with_overrides(self, **values: Any) -> "Config":
+        cleaned = {}
+        for name, value in values.items():
+            if value is None or value == ():
+                continue
+            option = _BY_FIELD[name]
+            cleaned[name] = option.check(f"--{name.replace('_', '-')}", value)
+        config = replace(self, **cleaned)
+        config.check_consistency()
+        return config
+
+    def check_consistency(self) -> None:
+        if self.node_role == self.pod_role:
+            raise UsageError(f"invalid iam.pod_role {self.pod_role!r}: the pod role must differ from the node role")
+        if self.shared_bucket == self.tenant_bucket:
+            raise UsageError("invalid buckets: buckets.shared and buckets.tenant must differ")
+        names = [self.node_policy, self.kube2iam_policy, self.pod_policy]
+        if len(set(names)) != len(names):
+            raise UsageError("invalid iam policies: node_policy, kube2iam_policy and pod_policy must differ")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in _BY_PATH:
+            if not value:
+                continue
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def load(path: str | Path | None) -> Config:
+    """Read rbacbridge.yaml (if given) over the defaults."""
+    if path is None:
+        config = Config()
+        config.check_consistency()
+        return config
+    import yaml
+
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"config {path} is not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path} must be a mapping of settings")
+    values: dict[str, Any] = {}
+    for key, value in _flatten(data).items():
+        option = _BY_PATH.get(key)
+        if option is None:
+            raise UsageError(f"unknown setting {key!r} in {path} (see `rbacbridge config-reference`)")
+        values[option.field] = option.check(key, value)
+    config = Config(**values)
+    config.check_consistency()
+    return config

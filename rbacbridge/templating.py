@@ -1,0 +1,27 @@
+"""Templates are data: Jinja2 files shipped as the package `rbacbridge.templates`."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rbacbridge", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_text(name: str, **context: Any) -> str:
+    return _environment().get_template(name).render(**context)
+
+
+def render_json(name: str, **context: Any) -> Any:
+    return json.loads(render_text(name, **context))
