@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+
+def template_dir() -> Path:
+    """`templates/` of the source tree, or the installed package `rbacbridge.templates`."""
+    source = Path(__file__).resolve().parent.parent / "templates"
+    if source.is_dir():
+        return source
+    from importlib.resources import files
+
+    return Path(str(files("rbacbridge.templates")))
 
 
 @lru_cache(maxsize=1)
@@ -12,7 +23,7 @@ def _environment():
     import jinja2
 
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("rbacbridge", "templates"),
+        loader=jinja2.FileSystemLoader(str(template_dir())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
