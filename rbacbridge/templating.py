@@ -10,9 +10,9 @@ from typing import Any
 
 def template_dir() -> Path:
     """`templates/` of the source tree, or the installed package `rbacbridge.templates`."""
-    source = Path(__file__).resolve().parent.parent / "templates"
-    if source.is_dir():
-        return source
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "templates" / "node-policy.json.j2").is_file():
+        return root / "templates"
     from importlib.resources import files
 
     return Path(str(files("rbacbridge.templates")))
