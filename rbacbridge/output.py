@@ -24,7 +24,10 @@ _ACTION_STYLE = {
 def console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Pipes and CI logs get a wide line instead of rich's 80 columns.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def dump_json(data: Any) -> None:
@@ -32,18 +35,17 @@ def dump_json(data: Any) -> None:
 
 
 def plan_table(plan: Plan, title: str):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_lines=False)
-    table.add_column("", no_wrap=True)
+    table.add_column("action", no_wrap=True)
     table.add_column("part", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("name", overflow="fold")
-    table.add_column("what", overflow="fold")
+    table.add_column("step (and why)", overflow="fold")
     for step in plan.steps:
         mark, style = _ACTION_STYLE.get(step.action, ("?", ""))
-        what = step.message + (f"\n[dim]{step.reason}[/dim]" if step.reason else "")
-        table.add_row(f"[{style}]{mark} {step.action}[/{style}]", step.system, step.kind, step.name, what)
+        what = escape(step.message) + (f"\n[dim]{escape(step.reason)}[/dim]" if step.reason else "")
+        table.add_row(f"[{style}]{mark} {step.action}[/{style}]", step.system, what)
     return table
 
 
