@@ -43,7 +43,7 @@ class Sandbox:
     def session(self, record: bool = True) -> boto3.Session:
         session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
         if record:
-            session.events.register("before-call", self._record)
+            session.events.register("before-parameter-build", self._record)
         return session
 
     def _record(self, model, params, **_):
