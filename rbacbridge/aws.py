@@ -75,6 +75,7 @@ class AwsGateway:
     def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         """One API call; every botocore failure becomes a one-line AwsError or UsageError."""
         import botocore.exceptions as bex
+        from botocore.parsers import ResponseParserError
 
         method = getattr(self.client(service), operation)
         try:
@@ -86,7 +87,7 @@ class AwsGateway:
             raise UsageError("no AWS credentials found: set AWS_PROFILE / --profile, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
         except bex.EndpointConnectionError as exc:
             raise RbacbridgeError(f"cannot reach the AWS endpoint {exc.kwargs.get('endpoint_url', '')}") from None
-        except bex.ResponseParserError:
+        except ResponseParserError:
             # moto answers some wrong calls with HTTP 500 and no error document.
             raise AwsError(operation, "InternalError", "the server answered with an unparseable error") from None
         except bex.BotoCoreError as exc:

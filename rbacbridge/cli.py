@@ -257,13 +257,15 @@ def main() -> None:
         typer.echo("error: interrupted (re-run to finish; plans start from live state)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        # typer ships its own copy of click's exception classes: recognise them by shape.
+        if type(exc).__name__ == "Abort":
             typer.echo("error: aborted", err=True)
             sys.exit(1)
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message())
+            sys.exit(0)
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            typer.echo(f"error: {exc.format_message()} (see `rbacbridge --help`)", err=True)
             sys.exit(exc.exit_code)
         if debug:
             raise

@@ -6,8 +6,11 @@ import json
 import os
 import urllib.request
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 
 from rbacbridge.aws import AwsGateway
@@ -17,6 +20,11 @@ from rbacbridge.planner import Context
 ACCOUNT = "123456789012"
 MUTATING_PREFIXES = ("Create", "Delete", "Update", "Attach", "Detach", "Put", "Add", "Remove", "Tag", "Untag",
                      "Associate", "Disassociate", "Replace", "SetDefault")
+
+
+@lru_cache(maxsize=1)
+def _shared_loader():
+    return botocore.loaders.create_loader()
 
 
 def is_mutating(operation: str) -> bool:
@@ -41,7 +49,10 @@ class Sandbox:
     _clients: dict = field(default_factory=dict)
 
     def session(self, record: bool = True) -> boto3.Session:
-        session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _shared_loader())  # parse service models once per run
+        session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+                                botocore_session=core)
         if record:
             session.events.register("before-parameter-build", self._record)
         return session
