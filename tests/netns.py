@@ -155,7 +155,7 @@ class Node:
             run([*inner, "link", "set", inside, "name", "eth0"])
             run([*inner, "addr", "add", f"{address}/30", "dev", "eth0"])
             run([*inner, "link", "set", "eth0", "up"])
-            run([*inner, "route", "add", "default", "via", gateway])
+            # No default route: the node talks to its veth peer only, never beyond this machine.
             if client_key is not None:
                 shutil.copy(client_key, node.client_key)
                 shutil.copy(str(client_key) + ".pub", str(node.client_key) + ".pub")
