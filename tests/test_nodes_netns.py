@@ -245,7 +245,7 @@ def test_garbage_from_iptables_is_a_clear_error_and_nothing_is_deleted(make_node
 
 def test_proxyjump_through_a_jump_host(make_node, tmp_path):
     jump = make_node("bastion")
-    target = make_node("inner", parent=jump, client_key=jump.client_key)
+    target = make_node("inner", parent=jump, client_key=jump.client_key, ssh_port=2222)
     add_rule(target, port=8181)
     add_rule(target)
     add_rule(target)
@@ -254,7 +254,7 @@ def test_proxyjump_through_a_jump_host(make_node, tmp_path):
     assert "rbn" not in route
     ssh_config = tmp_path / "ssh_config"
     ssh_config.write_text(
-        f"Host inner-node\n  HostName {target.address}\n  User root\n  IdentityFile {jump.client_key}\n"
+        f"Host inner-node\n  HostName {target.address}\n  Port 2222\n  User root\n  IdentityFile {jump.client_key}\n"
         f"  ProxyJump bastion\n\nHost bastion\n  HostName {jump.address}\n  User root\n  IdentityFile {jump.client_key}\n"
     )
     known = known_hosts_for(tmp_path, jump, target)
