@@ -80,7 +80,10 @@ def node_refs(ctx) -> list[NodeRef]:
                 host, port = parse_host_port(text)
                 refs.append(NodeRef(name=text, ssh_host=check_node_name(host) if ":" not in host else host, ssh_port=port))
             return _unique(refs)
-        from rbacbridge.kube import cluster_nodes  # only when no hosts are configured
+        try:
+            from rbacbridge.kube import cluster_nodes  # only when no hosts are configured
+        except ImportError:
+            raise UsageError("no nodes: give --node HOST[:PORT] or nodes.hosts (cluster discovery is not available)") from None
 
         ctx.facts["nodes.from_cluster"] = True
         refs = []
@@ -142,7 +145,10 @@ def desired_interface(ctx) -> str:
         if configured != "auto":
             return iptables.check_interface(configured)
         if _cluster_configured(ctx):
-            from rbacbridge.kube import host_interface
+            try:
+                from rbacbridge.kube import host_interface
+            except ImportError:
+                raise UsageError("kube2iam.host_interface is auto but the cluster cannot be asked: give --host-interface") from None
 
             iface, reason = host_interface(ctx)
             ctx.facts.setdefault("notes", []).append(f"iptables interface {iface}: {reason}")

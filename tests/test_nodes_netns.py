@@ -313,6 +313,22 @@ def test_planner_setup_and_teardown_converge(node, tmp_path):
     assert kube2iam_rules(node) == []
 
 
+def test_planner_setup_fixes_reachable_nodes_and_fails_for_the_down_one(make_node, tmp_path):
+    up = make_node("up")
+    down = make_node("down", client_key=up.client_key)
+    for n in (up, down):
+        add_rule(n)
+        add_rule(n)
+    down.stop_sshd()
+    ctx = Context(config_for(tmp_path, up, down), parts=("nodes",))
+    plan = planner.plan_setup(ctx)
+    assert any(down.host in note and "node failed" in note for note in plan.notes)
+    outcome = planner.run(ctx, plan)
+    assert not outcome.ok and down.host in str(outcome.failure.error)
+    assert kube2iam_rules(up) == [wanted(up)]
+    assert len(kube2iam_rules(down)) == 2
+
+
 def test_interrupted_run_replans_and_converges(node, tmp_path):
     for _ in range(3):
         add_rule(node)
