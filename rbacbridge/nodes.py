@@ -21,7 +21,6 @@ when a cluster is configured, else the article's docker0.
 from __future__ import annotations
 
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
