@@ -77,3 +77,31 @@ def print_plan(plan: Plan, title: str, to_stderr: bool = False) -> None:
 def step_line(step: Step, done: bool) -> str:
     mark, _ = _ACTION_STYLE.get(step.action, ("?", ""))
     return f"{'done' if done else '....'} {mark} {step.message}"
+
+
+def print_iptables(result) -> None:
+    """Per-node table of `rbacbridge iptables status|fix|remove`."""
+    from rich.table import Table
+
+    out = console()
+    verb = {"status": "status", "fix": "fixed" if result.applied else "not changed",
+            "remove": "removed" if result.applied else "not changed"}[result.command]
+    table = Table(title=f"kube2iam iptables rule per node ({verb})", title_justify="left")
+    for column in ("node", "rule wanted (iface -> ip:port)" if result.command != "remove" else "address", "kept", "deleted", "missing", "other tools'", "error"):
+        table.add_column(column, overflow="fold")
+    for r in result.reports:
+        second = r.address
+        if result.command != "remove" and r.rule:
+            words = r.rule.split()
+            second = f"{words[words.index('-i') + 1]} -> {words[-1]}"
+        if result.command == "status" or not result.applied:
+            deleted = str(sum(1 for _ in r.rules_before) - r.kept - r.left_alone) + " to delete" if not r.error else "-"
+        else:
+            deleted = str(r.deleted)
+        table.add_row(
+            r.node, second or "-", "-" if r.error else str(r.kept), deleted, r.missing,
+            "-" if r.error else str(r.left_alone), f"[red]{r.error}[/red]" if r.error else "",
+        )
+    out.print(table)
+    failed = sum(1 for r in result.reports if r.error)
+    out.print(f"{len(result.reports)} node(s), {failed} failed")
