@@ -9,6 +9,7 @@ Prints a small table; figures go in the README. Not a test.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import statistics
@@ -97,7 +98,10 @@ def mutating_requests(url: str) -> int:
     for line in text.splitlines():
         if not line.strip():
             continue
-        body = json.loads(line).get("body") or ""
+        record = json.loads(line)
+        body = record.get("body") or ""
+        if record.get("body_encoded"):
+            body = base64.b64decode(body).decode(errors="replace")
         action = next((p.split("=", 1)[1] for p in str(body).split("&") if p.startswith("Action=")), "")
         if action.startswith(("Create", "Delete", "Update", "Attach", "Detach", "Put", "Add", "Remove", "Tag",
                               "Untag", "Associate", "Disassociate", "Replace")):
