@@ -608,3 +608,156 @@ def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Pri
     if result.left_behind:
         result.notes.append("probe objects left behind: " + ", ".join(result.left_behind))
     return result
+
+
+# --- the live run: principals found in the cluster, probed where they run -----------------------
+
+# Article step 9, replayed by --install-cli in a pod without the AWS CLI (a fixed script: no input).
+INSTALL_CLI_SCRIPT = (
+    "set -e; command -v aws >/dev/null 2>&1 && exit 0; "
+    "apt-get update -qq && apt-get install -y -qq curl unzip >/dev/null; "
+    "cd /tmp && curl -sSfL https://awscli.amazonaws.com/awscli-exe-linux-x86_64.zip -o awscliv2.zip "
+    "&& unzip -q -o awscliv2.zip && ./aws/install --update"
+)
+
+
+def ensure_cli(runner: CommandRunner, install: bool, where: str, timeout: float = 600) -> None:
+    rc, _, err = runner.run(["aws", "--version"], 30)
+    if rc == 0:
+        return
+    if not install:
+        raise UsageError(f"no AWS CLI in {where} ({(err or '').strip()[:80] or f'exit {rc}'}); "
+                         "re-run with --install-cli (article step 9) or --probe ephemeral")
+    rc, _, err = runner.run(["sh", "-c", INSTALL_CLI_SCRIPT], timeout)
+    if rc != 0:
+        from rbacbridge.errors import RbacbridgeError
+
+        raise RbacbridgeError(f"installing the AWS CLI in {where} failed: {(err or '').strip().splitlines()[-1:] or rc}")
+
+
+def _get(obj: Any, path: str) -> Any:
+    """A field of a Kubernetes object given as a dict (camelCase) or a client model (snake_case)."""
+    for part in path.split("."):
+        if obj is None:
+            return None
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        else:
+            obj = getattr(obj, re.sub(r"(?<!^)(?=[A-Z])", "_", part).lower(), None)
+    return obj
+
+
+def pick_pod(pods: list[Any], label: str) -> Any:
+    running = [p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")]
+    if not running:
+        raise UsageError(f"no running pod with label {label} (run `rbacbridge setup` first)")
+    return sorted(running, key=lambda p: _get(p, "metadata.name"))[0]
+
+
+@dataclass
+class LiveOptions:
+    stage: str = "after"
+    probe: str = "exec"
+    install_cli: bool = False
+    node: str | None = None  # SSH address of the host node (else the node the pods run on)
+    host_ip: str | None = None  # the node IP kube2iam's DNAT rule should point at (messages)
+
+
+def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
+    """The host node over SSH, the two nginx pods through Kubernetes exec."""
+    config: Config = ctx.config
+    if options.probe == "ephemeral":
+        raise UsageError("--probe ephemeral is not implemented yet; use --probe exec (with --install-cli if needed)")
+    from rbacbridge import kube
+
+    gateway = ctx.gateway("kube", lambda: kube.KubeGateway(config))
+    principals: list[tuple[Principal, ProbeBackend]] = []
+    pod_nodes = []
+    for name in (VANILLA, ANNOTATED):
+        pod = pick_pod(list(gateway.list_pods(config.namespace, f"app={name}")), f"app={name}")
+        pod_name = _get(pod, "metadata.name")
+        annotations = _get(pod, "metadata.annotations") or {}
+        node_name = _get(pod, "spec.nodeName")
+        pod_nodes.append(node_name)
+        principal = Principal(name, "pod", namespace=config.namespace, pod=pod_name, role_annotation=annotations.get(ROLE_ANNOTATION),
+                              host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name)
+        runner = KubeExecRunner(gateway, config.namespace, pod_name)
+        ensure_cli(runner, options.install_cli, f"pod {config.namespace}/{pod_name}")
+        principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    address = options.node
+    node_label = address
+    if address is None:
+        nodes = {n.name: n for n in kube.cluster_nodes(ctx)}
+        node = nodes.get(pod_nodes[0]) or next(iter(nodes.values()), None)
+        if node is None:
+            raise UsageError("no cluster node found for the host probe; give --node HOST")
+        address, node_label = node.ssh_host or node.internal_ip, node.name
+    runner = SshRunner(ssh_target(config, address))
+    ensure_cli(runner, False, f"host node {node_label}")
+    host = Principal(HOST, "host", node=node_label)
+    return [(host, AwsCliBackend(runner, config.region, config.endpoint_url))] + principals
+
+
+def ssh_target(config: Config, address: str) -> Any:
+    from rbacbridge.ssh import SshTarget
+
+    host, port = address, config.ssh_port or 22
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = int(rest.lstrip(":") or port)
+    elif address.count(":") == 1:
+        host, _, p = address.partition(":")
+        port = int(p)
+    return SshTarget(host=host, port=port, user=config.ssh_user, key_file=config.ssh_key, known_hosts=config.known_hosts)
+
+
+def live_diagnostics(ctx: Any) -> Diagnostics:
+    """Best effort: the live IAM documents and the namespace's allowed-roles annotation."""
+    config: Config = ctx.config
+    diag = Diagnostics()
+    try:
+        import boto3
+
+        from rbacbridge.sandbox import live_documents
+
+        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+        iam = session.client("iam", endpoint_url=config.endpoint_url)
+        diag.documents = live_documents(iam, list(dict.fromkeys([config.node_role, config.pod_role, config.effective_default_role])))
+    except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
+        ctx.facts.setdefault("notes", []).append(f"could not read the IAM documents for diagnosis: {type(exc).__name__}")
+    gateway = ctx.gateways.get("kube")
+    read_namespace = getattr(gateway, "read_namespace", None)
+    if read_namespace is not None:
+        try:
+            raw = (_get(read_namespace(config.namespace), "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
+            diag.allowed_roles[config.namespace] = json.loads(raw) if raw else None
+        except Exception:  # noqa: BLE001
+            pass
+    return diag
+
+
+def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
+    config: Config = ctx.config
+    account = config.account_id or _caller_account(config)
+    targets = live_targets(ctx, options)
+    try:
+        result = run_matrix(config, account, options.stage, targets, diagnostics=live_diagnostics(ctx))
+    finally:
+        for _, backend in targets:
+            close = getattr(getattr(backend, "runner", None), "close", None)
+            if close:
+                close()
+    if options.host_ip:
+        result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
+    result.notes.extend(ctx.facts.get("notes", []))
+    return result
+
+
+def _caller_account(config: Config) -> str:
+    try:
+        import boto3
+
+        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+        return session.client("sts", endpoint_url=config.endpoint_url).get_caller_identity()["Account"]
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"verify needs --account-id (could not read it from the local credentials: {type(exc).__name__})") from None
