@@ -134,3 +134,68 @@ def print_table(result: VerifyResult) -> None:
     cells = result.all_cells
     verdict = "[green]all match[/green]" if result.ok else f"[red]{len(result.mismatches)} mismatch(es)[/red]"
     out.print(f"{len(cells)} checks, {verdict}")
+
+
+_CELL_SCHEMA = {
+    "type": "object",
+    "required": ["check", "bucket", "expected", "observed", "match", "error", "detail", "blame"],
+    "additionalProperties": False,
+    "properties": {
+        "check": {"enum": ["identity", "read", "write"]},
+        "bucket": {"type": ["string", "null"]},
+        "expected": {"type": ["string", "boolean", "null"]},
+        "observed": {"type": ["string", "boolean", "null"]},
+        "match": {"type": "boolean"},
+        "error": {"type": ["string", "null"]},
+        "detail": {"type": "string"},
+        "blame": {
+            "oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["layer", "message"], "additionalProperties": False,
+                 "properties": {"layer": {"enum": ["interception", "kube2iam", "trust", "permissions", "network", "bucket", "probe"]},
+                                "message": {"type": "string"}}},
+            ]
+        },
+    },
+}
+
+# JSON Schema (draft 2020-12) of `rbacbridge verify -o json`; docs/verify.md explains each field.
+JSON_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "rbacbridge.verify/v1",
+    "type": "object",
+    "required": ["schema", "stage", "account", "region", "buckets", "ok", "summary", "principals", "notes"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "stage": {"enum": ["before", "after"]},
+        "account": {"type": "string", "pattern": "^[0-9]{12}$"},
+        "region": {"type": "string"},
+        "buckets": {"type": "array", "items": {"type": "string"}},
+        "ok": {"type": "boolean"},
+        "summary": {"type": "object", "required": ["cells", "matched", "mismatched"], "additionalProperties": False,
+                    "properties": {k: {"type": "integer", "minimum": 0} for k in ("cells", "matched", "mismatched")}},
+        "principals": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "kind", "namespace", "pod", "node", "expected_role", "expected_because",
+                             "observed_arn", "observed_role", "cells"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string"},
+                    "kind": {"enum": ["host", "pod"]},
+                    "namespace": {"type": ["string", "null"]},
+                    "pod": {"type": ["string", "null"]},
+                    "node": {"type": ["string", "null"]},
+                    "expected_role": {"type": ["string", "null"]},
+                    "expected_because": {"type": "string"},
+                    "observed_arn": {"type": ["string", "null"]},
+                    "observed_role": {"type": ["string", "null"]},
+                    "cells": {"type": "array", "items": _CELL_SCHEMA},
+                },
+            },
+        },
+        "notes": {"type": "array", "items": {"type": "string"}},
+    },
+}
