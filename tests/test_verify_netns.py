@@ -110,6 +110,6 @@ def test_host_probe_inside_a_namespace_node(namespaces, tmp_path):
     assert leftover == []
     # the same node, but its view of AWS is cut: network, blamed on the network layer
     cut = v.AwsCliBackend(v.LocalRunner(prefix=["ip", "netns", "exec", node_ns], env=dict(env, AWS_MAX_ATTEMPTS="1")),
-                          "us-east-1", "http://10.231.7.3:5000", timeout=8)
+                          "us-east-1", "http://10.231.8.1:5000", timeout=8)  # no route to it
     (observed,) = v.observe([(v.Principal(v.HOST, "host"), cut)], [config.shared_bucket])
     assert observed.identity.category == v.NETWORK
