@@ -4,6 +4,9 @@ moto runs as its own process (server mode) with IAM enforcement on; each princip
 the credentials of the role it gets. Two backends:
   boto3    network-bound calls, as when the probes run remotely (pods, nodes): the concurrency figure
   aws-cli  one local `aws` process per call (CPU-bound here: ~0.3 s CPU each on this 2-core machine)
+A write probe is two calls in a row (put, then delete), so it is the matrix's critical path: with
+enough parallel capacity the matrix takes about one write probe. The matrix is 12 probes plus the 3
+identity calls, 20 AWS calls in all (writes that are allowed add a delete).
 
     python bench/bench_verify.py [--rounds 5]
 """
@@ -84,19 +87,21 @@ def main() -> None:
         backends = {"boto3": lambda c: Boto3Backend(url, "us-east-1", c)}
         if shutil.which("aws"):
             backends["aws-cli"] = lambda c: cli_backend(url, c, home)
-        print(f"{'backend':8} {'one probe':>10} {'matrix (15 calls)':>18} {'ratio':>6}")
+        print(f"{'backend':8} {'one read':>9} {'one write':>10} {'matrix':>9} {'matrix/write':>13} {'matrix/read':>12} {'sequential':>11}")
         for name, make in backends.items():
             targets = [(p, make(creds[p.name])) for p in v.default_principals(config)]
             one = targets[0][1]
             one.list_bucket(config.shared_bucket)  # warm-up
             single = timed(lambda: v.probe_read(one, config.shared_bucket), args.rounds)
+            write = timed(lambda: v.probe_write(targets[2][1], config.tenant_bucket, v.probe_key("bench")), args.rounds)
 
             def matrix():
                 result = v.run_matrix(config, ACCOUNT, "after", targets)
                 assert result.ok, [(c.principal, c.check, c.bucket, c.detail) for c in result.mismatches]
 
             full = timed(matrix, args.rounds)
-            print(f"{name:8} {single * 1000:8.0f}ms {full * 1000:16.0f}ms {full / single:5.1f}x")
+            serial = timed(lambda: v.observe(targets, v.buckets_of(config), max_workers=1), args.rounds)
+            print(f"{name:8} {single * 1000:7.0f}ms {write * 1000:8.0f}ms {full * 1000:7.0f}ms {full / write:12.1f}x {full / single:11.1f}x {serial * 1000:9.0f}ms")
         print(f"(median of {args.rounds}; {os.cpu_count()} CPUs)")
         set_enforcement(url, False)
         shutil.rmtree(home, ignore_errors=True)
