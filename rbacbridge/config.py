@@ -248,6 +248,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("nodes.ssh_key", "ssh_key", None, optional_text, "SSH private key file"),
     Option("nodes.ssh_port", "ssh_port", None, port, "SSH port (else ~/.ssh/config, else 22)"),
     Option("nodes.known_hosts", "known_hosts", None, optional_text, "known_hosts file (else ~/.ssh/known_hosts)"),
+    Option("verify.probe_image", "probe_image", "amazon/aws-cli:2.22.0", image, "AWS CLI image of `verify --probe ephemeral` (pinned)"),
 )
 
 _BY_PATH = {o.path: o for o in SCHEMA}
@@ -284,6 +285,7 @@ class Config:
     ssh_key: str | None = None
     ssh_port: int | None = None
     known_hosts: str | None = None
+    probe_image: str = "amazon/aws-cli:2.22.0"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

@@ -666,8 +666,6 @@ class LiveOptions:
 def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
     """The host node over SSH, the two nginx pods through Kubernetes exec."""
     config: Config = ctx.config
-    if options.probe == "ephemeral":
-        raise UsageError("--probe ephemeral is not implemented yet; use --probe exec (with --install-cli if needed)")
     from rbacbridge import kube
 
     gateway = ctx.gateway("kube", lambda: kube.KubeGateway(config))
@@ -681,8 +679,12 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
         pod_nodes.append(node_name)
         principal = Principal(name, "pod", namespace=config.namespace, pod=pod_name, role_annotation=annotations.get(ROLE_ANNOTATION),
                               host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name)
-        runner = KubeExecRunner(gateway, config.namespace, pod_name)
-        ensure_cli(runner, options.install_cli, f"pod {config.namespace}/{pod_name}")
+        if options.probe == "ephemeral":
+            container = ensure_ephemeral_probe(_api_client(gateway, config), config.namespace, pod_name, config.probe_image)
+            runner = KubeExecRunner(gateway, config.namespace, pod_name, container=container)
+        else:
+            runner = KubeExecRunner(gateway, config.namespace, pod_name)
+            ensure_cli(runner, options.install_cli, f"pod {config.namespace}/{pod_name}")
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
     address = options.node
     node_label = address
@@ -761,3 +763,61 @@ def _caller_account(config: Config) -> str:
         return session.client("sts", endpoint_url=config.endpoint_url).get_caller_identity()["Account"]
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"verify needs --account-id (could not read it from the local credentials: {type(exc).__name__})") from None
+
+
+# --- --probe ephemeral: an AWS CLI container added to the pod (shares its network identity) -------
+
+EPHEMERAL_PREFIX = "rbacbridge-probe-"
+EPHEMERAL_LIFETIME = 900  # seconds; Kubernetes cannot remove an ephemeral container, so it exits by itself
+
+
+def _api_client(gateway: Any, config: Config) -> Any:
+    client = getattr(gateway, "api_client", None)
+    if client is not None:
+        return client
+    from kubernetes import config as kube_config
+
+    return kube_config.new_client_from_config(config_file=config.kubeconfig, context=config.context)
+
+
+def ensure_ephemeral_probe(api_client: Any, namespace: str, pod: str, image: str, timeout: float = 120, poll: float = 1.0) -> str:
+    """Add (or reuse) a running ephemeral AWS CLI container in the pod; return its name.
+
+    It goes through the pods/ephemeralcontainers subresource. kube2iam tells pods apart by IP, and
+    an ephemeral container shares the pod's network namespace, so it gets the pod's role.
+    """
+    import time
+
+    from kubernetes import client
+
+    from rbacbridge.errors import RbacbridgeError
+
+    core = client.CoreV1Api(api_client)
+    current = core.read_namespaced_pod(pod, namespace)
+    specs = {c.name: c for c in (current.spec.ephemeral_containers or [])}
+    for status in current.status.ephemeral_container_statuses or []:
+        spec = specs.get(status.name)
+        if status.name.startswith(EPHEMERAL_PREFIX) and status.state and status.state.running and spec and spec.image == image:
+            return status.name
+    name = EPHEMERAL_PREFIX + uuid.uuid4().hex[:6]
+    body = {"spec": {"ephemeralContainers": [{
+        "name": name, "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["sleep", str(EPHEMERAL_LIFETIME)],
+    }]}}
+    core.patch_namespaced_pod_ephemeralcontainers(pod, namespace, body)
+    deadline = time.monotonic() + timeout
+    while True:
+        current = core.read_namespaced_pod(pod, namespace)
+        for status in current.status.ephemeral_container_statuses or []:
+            if status.name != name or not status.state:
+                continue
+            if status.state.running:
+                return name
+            if status.state.terminated:
+                raise RbacbridgeError(f"ephemeral probe container in {namespace}/{pod} exited: {status.state.terminated.reason}")
+            waiting = status.state.waiting
+            if waiting and waiting.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                raise RbacbridgeError(f"ephemeral probe container in {namespace}/{pod}: {waiting.reason} for {image}")
+        if time.monotonic() > deadline:
+            raise RbacbridgeError(f"ephemeral probe container in {namespace}/{pod} not running after {timeout:g}s")
+        time.sleep(poll)
