@@ -50,13 +50,19 @@ def create_managed_resources(url: str, config: Config, account: str = ACCOUNT) -
         s3.create_bucket(Bucket=bucket)
 
 
+def fresh_state(url: str) -> Config:
+    """Reset moto (enforcement off) and create the default configuration's resources."""
+    _post(url, "/moto-api/reset-auth", b"inf")
+    _post(url, "/moto-api/reset")
+    config = Config(account_id=ACCOUNT)
+    create_managed_resources(url, config)
+    return config
+
+
 @pytest.fixture
 def sandbox(moto_url):
     """A fresh moto state with the default configuration's resources; yields (url, config)."""
-    _post(moto_url, "/moto-api/reset-auth", b"inf")
-    _post(moto_url, "/moto-api/reset")
-    config = Config(account_id=ACCOUNT)
-    create_managed_resources(moto_url, config)
+    config = fresh_state(moto_url)
     yield moto_url, config
     _post(moto_url, "/moto-api/reset-auth", b"inf")
 

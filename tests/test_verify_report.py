@@ -13,14 +13,15 @@ import pytest
 
 from rbacbridge import report
 from rbacbridge.sandbox import sandbox_matrix
-from tests.fixtures_verify import ACCOUNT, moto_url, sandbox  # noqa: F401
+from tests.fixtures_verify import ACCOUNT, fresh_state, moto_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def results(sandbox):
-    url, config = sandbox
+@pytest.fixture(scope="module")
+def results(moto_url):
+    url = moto_url
+    config = fresh_state(url)
     return sandbox_matrix(url, config, ACCOUNT, "after"), sandbox_matrix(url, config, ACCOUNT, "after", fault="iptables")
 
 
