@@ -7,7 +7,6 @@ import boto3
 import pytest
 
 from rbacbridge import verify as v
-from rbacbridge.config import Config
 from rbacbridge.sandbox import set_enforcement
 from tests.fixtures_verify import ACCOUNT, DUMMY, bucket_keys, moto_url, sandbox  # noqa: F401
 
