@@ -95,15 +95,15 @@ def table(result: VerifyResult):
 
     t = Table(title=f"rbacbridge verify ({result.stage} kube2iam) — account {result.account}", title_justify="left", show_lines=True)
     t.add_column("principal", no_wrap=True)
-    t.add_column("role: expected / got", overflow="fold")
+    t.add_column("role", overflow="fold", min_width=14)
     for bucket in result.buckets:
-        t.add_column(f"{bucket}\nread", justify="center")
-        t.add_column(f"{bucket}\nwrite", justify="center")
+        t.add_column(f"{bucket}\nread", justify="center", overflow="fold")
+        t.add_column(f"{bucket}\nwrite", justify="center", overflow="fold")
     for p in result.principals:
         ident = p.identity
-        mark = "[green]✓[/green]" if ident.match else "[red]✗[/red]"
-        got = p.observed.arn or f"none ({ident.error})"
-        row = [p.principal.name, f"{mark} {p.expected.role or 'none (refused)'}\n[dim]{got}[/dim]"]
+        got = p.observed.role or f"none ({ident.error})"
+        want = p.expected.role or "none (refused)"
+        row = [p.principal.name, f"[green]✓[/green] {got}" if ident.match else f"[red]✗[/red] {got}\n[dim]want {want}[/dim]"]
         by_key = {(c.bucket, c.check): c for c in p.cells}
         for bucket in result.buckets:
             for op in ("read", "write"):
@@ -126,6 +126,8 @@ def print_table(result: VerifyResult) -> None:
 
     out = console()
     out.print(table(result))
+    for p in result.principals:
+        out.print(f"{p.principal.name} got: {p.observed.arn or 'no credentials (' + (p.identity.detail or '') + ')'}")
     for c in result.mismatches:
         layer = c.blame.layer if c.blame else "unknown"
         out.print(f"[red]✗[/red] {cell_name(c)}: [bold]{layer}[/bold] — {c.blame.message if c.blame else c.detail}")
