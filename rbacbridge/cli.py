@@ -322,6 +322,70 @@ _iptables_cmd("fix", "Keep exactly one rule matching the kube2iam settings on ea
 _iptables_cmd("remove", "Delete every kube2iam rule on each node (teardown: no pod's metadata call goes to a dead port).")
 
 
+@app.command()
+def verify(
+    stage: Annotated[str, typer.Option("--stage", help="before: every principal expects the node role (article steps 10-11); after: kube2iam's matrix (step 15)")] = "after",
+    output: Annotated[str, typer.Option("--output", "-o", help="table, json or junit")] = "table",
+    junit_file: Annotated[Optional[str], typer.Option("--junit-file", help="also write a JUnit XML report here", show_default=False)] = None,
+    probe: Annotated[str, typer.Option("--probe", help="exec: the AWS CLI inside the pod; ephemeral: an ephemeral AWS CLI container")] = "exec",
+    install_cli: Annotated[bool, typer.Option("--install-cli", help="install the AWS CLI in pods that lack it (article step 9)")] = False,
+    config: ConfigOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    region: RegionOpt = None,
+    endpoint_url: EndpointOpt = None,
+    account_id: AccountOpt = None,
+    node: Annotated[Optional[str], typer.Option("--node", help="SSH address of the host node (else the node the pods run on)", show_default=False)] = None,
+    ssh_user: Annotated[Optional[str], typer.Option("--ssh-user", help="SSH user", show_default=False)] = None,
+    ssh_key: Annotated[Optional[str], typer.Option("--ssh-key", help="SSH private key file", show_default=False)] = None,
+    known_hosts: Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file (host keys are always verified)", show_default=False)] = None,
+    host_ip: Annotated[Optional[str], typer.Option("--host-ip", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
+) -> None:
+    """Check the S3 access matrix: expected (from the configuration) vs observed (real calls). Exit 1 on any mismatch."""
+    from rbacbridge import report
+    from rbacbridge.config import node_addresses
+    from rbacbridge.verify import STAGES, LiveOptions, run_live
+
+    if stage not in STAGES:
+        raise UsageError(f"invalid --stage {stage!r}: choose from {', '.join(STAGES)}")
+    if output not in report.FORMATS:
+        raise UsageError(f"invalid --output {output!r}: choose from {', '.join(report.FORMATS)}")
+    if probe not in ("exec", "ephemeral"):
+        raise UsageError(f"invalid --probe {probe!r}: choose from exec, ephemeral")
+    if node is not None:
+        node_addresses("--node", node)
+    if host_ip is not None:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise UsageError(f"invalid --host-ip {host_ip!r}: not an IP address") from None
+    cfg = _config(config, account_id=account_id, region=region, endpoint_url=endpoint_url, kubeconfig=kubeconfig,
+                  context=context, ssh_user=ssh_user, ssh_key=ssh_key, known_hosts=known_hosts)
+    ctx = _context(cfg, None, "json" if output != "table" else "table")
+    result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip))
+    _render_verify(result, output, junit_file)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _render_verify(result, output: str, junit_file: str | None) -> None:
+    from rbacbridge import report
+
+    if junit_file:
+        try:
+            with open(junit_file, "w", encoding="utf-8") as fh:
+                fh.write(report.to_junit(result))
+        except OSError as exc:
+            raise RbacbridgeError(f"cannot write --junit-file {junit_file}: {exc.strerror or exc}") from None
+    if output == "json":
+        sys.stdout.write(report.to_json(result))
+    elif output == "junit":
+        sys.stdout.write(report.to_junit(result))
+    else:
+        report.print_table(result)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("RBACBRIDGE_DEBUG") == "1"

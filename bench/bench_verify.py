@@ -1,0 +1,114 @@
+"""The 12 probes of the default matrix (plus 3 identity calls) vs one probe: concurrent, target <= 2x.
+
+moto runs as its own process (server mode) with IAM enforcement on; each principal probes with
+the credentials of the role it gets. Two backends:
+  boto3    network-bound calls, as when the probes run remotely (pods, nodes): the concurrency figure
+  aws-cli  one local `aws` process per call (CPU-bound here: ~0.3 s CPU each on this 2-core machine)
+A write probe is two calls in a row (put, then delete), so it is the matrix's critical path: with
+enough parallel capacity the matrix takes about one write probe. The matrix is 12 probes plus the 3
+identity calls, 20 AWS calls in all (writes that are allowed add a delete).
+
+    python bench/bench_verify.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rbacbridge import verify as v  # noqa: E402
+from rbacbridge.config import Config  # noqa: E402
+from rbacbridge.sandbox import Boto3Backend, _assume, _bootstrap_admin, _client, set_enforcement  # noqa: E402
+from tests.fixtures_verify import ACCOUNT, create_managed_resources  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("moto did not start")
+
+
+def cli_backend(url: str, creds: dict[str, str], home: str) -> v.AwsCliBackend:
+    env = {k: val for k, val in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=home, AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+               AWS_ACCESS_KEY_ID=creds["aws_access_key_id"], AWS_SECRET_ACCESS_KEY=creds["aws_secret_access_key"],
+               AWS_SESSION_TOKEN=creds["aws_session_token"])
+    return v.AwsCliBackend(v.LocalRunner(env=env), "us-east-1", url)
+
+
+def timed(fn, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    proc, url = start_moto()
+    try:
+        config = Config(account_id=ACCOUNT)
+        create_managed_resources(url, config)
+        admin = _bootstrap_admin(url, "us-east-1")
+        node = _assume(_client("sts", url, "us-east-1", admin), config.role_arn(ACCOUNT, config.node_role), "bench-node")
+        pod = _assume(_client("sts", url, "us-east-1", node), config.role_arn(ACCOUNT, config.pod_role), "bench-pod")
+        creds = {v.HOST: node, v.VANILLA: node, v.ANNOTATED: pod}
+        set_enforcement(url, True)
+        home = tempfile.mkdtemp(prefix="rbv-bench-")
+        backends = {"boto3": lambda c: Boto3Backend(url, "us-east-1", c)}
+        if shutil.which("aws"):
+            backends["aws-cli"] = lambda c: cli_backend(url, c, home)
+        print(f"{'backend':8} {'one read':>9} {'one write':>10} {'matrix':>9} {'matrix/write':>13} {'matrix/read':>12} {'sequential':>11}")
+        for name, make in backends.items():
+            targets = [(p, make(creds[p.name])) for p in v.default_principals(config)]
+            one = targets[0][1]
+            one.list_bucket(config.shared_bucket)  # warm-up
+            single = timed(lambda: v.probe_read(one, config.shared_bucket), args.rounds)
+            write = timed(lambda: v.probe_write(targets[2][1], config.tenant_bucket, v.probe_key("bench")), args.rounds)
+
+            def matrix():
+                result = v.run_matrix(config, ACCOUNT, "after", targets)
+                assert result.ok, [(c.principal, c.check, c.bucket, c.detail) for c in result.mismatches]
+
+            full = timed(matrix, args.rounds)
+            serial = timed(lambda: v.observe(targets, v.buckets_of(config), max_workers=1), args.rounds)
+            print(f"{name:8} {single * 1000:7.0f}ms {write * 1000:8.0f}ms {full * 1000:7.0f}ms {full / write:12.1f}x {full / single:11.1f}x {serial * 1000:9.0f}ms")
+        print(f"(median of {args.rounds}; {os.cpu_count()} CPUs)")
+        set_enforcement(url, False)
+        shutil.rmtree(home, ignore_errors=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()

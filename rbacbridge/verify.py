@@ -1,0 +1,823 @@
+"""verify: the S3 access matrix, expected (from the configuration) vs observed (from real calls).
+
+Work only; rendering lives in `rbacbridge.report`.
+
+Principals: the host node, the vanilla pod and the annotated pod. Checks per principal: its
+identity (`sts get-caller-identity`: which role it really got), and per bucket read
+(`s3:ListBucket` on the bucket) and write (`s3:PutObject` + `s3:DeleteObject` on a probe object).
+Each mismatch is blamed on a layer (see LAYERS).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from rbacbridge import policy_eval as pe
+from rbacbridge.config import Config
+from rbacbridge.errors import UsageError
+
+HOST = "host"
+VANILLA = "nginx-vanilla"
+ANNOTATED = "nginx-annotated"
+STAGES = ("before", "after")
+IDENTITY, READ, WRITE = "identity", "read", "write"
+PROBE_PREFIX = "rbacbridge-verify-probe/"
+ROLE_ANNOTATION = "iam.amazonaws.com/role"
+ALLOWED_ROLES_ANNOTATION = "iam.amazonaws.com/allowed-roles"
+
+# Error categories of one AWS call
+ACCESS_DENIED = "AccessDenied"
+NO_SUCH_BUCKET = "NoSuchBucket"
+NO_CREDENTIALS = "NoCredentials"
+ASSUME_DENIED = "AssumeRoleDenied"
+INVALID_CREDENTIALS = "InvalidCredentials"
+NETWORK = "Network"
+CLI_MISSING = "CliMissing"
+ERROR = "Error"
+
+# Layers a mismatch is blamed on
+INTERCEPTION = "interception"  # credentials came from the node role: iptables rule / kube2iam pod missing
+KUBE2IAM = "kube2iam"  # kube2iam gave no credentials, or the wrong role (namespace restrictions, annotation)
+TRUST = "trust"  # AssumeRole denied by the role's trust policy
+PERMISSIONS = "permissions"  # identity policies allow what should be denied, or deny what should be allowed
+NETWORK_LAYER = "network"  # endpoint unreachable / timeout
+BUCKET = "bucket"  # the bucket does not exist
+PROBE = "probe"  # the probe itself could not run (no AWS CLI in the pod, unexpected output)
+LAYERS = (INTERCEPTION, KUBE2IAM, TRUST, PERMISSIONS, NETWORK_LAYER, BUCKET, PROBE)
+
+
+# --- principals and the expected matrix ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    kind: str  # "host" | "pod"
+    namespace: str | None = None
+    pod: str | None = None
+    role_annotation: str | None = None  # the pod's iam.amazonaws.com/role
+    host_network: bool = False
+    node: str | None = None  # node it runs on / SSH address, for messages
+
+
+def default_principals(config: Config) -> list[Principal]:
+    """The article's three principals, as setup deploys them."""
+    return [
+        Principal(HOST, "host"),
+        Principal(VANILLA, "pod", namespace=config.namespace),
+        Principal(ANNOTATED, "pod", namespace=config.namespace, role_annotation=config.pod_role),
+    ]
+
+
+@dataclass
+class Documents:
+    """Trust and identity policy documents per role name."""
+
+    trust: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def managed_documents(config: Config, account: str) -> Documents:
+    """The documents rbacbridge renders for setup (templates/*.json.j2)."""
+    from rbacbridge.templating import render_json
+
+    node_arn = config.role_arn(account, config.node_role)
+    pod_arn = config.role_arn(account, config.pod_role)
+    self_trust = config.effective_default_role == config.node_role
+    assumable = [pod_arn] + ([node_arn] if self_trust else [])
+    if config.effective_default_role not in (config.node_role, config.pod_role):
+        assumable.append(config.role_arn(account, config.effective_default_role))
+    buckets = dict(shared_bucket=config.shared_bucket, tenant_bucket=config.tenant_bucket)
+    return Documents(
+        trust={
+            config.node_role: render_json("node-trust.json.j2", self_trust=self_trust, node_role_arn=node_arn),
+            config.pod_role: render_json("pod-trust.json.j2", node_role_arn=node_arn),
+        },
+        policies={
+            config.node_role: [render_json("node-policy.json.j2", **buckets),
+                               render_json("kube2iam-node-policy.json.j2", assumable_role_arns=assumable)],
+            config.pod_role: [render_json("pod-policy.json.j2", **buckets)],
+        },
+    )
+
+
+def intended_allowed_roles(config: Config) -> dict[str, list[str]]:
+    """What setup grants per namespace under namespace restrictions: the pod role in config.namespace."""
+    return {config.namespace: [config.pod_role]}
+
+
+@dataclass
+class Expected:
+    principal: Principal
+    role: str | None  # role name it should get; None = kube2iam must refuse (no credentials)
+    why: str
+    access: dict[tuple[str, str], bool | None]  # (bucket, read|write) -> allowed; None = unknown
+
+
+def _role_name(value: str) -> str:
+    return pe.role_name_of(value) or value.rsplit("/", 1)[-1]
+
+
+def role_allowed_in_namespace(role: str, account: str, patterns: list[str] | None) -> bool:
+    """kube2iam's glob namespace restriction: role name or ARN matched against the annotation's list."""
+    if patterns is None:
+        return False
+    arn = f"arn:aws:iam::{account}:role/{role}"
+    return any(pe.wildcard_match(p, role) or pe.wildcard_match(p, arn) for p in patterns)
+
+
+def probe_key(principal: str) -> str:
+    return f"{PROBE_PREFIX}{principal}-{uuid.uuid4().hex[:12]}"
+
+
+def buckets_of(config: Config) -> list[str]:
+    return [config.shared_bucket, config.tenant_bucket]
+
+
+def expected_role(config: Config, account: str, stage: str, principal: Principal,
+                  allowed_roles: dict[str, list[str]] | None, documents: Documents) -> tuple[str | None, str]:
+    node = config.node_role
+    if stage == "before":
+        return node, "before kube2iam every principal has the node role (instance profile)"
+    if principal.kind == "host":
+        return node, "the host node uses its instance profile; kube2iam never intercepts host traffic"
+    if principal.host_network:
+        return node, "a hostNetwork pod shares the node's network: kube2iam never intercepts it"
+    if not principal.role_annotation:
+        return config.effective_default_role, "no role annotation: kube2iam's default role"
+    role = _role_name(principal.role_annotation)
+    if role == config.effective_default_role:
+        return role, "annotated with kube2iam's default role"
+    if config.namespace_restrictions:
+        patterns = (allowed_roles if allowed_roles is not None else intended_allowed_roles(config)).get(principal.namespace or "")
+        if not role_allowed_in_namespace(role, account, patterns):
+            return None, f"namespace {principal.namespace} does not allow role {role} ({ALLOWED_ROLES_ANNOTATION})"
+    node_arn = config.role_arn(account, node)
+    trust = documents.trust.get(role)
+    if trust is not None and not pe.trust_allows(trust, node_arn):
+        return None, f"role {role} does not trust the node role {node_arn}"
+    node_policies = documents.policies.get(node)
+    if node_policies is not None and not pe.is_allowed(node_policies, "sts:AssumeRole", config.role_arn(account, role)):
+        return None, f"the node role's policies do not allow sts:AssumeRole on {role}"
+    return role, f"annotated {ROLE_ANNOTATION}: {role}"
+
+
+def expected_matrix(config: Config, account: str, stage: str = "after", principals: list[Principal] | None = None,
+                    allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None) -> list[Expected]:
+    if stage not in STAGES:
+        raise UsageError(f"invalid --stage {stage!r}: choose from {', '.join(STAGES)}")
+    documents = documents or managed_documents(config, account)
+    out = []
+    for principal in principals or default_principals(config):
+        role, why = expected_role(config, account, stage, principal, allowed_roles, documents)
+        access: dict[tuple[str, str], bool | None] = {}
+        policies = documents.policies.get(role) if role else []
+        for bucket in buckets_of(config):
+            if policies is None:  # a role rbacbridge does not manage: no expectation
+                access[(bucket, READ)] = access[(bucket, WRITE)] = None
+                continue
+            access[(bucket, READ)] = pe.can_read(policies, bucket)
+            access[(bucket, WRITE)] = pe.can_write(policies, bucket, probe_key(principal.name))
+        out.append(Expected(principal, role, why, access))
+    return out
+
+
+# --- running probes -----------------------------------------------------------------------------
+
+class CommandRunner(Protocol):
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]: ...
+
+
+class LocalRunner:
+    """Runs argv here (optionally behind a prefix such as `ip netns exec NS`)."""
+
+    def __init__(self, prefix: list[str] | None = None, env: dict[str, str] | None = None):
+        self.prefix = list(prefix or [])
+        self.env = env
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        try:
+            done = subprocess.run(self.prefix + list(argv), capture_output=True, text=True, timeout=timeout, env=self.env)
+        except subprocess.TimeoutExpired:
+            return 124, "", f"timed out after {timeout:g}s"
+        except FileNotFoundError as exc:
+            return 127, "", f"{exc.filename}: not found"
+        return done.returncode, done.stdout, done.stderr
+
+
+class SshRunner:
+    """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes."""
+
+    def __init__(self, target: Any):
+        self.target = target
+        self._session = None
+
+    def _connect(self):
+        if self._session is None:
+            from rbacbridge.ssh import connect
+
+            self._session = connect(self.target)
+        return self._session
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        rc, out, err = self._connect().run(argv, sudo=False, timeout=timeout)
+        return rc, out, err
+
+    def close(self) -> None:
+        if self._session is not None and hasattr(self._session, "close"):
+            self._session.close()
+
+
+class KubeExecRunner:
+    """Inside a pod through the Kubernetes exec API (rbacbridge.kube.KubeGateway.exec)."""
+
+    def __init__(self, gateway: Any, namespace: str, pod: str, container: str | None = None):
+        self.gateway, self.namespace, self.pod, self.container = gateway, namespace, pod, container
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        result = self.gateway.exec(self.namespace, self.pod, list(argv), container=self.container, timeout=int(timeout))
+        return result.rc, result.stdout, result.stderr
+
+
+@dataclass
+class CallResult:
+    ok: bool
+    category: str | None = None  # None when ok
+    detail: str = ""
+    value: Any = None  # e.g. the caller ARN
+
+
+_ERROR_CODE = re.compile(r"An error occurred \(([\w.]+)\) when calling the (\w+) operation")
+_NETWORK_TEXT = ("Could not connect to the endpoint URL", "Connect timeout on endpoint URL", "Read timeout on endpoint URL",
+                 "Connection was closed", "timed out", "EndpointConnectionError", "Name or service not known",
+                 "Temporary failure in name resolution", "Connection refused")
+_INVALID_CODES = {"InvalidClientTokenId", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
+                  "UnrecognizedClientException", "InvalidToken"}
+
+
+def classify(rc: int, stdout: str, stderr: str) -> CallResult:
+    """One AWS CLI call's outcome: ok, or an error category with the CLI's own message."""
+    if rc == 0:
+        return CallResult(True, detail="ok", value=stdout)
+    text = (stderr or stdout or "").strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), f"exit {rc}")
+    match = _ERROR_CODE.search(text)
+    if match:
+        code, operation = match.groups()
+        if code in ("AccessDenied", "AccessDeniedException", "Forbidden"):
+            return CallResult(False, ASSUME_DENIED if operation == "AssumeRole" else ACCESS_DENIED, line)
+        if code == "NoSuchBucket":
+            return CallResult(False, NO_SUCH_BUCKET, line)
+        if code in _INVALID_CODES:
+            return CallResult(False, INVALID_CREDENTIALS, line)
+        return CallResult(False, ERROR, line)
+    if "Unable to locate credentials" in text or "NoCredentialsError" in text:
+        return CallResult(False, NO_CREDENTIALS, line)
+    if any(t in text for t in _NETWORK_TEXT) or rc == 124:
+        return CallResult(False, NETWORK, line)
+    if rc == 127 or re.search(r"\baws\b.*(not found|No such file)", text):
+        return CallResult(False, CLI_MISSING, "the AWS CLI is not installed here (--install-cli installs it in pods)")
+    return CallResult(False, ERROR, line)
+
+
+class ProbeBackend(Protocol):
+    def identity(self) -> CallResult: ...
+    def list_bucket(self, bucket: str) -> CallResult: ...
+    def put_object(self, bucket: str, key: str) -> CallResult: ...
+    def delete_object(self, bucket: str, key: str) -> CallResult: ...
+
+
+class AwsCliBackend:
+    """The AWS CLI where the principal runs (node shell, pod), the way the article checks by hand."""
+
+    def __init__(self, runner: CommandRunner, region: str, endpoint_url: str | None = None, timeout: float = 60):
+        self.runner, self.region, self.endpoint_url, self.timeout = runner, region, endpoint_url, timeout
+
+    def argv(self, *args: str) -> list[str]:
+        # AWS_PAGER= keeps CLI v2 from starting a pager; `env` exists wherever a shell does.
+        out = ["env", "AWS_PAGER=", "aws", *args, "--region", self.region, "--output", "json"]
+        if self.endpoint_url:
+            out += ["--endpoint-url", self.endpoint_url]
+        return out
+
+    def _call(self, *args: str) -> CallResult:
+        try:
+            rc, stdout, stderr = self.runner.run(self.argv(*args), self.timeout)
+        except TimeoutError as exc:
+            return CallResult(False, NETWORK, f"timed out: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a broken transport is an observation, not a crash
+            return CallResult(False, NETWORK if "timeout" in str(exc).lower() else ERROR, f"{type(exc).__name__}: {exc}")
+        return classify(rc, stdout, stderr)
+
+    def identity(self) -> CallResult:
+        result = self._call("sts", "get-caller-identity")
+        if result.ok:
+            try:
+                result.value = json.loads(result.value)["Arn"]
+            except (ValueError, KeyError, TypeError):
+                return CallResult(False, ERROR, "get-caller-identity printed no Arn")
+        return result
+
+    def list_bucket(self, bucket: str) -> CallResult:
+        return self._call("s3api", "list-objects-v2", "--bucket", bucket, "--max-items", "1")
+
+    def put_object(self, bucket: str, key: str) -> CallResult:
+        return self._call("s3api", "put-object", "--bucket", bucket, "--key", key)
+
+    def delete_object(self, bucket: str, key: str) -> CallResult:
+        return self._call("s3api", "delete-object", "--bucket", bucket, "--key", key)
+
+
+class UnavailableBackend:
+    """A principal that has no credentials at all: every call answers the same error."""
+
+    def __init__(self, category: str, detail: str):
+        self.result = CallResult(False, category, detail)
+
+    def identity(self) -> CallResult:
+        return self.result
+
+    def list_bucket(self, bucket: str) -> CallResult:
+        return self.result
+
+    def put_object(self, bucket: str, key: str) -> CallResult:
+        return self.result
+
+    def delete_object(self, bucket: str, key: str) -> CallResult:
+        return self.result
+
+
+# An object cannot exist after a put that failed for these reasons; any other failure (a timeout,
+# a dropped connection) may have written it, so the delete runs.
+_NOT_WRITTEN = (ACCESS_DENIED, NO_SUCH_BUCKET, NO_CREDENTIALS, ASSUME_DENIED, INVALID_CREDENTIALS, CLI_MISSING)
+
+
+@dataclass
+class Observation:
+    allowed: bool | None  # None: could not tell (error)
+    result: CallResult
+    key: str | None = None
+    left_behind: bool = False  # a probe object we could not delete
+
+
+def probe_read(backend: ProbeBackend, bucket: str) -> Observation:
+    result = backend.list_bucket(bucket)
+    return Observation(_allowed(result), result)
+
+
+def probe_write(backend: ProbeBackend, bucket: str, key: str) -> Observation:
+    put: CallResult | None = None
+    delete: CallResult | None = None
+    try:
+        put = backend.put_object(bucket, key)
+    finally:
+        if put is None or put.ok or put.category not in _NOT_WRITTEN:
+            delete = backend.delete_object(bucket, key)
+    if not put.ok:
+        return Observation(_allowed(put), put, key, left_behind=bool(delete and not delete.ok and put.category not in _NOT_WRITTEN))
+    if delete is not None and not delete.ok:
+        detail = f"put allowed but delete failed ({delete.detail}); probe object s3://{bucket}/{key} left behind"
+        return Observation(None, CallResult(False, delete.category, detail), key, left_behind=True)
+    return Observation(True, put, key)
+
+
+def _allowed(result: CallResult) -> bool | None:
+    if result.ok:
+        return True
+    if result.category in (ACCESS_DENIED, NO_CREDENTIALS, ASSUME_DENIED, INVALID_CREDENTIALS):
+        return False
+    return None
+
+
+@dataclass
+class Observed:
+    principal: Principal
+    identity: CallResult
+    arn: str | None
+    role: str | None
+    cells: dict[tuple[str, str], Observation]
+
+
+def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16) -> list[Observed]:
+    """Every identity, read and write probe of every principal, concurrently."""
+    jobs: dict[tuple[str, str, str | None], Any] = {}
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
+        for principal, backend in targets:
+            jobs[(principal.name, IDENTITY, None)] = pool.submit(_guard, backend.identity)
+            for bucket in buckets:
+                jobs[(principal.name, READ, bucket)] = pool.submit(probe_read, backend, bucket)
+                jobs[(principal.name, WRITE, bucket)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name))
+    out = []
+    for principal, _ in targets:
+        ident = jobs[(principal.name, IDENTITY, None)].result()
+        cells = {}
+        for bucket in buckets:
+            for op in (READ, WRITE):
+                future = jobs[(principal.name, op, bucket)]
+                exc = future.exception()
+                cells[(bucket, op)] = future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
+        arn = ident.value if ident.ok else None
+        out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells))
+    return out
+
+
+def _guard(call: Callable[[], CallResult]) -> CallResult:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001
+        return CallResult(False, ERROR, f"{type(exc).__name__}: {exc}")
+
+
+# --- comparing and blaming ----------------------------------------------------------------------
+
+@dataclass
+class Blame:
+    layer: str
+    message: str
+
+
+@dataclass
+class Cell:
+    principal: str
+    check: str  # identity | read | write
+    bucket: str | None
+    expected: Any  # role name (identity) or bool; None = denied identity / unknown access
+    observed: Any
+    match: bool
+    error: str | None = None
+    detail: str = ""
+    blame: Blame | None = None
+
+
+@dataclass
+class PrincipalResult:
+    principal: Principal
+    expected: Expected
+    observed: Observed
+    identity: Cell
+    cells: list[Cell]
+
+
+@dataclass
+class VerifyResult:
+    stage: str
+    account: str
+    region: str
+    node_role: str
+    buckets: list[str]
+    principals: list[PrincipalResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def all_cells(self) -> list[Cell]:
+        return [c for p in self.principals for c in [p.identity, *p.cells]]
+
+    @property
+    def mismatches(self) -> list[Cell]:
+        return [c for c in self.all_cells if not c.match]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    @property
+    def left_behind(self) -> list[str]:
+        return [f"s3://{b}/{o.key}" for p in self.principals for (b, _), o in p.observed.cells.items() if o.left_behind]
+
+
+@dataclass
+class Diagnostics:
+    """Live facts that explain a mismatch (any may be empty when they could not be read)."""
+
+    documents: Documents = field(default_factory=Documents)  # live trust and policies per role
+    allowed_roles: dict[str, list[str] | None] = field(default_factory=dict)  # live namespace annotations
+
+
+def compare(config: Config, account: str, stage: str, expected: list[Expected], observed: list[Observed],
+            diagnostics: Diagnostics | None = None) -> VerifyResult:
+    diagnostics = diagnostics or Diagnostics()
+    by_name = {o.principal.name: o for o in observed}
+    results = []
+    for exp in expected:
+        obs = by_name[exp.principal.name]
+        ident = _identity_cell(config, account, exp, obs, diagnostics)
+        cells = []
+        for (bucket, op), want in exp.access.items():
+            seen = obs.cells[(bucket, op)]
+            match = want is None or seen.allowed == want
+            cell = Cell(exp.principal.name, op, bucket, want, seen.allowed, match, seen.result.category if not seen.result.ok else None,
+                        seen.result.detail)
+            if not match:
+                cell.blame = ident.blame or _cell_blame(config, account, exp, obs, bucket, op, seen, diagnostics)
+            cells.append(cell)
+        results.append(PrincipalResult(exp.principal, exp, obs, ident, cells))
+    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results)
+
+
+def _identity_cell(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Cell:
+    ident = obs.identity
+    refused = not ident.ok and ident.category in (NO_CREDENTIALS, ASSUME_DENIED)
+    match = (obs.role == exp.role) if exp.role else refused
+    cell = Cell(exp.principal.name, IDENTITY, None, exp.role, obs.role if ident.ok else None, match,
+                None if ident.ok else ident.category, obs.arn or ident.detail)
+    if not match:
+        cell.blame = _identity_blame(config, account, exp, obs, diag)
+    return cell
+
+
+def _where(principal: Principal) -> str:
+    return f" on node {principal.node}" if principal.node else ""
+
+
+def _identity_blame(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Blame:
+    ident, want, got = obs.identity, exp.role, obs.role
+    node_arn = config.role_arn(account, config.node_role)
+    if not ident.ok:
+        if ident.category == NETWORK:
+            return Blame(NETWORK_LAYER, f"could not reach AWS: {ident.detail}")
+        if ident.category in (CLI_MISSING, ERROR):
+            return Blame(PROBE, ident.detail)
+        if ident.category == INVALID_CREDENTIALS:
+            return Blame(KUBE2IAM, f"credentials were handed out but AWS rejects them: {ident.detail}")
+        # No credentials / AssumeRole denied, where role `want` was expected.
+        trust = diag.documents.trust.get(want or "")
+        if trust is not None and not pe.trust_allows(trust, node_arn):
+            named = ", ".join(pe.trusted_principals(trust)) or "no AWS principal"
+            return Blame(TRUST, f"AssumeRole denied: role {want}'s trust policy does not trust the node role {node_arn} (it trusts {named})")
+        if ident.category == ASSUME_DENIED:
+            return Blame(TRUST, f"AssumeRole of {want} denied: {ident.detail}")
+        ns = exp.principal.namespace
+        if exp.principal.kind == "pod" and ns in diag.allowed_roles and want and config.namespace_restrictions \
+                and want != config.effective_default_role \
+                and not role_allowed_in_namespace(want, account, diag.allowed_roles[ns]):
+            return Blame(KUBE2IAM, f"kube2iam gave no credentials: namespace {ns} does not allow role {want} "
+                                   f"({ALLOWED_ROLES_ANNOTATION}: {json.dumps(diag.allowed_roles[ns])})")
+        node_policies = diag.documents.policies.get(config.node_role)
+        if want and node_policies is not None and not pe.is_allowed(node_policies, "sts:AssumeRole", config.role_arn(account, want)):
+            return Blame(PERMISSIONS, f"kube2iam gave no credentials: the node role's policies do not allow sts:AssumeRole on {want}")
+        return Blame(KUBE2IAM, f"kube2iam gave no credentials{_where(exp.principal)} ({ident.detail}); check its pod and --debug log")
+    if got == config.node_role and want != config.node_role:
+        return Blame(INTERCEPTION, f"credentials came from the node role {config.node_role} where "
+                                   f"{want or 'none (kube2iam must refuse)'} was expected: metadata calls are not intercepted"
+                                   f"{_where(exp.principal)} (iptables DNAT rule for 169.254.169.254 or kube2iam pod missing)")
+    if want is None:
+        return Blame(KUBE2IAM, f"kube2iam handed out {got} although {exp.why}")
+    if want == config.node_role:
+        return Blame(INTERCEPTION, f"got role {got} where the node role was expected ({exp.why})")
+    return Blame(KUBE2IAM, f"kube2iam handed out role {got} where {want} was expected ({exp.why})")
+
+
+def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, bucket: str, op: str,
+                seen: Observation, diag: Diagnostics) -> Blame:
+    result = seen.result
+    if result.category == NETWORK:
+        return Blame(NETWORK_LAYER, f"could not reach S3: {result.detail}")
+    if result.category == NO_SUCH_BUCKET:
+        return Blame(BUCKET, f"bucket {bucket} does not exist")
+    if result.category in (CLI_MISSING, ERROR):
+        return Blame(PROBE, result.detail)
+    if result.category in (NO_CREDENTIALS, INVALID_CREDENTIALS):
+        return Blame(KUBE2IAM, f"no usable credentials for this call: {result.detail}")
+    role = obs.role or exp.role
+    if op == READ:
+        actions, resource = pe.READ_ACTIONS, pe.bucket_arn(bucket)
+    else:
+        actions, resource = pe.WRITE_ACTIONS, pe.object_arn(bucket, seen.key or PROBE_PREFIX + "x")
+    live = diag.documents.policies.get(role or "")
+    verdicts = ""
+    if live is not None:
+        verdicts = "; live policies: " + ", ".join(f"{a} {pe.evaluate(live, a, resource)}" for a in actions)
+    if exp.access.get((bucket, op)):
+        return Blame(PERMISSIONS, f"role {role} was denied {'/'.join(actions)} on {resource} that it should have{verdicts}")
+    return Blame(PERMISSIONS, f"role {role} was allowed {'/'.join(actions)} on {resource} that it should not have{verdicts}")
+
+
+def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
+               allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
+               diagnostics: Diagnostics | None = None) -> VerifyResult:
+    """Expected from the configuration, observed from the targets, compared and blamed."""
+    principals = [p for p, _ in targets]
+    expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
+    observed = observe(targets, buckets_of(config))
+    result = compare(config, account, stage, expected, observed, diagnostics)
+    if result.left_behind:
+        result.notes.append("probe objects left behind: " + ", ".join(result.left_behind))
+    return result
+
+
+# --- the live run: principals found in the cluster, probed where they run -----------------------
+
+# Article step 9, replayed by --install-cli in a pod without the AWS CLI (a fixed script: no input).
+INSTALL_CLI_SCRIPT = (
+    "set -e; command -v aws >/dev/null 2>&1 && exit 0; "
+    "apt-get update -qq && apt-get install -y -qq curl unzip >/dev/null; "
+    "cd /tmp && curl -sSfL https://awscli.amazonaws.com/awscli-exe-linux-x86_64.zip -o awscliv2.zip "
+    "&& unzip -q -o awscliv2.zip && ./aws/install --update"
+)
+
+
+def ensure_cli(runner: CommandRunner, install: bool, where: str, timeout: float = 600) -> None:
+    rc, _, err = runner.run(["aws", "--version"], 30)
+    if rc == 0:
+        return
+    if not install:
+        raise UsageError(f"no AWS CLI in {where} ({(err or '').strip()[:80] or f'exit {rc}'}); "
+                         "re-run with --install-cli (article step 9) or --probe ephemeral")
+    rc, _, err = runner.run(["sh", "-c", INSTALL_CLI_SCRIPT], timeout)
+    if rc != 0:
+        from rbacbridge.errors import RbacbridgeError
+
+        raise RbacbridgeError(f"installing the AWS CLI in {where} failed: {(err or '').strip().splitlines()[-1:] or rc}")
+
+
+def _get(obj: Any, path: str) -> Any:
+    """A field of a Kubernetes object given as a dict (camelCase) or a client model (snake_case)."""
+    for part in path.split("."):
+        if obj is None:
+            return None
+        if isinstance(obj, dict):
+            obj = obj.get(part)
+        else:
+            obj = getattr(obj, re.sub(r"(?<!^)(?=[A-Z])", "_", part).lower(), None)
+    return obj
+
+
+def pick_pod(pods: list[Any], label: str) -> Any:
+    running = [p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")]
+    if not running:
+        raise UsageError(f"no running pod with label {label} (run `rbacbridge setup` first)")
+    return sorted(running, key=lambda p: _get(p, "metadata.name"))[0]
+
+
+@dataclass
+class LiveOptions:
+    stage: str = "after"
+    probe: str = "exec"
+    install_cli: bool = False
+    node: str | None = None  # SSH address of the host node (else the node the pods run on)
+    host_ip: str | None = None  # the node IP kube2iam's DNAT rule should point at (messages)
+
+
+def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
+    """The host node over SSH, the two nginx pods through Kubernetes exec."""
+    config: Config = ctx.config
+    from rbacbridge import kube
+
+    gateway = ctx.gateway("kube", lambda: kube.KubeGateway(config))
+    principals: list[tuple[Principal, ProbeBackend]] = []
+    pod_nodes = []
+    for name in (VANILLA, ANNOTATED):
+        pod = pick_pod(list(gateway.list_pods(config.namespace, f"app={name}")), f"app={name}")
+        pod_name = _get(pod, "metadata.name")
+        annotations = _get(pod, "metadata.annotations") or {}
+        node_name = _get(pod, "spec.nodeName")
+        pod_nodes.append(node_name)
+        principal = Principal(name, "pod", namespace=config.namespace, pod=pod_name, role_annotation=annotations.get(ROLE_ANNOTATION),
+                              host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name)
+        if options.probe == "ephemeral":
+            container = ensure_ephemeral_probe(_api_client(gateway, config), config.namespace, pod_name, config.probe_image)
+            runner = KubeExecRunner(gateway, config.namespace, pod_name, container=container)
+        else:
+            runner = KubeExecRunner(gateway, config.namespace, pod_name)
+            ensure_cli(runner, options.install_cli, f"pod {config.namespace}/{pod_name}")
+        principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    address = options.node
+    node_label = address
+    if address is None:
+        nodes = {n.name: n for n in kube.cluster_nodes(ctx)}
+        node = nodes.get(pod_nodes[0]) or next(iter(nodes.values()), None)
+        if node is None:
+            raise UsageError("no cluster node found for the host probe; give --node HOST")
+        address, node_label = node.ssh_host or node.internal_ip, node.name
+    runner = SshRunner(ssh_target(config, address))
+    ensure_cli(runner, False, f"host node {node_label}")
+    host = Principal(HOST, "host", node=node_label)
+    return [(host, AwsCliBackend(runner, config.region, config.endpoint_url))] + principals
+
+
+def ssh_target(config: Config, address: str) -> Any:
+    from rbacbridge.ssh import SshTarget
+
+    host, port = address, config.ssh_port or 22
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = int(rest.lstrip(":") or port)
+    elif address.count(":") == 1:
+        host, _, p = address.partition(":")
+        port = int(p)
+    return SshTarget(host=host, port=port, user=config.ssh_user, key_file=config.ssh_key, known_hosts=config.known_hosts)
+
+
+def live_diagnostics(ctx: Any) -> Diagnostics:
+    """Best effort: the live IAM documents and the namespace's allowed-roles annotation."""
+    config: Config = ctx.config
+    diag = Diagnostics()
+    try:
+        import boto3
+
+        from rbacbridge.sandbox import live_documents
+
+        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+        iam = session.client("iam", endpoint_url=config.endpoint_url)
+        diag.documents = live_documents(iam, list(dict.fromkeys([config.node_role, config.pod_role, config.effective_default_role])))
+    except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
+        ctx.facts.setdefault("notes", []).append(f"could not read the IAM documents for diagnosis: {type(exc).__name__}")
+    gateway = ctx.gateways.get("kube")
+    read_namespace = getattr(gateway, "read_namespace", None)
+    if read_namespace is not None:
+        try:
+            raw = (_get(read_namespace(config.namespace), "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
+            diag.allowed_roles[config.namespace] = json.loads(raw) if raw else None
+        except Exception:  # noqa: BLE001
+            pass
+    return diag
+
+
+def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
+    config: Config = ctx.config
+    account = config.account_id or _caller_account(config)
+    targets = live_targets(ctx, options)
+    try:
+        result = run_matrix(config, account, options.stage, targets, diagnostics=live_diagnostics(ctx))
+    finally:
+        for _, backend in targets:
+            close = getattr(getattr(backend, "runner", None), "close", None)
+            if close:
+                close()
+    if options.host_ip:
+        result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
+    result.notes.extend(ctx.facts.get("notes", []))
+    return result
+
+
+def _caller_account(config: Config) -> str:
+    try:
+        import boto3
+
+        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+        return session.client("sts", endpoint_url=config.endpoint_url).get_caller_identity()["Account"]
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"verify needs --account-id (could not read it from the local credentials: {type(exc).__name__})") from None
+
+
+# --- --probe ephemeral: an AWS CLI container added to the pod (shares its network identity) -------
+
+EPHEMERAL_PREFIX = "rbacbridge-probe-"
+EPHEMERAL_LIFETIME = 900  # seconds; Kubernetes cannot remove an ephemeral container, so it exits by itself
+
+
+def _api_client(gateway: Any, config: Config) -> Any:
+    client = getattr(gateway, "api_client", None)
+    if client is not None:
+        return client
+    from kubernetes import config as kube_config
+
+    return kube_config.new_client_from_config(config_file=config.kubeconfig, context=config.context)
+
+
+def ensure_ephemeral_probe(api_client: Any, namespace: str, pod: str, image: str, timeout: float = 120, poll: float = 1.0) -> str:
+    """Add (or reuse) a running ephemeral AWS CLI container in the pod; return its name.
+
+    It goes through the pods/ephemeralcontainers subresource. kube2iam tells pods apart by IP, and
+    an ephemeral container shares the pod's network namespace, so it gets the pod's role.
+    """
+    import time
+
+    from kubernetes import client
+
+    from rbacbridge.errors import RbacbridgeError
+
+    core = client.CoreV1Api(api_client)
+    current = core.read_namespaced_pod(pod, namespace)
+    specs = {c.name: c for c in (current.spec.ephemeral_containers or [])}
+    for status in current.status.ephemeral_container_statuses or []:
+        spec = specs.get(status.name)
+        if status.name.startswith(EPHEMERAL_PREFIX) and status.state and status.state.running and spec and spec.image == image:
+            return status.name
+    name = EPHEMERAL_PREFIX + uuid.uuid4().hex[:6]
+    body = {"spec": {"ephemeralContainers": [{
+        "name": name, "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["sleep", str(EPHEMERAL_LIFETIME)],
+    }]}}
+    core.patch_namespaced_pod_ephemeralcontainers(pod, namespace, body)
+    deadline = time.monotonic() + timeout
+    while True:
+        current = core.read_namespaced_pod(pod, namespace)
+        for status in current.status.ephemeral_container_statuses or []:
+            if status.name != name or not status.state:
+                continue
+            if status.state.running:
+                return name
+            if status.state.terminated:
+                raise RbacbridgeError(f"ephemeral probe container in {namespace}/{pod} exited: {status.state.terminated.reason}")
+            waiting = status.state.waiting
+            if waiting and waiting.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                raise RbacbridgeError(f"ephemeral probe container in {namespace}/{pod}: {waiting.reason} for {image}")
+        if time.monotonic() > deadline:
+            raise RbacbridgeError(f"ephemeral probe container in {namespace}/{pod} not running after {timeout:g}s")
+        time.sleep(poll)
