@@ -217,11 +217,17 @@ def teardown(
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="leave the sandbox running until Ctrl-C")] = False,
+    break_: Annotated[Optional[str], typer.Option("--break", help="plant one fault for verify to catch: trust, policy, iptables or namespace", show_default=False)] = None,
 ) -> None:
-    """Sandbox walk-through on an embedded moto server: plan, setup, no-op re-run, teardown."""
+    """Sandbox walk-through on an embedded moto server: plan, setup, no-op re-run, verify matrix, teardown."""
     from rbacbridge.demo import run_demo
 
-    raise typer.Exit(run_demo(keep=keep))
+    if break_ is not None:
+        from rbacbridge.sandbox import FAULTS
+
+        if break_ not in FAULTS:
+            raise UsageError(f"invalid --break {break_!r}: choose from {', '.join(FAULTS)}")
+    raise typer.Exit(run_demo(keep=keep, fault=break_))
 
 
 @app.command("config-reference")

@@ -74,7 +74,26 @@ def _leftovers(session, url: str, instance: str) -> tuple[list[str], str]:
     return owned, profile
 
 
-def run_demo(keep: bool = False) -> int:
+def _verify_section(out, config: Config, url: str, fault: str | None) -> bool:
+    """The access matrix, computed by moto from the live policies (article steps 10-11 and 15)."""
+    from rbacbridge import report
+    from rbacbridge.sandbox import sandbox_matrix
+
+    out.rule("3b. rbacbridge verify --stage before  (article steps 10-11: everyone has the node role)")
+    before = sandbox_matrix(url, config, SANDBOX_ACCOUNT, stage="before")
+    report.print_table(before)
+    out.rule("3c. rbacbridge verify  (article step 15)" + (f"  — with a planted fault: {fault}" if fault else ""))
+    after = sandbox_matrix(url, config, SANDBOX_ACCOUNT, stage="after", fault=fault)
+    report.print_table(after)
+    if not fault:
+        return before.ok and after.ok
+    blamed = sorted({c.blame.layer for c in after.mismatches if c.blame})
+    out.print(f"verify caught the planted {fault} fault: {len(after.mismatches)} mismatching cell(s), blamed on {', '.join(blamed) or 'nothing'}."
+              if after.mismatches else f"[red]verify did not catch the planted {fault} fault[/red]")
+    return bool(after.mismatches)
+
+
+def run_demo(keep: bool = False, fault: str | None = None) -> int:
     from rbacbridge import planner
     from rbacbridge.aws import AwsGateway
     from rbacbridge.output import console, print_plan, step_line
@@ -117,8 +136,7 @@ def run_demo(keep: bool = False) -> int:
         planner.run(ctx, again)
         out.print(f"{len(again.changes)} changes planned, {counter.mutating} mutating AWS calls made.")
 
-        for extra in _extra_sections():
-            extra(out, config, url)
+        verified = _verify_section(out, config, url, fault)
 
         out.rule("4. rbacbridge teardown")
         ctx = context()
@@ -141,11 +159,7 @@ def run_demo(keep: bool = False) -> int:
             except KeyboardInterrupt:
                 pass
         out.rule("[bold yellow]end of sandbox[/bold yellow]")
-        return 0 if not owned and profile == "legacy-node-profile" else 1
+        return 0 if verified and not owned and profile == "legacy-node-profile" else 1
     finally:
         server.stop()
 
-
-def _extra_sections():
-    """Sections later parts add between setup and teardown (e.g. the verify matrix)."""
-    return []

@@ -694,23 +694,14 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
         if node is None:
             raise UsageError("no cluster node found for the host probe; give --node HOST")
         address, node_label = node.ssh_host or node.internal_ip, node.name
-    runner = SshRunner(ssh_target(config, address))
+    from rbacbridge.nodes import NodeRef, ssh_target
+    from rbacbridge.ssh import parse_host_port
+
+    host_name, port = parse_host_port(address)
+    runner = SshRunner(ssh_target(ctx, NodeRef(name=node_label, ssh_host=host_name, ssh_port=port)))
     ensure_cli(runner, False, f"host node {node_label}")
     host = Principal(HOST, "host", node=node_label)
     return [(host, AwsCliBackend(runner, config.region, config.endpoint_url))] + principals
-
-
-def ssh_target(config: Config, address: str) -> Any:
-    from rbacbridge.ssh import SshTarget
-
-    host, port = address, config.ssh_port or 22
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = int(rest.lstrip(":") or port)
-    elif address.count(":") == 1:
-        host, _, p = address.partition(":")
-        port = int(p)
-    return SshTarget(host=host, port=port, user=config.ssh_user, key_file=config.ssh_key, known_hosts=config.known_hosts)
 
 
 def live_diagnostics(ctx: Any) -> Diagnostics:

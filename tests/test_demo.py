@@ -4,15 +4,36 @@ import os
 import subprocess
 import sys
 
+import pytest
 
-def test_demo_runs_and_leaves_nothing():
+
+def _demo(*args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-m", "rbacbridge", "demo"], capture_output=True, text=True,
-                            env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "rbacbridge", "demo", *args], capture_output=True, text=True,
+                          env=env, timeout=180)
+
+
+def test_demo_runs_and_leaves_nothing():
+    result = _demo()
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "SANDBOX" in out and "No real account" in out
     assert "0 changes planned, 0 mutating AWS calls made." in out
+    assert out.count("15 checks, all match") == 2  # before and after kube2iam
     assert "rbacbridge-owned resources left: 0" in out
     assert "legacy-node-profile (restored)" in out
+
+
+@pytest.mark.parametrize("fault,layer", [("trust", "trust"), ("policy", "permissions"), ("iptables", "interception")])
+def test_demo_break_is_caught_and_blamed(fault, layer):
+    result = _demo("--break", fault)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert f"verify caught the planted {fault} fault" in result.stdout
+    assert f"blamed on {layer}." in result.stdout
+    assert "rbacbridge-owned resources left: 0" in result.stdout
+
+
+def test_demo_rejects_unknown_fault():
+    result = _demo("--break", "dns")
+    assert result.returncode == 2 and result.stderr.startswith("error: invalid --break")
