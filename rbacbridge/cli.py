@@ -236,6 +236,53 @@ def config_reference() -> None:
         typer.echo(f"{option.path:32} {str(default):28} {option.help}")
 
 
+HostInterfaceOpt = Annotated[Optional[str], typer.Option("--host-interface", help="kube2iam --host-interface; auto = from the cluster's network plugin", show_default=False)]
+
+
+@app.command()
+def render(
+    output_dir: Annotated[str, typer.Option("--output", "-o", help="directory for one file per object, or - for multi-document YAML on stdout")] = "-",
+    config: ConfigOpt = None,
+    account_id: AccountOpt = None,
+    host_interface: HostInterfaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
+    for `kubectl apply -f -` or GitOps. Offline unless --kubeconfig/--context is given (then
+    --host-interface auto is detected from that cluster; offline it falls back to docker0)."""
+    from pathlib import Path
+
+    from rbacbridge import kube
+
+    cfg = _config(config, account_id=account_id, host_interface=host_interface, kubeconfig=kubeconfig, context=context)
+    if not cfg.account_id:
+        raise UsageError("render needs --account-id (or account_id in the config) for kube2iam's --base-role-arn")
+    err = sys.stderr
+    if cfg.host_interface != "auto":
+        interface = cfg.host_interface
+    elif kubeconfig or context:
+        from rbacbridge.planner import Context
+
+        interface, reason = kube.host_interface(Context(config=cfg, parts=("kube",)))
+        print(f"note: {reason}", file=err)
+    else:
+        interface = kube.FALLBACK_INTERFACE
+        print(f"note: host interface {interface} (offline; pass --host-interface, or --kubeconfig/--context to detect it)", file=err)
+    documents = kube.render_documents(kube.desired_objects(cfg, interface))
+    if output_dir == "-":
+        sys.stdout.write("".join(f"---\n{text}" for _, text in documents))
+        return
+    directory = Path(output_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in documents:
+            (directory / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write manifests to {output_dir}: {exc.strerror or exc}") from None
+    print(f"wrote {len(documents)} manifests to {directory}", file=err)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("RBACBRIDGE_DEBUG") == "1"
