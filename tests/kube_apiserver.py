@@ -155,6 +155,20 @@ def _strip(fields: dict[str, Any], taken: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _null_fields(patch: Any) -> dict[str, Any]:
+    """FieldsV1 of the fields a merge patch deletes (set to null): nobody manages them any more."""
+    out: dict[str, Any] = {}
+    if isinstance(patch, dict):
+        for key, value in patch.items():
+            if value is None:
+                out[f"f:{key}"] = {}
+            elif isinstance(value, dict):
+                inner = _null_fields(value)
+                if inner:
+                    out[f"f:{key}"] = inner
+    return out
+
+
 def _without_bookkeeping(obj: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(obj)
     meta = out.get("metadata", {})
@@ -446,6 +460,10 @@ class Store:
         target = {"status": live.get("status", {})} if sub == "status" else live
         patched = merge(target, body)
         new = merge(live, {"status": patched["status"]}) if sub == "status" else patched
+        removed = _null_fields(body)
+        if removed and new.get("metadata", {}).get("managedFields"):
+            new["metadata"]["managedFields"] = [
+                {**e, "fieldsV1": _strip(e.get("fieldsV1", {}), removed)} for e in new["metadata"]["managedFields"]]
         validate(new)
         changed = self._bump(live, new)
         self.objects[key] = new
@@ -552,6 +570,7 @@ def _default_exec(namespace: str, pod: str, container: str | None, argv: list[st
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: avoid 40 ms delayed-ACK stalls
     server: "KubeApiServer"
 
     def log_message(self, *args: Any) -> None:  # quiet
@@ -685,7 +704,7 @@ class KubeApiServer(ThreadingHTTPServer):
         self.store.forbidden.add((verb, resource))
 
     def start(self) -> "KubeApiServer":
-        self._thread = threading.Thread(target=self.serve_forever, name="kube-apiserver", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="kube-apiserver", daemon=True)
         self._thread.start()
         return self
 
