@@ -259,7 +259,7 @@ class KubeGateway:
         try:
             ws = stream(CoreV1Api(self.api_client).connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
         except ApiException as exc:
-            raise _api_error(exc.status or 0, exc.body or b"", "EXEC", f"{collection_path('Pod', namespace)}/{pod}/exec") from None
+            raise _exec_error(self.host, namespace, pod, exc) from None
         except Exception as exc:  # noqa: BLE001 - websocket/socket errors
             raise RbacbridgeError(f"cannot exec in pod {namespace}/{pod} via {self.host}: {_short(exc)}") from None
         try:
@@ -271,6 +271,22 @@ class KubeGateway:
         finally:
             ws.close()
         return ExecResult(rc if rc is not None else -1, stdout or "", stderr or "")
+
+
+def _exec_error(host: str, namespace: str, pod: str, exc) -> RbacbridgeError:
+    """The client reports a refused websocket handshake as status 0 with the HTTP answer in its text."""
+    import re
+
+    path = f"{collection_path('Pod', namespace)}/{pod}/exec"
+    if exc.status:
+        return _api_error(exc.status, exc.body or b"", "EXEC", path)
+    text = str(exc.reason or "")
+    status = re.search(r"Handshake status (\d+)", text)
+    if not status:
+        return RbacbridgeError(f"cannot exec in pod {namespace}/{pod} via {host}: {_short(text)}")
+    message = re.search(r'"message":\s*"((?:[^"\\]|\\.)*)"', text)
+    body = json.dumps({"message": message.group(1) if message else ""})
+    return _api_error(int(status.group(1)), body, "EXEC", path)
 
 
 def object_path(kind: str, name: str, namespace: str | None = None) -> str:
