@@ -40,10 +40,13 @@ def plan_table(plan: Plan, title: str):
     table.add_column("kind", no_wrap=True)
     table.add_column("name", overflow="fold")
     table.add_column("what", overflow="fold")
+    from rich.markup import escape
+
     for step in plan.steps:
         mark, style = _ACTION_STYLE.get(step.action, ("?", ""))
-        what = step.message + (f"\n[dim]{step.reason}[/dim]" if step.reason else "")
-        table.add_row(f"[{style}]{mark} {step.action}[/{style}]", step.system, step.kind, step.name, what)
+        # escape: field paths like containers[kube2iam].args are not markup
+        what = escape(step.message) + (f"\n[dim]{escape(step.reason)}[/dim]" if step.reason else "")
+        table.add_row(f"[{style}]{mark} {step.action}[/{style}]", step.system, step.kind, escape(step.name), what)
     return table
 
 
@@ -74,4 +77,6 @@ def print_plan(plan: Plan, title: str, to_stderr: bool = False) -> None:
 
 def step_line(step: Step, done: bool) -> str:
     mark, _ = _ACTION_STYLE.get(step.action, ("?", ""))
-    return f"{'done' if done else '....'} {mark} {step.message}"
+    from rich.markup import escape
+
+    return f"{'done' if done else '....'} {mark} {escape(step.message)}"

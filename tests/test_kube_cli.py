@@ -79,3 +79,16 @@ def test_unreachable_cluster_via_cli(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: cannot reach the Kubernetes API server at http://127.0.0.1:9 (kubeconfig {kubeconfig}): connection refused"]
+
+
+def test_plan_table_shows_drifted_field_paths_literally(kube_api):
+    common = ["--only", "kube", "--kubeconfig", kube_api.kubeconfig, "--account-id", "123456789012"]
+    assert _cli("setup", *common).returncode == 0
+    daemonset = kube_api.store.get("DaemonSet", "kube2iam", "kube-system")
+    daemonset["spec"]["template"]["spec"]["containers"][0]["image"] = "jtblin/kube2iam:latest"
+    kube_api.store.put(daemonset)
+    result = subprocess.run([sys.executable, "-m", "rbacbridge", "plan", *common], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200"), cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "differs: spec.template.spec.containers[kube2iam].image" in result.stdout
+    assert "1 change (1 to update), 6 unchanged" in result.stdout
