@@ -150,3 +150,15 @@ def test_after_teardown_times_out_naming_the_pods_left(kube_api):
     kube_api.store.add_pod("kube-system", "kube2iam-stuck", labels)
     with pytest.raises(RbacbridgeError, match="kube-system/kube2iam-stuck"):
         kube.after_teardown(kube_context(kube_api, rollout_timeout=0.2))
+
+
+def test_teardown_force_deletes_an_unlabelled_object(kube_api):
+    store = kube_api.store
+    store.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kube2iam", "namespace": "kube-system"}})
+    ctx = kube_context(kube_api)
+    ctx.force = True
+    plan = planner.plan_teardown(ctx)
+    step = steps_by_name(plan)[("ServiceAccount", "kube-system/kube2iam")]
+    assert step.action == DELETE and "--force" in step.reason
+    assert planner.run(ctx, plan, teardown=True).ok
+    assert store.get("ServiceAccount", "kube2iam", "kube-system") is None
