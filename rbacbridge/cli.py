@@ -289,6 +289,90 @@ def render(
     except OSError as exc:
         raise UsageError(f"cannot write manifests to {output_dir}: {exc.strerror or exc}") from None
     print(f"wrote {len(documents)} manifests to {directory}", file=err)
+# --- rbacbridge iptables status|fix|remove -----------------------------------------------------
+
+iptables_app = typer.Typer(
+    help="kube2iam's iptables rule on each node over SSH: report it, keep exactly one, or remove it.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(iptables_app, name="iptables")
+
+NodeOpt = Annotated[Optional[list[str]], typer.Option("--node", help="node HOST[:PORT] or ssh-config alias (repeatable; else nodes.hosts, else the cluster's nodes)", show_default=False)]
+SshUserOpt = Annotated[Optional[str], typer.Option("--ssh-user", help="SSH user (else ~/.ssh/config, else the local user); non-root uses sudo -n", show_default=False)]
+SshKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", help="SSH private key (else ~/.ssh/config IdentityFile, agent, ~/.ssh/id_*)", show_default=False)]
+KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file [default: ~/.ssh/known_hosts]", show_default=False)]
+SshPortOpt = Annotated[Optional[int], typer.Option("--ssh-port", help="SSH port when HOST has none (else ~/.ssh/config, else 22)", show_default=False)]
+SshConfigOpt = Annotated[Optional[str], typer.Option("--ssh-config", help="ssh config file [default: ~/.ssh/config]; 'none' to ignore", show_default=False)]
+AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="record unknown host keys (OpenSSH accept-new); a changed key is always refused")]
+HostIpOpt = Annotated[Optional[str], typer.Option("--host-ip", help="host IP in the rule (else the node's InternalIP, else the address SSH reached)", show_default=False)]
+HostIfaceOpt = Annotated[Optional[str], typer.Option("--host-interface", help="pods' interface in the rule [default: kube2iam.host_interface; auto: network plugin, else docker0]", show_default=False)]
+PortOpt = Annotated[Optional[int], typer.Option("--port", help="kube2iam --app-port in the rule [default: 8282]", show_default=False)]
+AddMissingOpt = Annotated[bool, typer.Option("--add-missing", help="fix: add the rule where it is missing (else kube2iam adds it once it runs)")]
+
+
+def _iptables(command, config, node, ssh_user, ssh_key, known_hosts, ssh_port, ssh_config, accept_new_host_keys,
+              host_ip, host_interface, port, add_missing, kubeconfig, context, dry_run, yes, output) -> int:
+    from rbacbridge import output as out
+    from rbacbridge.nodes import run_iptables
+
+    fmt = _output_format(output)
+    cfg = _config(config, node_hosts=tuple(node or ()), ssh_user=ssh_user, ssh_key=ssh_key, known_hosts=known_hosts,
+                  ssh_port=ssh_port, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys or None,
+                  host_ip=host_ip, host_interface=host_interface, kube2iam_port=port, add_missing=add_missing or None,
+                  kubeconfig=kubeconfig, context=context)
+    ctx = _context(cfg, "nodes", fmt)
+
+    def show_plan(plan) -> None:
+        out.print_plan(plan, f"rbacbridge iptables {command} plan" + (" (dry run)" if dry_run else ""), to_stderr=fmt == "json")
+
+    def confirm(plan) -> bool:
+        if yes or _confirm(f"Apply these {len(plan.changes)} changes?"):
+            return True
+        raise RbacbridgeError("aborted: nothing changed")
+
+    result = run_iptables(ctx, command, show_plan=show_plan, confirm=confirm, dry_run=dry_run)
+    if fmt == "json":
+        out.dump_json(result.to_dict())
+    else:
+        out.print_iptables(result)
+    if not result.ok:
+        failed = [r.node for r in result.reports if r.error]
+        raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
+    return 0
+
+
+def _iptables_cmd(command: str, doc: str):
+    def cmd(
+        node: NodeOpt = None,
+        ssh_user: SshUserOpt = None,
+        ssh_key: SshKeyOpt = None,
+        known_hosts: KnownHostsOpt = None,
+        ssh_port: SshPortOpt = None,
+        ssh_config: SshConfigOpt = None,
+        accept_new_host_keys: AcceptNewOpt = False,
+        host_ip: HostIpOpt = None,
+        host_interface: HostIfaceOpt = None,
+        port: PortOpt = None,
+        add_missing: AddMissingOpt = False,
+        config: ConfigOpt = None,
+        kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None,
+        dry_run: DryRunOpt = False,
+        yes: YesOpt = False,
+        output: OutputOpt = "table",
+    ) -> None:
+        raise typer.Exit(_iptables(command, config, node, ssh_user, ssh_key, known_hosts, ssh_port, ssh_config,
+                                   accept_new_host_keys, host_ip, host_interface, port, add_missing, kubeconfig,
+                                   context, dry_run, yes, output))
+
+    cmd.__doc__ = doc
+    iptables_app.command(command)(cmd)
+
+
+_iptables_cmd("status", "Show each node's kube2iam rules: kept, duplicate, stale, missing, other tools'. Changes nothing.")
+_iptables_cmd("fix", "Keep exactly one rule matching the kube2iam settings on each node; delete duplicates and stale rules.")
+_iptables_cmd("remove", "Delete every kube2iam rule on each node (teardown: no pod's metadata call goes to a dead port).")
 
 
 def main() -> None:
@@ -312,13 +396,15 @@ def main() -> None:
         typer.echo("error: interrupted (re-run to finish; plans start from live state)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        # typer ships its own copy of click's exception classes: recognise them by shape.
+        if type(exc).__name__ == "Abort":
             typer.echo("error: aborted", err=True)
             sys.exit(1)
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message())
+            sys.exit(0)
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            typer.echo(f"error: {exc.format_message()} (see `rbacbridge --help`)", err=True)
             sys.exit(exc.exit_code)
         if debug:
             raise

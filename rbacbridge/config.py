@@ -186,6 +186,38 @@ def ssh_user(key: str, value: Any) -> str | None:
     return text
 
 
+def ipv4(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise _fail(key, value, "not an IP address") from None
+    if address.version != 4:
+        raise _fail(key, value, "kube2iam's iptables rule takes an IPv4 address")
+    return str(address)
+
+
+def seconds(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _fail(key, value, "a number of seconds") from None
+    if not 0 < number <= 3600:
+        raise _fail(key, value, "between 0 and 3600 seconds")
+    return number
+
+
+def parallelism(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise _fail(key, value, "a whole number") from None
+    if not 1 <= number <= 256:
+        raise _fail(key, value, "between 1 and 256")
+    return number
+
+
 def node_addresses(key: str, value: Any) -> tuple[str, ...]:
     """HOST or HOST:PORT or [IPv6]:PORT; host is an IP address or a DNS name."""
     out = []
@@ -260,6 +292,13 @@ SCHEMA: tuple[Option, ...] = (
     Option("nodes.ssh_key", "ssh_key", None, optional_text, "SSH private key file"),
     Option("nodes.ssh_port", "ssh_port", None, port, "SSH port (else ~/.ssh/config, else 22)"),
     Option("nodes.known_hosts", "known_hosts", None, optional_text, "known_hosts file (else ~/.ssh/known_hosts)"),
+    Option("nodes.ssh_config", "ssh_config", None, optional_text, "ssh config file (else ~/.ssh/config; 'none' to ignore)"),
+    Option("nodes.accept_new_host_keys", "accept_new_host_keys", False, boolean, "record unknown host keys (OpenSSH accept-new); changed keys are always refused"),
+    Option("nodes.host_ip", "host_ip", None, ipv4, "kube2iam --host-ip in the rule (else the node's InternalIP, else its SSH address)"),
+    Option("nodes.add_missing", "add_missing", False, boolean, "add the rule where it is missing (else kube2iam adds it once running)"),
+    Option("nodes.connect_timeout", "ssh_connect_timeout", 10.0, seconds, "SSH connect timeout, seconds"),
+    Option("nodes.command_timeout", "ssh_command_timeout", 60.0, seconds, "timeout of one command on a node, seconds"),
+    Option("nodes.parallel", "node_parallelism", 16, parallelism, "nodes handled at once"),
 )
 
 _BY_PATH = {o.path: o for o in SCHEMA}
@@ -298,6 +337,13 @@ class Config:
     ssh_key: str | None = None
     ssh_port: int | None = None
     known_hosts: str | None = None
+    ssh_config: str | None = None
+    accept_new_host_keys: bool = False
+    host_ip: str | None = None
+    add_missing: bool = False
+    ssh_connect_timeout: float = 10.0
+    ssh_command_timeout: float = 60.0
+    node_parallelism: int = 16
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

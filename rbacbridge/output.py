@@ -24,7 +24,10 @@ _ACTION_STYLE = {
 def console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Pipes and CI logs get a wide line instead of rich's 80 columns.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def dump_json(data: Any) -> None:
@@ -32,21 +35,17 @@ def dump_json(data: Any) -> None:
 
 
 def plan_table(plan: Plan, title: str):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_lines=False)
-    table.add_column("", no_wrap=True)
+    table.add_column("action", no_wrap=True)
     table.add_column("part", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("name", overflow="fold")
-    table.add_column("what", overflow="fold")
-    from rich.markup import escape
-
+    table.add_column("step (and why)", overflow="fold")
     for step in plan.steps:
         mark, style = _ACTION_STYLE.get(step.action, ("?", ""))
-        # escape: field paths like containers[kube2iam].args are not markup
         what = escape(step.message) + (f"\n[dim]{escape(step.reason)}[/dim]" if step.reason else "")
-        table.add_row(f"[{style}]{mark} {step.action}[/{style}]", step.system, step.kind, escape(step.name), what)
+        table.add_row(f"[{style}]{mark} {step.action}[/{style}]", step.system, what)
     return table
 
 
@@ -80,3 +79,31 @@ def step_line(step: Step, done: bool) -> str:
     from rich.markup import escape
 
     return f"{'done' if done else '....'} {mark} {escape(step.message)}"
+
+
+def print_iptables(result) -> None:
+    """Per-node table of `rbacbridge iptables status|fix|remove`."""
+    from rich.table import Table
+
+    out = console()
+    verb = {"status": "status", "fix": "fixed" if result.applied else "not changed",
+            "remove": "removed" if result.applied else "not changed"}[result.command]
+    table = Table(title=f"kube2iam iptables rule per node ({verb})", title_justify="left")
+    for column in ("node", "rule wanted (iface -> ip:port)" if result.command != "remove" else "address", "kept", "deleted", "missing", "other tools'", "error"):
+        table.add_column(column, overflow="fold")
+    for r in result.reports:
+        second = r.address
+        if result.command != "remove" and r.rule:
+            words = r.rule.split()
+            second = f"{words[words.index('-i') + 1]} -> {words[-1]}"
+        if result.command == "status" or not result.applied:
+            deleted = str(sum(1 for _ in r.rules_before) - r.kept - r.left_alone) + " to delete" if not r.error else "-"
+        else:
+            deleted = str(r.deleted)
+        table.add_row(
+            r.node, second or "-", "-" if r.error else str(r.kept), deleted, r.missing,
+            "-" if r.error else str(r.left_alone), f"[red]{r.error}[/red]" if r.error else "",
+        )
+    out.print(table)
+    failed = sum(1 for r in result.reports if r.error)
+    out.print(f"{len(result.reports)} node(s), {failed} failed")

@@ -1,0 +1,138 @@
+"""Throttling, 5xx, EC2's eventual consistency and interruptions: setup still converges."""
+
+from __future__ import annotations
+
+import random
+
+import botocore.retries.standard
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from rbacbridge import planner
+from tests.fixtures_aws import is_mutating, moto_url, sandbox  # noqa: F401
+from tests.test_aws_setup import assert_article_state
+
+THROTTLE = b"""<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>r</RequestId></ErrorResponse>"""
+INTERNAL = b"""<ErrorResponse><Error><Type>Receiver</Type><Code>InternalFailure</Code><Message>try again</Message></Error><RequestId>r</RequestId></ErrorResponse>"""
+EC2_THROTTLE = b"""<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>r</RequestID></Response>"""
+EC2_PROFILE_NOT_YET = b"""<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>Value (nettech-instance-profile) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name</Message></Error></Errors><RequestID>r</RequestID></Response>"""
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **_):
+        yield self._body
+
+
+class FaultInjector:
+    """Answers a seeded share of requests with an error before they reach moto."""
+
+    def __init__(self, seed: int, rate: float):
+        self.random = random.Random(seed)
+        self.rate = rate
+        self.injected = 0
+
+    def __call__(self, request, **_):
+        if self.random.random() >= self.rate:
+            return None
+        self.injected += 1
+        body = request.body or b""
+        body = body.encode() if isinstance(body, str) else body
+        ec2 = b"Version=2016-11-15" in body
+        if ec2 and b"Action=AssociateIamInstanceProfile" in body:
+            status, body = 400, EC2_PROFILE_NOT_YET
+        elif ec2:
+            status, body = 503, EC2_THROTTLE
+        else:
+            status, body = self.random.choice([(400, THROTTLE), (500, INTERNAL)])
+        return AWSResponse(request.url, status, {}, _Raw(body))
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    # botocore's standard retry sleeps up to 20 s between attempts; the retry count is what matters here.
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0.0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_setup_converges_under_faults(sandbox, no_backoff, seed):
+    instance = sandbox.new_instance(previous_profile="legacy")
+    session = sandbox.session()
+    injector = FaultInjector(seed, 0.3)
+    session.events.register("before-send", injector)
+    ctx = sandbox.context(sandbox.config(instance_ids=(instance,)), session=session)
+    outcome = planner.run(ctx, planner.plan_setup(ctx))
+    assert outcome.ok, outcome.failure.error
+    assert injector.injected > 0
+    assert_article_state(sandbox, instance, previous_profile="legacy")
+    # and a clean re-run agrees nothing is left to do
+    assert planner.plan_setup(sandbox.context(sandbox.config(instance_ids=(instance,)))).changes == []
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(k: int):
+    count = {"n": 0}
+
+    def hook(model, **_):
+        if is_mutating(model.name):
+            if count["n"] == k:
+                raise Interrupt(f"stopped before mutating call {k}")
+            count["n"] += 1
+
+    return hook
+
+
+def _full_setup_length(sandbox) -> int:
+    instance = sandbox.new_instance(previous_profile="legacy")
+    ctx = sandbox.context(sandbox.config(instance_ids=(instance,)))
+    return len(planner.plan_setup(ctx).changes)
+
+
+def test_interrupted_setup_converges_for_every_k(sandbox, moto_url):
+    from tests.fixtures_aws import reset_moto
+
+    total = _full_setup_length(sandbox)
+    assert total >= 12
+    for k in range(total + 1):
+        reset_moto(moto_url)
+        instance = sandbox.new_instance(previous_profile="legacy")
+        baseline = sandbox.snapshot()
+        config = sandbox.config(instance_ids=(instance,))
+        session = sandbox.session()
+        session.events.register("before-call", _interrupt_after(k))
+        ctx = sandbox.context(config, session=session)
+        outcome = planner.run(ctx, planner.plan_setup(ctx))
+        assert outcome.ok == (k == total), k
+        if k % 2 == 0:
+            # re-running setup finishes the job
+            ctx = sandbox.context(config)
+            assert planner.run(ctx, planner.plan_setup(ctx)).ok
+            assert_article_state(sandbox, instance, previous_profile="legacy")
+        # teardown (after the abort, or after the finished re-run) leaves nothing owned
+        ctx = sandbox.context(config)
+        assert planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
+        assert sandbox.snapshot() == baseline, k
+
+
+def test_interrupted_teardown_converges(sandbox, moto_url):
+    from tests.fixtures_aws import reset_moto
+
+    for k in (1, 4, 7, 10):
+        reset_moto(moto_url)
+        instance = sandbox.new_instance(previous_profile="legacy")
+        baseline = sandbox.snapshot()
+        config = sandbox.config(instance_ids=(instance,))
+        ctx = sandbox.context(config)
+        assert planner.run(ctx, planner.plan_setup(ctx)).ok
+        session = sandbox.session()
+        session.events.register("before-call", _interrupt_after(k))
+        ctx = sandbox.context(config, session=session)
+        assert not planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
+        ctx = sandbox.context(sandbox.config())
+        assert planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
+        assert sandbox.snapshot() == baseline, k

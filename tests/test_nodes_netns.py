@@ -1,0 +1,386 @@
+"""`rbacbridge iptables` and the nodes part against real sshd + real iptables in network namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rbacbridge import planner
+from rbacbridge.config import Config
+from rbacbridge.nodes import run_iptables
+from rbacbridge.planner import Context
+from tests.fixtures_nodes import host_ruleset_unchanged, make_node, netns, node  # noqa: F401
+from tests.netns import Node
+
+pytestmark = [netns, pytest.mark.netns]
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = ["-d", "169.254.169.254/32", "-i", "{iface}", "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "DNAT",
+         "--to-destination", "{dest}"]
+
+
+def add_rule(node: Node, port: int = 8282, iface: str = "docker0", ip: str | None = None, chain: str = "PREROUTING") -> None:
+    dest = f"{ip or node.address}:{port}"
+    node.iptables("-t", "nat", "-A", chain, *[p.format(iface=iface, dest=dest) for p in SHAPE])
+
+
+def kube2iam_rules(node: Node) -> list[str]:
+    return [r for r in node.nat_rules() if "169.254.169.254" in r and "--comment" not in r]
+
+
+def wanted(node: Node, port: int = 8282, iface: str = "docker0") -> str:
+    return f"-A PREROUTING -d 169.254.169.254/32 -i {iface} -p tcp -m tcp --dport 80 -j DNAT --to-destination {node.address}:{port}"
+
+
+def known_hosts_for(tmp_path: Path, *nodes: Node) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text("".join(f"{n.known_host_name} {n.host_public_key}\n" for n in nodes))
+    return path
+
+
+def config_for(tmp_path: Path, *nodes: Node, **overrides) -> Config:
+    values = dict(node_hosts=tuple(n.host for n in nodes), ssh_user="root", ssh_key=str(nodes[0].client_key),
+                  known_hosts=str(known_hosts_for(tmp_path, *nodes)), ssh_config="none", host_interface="docker0",
+                  ssh_connect_timeout=3.0, ssh_command_timeout=10.0)
+    values.update(overrides)
+    return Config(**values)
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "rbacbridge", "iptables", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def cli_opts(node: Node, known_hosts: Path | None = None) -> list[str]:
+    return ["--node", node.host, "--ssh-user", "root", "--ssh-key", str(node.client_key),
+            "--known-hosts", str(known_hosts or node.known_hosts), "--ssh-config", "none", "--host-interface", "docker0"]
+
+
+# --- fix ---------------------------------------------------------------------------------------
+
+
+def test_three_identical_duplicates_become_one_and_a_rerun_changes_nothing(node, tmp_path):
+    for _ in range(3):
+        add_rule(node)
+    result = run_iptables(Context(config_for(tmp_path, node)), "fix")
+    assert result.ok and result.applied
+    assert kube2iam_rules(node) == [wanted(node)]
+    assert (result.reports[0].kept, result.reports[0].deleted) == (1, 2)
+
+    again = run_iptables(Context(config_for(tmp_path, node)), "fix")
+    assert again.ok and not again.plan.changes and not again.applied
+    assert kube2iam_rules(node) == [wanted(node)]
+
+
+def test_stale_rules_before_the_current_one_are_deleted_and_the_current_kept(node):
+    add_rule(node, iface="cbr0")  # old interface
+    add_rule(node, port=8181)  # old port
+    add_rule(node)
+    add_rule(node, port=8181)
+    result = cli("fix", "--yes", *cli_opts(node))
+    assert result.returncode == 0, result.stderr
+    assert kube2iam_rules(node) == [wanted(node)]
+    assert "delete stale rule" in result.stdout and "port 8181 (want 8282)" in result.stdout
+    assert "interface cbr0 (want docker0)" in result.stdout
+
+
+def test_rules_of_other_tools_chains_and_tables_are_left_alone(node):
+    foreign = ["-A PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m comment --comment \"metadata proxy\" "
+               "-m tcp --dport 80 -j DNAT --to-destination 10.9.9.9:80"]
+    node.iptables("-t", "nat", "-A", "PREROUTING", "-d", "169.254.169.254/32", "-i", "docker0", "-p", "tcp",
+                  "-m", "comment", "--comment", "metadata proxy", "-m", "tcp", "--dport", "80", "-j", "DNAT",
+                  "--to-destination", "10.9.9.9:80")
+    node.iptables("-t", "nat", "-N", "OLD-KUBE2IAM")
+    add_rule(node, chain="OLD-KUBE2IAM")  # kube2iam-shaped, but another chain
+    node.iptables("-t", "filter", "-A", "FORWARD", "-d", "169.254.169.254/32", "-i", "docker0", "-p", "tcp",
+                  "-m", "tcp", "--dport", "80", "-j", "ACCEPT")
+    add_rule(node)
+    add_rule(node)
+    other_chain = node.nat_rules("OLD-KUBE2IAM")
+    filter_before = node.exec(["iptables", "-t", "filter", "-S"]).stdout
+
+    for command in ("fix", "remove"):
+        result = cli(command, "--yes", *cli_opts(node))
+        assert result.returncode == 0, result.stderr
+        assert "left-alone" in result.stdout
+        assert [r for r in node.nat_rules() if "comment" in r] == foreign
+        assert node.nat_rules("OLD-KUBE2IAM") == other_chain
+        assert node.exec(["iptables", "-t", "filter", "-S"]).stdout == filter_before
+    assert kube2iam_rules(node) == []
+
+
+def test_missing_rule_is_reported_and_added_with_add_missing(node):
+    add_rule(node, port=8181)
+    report = cli("fix", "--yes", "-o", "json", *cli_opts(node))
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert data["nodes"][0]["missing"] == "yes" and data["nodes"][0]["deleted"] == 1
+    assert any("missing" in note and "--add-missing" in note for note in data["plan"]["notes"])
+    assert kube2iam_rules(node) == []
+
+    added = cli("fix", "--yes", "--add-missing", "-o", "json", *cli_opts(node))
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["nodes"][0]["missing"] == "added"
+    assert kube2iam_rules(node) == [wanted(node)]
+
+
+def test_host_ip_port_and_interface_overrides_choose_the_rule_kept(node, tmp_path):
+    add_rule(node, iface="cni0", ip="10.43.0.7", port=8181)
+    add_rule(node)
+    cfg = config_for(tmp_path, node, host_ip="10.43.0.7", kube2iam_port=8181, host_interface="cni0")
+    assert run_iptables(Context(cfg), "fix").ok
+    assert kube2iam_rules(node) == [wanted(node, port=8181, iface="cni0").replace(node.address, "10.43.0.7")]
+
+
+# --- sudo, host keys ---------------------------------------------------------------------------
+
+
+def test_non_root_user_with_nopasswd_sudo_for_iptables_only(node, tmp_path):
+    user = node.add_user(sudo_iptables=True)
+    add_rule(node, port=8181)
+    add_rule(node)
+    add_rule(node)
+    result = run_iptables(Context(config_for(tmp_path, node, ssh_user=user.name)), "fix")
+    assert result.ok, result.reports[0].error
+    assert kube2iam_rules(node) == [wanted(node)]
+
+
+def test_non_root_user_without_sudo_fails_clearly_and_changes_nothing(node, tmp_path):
+    user = node.add_user(sudo_iptables=False)
+    add_rule(node)
+    add_rule(node)
+    result = run_iptables(Context(config_for(tmp_path, node, ssh_user=user.name)), "fix")
+    assert not result.ok
+    assert "sudo" in result.reports[0].error and "NOPASSWD" in result.reports[0].error
+    assert len(kube2iam_rules(node)) == 2
+
+
+def test_unknown_host_is_refused_with_nothing_run_and_accept_new_records_it(node, tmp_path):
+    add_rule(node)
+    add_rule(node)
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    refused = cli("fix", "--yes", *cli_opts(node, known_hosts=empty))
+    assert refused.returncode == 1
+    assert "not in known_hosts" in refused.stdout + refused.stderr and "refused" in refused.stdout + refused.stderr
+    assert len(kube2iam_rules(node)) == 2
+
+    accepted = cli("fix", "--yes", "--accept-new-host-keys", *cli_opts(node, known_hosts=empty))
+    assert accepted.returncode == 0, accepted.stderr
+    assert node.host_public_key in empty.read_text()
+    assert kube2iam_rules(node) == [wanted(node)]
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(node, tmp_path):
+    add_rule(node)
+    add_rule(node)
+    other = make_other_key(tmp_path)
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"{node.known_host_name} {other}\n")
+    for extra in ([], ["--accept-new-host-keys"]):
+        result = cli("fix", "--yes", *extra, *cli_opts(node, known_hosts=wrong))
+        assert result.returncode == 1
+        assert "CHANGED" in result.stdout + result.stderr
+    assert wrong.read_text() == f"{node.known_host_name} {other}\n"
+    assert len(kube2iam_rules(node)) == 2
+
+
+def make_other_key(tmp_path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    return " ".join((tmp_path / "other.pub").read_text().split()[:2])
+
+
+# --- many nodes, failures ----------------------------------------------------------------------
+
+
+def test_one_of_three_nodes_down_the_others_are_fixed_and_the_table_names_it(make_node, tmp_path):
+    first = make_node("n1")
+    nodes = [first, make_node("n2", client_key=first.client_key), make_node("n3", client_key=first.client_key)]
+    for n in nodes:
+        add_rule(n, port=8181)
+        add_rule(n)
+        add_rule(n)
+    nodes[1].stop_sshd()
+    known = known_hosts_for(tmp_path, *nodes)
+    args = ["fix", "--yes", "--ssh-user", "root", "--ssh-key", str(first.client_key), "--known-hosts", str(known),
+            "--ssh-config", "none", "--host-interface", "docker0"]
+    for n in nodes:
+        args += ["--node", n.host]
+    result = cli(*args)
+    assert result.returncode == 1
+    assert f"1 of 3 node(s) failed: {nodes[1].host}" in result.stderr
+    failed_rows = [line for line in result.stdout.splitlines() if nodes[1].host in line and "connect" in line]
+    assert failed_rows, result.stdout
+    assert kube2iam_rules(nodes[0]) == [wanted(nodes[0])]
+    assert kube2iam_rules(nodes[2]) == [wanted(nodes[2])]
+    assert len(kube2iam_rules(nodes[1])) == 3
+
+
+def test_garbage_from_iptables_is_a_clear_error_and_nothing_is_deleted(make_node, tmp_path):
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    calls = tmp_path / "calls"
+    script = fakebin / "iptables"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n"
+                      "case \" $* \" in *\" -S \"*) echo '<html><body>502 Bad Gateway</body></html>'; exit 0;; esac\n"
+                      "exec /usr/sbin/iptables \"$@\"\n")
+    script.chmod(0o755)
+    os.chmod(tmp_path, 0o755)
+    node = make_node("fake", path=f"{fakebin}:/usr/sbin:/usr/bin:/sbin:/bin")
+    add_rule(node, port=8181)
+    add_rule(node)
+    before = node.nat_rules()
+    result = cli("fix", "--yes", *cli_opts(node))
+    assert result.returncode == 1
+    assert "unexpected iptables output" in result.stdout and "nothing changed" in result.stdout
+    assert node.nat_rules() == before
+    assert all(" -D " not in line and " -A " not in line for line in calls.read_text().splitlines())
+
+
+def test_proxyjump_through_a_jump_host(make_node, tmp_path):
+    jump = make_node("bastion")
+    target = make_node("inner", parent=jump, client_key=jump.client_key, ssh_port=2222)
+    add_rule(target, port=8181)
+    add_rule(target)
+    add_rule(target)
+    # no route from here to the inner node through any veth of ours: only the bastion reaches it
+    route = subprocess.run(["ip", "route", "get", target.address], capture_output=True, text=True).stdout
+    assert "rbn" not in route
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        f"Host inner-node\n  HostName {target.address}\n  Port 2222\n  User root\n  IdentityFile {jump.client_key}\n"
+        f"  ProxyJump bastion\n\nHost bastion\n  HostName {jump.address}\n  User root\n  IdentityFile {jump.client_key}\n"
+    )
+    known = known_hosts_for(tmp_path, jump, target)
+    result = cli("fix", "--yes", "--node", "inner-node", "--ssh-config", str(ssh_config), "--known-hosts", str(known),
+                 "--host-interface", "docker0")
+    assert result.returncode == 0, result.stderr
+    # the host IP is the address the node was reached at, seen from the node (SSH_CONNECTION)
+    assert kube2iam_rules(target) == [wanted(target)]
+    assert kube2iam_rules(jump) == []
+
+
+def test_remove_leaves_zero_kube2iam_rules(node):
+    add_rule(node)
+    add_rule(node, port=8181)
+    add_rule(node, iface="cali+")
+    result = cli("remove", "--yes", *cli_opts(node))
+    assert result.returncode == 0, result.stderr
+    assert kube2iam_rules(node) == []
+    assert cli("remove", "--yes", *cli_opts(node)).returncode == 0  # nothing left: still fine
+
+
+def test_status_and_dry_run_change_nothing(node):
+    add_rule(node, port=8181)
+    add_rule(node)
+    before = node.nat_rules()
+    status = cli("status", "-o", "json", *cli_opts(node))
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["nodes"][0]["kept"] == 1
+    assert cli("fix", "--dry-run", *cli_opts(node)).returncode == 0
+    assert node.nat_rules() == before
+
+
+@pytest.mark.parametrize("bad", [["--node", "node1;reboot"], ["--host-interface", "eth0$(id)"], ["--host-ip", "1.2.3.4;x"]])
+def test_shell_metacharacters_are_rejected_before_anything_happens(bad):
+    result = cli("fix", "--yes", "--ssh-config", "none", *(["--node", "10.0.0.1"] if bad[0] != "--node" else []), *bad)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: invalid") and "Traceback" not in result.stderr
+
+
+# --- the planner: setup and teardown through the nodes part ------------------------------------
+
+
+def test_planner_setup_and_teardown_converge(node, tmp_path):
+    add_rule(node, port=8181)
+    add_rule(node)
+    add_rule(node)
+    ctx = Context(config_for(tmp_path, node), parts=("nodes",))
+    plan = planner.plan_setup(ctx)
+    assert [s.action for s in plan.steps].count("delete") == 2
+    assert planner.run(ctx, plan).ok
+    assert kube2iam_rules(node) == [wanted(node)]
+
+    ctx = Context(config_for(tmp_path, node), parts=("nodes",))
+    plan = planner.plan_teardown(ctx)
+    assert planner.run(ctx, plan, teardown=True).ok
+    assert kube2iam_rules(node) == []
+
+
+def test_planner_setup_fixes_reachable_nodes_and_fails_for_the_down_one(make_node, tmp_path):
+    up = make_node("up")
+    down = make_node("down", client_key=up.client_key)
+    for n in (up, down):
+        add_rule(n)
+        add_rule(n)
+    down.stop_sshd()
+    ctx = Context(config_for(tmp_path, up, down), parts=("nodes",))
+    plan = planner.plan_setup(ctx)
+    assert any(down.host in note and "node failed" in note for note in plan.notes)
+    outcome = planner.run(ctx, plan)
+    assert not outcome.ok and down.host in str(outcome.failure.error)
+    assert kube2iam_rules(up) == [wanted(up)]
+    assert len(kube2iam_rules(down)) == 2
+
+
+def test_interrupted_run_replans_and_converges(node, tmp_path):
+    for _ in range(3):
+        add_rule(node)
+    ctx = Context(config_for(tmp_path, node), parts=("nodes",))
+    deletes = [s for s in planner.plan_setup(ctx).steps if s.action == "delete"]
+    deletes[0].run()  # the run stops after one step
+    assert deletes[0].run() is True  # a second copy is still there: removed
+    assert deletes[1].run() is False  # the kept rule is never deleted, whichever step runs
+    assert kube2iam_rules(node) == [wanted(node)]
+
+
+# --- the interception itself --------------------------------------------------------------------
+
+
+# http.server's own bind looks up the host's FQDN (a DNS timeout inside a namespace): plain TCPServer bind.
+_SERVER = """
+import functools, http.server, socketserver, sys
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    server_bind = socketserver.TCPServer.server_bind
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])
+Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()
+"""
+
+
+def serve(node: Node, port: int, body: str, tmp_path: Path) -> subprocess.Popen:
+    root = tmp_path / f"www{port}"
+    (root / "latest" / "meta-data" / "iam").mkdir(parents=True)
+    (root / "latest" / "meta-data" / "iam" / "info").write_text(body)
+    server = node.spawn([sys.executable, "-c", _SERVER, node.address, str(port), str(root)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if node.exec(["curl", "-s", "-m", "1", f"http://{node.address}:{port}/latest/meta-data/iam/info"], check=False).stdout == body:
+            return server
+        time.sleep(0.05)
+    raise RuntimeError("HTTP server did not start")
+
+
+def metadata_from(pod) -> str:
+    return pod.exec(["curl", "-s", "-m", "3", "http://169.254.169.254/latest/meta-data/iam/info"]).stdout
+
+
+def test_a_stale_first_rule_hijacks_the_pod_and_fix_restores_kube2iam(node, tmp_path):
+    pod = node.add_pod("web")
+    serve(node, 8282, "kube2iam (current)", tmp_path)
+    serve(node, 8181, "stale rule target", tmp_path)
+    add_rule(node)
+    assert metadata_from(pod) == "kube2iam (current)"  # the kept rule intercepts the pod's call
+
+    node.iptables("-t", "nat", "-I", "PREROUTING", "1", *[p.format(iface="docker0", dest=f"{node.address}:8181") for p in SHAPE])
+    assert metadata_from(pod) == "stale rule target"  # first match wins: the failure fix exists for
+
+    result = cli("fix", "--yes", *cli_opts(node))
+    assert result.returncode == 0, result.stderr
+    assert metadata_from(pod) == "kube2iam (current)"
