@@ -497,6 +497,12 @@ def plan_setup(ctx) -> list[Step]:
                               reason=_fields_reason(fields), run=apply, details={"fields": fields}))
         else:
             steps.append(Step(SYSTEM, UNCHANGED, obj["kind"], name, f"{obj['kind']} {name} is up to date"))
+    if not ctx.config.namespace_restrictions:
+        # restrictions were turned off: an annotation rbacbridge set earlier no longer belongs there
+        step = _plan_annotation_removal(ctx, gw, ctx.config.namespace)
+        if step.action == DELETE:
+            step.reason = "kube2iam.namespace_restrictions is off"
+            steps.insert(len([s for s in steps if s.kind != "Deployment"]), step)
     return steps
 
 
@@ -736,5 +742,9 @@ def render_documents(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     for index, obj in enumerate(objects, start=1):
         name = f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        out.append((name, yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)))
+        text = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+        if obj["kind"] == "Namespace":
+            text = ("# Partial Namespace: only this annotation is rbacbridge's (apply it with --server-side);\n"
+                    "# the namespace itself is never created or deleted by rbacbridge.\n") + text
+        out.append((name, text))
     return out

@@ -142,3 +142,15 @@ def test_missing_namespace_blocks_the_run(kube_api):
     plan = planner.plan_setup(kube_context(kube_api, namespace="tenant-a"))
     step = steps_by_name(plan)[("Namespace", "tenant-a")]
     assert step.action == CONFLICT
+
+
+def test_turning_restrictions_off_removes_the_annotation_rbacbridge_set(kube_api):
+    _setup(kube_context(kube_api))
+    ctx = kube_context(kube_api, namespace_restrictions=False)
+    plan = planner.plan_setup(ctx)
+    steps = steps_by_name(plan)
+    assert steps[("Namespace", "default")].action == "delete"
+    assert steps[("DaemonSet", "kube-system/kube2iam")].details["fields"] == ["spec.template.spec.containers[kube2iam].args"]
+    assert planner.run(ctx, plan).ok
+    assert "iam.amazonaws.com/allowed-roles" not in kube_api.store.get("Namespace", "default")["metadata"]["annotations"]
+    assert {s.action for s in planner.plan_setup(kube_context(kube_api, namespace_restrictions=False)).steps} == {UNCHANGED}
