@@ -33,6 +33,8 @@ EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint-url", help="AWS 
 InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance-id", help="worker instance id (repeatable; else from the nodes' providerID)", show_default=False)]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubeconfig file", show_default=False)]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubeconfig context", show_default=False)]
+HostInterfaceOpt = Annotated[Optional[str], typer.Option("--host-interface", help="kube2iam --host-interface [default: auto = from the cluster's network plugin]", show_default=False)]
+NodeSelectorOpt = Annotated[Optional[str], typer.Option("--node-selector", help="label selector for the worker nodes", show_default=False)]
 OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="parts to act on: aws,kube,nodes [default: all]", show_default=False)]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask before changing anything")]
@@ -141,6 +143,8 @@ def plan(
     instance_id: InstanceOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
+    host_interface: HostInterfaceOpt = None,
+    node_selector: NodeSelectorOpt = None,
     only: OnlyOpt = None,
     teardown: Annotated[bool, typer.Option("--teardown", help="plan the teardown instead")] = False,
     output: OutputOpt = "table",
@@ -151,7 +155,8 @@ def plan(
 
     fmt = _output_format(output)
     cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
-                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context)
+                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context,
+                  host_interface=host_interface, node_selector=node_selector)
     ctx = _context(cfg, only, fmt)
     result = planner.plan_teardown(ctx) if teardown else planner.plan_setup(ctx)
     if fmt == "json":
@@ -170,6 +175,8 @@ def setup(
     instance_id: InstanceOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
+    host_interface: HostInterfaceOpt = None,
+    node_selector: NodeSelectorOpt = None,
     only: OnlyOpt = None,
     adopt: Annotated[bool, typer.Option("--adopt", help="take over same-named resources that exist without rbacbridge's tag")] = False,
     dry_run: DryRunOpt = False,
@@ -181,7 +188,8 @@ def setup(
 
     fmt = _output_format(output)
     cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
-                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context)
+                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context,
+                  host_interface=host_interface, node_selector=node_selector)
     ctx = _context(cfg, only, fmt, adopt=adopt)
     if "aws" in ctx.parts and not cfg.account_id:
         raise UsageError("setup needs --account-id (or account_id in the config): the account you mean to change")
@@ -198,6 +206,8 @@ def teardown(
     instance_id: InstanceOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
+    host_interface: HostInterfaceOpt = None,
+    node_selector: NodeSelectorOpt = None,
     only: OnlyOpt = None,
     force: Annotated[bool, typer.Option("--force", help="also delete same-named resources without rbacbridge's tag")] = False,
     dry_run: DryRunOpt = False,
@@ -209,7 +219,8 @@ def teardown(
 
     fmt = _output_format(output)
     cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
-                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context)
+                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context,
+                  host_interface=host_interface, node_selector=node_selector)
     ctx = _context(cfg, only, fmt, force=force)
     raise typer.Exit(_apply(ctx, planner.plan_teardown(ctx), fmt, dry_run, yes, teardown=True))
 
@@ -242,6 +253,48 @@ def config_reference() -> None:
         typer.echo(f"{option.path:32} {str(default):28} {option.help}")
 
 
+@app.command()
+def render(
+    output_dir: Annotated[str, typer.Option("--output", "-o", help="directory for one file per object, or - for multi-document YAML on stdout")] = "-",
+    config: ConfigOpt = None,
+    account_id: AccountOpt = None,
+    host_interface: HostInterfaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
+    for `kubectl apply -f -` or GitOps. Offline unless --kubeconfig/--context is given (then
+    --host-interface auto is detected from that cluster; offline it falls back to docker0)."""
+    from pathlib import Path
+
+    from rbacbridge import kube
+
+    cfg = _config(config, account_id=account_id, host_interface=host_interface, kubeconfig=kubeconfig, context=context)
+    if not cfg.account_id:
+        raise UsageError("render needs --account-id (or account_id in the config) for kube2iam's --base-role-arn")
+    err = sys.stderr
+    if cfg.host_interface != "auto":
+        interface = cfg.host_interface
+    elif kubeconfig or context:
+        from rbacbridge.planner import Context
+
+        interface, reason = kube.host_interface(Context(config=cfg, parts=("kube",)))
+        print(f"note: {reason}", file=err)
+    else:
+        interface = kube.FALLBACK_INTERFACE
+        print(f"note: host interface {interface} (offline; pass --host-interface, or --kubeconfig/--context to detect it)", file=err)
+    documents = kube.render_documents(kube.desired_objects(cfg, interface))
+    if output_dir == "-":
+        sys.stdout.write("".join(f"---\n{text}" for _, text in documents))
+        return
+    directory = Path(output_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in documents:
+            (directory / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write manifests to {output_dir}: {exc.strerror or exc}") from None
+    print(f"wrote {len(documents)} manifests to {directory}", file=err)
 # --- rbacbridge iptables status|fix|remove -----------------------------------------------------
 
 iptables_app = typer.Typer(

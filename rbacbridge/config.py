@@ -129,6 +129,16 @@ def image(key: str, value: Any) -> str:
     return text
 
 
+def seconds(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _fail(key, value, "expected a number of seconds") from None
+    if not 0 < number <= 86400:
+        raise _fail(key, value, "expected more than 0 and at most 86400 seconds")
+    return number
+
+
 def endpoint_url(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
@@ -268,6 +278,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("kubernetes.kubeconfig", "kubeconfig", None, optional_text, "kubeconfig file (else KUBECONFIG / ~/.kube/config / in-cluster)"),
     Option("kubernetes.context", "context", None, optional_text, "kubeconfig context"),
     Option("kubernetes.namespace", "namespace", "default", k8s_name, "namespace of the nginx Deployments"),
+    Option("kubernetes.nginx_image", "nginx_image", "nginx:1.27", image, "image of the nginx-vanilla / nginx-annotated Deployments (pinned)"),
+    Option("kubernetes.rollout_timeout", "rollout_timeout", 300.0, seconds, "seconds to wait for kube2iam and nginx to roll out (or kube2iam's pods to go)"),
     Option("kubernetes.node_selector", "node_selector", None, label_selector, "label selector for the worker nodes"),
     Option("kube2iam.namespace", "kube2iam_namespace", "kube-system", k8s_name, "namespace of kube2iam"),
     Option("kube2iam.image", "kube2iam_image", "jtblin/kube2iam:0.11.2", image, "kube2iam image (pinned)"),
@@ -312,6 +324,8 @@ class Config:
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str = "default"
+    nginx_image: str = "nginx:1.27"
+    rollout_timeout: float = 300.0
     node_selector: str | None = None
     kube2iam_namespace: str = "kube-system"
     kube2iam_image: str = "jtblin/kube2iam:0.11.2"

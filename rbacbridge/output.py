@@ -76,7 +76,9 @@ def print_plan(plan: Plan, title: str, to_stderr: bool = False) -> None:
 
 def step_line(step: Step, done: bool) -> str:
     mark, _ = _ACTION_STYLE.get(step.action, ("?", ""))
-    return f"{'done' if done else '....'} {mark} {step.message}"
+    from rich.markup import escape
+
+    return f"{'done' if done else '....'} {mark} {escape(step.message)}"
 
 
 def print_iptables(result) -> None:

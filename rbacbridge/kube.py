@@ -1,0 +1,750 @@
+"""The Kubernetes part: kube2iam's RBAC and DaemonSet, the nginx Deployments, the namespace annotation.
+
+Desired objects come from the Jinja2 templates in `templates/k8s/` (templates are data). Planning reads
+each live object and compares only the fields rbacbridge sets; setup applies with server-side apply
+(field manager `rbacbridge`, force), one PATCH per object that differs, none when nothing does.
+Teardown deletes only objects labelled `app.kubernetes.io/managed-by: rbacbridge` and removes only
+the namespace annotation that rbacbridge's field manager owns.
+
+Other parts use `cluster_nodes(ctx)`, `host_interface(ctx)` and the gateway's `exec` / `list_pods`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+from rbacbridge.errors import RbacbridgeError, UsageError
+from rbacbridge.plan import CONFLICT, CREATE, DELETE, LEFT_ALONE, UNCHANGED, UPDATE, Step
+
+SYSTEM = "kube"
+FIELD_MANAGER = "rbacbridge"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+OWNER = "rbacbridge"
+ALLOWED_ROLES = "iam.amazonaws.com/allowed-roles"
+KUBE2IAM_SELECTOR = f"app.kubernetes.io/name=kube2iam,{MANAGED_BY}={OWNER}"
+
+# kind -> (API path prefix, plural, namespaced)
+KINDS: dict[str, tuple[str, str, bool]] = {
+    "Namespace": ("/api/v1", "namespaces", False),
+    "Node": ("/api/v1", "nodes", False),
+    "Pod": ("/api/v1", "pods", True),
+    "Event": ("/api/v1", "events", True),
+    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
+    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "DaemonSet": ("/apis/apps/v1", "daemonsets", True),
+    "Deployment": ("/apis/apps/v1", "deployments", True),
+}
+
+# The objects, in the order setup applies them (teardown deletes in reverse).
+TEMPLATES = (
+    "serviceaccount.yaml.j2",
+    "clusterrole.yaml.j2",
+    "clusterrolebinding.yaml.j2",
+    "daemonset.yaml.j2",
+    "namespace-allowed-roles.yaml.j2",
+    "nginx-vanilla.yaml.j2",
+    "nginx-annotated.yaml.j2",
+)
+
+# Network plugin (DaemonSet / pod name prefix in the cluster) -> kube2iam --host-interface.
+# Order matters: the AWS VPC CNI decides the pod interface even with Calico on top for policy,
+# and canal ships a flannel container too.
+NETWORK_PLUGINS: tuple[tuple[str, str, str], ...] = (
+    ("aws-node", "eni+", "amazon-vpc-cni"),
+    ("cilium", "lxc+", "Cilium"),
+    ("canal", "cali+", "Canal"),
+    ("calico-node", "cali+", "Calico"),
+    ("weave-net", "weave", "Weave Net"),
+    ("kube-router", "kube-bridge", "kube-router"),
+    ("kube-flannel", "cni0", "flannel"),
+    ("openshift-sdn", "tun0", "OpenShift SDN"),
+)
+FALLBACK_INTERFACE = "docker0"
+
+
+# --- desired objects ------------------------------------------------------------------------
+
+
+def desired_objects(config, host_interface: str) -> list[dict[str, Any]]:
+    """The objects rbacbridge manages, rendered from templates/k8s/ (in apply order)."""
+    import yaml
+
+    from rbacbridge.templating import render_text
+
+    if not config.account_id:
+        raise UsageError("the kube2iam DaemonSet needs --account-id (or account_id in the config) for --base-role-arn")
+    objects = []
+    for name in TEMPLATES:
+        if name.startswith("namespace-") and not config.namespace_restrictions:
+            continue
+        text = render_text(f"k8s/{name}", config=config, account_id=config.account_id,
+                           host_interface=host_interface, allowed_roles=[config.pod_role])
+        objects.append(yaml.safe_load(text))
+    return objects
+
+
+def describe(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+
+
+def is_ours(obj: dict[str, Any]) -> bool:
+    return (obj.get("metadata", {}).get("labels") or {}).get(MANAGED_BY) == OWNER
+
+
+# --- comparing desired with live ------------------------------------------------------------
+
+
+def differences(desired: Any, live: Any, path: str = "") -> list[str]:
+    """Paths of the fields rbacbridge sets whose live value differs (fields others add are ignored).
+
+    Lists of named items (containers, env, ports, volumes) match by name like server-side apply's
+    associative lists; other lists (args, rules) are atomic and must be equal.
+    """
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return [path or "."]
+        out = []
+        for key, value in desired.items():
+            out += differences(value, live.get(key), f"{path}.{key}" if path else key)
+        return out
+    if isinstance(desired, list) and desired and all(isinstance(i, dict) and "name" in i for i in desired):
+        if not isinstance(live, list):
+            return [path]
+        by_name = {i.get("name"): i for i in live if isinstance(i, dict)}
+        out = []
+        for item in desired:
+            where = f"{path}[{item['name']}]"
+            out += differences(item, by_name[item["name"]], where) if item["name"] in by_name else [where]
+        return out
+    return [] if desired == live else [path]
+
+
+def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    out = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    out["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+    return out
+
+
+def owns_annotation(namespace: dict[str, Any], key: str = ALLOWED_ROLES) -> bool:
+    """Does rbacbridge's field manager own this annotation (server-side apply bookkeeping)?"""
+    for entry in namespace.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") != FIELD_MANAGER:
+            continue
+        annotations = (entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations", {})
+        if f"f:{key}" in annotations:
+            return True
+    return False
+
+
+# --- the gateway ------------------------------------------------------------------------------
+
+
+@dataclass
+class ExecResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class ClusterNode:
+    name: str
+    internal_ip: str
+    external_ip: str | None
+    instance_id: str | None
+    zone: str | None
+    ssh_host: str
+
+
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+class KubeGateway:
+    """The Kubernetes API, reached like kubectl: --kubeconfig, else KUBECONFIG, else ~/.kube/config,
+    else the in-cluster service account. Every failure becomes one line (`RbacbridgeError`)."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None, timeout: float = 30):
+        self.api_client, self.source = _load_client(kubeconfig, context)
+        self.timeout = timeout
+        self.patches = 0  # server-side apply requests sent (a no-op run sends none)
+
+    @classmethod
+    def from_config(cls, config) -> "KubeGateway":
+        return cls(config.kubeconfig, config.context)
+
+    @property
+    def host(self) -> str:
+        return self.api_client.configuration.host
+
+    # -- raw requests --
+
+    def request(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
+                content_type: str = "application/json", what: str | None = None) -> Any:
+        """One API call; returns the decoded JSON, or None for 404 on GET (absent)."""
+        import urllib3
+
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        client = self.api_client
+        try:
+            method_, url, headers, body_, _ = client.param_serialize(
+                method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
+            response = client.call_api(method_, url, header_params=headers, body=body_,
+                                       _request_timeout=(min(5, self.timeout), self.timeout))
+            data = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise RbacbridgeError(f"cannot reach the Kubernetes API server at {self.host} ({self.source}): {_short(reason)}") from None
+        if response.status == 404 and method == "GET":
+            return None
+        if response.status >= 400:
+            raise _api_error(response.status, data, method, path, what)
+        return json.loads(data) if data else None
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        return self.request("GET", object_path(kind, name, namespace))
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        answer = self.request("GET", collection_path(kind, namespace), query=query)
+        return (answer or {}).get("items", [])
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply, field manager rbacbridge, force (creates the object if missing)."""
+        meta = obj["metadata"]
+        self.patches += 1
+        return self.request("PATCH", object_path(obj["kind"], meta["name"], meta.get("namespace")), body=obj,
+                            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                            content_type="application/apply-patch+yaml")
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        return self.request("PATCH", object_path(kind, name, namespace), body=patch,
+                            content_type="application/strategic-merge-patch+json")
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        path = object_path(kind, name, namespace)
+        try:
+            self.request("DELETE", path, body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"})
+        except RbacbridgeError as exc:
+            if getattr(exc, "status", None) != 404:  # already gone: the goal is reached
+                raise
+
+    # -- what other parts use --
+
+    def list_pods(self, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return self.list("Pod", namespace, label_selector)
+
+    def exec(self, namespace: str, pod: str, argv: list[str], container: str | None = None, timeout: float = 60) -> ExecResult:
+        """Run argv in a pod over the websocket exec API; rc comes from the status channel (3)."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.stream import stream
+
+        if not argv:
+            raise UsageError("exec needs a command")
+        kwargs: dict[str, Any] = {"command": list(argv), "stdin": False, "stdout": True, "stderr": True,
+                                  "tty": False, "_preload_content": False}
+        if container:
+            kwargs["container"] = container
+        try:
+            ws = stream(CoreV1Api(self.api_client).connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
+        except ApiException as exc:
+            raise _exec_error(self.host, namespace, pod, exc) from None
+        except Exception as exc:  # noqa: BLE001 - websocket/socket errors
+            raise RbacbridgeError(f"cannot exec in pod {namespace}/{pod} via {self.host}: {_short(exc)}") from None
+        try:
+            ws.run_forever(timeout=timeout)
+            if ws.is_open():
+                raise RbacbridgeError(f"exec in pod {namespace}/{pod} did not finish within {timeout:g}s: {' '.join(argv)[:80]}")
+            stdout, stderr = ws.read_stdout(), ws.read_stderr()
+            rc = ws.returncode
+        finally:
+            ws.close()
+        return ExecResult(rc if rc is not None else -1, stdout or "", stderr or "")
+
+
+def _exec_error(host: str, namespace: str, pod: str, exc) -> RbacbridgeError:
+    """The client reports a refused websocket handshake as status 0 with the HTTP answer in its text."""
+    import re
+
+    path = f"{collection_path('Pod', namespace)}/{pod}/exec"
+    if exc.status:
+        return _api_error(exc.status, exc.body or b"", "EXEC", path)
+    text = str(exc.reason or "")
+    status = re.search(r"Handshake status (\d+)", text)
+    if not status:
+        return RbacbridgeError(f"cannot exec in pod {namespace}/{pod} via {host}: {_short(text)}")
+    message = re.search(r'"message":\s*"((?:[^"\\]|\\.)*)"', text)
+    body = json.dumps({"message": message.group(1) if message else ""})
+    return _api_error(int(status.group(1)), body, "EXEC", path)
+
+
+def object_path(kind: str, name: str, namespace: str | None = None) -> str:
+    return f"{collection_path(kind, namespace)}/{quote(name, safe='')}"
+
+
+def collection_path(kind: str, namespace: str | None = None) -> str:
+    prefix, plural, namespaced = KINDS[kind]
+    if namespaced and namespace:
+        return f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}"
+    return f"{prefix}/{plural}"
+
+
+def _short(exc: Any) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    return text[:200]
+
+
+class KubeApiError(RbacbridgeError):
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def _api_error(status: int, data: bytes | str, method: str, path: str, what: str | None = None) -> KubeApiError:
+    try:
+        body = json.loads(data)
+        message = body.get("message") or ""
+    except (ValueError, AttributeError, TypeError):
+        message = (data.decode(errors="replace") if isinstance(data, bytes) else str(data)).strip()
+    message = " ".join(message.split())[:300]
+    verb, resource, namespace = _permission(method, path)
+    scope = f" in namespace {namespace}" if namespace else ""
+    if status == 401:
+        text = f"the Kubernetes API server rejected the credentials (401 Unauthorized) on {verb} {resource}: check the kubeconfig user or token"
+    elif status == 403:
+        text = f"missing Kubernetes permission: {verb} {resource}{scope} (403 Forbidden: {message})"
+    elif status == 409:
+        text = f"conflict (409) on {verb} {resource}{scope}: {message}; re-run to plan again from live state"
+    elif status == 422:
+        text = f"the API server rejected {what or resource} as invalid (422): {message}"
+    else:
+        text = f"Kubernetes API error {status} on {verb} {resource}{scope}: {message or 'no message'}"
+    return KubeApiError(text, status)
+
+
+def _permission(method: str, path: str) -> tuple[str, str, str | None]:
+    """The RBAC verb and resource (plural.group) a request needs, from its method and path."""
+    segs = [s for s in path.split("?")[0].split("/") if s]
+    group = "" if segs[:1] == ["api"] else (segs[1] if len(segs) > 1 else "")
+    rest = segs[2:] if segs[:1] == ["api"] else segs[3:]
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    plural = rest[0] if rest else "?"
+    has_name = len(rest) > 1
+    if len(rest) > 2:
+        plural = f"{plural}/{rest[2]}"
+    verb = "create" if method == "EXEC" else _VERBS.get(method, "get" if has_name else "list")
+    return verb, f"{plural}.{group}" if group else plural, namespace
+
+
+def _load_client(kubeconfig: str | None, context: str | None):
+    """ApiClient as kubectl would find it. Returns (client, where the settings came from)."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+    from kubernetes.config.config_exception import ConfigException
+
+    path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    first = os.path.expanduser(path.split(os.pathsep)[0])
+    in_cluster = os.environ.get("KUBERNETES_SERVICE_HOST") and not kubeconfig and not os.environ.get("KUBECONFIG")
+    if in_cluster and not Path(first).exists():
+        configuration = k8s_client.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except ConfigException as exc:
+            raise UsageError(f"cannot use the in-cluster service account: {_short(exc)}") from None
+        if context:
+            raise UsageError("--context needs a kubeconfig; running in-cluster has none")
+        return k8s_client.ApiClient(configuration), "in-cluster service account"
+    if kubeconfig and not Path(os.path.expanduser(kubeconfig)).is_file():
+        raise UsageError(f"kubeconfig {kubeconfig} does not exist")
+    if not any(Path(os.path.expanduser(p)).is_file() for p in path.split(os.pathsep) if p):
+        raise UsageError(f"no kubeconfig found ({path}): pass --kubeconfig, set KUBECONFIG, or run inside a pod")
+    try:
+        api_client = k8s_config.new_client_from_config(config_file=path, context=context, persist_config=False)
+    except ConfigException as exc:
+        raise UsageError(f"kubeconfig {path}: {_short(exc)}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"kubeconfig {path} is not usable: {_short(exc)}") from None
+    return api_client, f"kubeconfig {path}" + (f", context {context}" if context else "")
+
+
+def gateway(ctx) -> KubeGateway:
+    return ctx.gateway("kube", lambda: KubeGateway.from_config(ctx.config))
+
+
+def _note(ctx, text: str) -> None:
+    notes = ctx.facts.setdefault("notes", [])
+    if text not in notes:
+        notes.append(text)
+
+
+# --- facts other parts use --------------------------------------------------------------------
+
+
+def parse_provider_id(provider_id: str | None) -> tuple[str | None, str | None]:
+    """(zone, instance id) from `aws:///<zone>/<instance-id>`; anything else gives (None, None)."""
+    import re
+
+    if not provider_id:
+        return None, None
+    match = re.fullmatch(r"aws:///([a-z0-9-]+)/(i-[0-9a-f]{8,17})", provider_id)
+    if not match:
+        return None, None
+    return match.group(1), match.group(2)
+
+
+def node_from_object(obj: dict[str, Any]) -> ClusterNode:
+    addresses = obj.get("status", {}).get("addresses") or []
+    by_type: dict[str, str] = {}
+    for address in addresses:
+        by_type.setdefault(address.get("type"), address.get("address"))
+    name = obj["metadata"]["name"]
+    internal = by_type.get("InternalIP")
+    if not internal:
+        raise RbacbridgeError(f"node {name} has no InternalIP address in its status")
+    external = by_type.get("ExternalIP")
+    zone, instance_id = parse_provider_id((obj.get("spec") or {}).get("providerID"))
+    return ClusterNode(name, internal, external, instance_id, zone, external or internal)
+
+
+def cluster_nodes(ctx) -> list[ClusterNode]:
+    """The cluster's (selected) nodes, read once per run."""
+    def compute() -> list[ClusterNode]:
+        objects = gateway(ctx).list("Node", label_selector=ctx.config.node_selector)
+        if not objects:
+            where = f" matching {ctx.config.node_selector!r}" if ctx.config.node_selector else ""
+            raise RbacbridgeError(f"the cluster has no nodes{where}")
+        return [node_from_object(o) for o in objects]
+
+    return ctx.fact("cluster_nodes", compute)
+
+
+def detect_interface(daemonsets: list[dict[str, Any]], pods: list[dict[str, Any]]) -> tuple[str, str]:
+    names = [("DaemonSet", describe(o), o["metadata"]["name"]) for o in daemonsets]
+    names += [("pod", describe(o), o["metadata"]["name"]) for o in pods]
+    for prefix, interface, plugin in NETWORK_PLUGINS:
+        for what, full, name in names:
+            if name == prefix or name.startswith(prefix + "-"):
+                return interface, f"host interface {interface}: {what} {full} found ({plugin})"
+    return FALLBACK_INTERFACE, f"host interface {FALLBACK_INTERFACE}: no known network plugin found in the cluster (the article's Docker bridge)"
+
+
+def host_interface(ctx) -> tuple[str, str]:
+    """kube2iam's --host-interface and why: the configured one, or detected from the network plugin."""
+    def compute() -> tuple[str, str]:
+        configured = ctx.config.host_interface
+        if configured != "auto":
+            return configured, f"host interface {configured}: set in the configuration"
+        gw = gateway(ctx)
+        try:
+            daemonsets = gw.list("DaemonSet")  # all namespaces: calico-system, kube-flannel, ...
+        except KubeApiError as exc:
+            if exc.status != 403:
+                raise
+            daemonsets = gw.list("DaemonSet", "kube-system")
+        pods = [] if daemonsets else gw.list("Pod", "kube-system")
+        return detect_interface(daemonsets, pods)
+
+    interface, reason = ctx.fact("host_interface", compute)
+    _note(ctx, reason)
+    return interface, reason
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def plan_setup(ctx) -> list[Step]:
+    gw = gateway(ctx)
+    interface, _ = host_interface(ctx)
+    steps = []
+    for obj in desired_objects(ctx.config, interface):
+        if obj["kind"] == "Namespace":
+            steps.append(_plan_namespace_annotation(ctx, gw, obj))
+            continue
+        meta = obj["metadata"]
+        live = gw.get(obj["kind"], meta["name"], meta.get("namespace"))
+        name = describe(obj)
+        apply = _applier(gw, obj)
+        if live is None:
+            steps.append(Step(SYSTEM, CREATE, obj["kind"], name, f"create {obj['kind']} {name}", run=apply))
+            continue
+        fields = differences(_comparable(obj), _comparable(live))
+        if not is_ours(live):
+            if ctx.adopt:
+                steps.append(Step(SYSTEM, UPDATE, obj["kind"], name, f"take over {obj['kind']} {name} (--adopt)",
+                                  reason=_fields_reason(fields) or "adds rbacbridge's label", run=apply,
+                                  details={"fields": fields, "adopt": True}))
+            else:
+                steps.append(Step(SYSTEM, CONFLICT, obj["kind"], name, f"{obj['kind']} {name} exists and is not rbacbridge's",
+                                  reason=f"no {MANAGED_BY}={OWNER} label; --adopt takes it over", details={"fields": fields}))
+            continue
+        if fields:
+            steps.append(Step(SYSTEM, UPDATE, obj["kind"], name, f"update {obj['kind']} {name}",
+                              reason=_fields_reason(fields), run=apply, details={"fields": fields}))
+        else:
+            steps.append(Step(SYSTEM, UNCHANGED, obj["kind"], name, f"{obj['kind']} {name} is up to date"))
+    if not ctx.config.namespace_restrictions:
+        # restrictions were turned off: an annotation rbacbridge set earlier no longer belongs there
+        step = _plan_annotation_removal(ctx, gw, ctx.config.namespace)
+        if step.action == DELETE:
+            step.reason = "kube2iam.namespace_restrictions is off"
+            steps.insert(len([s for s in steps if s.kind != "Deployment"]), step)
+    return steps
+
+
+def _fields_reason(fields: list[str]) -> str:
+    return ("differs: " + ", ".join(fields)) if fields else ""
+
+
+def _applier(gw: KubeGateway, obj: dict[str, Any]) -> Callable[[], Any]:
+    return lambda: gw.apply(obj)
+
+
+def _plan_namespace_annotation(ctx, gw: KubeGateway, obj: dict[str, Any]) -> Step:
+    name = obj["metadata"]["name"]
+    value = obj["metadata"]["annotations"][ALLOWED_ROLES]
+    live = gw.get("Namespace", name)
+    label = f"{name} annotation {ALLOWED_ROLES}"
+    if live is None:
+        return Step(SYSTEM, CONFLICT, "Namespace", name, f"namespace {name} does not exist",
+                    reason="rbacbridge never creates or deletes namespaces: create it first (or set kubernetes.namespace)")
+    current = (live["metadata"].get("annotations") or {}).get(ALLOWED_ROLES)
+    apply = _applier(gw, obj)
+    details = {"annotation": ALLOWED_ROLES, "value": value, "live": current}
+    if current is None:
+        return Step(SYSTEM, UPDATE, "Namespace", name, f"annotate namespace {name}: {ALLOWED_ROLES}={value}",
+                    reason="kube2iam --namespace-restrictions allows only the roles listed here", run=apply, details=details)
+    if _same_json(current, value):
+        return Step(SYSTEM, UNCHANGED, "Namespace", name, f"{label} is up to date", details=details)
+    if owns_annotation(live) or ctx.adopt:
+        return Step(SYSTEM, UPDATE, "Namespace", name, f"set {label} to {value}", reason=f"is {current}", run=apply, details=details)
+    return Step(SYSTEM, CONFLICT, "Namespace", name, f"{label} is already set to {current} by someone else",
+                reason="--adopt replaces it with rbacbridge's value", details=details)
+
+
+def _same_json(a: str, b: str) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return a == b
+
+
+def plan_teardown(ctx) -> list[Step]:
+    gw = gateway(ctx)
+    config = ctx.config
+    steps = []
+    # Desired objects give the names; the interface does not matter for deleting.
+    import dataclasses
+
+    named = desired_objects(dataclasses.replace(config, namespace_restrictions=True, account_id=config.account_id or "000000000000"), FALLBACK_INTERFACE)
+    for obj in reversed(named):
+        meta = obj["metadata"]
+        name = describe(obj)
+        if obj["kind"] == "Namespace":
+            steps.append(_plan_annotation_removal(ctx, gw, meta["name"]))
+            continue
+        live = gw.get(obj["kind"], meta["name"], meta.get("namespace"))
+        if live is None:
+            steps.append(Step(SYSTEM, UNCHANGED, obj["kind"], name, f"{obj['kind']} {name} is already gone"))
+        elif is_ours(live) or ctx.force:
+            steps.append(Step(SYSTEM, DELETE, obj["kind"], name, f"delete {obj['kind']} {name}",
+                              reason="" if is_ours(live) else "not labelled as rbacbridge's; deleting because of --force",
+                              run=_deleter(gw, obj["kind"], meta["name"], meta.get("namespace"))))
+        else:
+            steps.append(Step(SYSTEM, LEFT_ALONE, obj["kind"], name, f"{obj['kind']} {name} is not rbacbridge's: left alone",
+                              reason=f"no {MANAGED_BY}={OWNER} label (--force deletes it anyway)"))
+    return steps
+
+
+def _deleter(gw: KubeGateway, kind: str, name: str, namespace: str | None) -> Callable[[], Any]:
+    return lambda: gw.delete(kind, name, namespace)
+
+
+def _plan_annotation_removal(ctx, gw: KubeGateway, namespace: str) -> Step:
+    live = gw.get("Namespace", namespace)
+    label = f"{namespace} annotation {ALLOWED_ROLES}"
+    current = ((live or {}).get("metadata", {}).get("annotations") or {}).get(ALLOWED_ROLES)
+    if current is None:
+        return Step(SYSTEM, UNCHANGED, "Namespace", namespace, f"{label} is not set")
+    if not owns_annotation(live):
+        return Step(SYSTEM, LEFT_ALONE, "Namespace", namespace, f"{label} was not set by rbacbridge: left alone",
+                    details={"value": current})
+    patch = {"metadata": {"annotations": {ALLOWED_ROLES: None}}}
+    return Step(SYSTEM, DELETE, "Namespace", namespace, f"remove {label} (the namespace stays)", details={"value": current},
+                run=lambda: gw.merge_patch("Namespace", namespace, patch))
+
+
+# --- waiting ---------------------------------------------------------------------------------------
+
+
+def _rollout_timeout(ctx) -> float:
+    return float(getattr(ctx.config, "rollout_timeout", 300))
+
+
+def _poll_interval(timeout: float) -> float:
+    return max(0.05, min(2.0, timeout / 20))
+
+
+def _workload_ready(obj: dict[str, Any]) -> tuple[bool, str]:
+    status = obj.get("status") or {}
+    meta = obj["metadata"]
+    observed = status.get("observedGeneration", 0) >= meta.get("generation", 1)
+    if obj["kind"] == "DaemonSet":
+        want = status.get("desiredNumberScheduled", 0)
+        updated, available = status.get("updatedNumberScheduled", 0), status.get("numberAvailable", 0)
+        ready = observed and updated == want and available == want and want > 0
+        return ready, f"DaemonSet {describe(obj)} {available}/{want} available, {updated} updated"
+    want = (obj.get("spec") or {}).get("replicas", 1)
+    updated, available = status.get("updatedReplicas", 0), status.get("availableReplicas", 0)
+    ready = observed and updated >= want and available >= want
+    return ready, f"Deployment {describe(obj)} {available}/{want} available"
+
+
+def _workloads(ctx) -> list[tuple[str, str, str]]:
+    config = ctx.config
+    return [("DaemonSet", "kube2iam", config.kube2iam_namespace),
+            ("Deployment", "nginx-vanilla", config.namespace),
+            ("Deployment", "nginx-annotated", config.namespace)]
+
+
+def after_setup(ctx) -> None:
+    """Wait for the kube2iam DaemonSet to roll out and the Deployments to be available."""
+    gw = gateway(ctx)
+    timeout = _rollout_timeout(ctx)
+    deadline = time.monotonic() + timeout
+    interval = _poll_interval(timeout)
+    last = ""
+    while True:
+        states, pending = [], []
+        for kind, name, namespace in _workloads(ctx):
+            obj = gw.get(kind, name, namespace)
+            if obj is None or not is_ours(obj):
+                continue  # not ours to wait for (left alone or absent after a conflict)
+            ready, text = _workload_ready(obj)
+            states.append(text)
+            if not ready:
+                pending.append(obj)
+        summary = "; ".join(states)
+        if not pending:
+            if summary:
+                ctx.reporter.progress(f"rolled out: {summary}")
+            return
+        if summary != last:
+            ctx.reporter.progress(f"waiting for rollout: {summary}")
+            last = summary
+        if time.monotonic() >= deadline:
+            raise RbacbridgeError(_timeout_message(gw, pending, timeout))
+        time.sleep(interval)
+
+
+def _timeout_message(gw: KubeGateway, pending: list[dict[str, Any]], timeout: float) -> str:
+    waiting = ", ".join(_workload_ready(o)[1] for o in pending)
+    reasons = []
+    for obj in pending:
+        namespace = obj["metadata"]["namespace"]
+        labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        pods = gw.list_pods(namespace, selector)
+        events = None
+        for pod in pods:
+            why = pod_not_ready_reason(pod)
+            if why is None:
+                continue
+            if events is None:
+                events = gw.list("Event", namespace)
+            event = last_event(events, pod["metadata"]["name"])
+            reasons.append(f"pod {describe(pod)} not ready: {why}" + (f" (last event: {event})" if event else ""))
+        if not pods:
+            reasons.append(f"{obj['kind']} {describe(obj)} has no pods")
+    detail = "; ".join(reasons) if reasons else "no unready pods found"
+    return f"timed out after {timeout:g}s waiting for {waiting}: {detail}"
+
+
+def pod_not_ready_reason(pod: dict[str, Any]) -> str | None:
+    """Why a pod is not ready (container state reason first), or None when it is ready."""
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    if conditions.get("Ready", {}).get("status") == "True":
+        return None
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        if container.get("ready"):
+            continue
+        state = container.get("state") or {}
+        for key in ("waiting", "terminated"):
+            if key in state:
+                reason = state[key].get("reason") or key
+                message = state[key].get("message")
+                return f"container {container.get('name')} {reason}" + (f": {message}" if message else "")
+        if "running" in state:
+            return f"container {container.get('name')} running but not ready (readiness probe)"
+    scheduled = conditions.get("PodScheduled", {})
+    if scheduled.get("status") == "False":
+        return f"{scheduled.get('reason') or 'not scheduled'}: {scheduled.get('message') or ''}".rstrip(": ")
+    return f"phase {status.get('phase') or 'unknown'}"
+
+
+def last_event(events: list[dict[str, Any]], pod: str) -> str | None:
+    mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == pod]
+    if not mine:
+        return None
+
+    def stamp(event: dict[str, Any]) -> str:
+        return event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or ""
+
+    event = max(mine, key=stamp)
+    return f"{event.get('reason', '')}: {' '.join((event.get('message') or '').split())}"[:300]
+
+
+def after_teardown(ctx) -> None:
+    """Wait until kube2iam's pods are gone, so the nodes' iptables cleanup does not race them."""
+    gw = gateway(ctx)
+    timeout = _rollout_timeout(ctx)
+    deadline = time.monotonic() + timeout
+    interval = _poll_interval(timeout)
+    namespace = ctx.config.kube2iam_namespace
+    announced = False
+    while True:
+        pods = gw.list_pods(namespace, KUBE2IAM_SELECTOR)
+        if not pods:
+            if announced:
+                ctx.reporter.progress("kube2iam pods are gone")
+            return
+        if not announced:
+            ctx.reporter.progress(f"waiting for {len(pods)} kube2iam pod(s) to terminate")
+            announced = True
+        if time.monotonic() >= deadline:
+            names = ", ".join(describe(p) for p in pods)
+            raise RbacbridgeError(f"timed out after {timeout:g}s waiting for kube2iam pods to terminate: {names}")
+        time.sleep(interval)
+
+
+# --- render -----------------------------------------------------------------------------------
+
+
+def render_documents(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(file name, YAML text) per object, e.g. `03-daemonset-kube2iam.yaml`."""
+    import yaml
+
+    out = []
+    for index, obj in enumerate(objects, start=1):
+        name = f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        text = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+        if obj["kind"] == "Namespace":
+            text = ("# Partial Namespace: only this annotation is rbacbridge's (apply it with --server-side);\n"
+                    "# the namespace itself is never created or deleted by rbacbridge.\n") + text
+        out.append((name, text))
+    return out

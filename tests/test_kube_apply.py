@@ -1,0 +1,156 @@
+"""Setup of the Kubernetes part against the test API server: apply, no-op, drift, ownership."""
+
+from __future__ import annotations
+
+import json
+
+from rbacbridge import planner
+from rbacbridge.plan import CONFLICT, CREATE, UNCHANGED, UPDATE
+from tests.fixtures_kube import kube_api  # noqa: F401
+from tests.kube_helpers import ACCOUNT, kube_context, steps_by_name
+
+
+def _setup(ctx):
+    plan = planner.plan_setup(ctx)
+    outcome = planner.run(ctx, plan)
+    assert outcome.ok, outcome.failure and outcome.failure.error
+    return plan
+
+
+def test_first_apply_creates_every_object_with_label_and_field_manager(kube_api):
+    ctx = kube_context(kube_api)
+    plan = _setup(ctx)
+    actions = {(s.kind, s.name): s.action for s in plan.steps}
+    assert actions == {
+        ("ServiceAccount", "kube-system/kube2iam"): CREATE,
+        ("ClusterRole", "kube2iam"): CREATE,
+        ("ClusterRoleBinding", "kube2iam"): CREATE,
+        ("DaemonSet", "kube-system/kube2iam"): CREATE,
+        ("Namespace", "default"): UPDATE,
+        ("Deployment", "default/nginx-vanilla"): CREATE,
+        ("Deployment", "default/nginx-annotated"): CREATE,
+    }
+    store = kube_api.store
+    for kind, name, ns in [("ServiceAccount", "kube2iam", "kube-system"), ("ClusterRole", "kube2iam", ""),
+                           ("ClusterRoleBinding", "kube2iam", ""), ("DaemonSet", "kube2iam", "kube-system"),
+                           ("Deployment", "nginx-vanilla", "default"), ("Deployment", "nginx-annotated", "default")]:
+        obj = store.get(kind, name, ns)
+        assert obj is not None, (kind, name)
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rbacbridge"
+        assert [m["manager"] for m in obj["metadata"]["managedFields"]] == ["rbacbridge"]
+    applies = [r for r in store.mutating_requests("PATCH")]
+    assert len(applies) == 7
+    assert all(r.content_type == "application/apply-patch+yaml" and r.query["force"] == ["true"]
+               and r.query["fieldManager"] == ["rbacbridge"] for r in applies)
+    args = store.get("DaemonSet", "kube2iam", "kube-system")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--base-role-arn=arn:aws:iam::{ACCOUNT}:role/" in args
+    assert "--host-interface=docker0" in args and "--namespace-restrictions" in args
+    namespace = store.get("Namespace", "default")
+    assert json.loads(namespace["metadata"]["annotations"]["iam.amazonaws.com/allowed-roles"]) == ["nettech-s3-read-write"]
+    annotated = store.get("Deployment", "nginx-annotated", "default")
+    assert annotated["spec"]["template"]["metadata"]["annotations"] == {"iam.amazonaws.com/role": "nettech-s3-read-write"}
+    assert "host interface docker0" in plan.notes[0]
+
+
+def test_reapply_is_a_no_op_and_sends_no_patch(kube_api):
+    _setup(kube_context(kube_api))
+    before = len(kube_api.store.mutating_requests())
+    ctx = kube_context(kube_api)
+    plan = _setup(ctx)
+    assert {s.action for s in plan.steps} == {UNCHANGED}
+    assert kube_api.store.mutating_requests()[before:] == []
+    assert ctx.gateways["kube"].patches == 0
+
+
+def test_drifted_daemonset_args_show_as_update_and_setup_repairs_them(kube_api):
+    _setup(kube_context(kube_api))
+    store = kube_api.store
+    daemonset = store.get("DaemonSet", "kube2iam", "kube-system")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    good_args = list(container["args"])
+    container["args"] = [a for a in good_args if a != "--namespace-restrictions"] + ["--host-interface=eth0"]
+    store.put(daemonset)  # someone edited it with kubectl
+
+    ctx = kube_context(kube_api)
+    plan = planner.plan_setup(ctx)
+    steps = steps_by_name(plan)
+    step = steps[("DaemonSet", "kube-system/kube2iam")]
+    assert step.action == UPDATE
+    assert step.details["fields"] == ["spec.template.spec.containers[kube2iam].args"]
+    assert "containers[kube2iam].args" in step.reason
+    assert [s.action for k, s in steps.items() if k[0] != "DaemonSet"] == [UNCHANGED] * 6
+    before = len(store.mutating_requests())
+    assert planner.run(ctx, plan).ok
+    assert len(store.mutating_requests()) == before + 1
+    assert store.get("DaemonSet", "kube2iam", "kube-system")["spec"]["template"]["spec"]["containers"][0]["args"] == good_args
+
+
+def test_fields_other_managers_add_do_not_count_as_drift(kube_api):
+    _setup(kube_context(kube_api))
+    store = kube_api.store
+    deployment = store.get("Deployment", "nginx-vanilla", "default")
+    deployment["metadata"]["labels"]["team"] = "web"
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    deployment["spec"]["revisionHistoryLimit"] = 10
+    store.put(deployment)
+    plan = planner.plan_setup(kube_context(kube_api))
+    assert steps_by_name(plan)[("Deployment", "default/nginx-vanilla")].action == UNCHANGED
+
+
+def test_existing_object_without_label_is_a_conflict_unless_adopted(kube_api):
+    store = kube_api.store
+    store.put({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "kube2iam"},
+               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+    plan = planner.plan_setup(kube_context(kube_api))
+    step = steps_by_name(plan)[("ClusterRole", "kube2iam")]
+    assert step.action == CONFLICT and "--adopt" in step.reason
+
+    ctx = kube_context(kube_api)
+    ctx.adopt = True
+    plan = planner.plan_setup(ctx)
+    step = steps_by_name(plan)[("ClusterRole", "kube2iam")]
+    assert step.action == UPDATE and "rules" in step.details["fields"]
+    assert planner.run(ctx, plan).ok
+    role = store.get("ClusterRole", "kube2iam")
+    assert role["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rbacbridge"
+    assert role["rules"][0]["resources"] == ["namespaces", "pods"]
+
+
+def test_foreign_allowed_roles_annotation_is_a_conflict(kube_api):
+    store = kube_api.store
+    store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "default", "annotations": {"iam.amazonaws.com/allowed-roles": '["someone-elses-role"]'}}})
+    plan = planner.plan_setup(kube_context(kube_api))
+    step = steps_by_name(plan)[("Namespace", "default")]
+    assert step.action == CONFLICT and "someone-elses-role" in step.message
+
+
+def test_explicit_default_role_and_no_namespace_restrictions(kube_api):
+    ctx = kube_context(kube_api, default_role="nettech-s3-read-only", namespace_restrictions=False,
+                       host_interface="cni0", kube2iam_port=8181)
+    plan = _setup(ctx)
+    assert ("Namespace", "default") not in steps_by_name(plan)
+    args = kube_api.store.get("DaemonSet", "kube2iam", "kube-system")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--default-role=nettech-s3-read-only" in args and "--auto-discover-default-role" not in args
+    assert "--namespace-restrictions" not in args
+    assert "--host-interface=cni0" in args and "--app-port=8181" in args
+    assert "iam.amazonaws.com/allowed-roles" not in (kube_api.store.get("Namespace", "default")["metadata"].get("annotations") or {})
+    assert plan.notes == ["host interface cni0: set in the configuration"]
+
+
+def test_missing_namespace_blocks_the_run(kube_api):
+    plan = planner.plan_setup(kube_context(kube_api, namespace="tenant-a"))
+    step = steps_by_name(plan)[("Namespace", "tenant-a")]
+    assert step.action == CONFLICT
+
+
+def test_turning_restrictions_off_removes_the_annotation_rbacbridge_set(kube_api):
+    _setup(kube_context(kube_api))
+    ctx = kube_context(kube_api, namespace_restrictions=False)
+    plan = planner.plan_setup(ctx)
+    steps = steps_by_name(plan)
+    assert steps[("Namespace", "default")].action == "delete"
+    assert steps[("DaemonSet", "kube-system/kube2iam")].details["fields"] == ["spec.template.spec.containers[kube2iam].args"]
+    assert planner.run(ctx, plan).ok
+    assert "iam.amazonaws.com/allowed-roles" not in kube_api.store.get("Namespace", "default")["metadata"]["annotations"]
+    assert {s.action for s in planner.plan_setup(kube_context(kube_api, namespace_restrictions=False)).steps} == {UNCHANGED}

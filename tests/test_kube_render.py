@@ -1,0 +1,135 @@
+"""`rbacbridge render`: the manifests, as files or one YAML stream, valid for Kubernetes 1.29-1.33."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from rbacbridge.config import Config
+from rbacbridge.kube import desired_objects, render_documents
+from tests.fixtures_kube import kube_api  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+VERSIONS = ["1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"]
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("KUBECONFIG", None)
+    return subprocess.run([sys.executable, "-m", "rbacbridge", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd or ROOT, timeout=60, stdin=subprocess.DEVNULL)
+
+
+CONFIGS = {
+    "article defaults": Config(account_id="123456789012"),
+    "explicit role, no restrictions": Config(account_id="123456789012", default_role="nettech-s3-read-only",
+                                             namespace_restrictions=False, kube2iam_port=8181, namespace="tenant-a"),
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+def test_every_rendered_object_passes_strict_validation(version, config_name):
+    objects = desired_objects(CONFIGS[config_name], "cali+")
+    assert objects
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_strict_validation_would_catch_a_bad_field():
+    daemonset = next(o for o in desired_objects(CONFIGS["article defaults"], "eni+") if o["kind"] == "DaemonSet")
+    daemonset["spec"]["template"]["spec"]["containers"][0]["hostNetwork"] = True  # wrong level
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(daemonset, "1.33.0", strict=True)
+
+
+def test_daemonset_carries_every_kube2iam_setting():
+    objects = desired_objects(Config(account_id="210987654321", kube2iam_image="jtblin/kube2iam:0.11.1"), "eni+")
+    daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "kube2iam"
+    assert container["securityContext"] == {"privileged": True}
+    assert container["image"] == "jtblin/kube2iam:0.11.1"
+    assert container["args"] == [
+        "--base-role-arn=arn:aws:iam::210987654321:role/", "--auto-discover-default-role", "--iptables=true",
+        "--host-ip=$(HOST_IP)", "--host-interface=eni+", "--node=$(NODE_NAME)", "--app-port=8282",
+        "--namespace-restrictions", "--debug"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"HOST_IP": "status.podIP", "NODE_NAME": "spec.nodeName"}
+    assert container["ports"] == [{"name": "http", "containerPort": 8282, "protocol": "TCP"}]
+    assert container["resources"]["requests"]
+    assert pod["volumes"] == [{"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}}]
+    role = next(o for o in objects if o["kind"] == "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "pods"], "verbs": ["get", "list", "watch"]}]
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rbacbridge"
+    namespace = next(o for o in objects if o["kind"] == "Namespace")
+    assert namespace["metadata"] == {"name": "default", "annotations": {"iam.amazonaws.com/allowed-roles": '["nettech-s3-read-write"]'}}
+    nginx = [o for o in objects if o["kind"] == "Deployment"]
+    assert [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in nginx] == ["nginx:1.27", "nginx:1.27"]
+
+
+def test_render_to_stdout_is_a_yaml_stream_for_kubectl():
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", "-o", "-")
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert [(d["kind"], d["metadata"]["name"]) for d in documents] == [
+        ("ServiceAccount", "kube2iam"), ("ClusterRole", "kube2iam"), ("ClusterRoleBinding", "kube2iam"),
+        ("DaemonSet", "kube2iam"), ("Namespace", "default"), ("Deployment", "nginx-vanilla"), ("Deployment", "nginx-annotated")]
+    assert "--host-interface=cni0" in documents[3]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert result.stderr == ""
+
+
+def test_render_to_directory_and_config_file(tmp_path):
+    config = tmp_path / "rbacbridge.yaml"
+    config.write_text("account_id: '123456789012'\nkubernetes:\n  nginx_image: nginx:1.27.3\nkube2iam:\n  namespace_restrictions: false\n")
+    result = _cli("render", "-c", str(config), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["01-serviceaccount-kube2iam.yaml", "02-clusterrole-kube2iam.yaml", "03-clusterrolebinding-kube2iam.yaml",
+                     "04-daemonset-kube2iam.yaml", "05-deployment-nginx-vanilla.yaml", "06-deployment-nginx-annotated.yaml"]
+    deployment = yaml.safe_load((tmp_path / "out" / "05-deployment-nginx-vanilla.yaml").read_text())
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27.3"
+    assert "host interface docker0 (offline" in result.stderr
+
+
+def test_render_without_account_is_one_line_exit_2():
+    result = _cli("render")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: render needs --account-id (or account_id in the config) for kube2iam's --base-role-arn"]
+    assert result.stdout == ""
+
+
+def test_render_rejects_a_bad_interface_before_writing(tmp_path):
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "eth0; rm -rf /", "-o", str(tmp_path / "x"))
+    assert result.returncode == 2 and "invalid --host-interface" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_render_detects_the_interface_from_a_cluster(kube_api):
+    kube_api.store.put({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "aws-node", "namespace": "kube-system"},
+                        "spec": {"selector": {"matchLabels": {"k8s-app": "aws-node"}}, "template": {
+                            "metadata": {"labels": {"k8s-app": "aws-node"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+    result = _cli("render", "--account-id", "123456789012", "--kubeconfig", kube_api.kubeconfig)
+    assert result.returncode == 0, result.stderr
+    assert "--host-interface=eni+" in result.stdout
+    assert "DaemonSet kube-system/aws-node found" in result.stderr
+    assert kube_api.store.mutating_requests() == []
+
+
+def test_render_documents_round_trip():
+    objects = desired_objects(CONFIGS["article defaults"], "weave")
+    for (name, text), obj in zip(render_documents(objects), objects):
+        assert yaml.safe_load(text) == obj
+        assert name.endswith(f"-{obj['metadata']['name']}.yaml")
+    assert json.loads(objects[4]["metadata"]["annotations"]["iam.amazonaws.com/allowed-roles"]) == ["nettech-s3-read-write"]
