@@ -53,14 +53,14 @@ def _namespace_exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
 
 
-def _claim_subnet(owner: str) -> tuple[ipaddress.IPv4Network, Path]:
-    """An unused /30 of 10.231.0.0/16, claimed by an O_EXCL lock file naming its namespace."""
+def _claim_subnet(owner: str, supernet: ipaddress.IPv4Network = SUPERNET) -> tuple[ipaddress.IPv4Network, Path]:
+    """An unused /30 of `supernet` (10.231.0.0/16), claimed by an O_EXCL lock file naming its namespace."""
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    subnets = SUPERNET.prefixlen
+    subnets = supernet.prefixlen
     total = 2 ** (30 - subnets)
     for _ in range(200):
         index = secrets.randbelow(total)
-        lock = LOCK_DIR / f"{index}"
+        lock = LOCK_DIR / (f"{index}" if supernet == SUPERNET else f"{supernet.network_address}-{index}")
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -70,9 +70,9 @@ def _claim_subnet(owner: str) -> tuple[ipaddress.IPv4Network, Path]:
             continue
         os.write(fd, owner.encode())
         os.close(fd)
-        network = ipaddress.ip_network(f"{SUPERNET.network_address + index * 4}/30")
+        network = ipaddress.ip_network(f"{supernet.network_address + index * 4}/30")
         return network, lock
-    raise RuntimeError("no free /30 in 10.231.0.0/16")
+    raise RuntimeError(f"no free /30 in {supernet}")
 
 
 def _keygen(path: Path) -> str:
@@ -127,20 +127,23 @@ class Node:
         path: str | None = None,
         client_key: Path | None = None,
         start_sshd: bool = True,
+        prefix: str = PREFIX,
+        supernet: ipaddress.IPv4Network = SUPERNET,
     ) -> "Node":
         """Make the namespace, the veth (to the root namespace, or to `parent`'s namespace), sshd.
 
         `path`: PATH for SSH sessions (sshd SetEnv), e.g. to put a fake iptables first.
         `parent`: the node is reachable only from inside `parent` (a jump host), not from the root.
+        `prefix`/`supernet`: names and addresses for another family of tests (the lab uses rbl, 10.233.0.0/17).
         """
         uid = secrets.token_hex(3)
-        namespace = f"{PREFIX}-{uid}"
+        namespace = f"{prefix}-{uid}"
         workdir = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
         os.chmod(workdir, 0o755)  # a non-root user's sshd session reads authorized_keys from here
-        network, lock = _claim_subnet(namespace)
+        network, lock = _claim_subnet(namespace, supernet)
         hosts = list(network.hosts())
         gateway, address = str(hosts[0]), str(hosts[1])
-        outside, inside = f"{PREFIX}{uid}o", f"{PREFIX}{uid}i"
+        outside, inside = f"{prefix}{uid}o", f"{prefix}{uid}i"
         node = cls(name=name, namespace=namespace, address=address, gateway=gateway, workdir=workdir,
                    ssh_port=ssh_port, host_public_key="", client_key=workdir / "client_key",
                    known_hosts=workdir / "known_hosts", parent=parent, veth=outside, _lock=lock)
@@ -352,9 +355,9 @@ class Node:
         return pod
 
 
-def leftovers() -> list[str]:
+def leftovers(prefix: str = PREFIX) -> list[str]:
     """Namespaces and links this module made that still exist (for assertions)."""
-    names = [line.split()[0] for line in run(["ip", "netns", "list"]).stdout.splitlines() if line.startswith(PREFIX)]
+    names = [line.split()[0] for line in run(["ip", "netns", "list"]).stdout.splitlines() if line.startswith(prefix)]
     links = [line.split(":")[1].strip().split("@")[0] for line in run(["ip", "-o", "link"]).stdout.splitlines()
-             if line.split(":")[1].strip().startswith(PREFIX)]
+             if line.split(":")[1].strip().startswith(prefix)]
     return names + links
