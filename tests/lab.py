@@ -1,0 +1,671 @@
+"""The article's cluster on one machine, for the acceptance test (tests/test_lab.py) and for people
+who want to watch rbacbridge work (`python -m tests.lab`, root + Linux).
+
+    lab = Lab.start()          # ~ a few seconds
+    lab.cli("setup", ...)      # the real CLI, as a user runs it
+    lab.close()                # nothing left: no namespace, veth, route or process
+
+Topology (names start with `rbl`, addresses in 10.233.0.0/16, all inside namespaces made here;
+the root namespace only gets the veth ends and routes to the nodes through the "aws" namespace):
+
+    root ns (CLI, test, Kubernetes API server on 127.0.0.1, stand-in servers' threads)
+      └─ veth ─ "aws" ns: moto (IAM, EC2, S3, STS) + control endpoint   (tests/lab_moto.py)
+                 ├─ veth ─ node-a ns: sshd, iptables, 169.254.169.254 = metadata stand-in,
+                 │                    kube2iam stand-in at <node IP>:8282,
+                 │                    docker0 bridge ─ pod ns nginx-vanilla, pod ns nginx-annotated
+                 └─ veth ─ node-b ns: the same
+
+The metadata stand-in (`ImdsHandler`) plays EC2's instance metadata service: it hands out credentials
+of the role in the instance profile associated with that node's instance, so an un-intercepted pod
+gets the node role (the article's leak). The kube2iam stand-in (`Kube2iamHandler`) only receives
+traffic when the node's iptables DNAT rule sends it there. Both listen on sockets made inside the
+node's namespace but are served by threads of this process, so they can reach the API server on
+127.0.0.1 and moto.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests import netns
+from tests.netns import Node, Pod
+
+PREFIX = "rbl"
+SUPERNET = ipaddress.ip_network("10.233.0.0/17")  # /30 links, claimed with lock files
+POD_CIDR = "10.233.{}.1/24"  # node i's docker0 bridge: 10.233.(128+i).0/24, seen only inside the lab
+MOTO_PORT, CONTROL_PORT = 5000, 5001  # inside the lab's own "aws" namespace
+METADATA_IP = "169.254.169.254"
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+ADMIN_USER = "rbl-lab-admin"
+LEGACY_PROFILE, LEGACY_ROLE = "legacy-node-profile", "legacy-node-role"
+BUCKET_OBJECTS = {"nettech-helm-test": ["charts/index.yaml", "charts/nginx-1.0.0.tgz"],
+                  "lanre.k8s.dev": ["tenant/config.json", "tenant/data.csv"]}
+ROLE_ANNOTATION = "iam.amazonaws.com/role"
+ALLOWED_ROLES = "iam.amazonaws.com/allowed-roles"
+REPO = Path(__file__).resolve().parent.parent
+_CLONE_NEWNET = 0x40000000
+_DUMMY = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def aws_cli() -> str | None:
+    """The host's AWS CLI script (not a pyenv shim: pods run it with a clean environment)."""
+    beside = Path(sys.executable).parent / "aws"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("aws")
+
+
+def available() -> str | None:
+    """Why the lab cannot run here, or None."""
+    why = netns.available()
+    if why:
+        return why
+    if aws_cli() is None:
+        return "needs the AWS CLI (pip install awscli)"
+    return None
+
+
+def _sh(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    return netns.run(argv, check=check)
+
+
+def in_namespace(namespace: str, fn):
+    """Run fn() on a thread that has joined `namespace`'s network namespace (sockets made there stay there)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {namespace}")
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=target, name=f"setns-{namespace}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def serve_in_namespace(namespace: str, address: str, port: int, handler: type, **attrs) -> ThreadingHTTPServer:
+    """An HTTP server listening inside `namespace`, served by threads of this process."""
+    server = in_namespace(namespace, lambda: ThreadingHTTPServer((address, port), handler))
+    server.daemon_threads = True
+    for key, value in attrs.items():
+        setattr(server, key, value)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
+                     name=f"serve-{namespace}-{port}").start()
+    return server
+
+
+# --- the two stand-ins ----------------------------------------------------------------------------
+
+class _MetadataHandler(BaseHTTPRequestHandler):
+    """Shared by both stand-ins: the IMDSv2 token and the two credential paths botocore reads."""
+
+    protocol_version = "HTTP/1.1"
+    CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self, code: int, text: str, content_type: str = "text/plain") -> None:
+        body = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            self._answer(200, "lab-token-" + secrets.token_hex(8))
+        else:
+            self._answer(400, "bad token request")
+
+    def do_GET(self) -> None:  # noqa: N802
+        try:
+            role = self.role()
+        except PermissionError as exc:
+            self._answer(403, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a stand-in answers 500 like a broken daemon
+            self._answer(500, f"{type(exc).__name__}: {exc}")
+            return
+        if self.path.rstrip("/") == self.CREDENTIALS.rstrip("/"):
+            self._answer(200, role) if role else self._answer(404, "no role")
+        elif self.path.startswith(self.CREDENTIALS) and role and self.path[len(self.CREDENTIALS):].strip("/") == role:
+            try:
+                creds = self.credentials(role)
+            except PermissionError as exc:
+                self._answer(403, str(exc))
+                return
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._answer(200, json.dumps({"Code": "Success", "LastUpdated": now, "Type": "AWS-HMAC", **creds}),
+                         "application/json")
+        else:
+            self._answer(404, "not found")
+
+    def role(self) -> str | None:
+        raise NotImplementedError
+
+    def credentials(self, role: str) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class ImdsHandler(_MetadataHandler):
+    """EC2's instance metadata service for one node: the role of the instance profile associated
+    with the node's instance, read from moto now (so setup's association and teardown's restore show)."""
+
+    def role(self) -> str | None:
+        return self.server.lab.instance_role(self.server.instance_id)
+
+    def credentials(self, role: str) -> dict[str, str]:
+        return self.server.lab.node_credentials(role, self.server.instance_id)
+
+
+class Kube2iamHandler(_MetadataHandler):
+    """Stands in for kube2iam's Go daemon, which cannot run here: for a request from a pod IP it finds
+    the pod in the Kubernetes API server, takes its iam.amazonaws.com/role annotation (else the default
+    role), honours the namespace's allowed-roles under --namespace-restrictions, and assumes the role
+    from the node role, checking the role's trust policy with rbacbridge.policy_eval. Its settings
+    come from the kube2iam DaemonSet's args, as setup wrote them."""
+
+    def role(self) -> str | None:
+        return self.server.lab.kube2iam_role(self.client_address[0])
+
+    def credentials(self, role: str) -> dict[str, str]:
+        return self.server.lab.kube2iam_credentials(self.server.instance_id, role, self.client_address[0])
+
+
+# --- the lab --------------------------------------------------------------------------------------
+
+@dataclass
+class LabNode:
+    node: Node
+    name: str
+    instance_id: str
+    pod_cidr: str
+    pods: dict[tuple[str, str], Pod] = field(default_factory=dict)  # (k8s namespace, pod name) -> netns pod
+    servers: list[ThreadingHTTPServer] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return self.node.address
+
+
+@dataclass
+class Lab:
+    workdir: Path
+    aws: Node
+    moto: subprocess.Popen | None = None
+    nodes: list[LabNode] = field(default_factory=list)
+    api: Any = None  # tests.kube_apiserver.KubeApiServer
+    admin: dict[str, str] = field(default_factory=dict)
+    kube2iam_port: int = 8282
+    root_routes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    _cache: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    _closed: bool = False
+
+    # -- life cycle --
+
+    @classmethod
+    def start(cls, node_names: tuple[str, ...] = ("node-a", "node-b"), kube2iam_port: int = 8282) -> "Lab":
+        began = time.monotonic()
+        why = available()
+        if why:
+            raise RuntimeError(f"the lab cannot run here: {why}")
+        workdir = Path(tempfile.mkdtemp(prefix="rbl-lab-"))
+        os.chmod(workdir, 0o755)
+        aws = Node.start("aws", start_sshd=False, prefix=PREFIX, supernet=SUPERNET)
+        lab = cls(workdir=workdir, aws=aws, kube2iam_port=kube2iam_port)
+        try:
+            _sh(["ip", "netns", "exec", aws.namespace, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            lab._start_moto()
+            (workdir / "bin").mkdir()
+            os.symlink(aws_cli(), workdir / "bin" / "aws")
+            (workdir / "home").mkdir()
+            key = workdir / "ssh_key"
+            netns.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)])
+            for index, name in enumerate(node_names):
+                lab._add_node(index, name, key)
+            (workdir / "known_hosts").write_text("".join(n.node.known_hosts.read_text() for n in lab.nodes))
+            lab._wait_moto()
+            lab._seed_aws()
+            lab._start_api()
+            for lab_node in lab.nodes:
+                lab._start_stand_ins(lab_node)
+            lab._write_config()
+        except BaseException:
+            lab.close()
+            raise
+        lab.timings["start"] = time.monotonic() - began
+        return lab
+
+    def _start_moto(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(PYTHONPATH=str(REPO), MOTO_ACCOUNT_ID=ACCOUNT)
+        self.moto = subprocess.Popen(
+            ["ip", "netns", "exec", self.aws.namespace, sys.executable, "-m", "tests.lab_moto", self.aws.address,
+             str(MOTO_PORT), str(CONTROL_PORT)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(self.workdir / "moto.log", "wb"), env=env, cwd=REPO)
+
+    def _wait_moto(self) -> None:
+        line = self.moto.stdout.readline().decode().strip()
+        if line != "ready":
+            raise RuntimeError(f"moto did not start: {(self.workdir / 'moto.log').read_text()[-800:]}")
+
+    def _add_node(self, index: int, name: str, key: Path) -> None:
+        path = f"{self.workdir / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        node = Node.start(name, parent=self.aws, client_key=key, path=path, prefix=PREFIX, supernet=SUPERNET)
+        lab_node = LabNode(node, name, instance_id="", pod_cidr=POD_CIDR.format(128 + index))
+        self.nodes.append(lab_node)
+        inner = ["ip", "-n", node.namespace]
+        _sh([*inner, "route", "add", "default", "via", node.gateway])
+        _sh(["ip", "netns", "exec", node.namespace, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        _sh([*inner, "addr", "add", f"{METADATA_IP}/32", "dev", "lo"])
+        link = str(ipaddress.ip_interface(f"{node.address}/30").network)
+        _sh(["ip", "route", "add", link, "via", self.aws.address])
+        self.root_routes.append(link)
+        pod_net = str(ipaddress.ip_interface(lab_node.pod_cidr).network)
+        _sh(["ip", "-n", self.aws.namespace, "route", "add", pod_net, "via", node.address])
+        for app in ("nginx-vanilla", "nginx-annotated"):
+            pod = node.add_pod(app, bridge="docker0", bridge_cidr=lab_node.pod_cidr)
+            lab_node.pods[("default", f"{app}-{name}")] = pod
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.aws.address}:{MOTO_PORT}"
+
+    def client(self, service: str, credentials: dict[str, str] | None = None):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION, **(credentials or self.admin))
+
+    def _post_moto(self, path: str, body: bytes) -> bytes:
+        request = urllib.request.Request(self.endpoint_url + path, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+
+    def _seed_aws(self) -> None:
+        """What the article assumes exists, then IAM enforcement on (only moto-issued keys work from here)."""
+        iam = self.client("iam", _DUMMY)
+        iam.create_user(UserName=ADMIN_USER)
+        iam.put_user_policy(UserName=ADMIN_USER, PolicyName="lab-admin", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
+        self.admin = {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+        s3 = self.client("s3", _DUMMY)
+        for bucket, keys in BUCKET_OBJECTS.items():
+            s3.create_bucket(Bucket=bucket)
+            for item in keys:
+                s3.put_object(Bucket=bucket, Key=item, Body=f"lab object {item}\n".encode())
+        ec2 = self.client("ec2", _DUMMY)
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                                                          "Action": "sts:AssumeRole"}]}
+        iam.create_role(RoleName=LEGACY_ROLE, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_instance_profile(InstanceProfileName=LEGACY_PROFILE)
+        iam.add_role_to_instance_profile(InstanceProfileName=LEGACY_PROFILE, RoleName=LEGACY_ROLE)
+        for index, lab_node in enumerate(self.nodes):
+            lab_node.instance_id = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, Placement={
+                "AvailabilityZone": f"{REGION}a"})["Instances"][0]["InstanceId"]
+            if index == 0:  # the first node had a profile of its own before rbacbridge: teardown must restore it
+                ec2.associate_iam_instance_profile(InstanceId=lab_node.instance_id, IamInstanceProfile={"Name": LEGACY_PROFILE})
+        self._post_moto("/moto-api/reset-auth", b"0")
+
+    def _start_api(self) -> None:
+        from tests.fixtures_kube import write_kubeconfig
+        from tests.kube_apiserver import KubeApiServer
+
+        self.api = KubeApiServer().start()
+        store = self.api.store
+        for name in ("default", "kube-system"):
+            store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        for lab_node in self.nodes:
+            store.add_node(lab_node.name, lab_node.address, provider_id=f"aws:///{REGION}a/{lab_node.instance_id}")
+        write_kubeconfig(self.workdir / "kubeconfig", {"lab": self.api.url}, current="lab")
+        self.api.exec_handler = self._exec
+
+    def _start_stand_ins(self, lab_node: LabNode) -> None:
+        ns = lab_node.node.namespace
+        lab_node.servers.append(serve_in_namespace(ns, METADATA_IP, 80, ImdsHandler, lab=self, instance_id=lab_node.instance_id))
+        lab_node.servers.append(serve_in_namespace(ns, lab_node.address, self.kube2iam_port, Kube2iamHandler, lab=self,
+                                                   instance_id=lab_node.instance_id))
+
+    def _write_config(self) -> None:
+        config = {
+            "account_id": ACCOUNT,
+            "aws": {"region": REGION, "endpoint_url": self.endpoint_url},
+            "kubernetes": {"kubeconfig": self.kubeconfig, "rollout_timeout": 30},
+            "kube2iam": {"port": self.kube2iam_port},
+            "nodes": {"ssh_user": "root", "ssh_key": self.ssh_key, "known_hosts": self.known_hosts, "ssh_config": "none"},
+        }
+        (self.workdir / "rbacbridge.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for lab_node in self.nodes:
+            for server in lab_node.servers:
+                server.shutdown()
+                server.server_close()
+        if self.api is not None:
+            self.api.stop()
+        for lab_node in reversed(self.nodes):
+            lab_node.node.close()
+        for link in self.root_routes:
+            _sh(["ip", "route", "del", link], check=False)  # gone with the veth already; this is a safety net
+        self.aws.close()  # kills moto (every pid in the namespace)
+        if self.moto is not None:
+            try:
+                self.moto.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.moto.stdout:
+                self.moto.stdout.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def leftovers(self) -> list[str]:
+        """Namespaces, links, routes and processes of this lab that still exist."""
+        left = [n for n in netns.leftovers(PREFIX) if any(n.startswith(x.node.namespace) or x.node.namespace.replace("-", "") in n
+                                                             for x in self.nodes)
+                or n.startswith(self.aws.namespace) or self.aws.namespace.replace("-", "") in n]
+        routes = _sh(["ip", "route"]).stdout
+        left += [f"route {r}" for r in self.root_routes if r in routes]
+        if self.moto is not None and self.moto.poll() is None:
+            left.append(f"moto pid {self.moto.pid}")
+        if self.workdir.exists():
+            left.append(str(self.workdir))
+        return left
+
+    # -- what a user needs to run the CLI against the lab --
+
+    @property
+    def kubeconfig(self) -> str:
+        return str(self.workdir / "kubeconfig")
+
+    @property
+    def known_hosts(self) -> str:
+        return str(self.workdir / "known_hosts")
+
+    @property
+    def ssh_key(self) -> str:
+        return str(self.workdir / "ssh_key")
+
+    @property
+    def config_file(self) -> str:
+        return str(self.workdir / "rbacbridge.yaml")
+
+    def env(self) -> dict[str, str]:
+        """The CLI's environment: AWS points at the lab's moto with the admin key moto issued."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG", "RBACBRIDGE_"))}
+        env.update(PYTHONPATH=str(REPO), HOME=str(self.workdir / "home"), AWS_ENDPOINT_URL=self.endpoint_url,
+                   AWS_ACCESS_KEY_ID=self.admin["aws_access_key_id"], AWS_SECRET_ACCESS_KEY=self.admin["aws_secret_access_key"],
+                   AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+                   AWS_EC2_METADATA_DISABLED="true")
+        return env
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rbacbridge", *args], capture_output=True, text=True, env=self.env(),
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.workdir)
+
+    # -- pods: the namespaces behind docker0 and the API server's view of them --
+
+    def pod_env(self) -> list[str]:
+        return ["env", "-i", f"PATH={self.workdir / 'bin'}:/usr/bin:/bin", f"HOME={self.workdir / 'home'}",
+                f"AWS_DEFAULT_REGION={REGION}", f"AWS_ENDPOINT_URL={self.endpoint_url}"]
+
+    def _find_pod(self, namespace: str, name: str) -> Pod | None:
+        for lab_node in self.nodes:
+            if (namespace, name) in lab_node.pods:
+                return lab_node.pods[(namespace, name)]
+        return None
+
+    def _exec(self, namespace: str, pod: str, container: str | None, argv: list[str]) -> tuple[int, bytes, bytes]:
+        target = self._find_pod(namespace, pod)
+        if target is None:
+            return 1, b"", f"pod {namespace}/{pod} has no network namespace in the lab\n".encode()
+        done = subprocess.run(["ip", "netns", "exec", target.namespace, *self.pod_env(), *argv], capture_output=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+        return done.returncode, done.stdout, done.stderr
+
+    def pod_exec(self, namespace: str, name: str, argv: list[str]) -> subprocess.CompletedProcess:
+        target = self._find_pod(namespace, name)
+        return subprocess.run(["ip", "netns", "exec", target.namespace, *self.pod_env(), *argv], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    def node(self, name: str) -> LabNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def _put_pod(self, lab_node: LabNode, namespace: str, name: str, labels: dict[str, str], annotations: dict[str, str],
+                 pod_ip: str, owner: dict[str, Any] | None = None, host_network: bool = False) -> None:
+        meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations}
+        if owner:
+            meta["ownerReferences"] = [{"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+                                        "uid": owner["metadata"]["uid"], "controller": True}]
+        self.api.store.put({
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"nodeName": lab_node.name, "hostNetwork": host_network, "containers": [{"name": "main", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": pod_ip, "hostIP": lab_node.address,
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "main", "ready": True, "restartCount": 0, "image": "x", "imageID": "",
+                                              "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]},
+        })
+
+    def play_controllers(self) -> None:
+        """The Deployment and DaemonSet controllers: one nginx-vanilla and one nginx-annotated pod on every
+        node (labels and annotations from the templates setup wrote, IPs of the lab's pod namespaces), and
+        one kube2iam pod per node (hostNetwork: the node's IP)."""
+        store = self.api.store
+        for kind, name in (("Deployment", "nginx-vanilla"), ("Deployment", "nginx-annotated")):
+            owner = store.get(kind, name, "default")
+            if owner is None:
+                raise RuntimeError(f"{kind} default/{name} does not exist: run setup first")
+            for pod in store.objects_of("Pod", "default"):
+                if any(ref.get("uid") == owner["metadata"]["uid"] for ref in pod["metadata"].get("ownerReferences", [])):
+                    store.delete("Pod", pod["metadata"]["name"], "default")
+            template = owner["spec"]["template"]["metadata"]
+            for lab_node in self.nodes:
+                pod_name = f"{name}-{lab_node.name}"
+                self._put_pod(lab_node, "default", pod_name, dict(template.get("labels") or {}),
+                              dict(template.get("annotations") or {}), lab_node.pods[("default", pod_name)].address, owner)
+        daemonset = next(d for d in store.objects_of("DaemonSet") if d["metadata"]["name"] == "kube2iam")
+        namespace = daemonset["metadata"]["namespace"]
+        for pod in store.objects_of("Pod", namespace):
+            if any(ref.get("uid") == daemonset["metadata"]["uid"] for ref in pod["metadata"].get("ownerReferences", [])):
+                store.delete("Pod", pod["metadata"]["name"], namespace)
+        labels = dict(daemonset["spec"]["template"]["metadata"].get("labels") or {})
+        for lab_node in self.nodes:
+            self._put_pod(lab_node, namespace, f"kube2iam-{lab_node.name}", labels, {}, lab_node.address, daemonset, host_network=True)
+
+    def add_tenant_pod(self, node_name: str, namespace: str, name: str, role: str, allowed_roles: list[str]) -> None:
+        """A third tenant: a namespace whose allowed-roles is `allowed_roles`, and a pod annotated with `role`."""
+        lab_node = self.node(node_name)
+        self.api.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": namespace, "annotations": {ALLOWED_ROLES: json.dumps(allowed_roles)}}})
+        pod = lab_node.node.add_pod(name, bridge="docker0", bridge_cidr=lab_node.pod_cidr)
+        lab_node.pods[(namespace, name)] = pod
+        self._put_pod(lab_node, namespace, name, {"app": name}, {ROLE_ANNOTATION: role}, pod.address)
+
+    def kube2iam_start(self, node_name: str, port: int | None = None) -> None:
+        """What kube2iam does at start-up with --iptables=true: append its DNAT rule (it never checks for others)."""
+        lab_node = self.node(node_name)
+        interface = self._kube2iam_args().get("--host-interface", "docker0")
+        lab_node.node.iptables("-t", "nat", "-A", "PREROUTING", "-d", f"{METADATA_IP}/32", "-i", interface, "-p", "tcp",
+                               "-m", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination",
+                               f"{lab_node.address}:{port or self.kube2iam_port}")
+
+    # -- what the stand-ins know --
+
+    def _kube2iam_args(self) -> dict[str, str]:
+        daemonset = next((d for d in self.api.store.objects_of("DaemonSet") if d["metadata"]["name"] == "kube2iam"), None)
+        if daemonset is None:
+            return {}
+        args: dict[str, str] = {}
+        for container in daemonset["spec"]["template"]["spec"]["containers"]:
+            for arg in container.get("args") or []:
+                key, _, value = arg.partition("=")
+                args[key] = value
+        return args
+
+    def instance_role(self, instance_id: str) -> str | None:
+        ec2, iam = self.client("ec2"), self.client("iam")
+        found = ec2.describe_iam_instance_profile_associations(Filters=[
+            {"Name": "instance-id", "Values": [instance_id]}, {"Name": "state", "Values": ["associated"]}])["IamInstanceProfileAssociations"]
+        if not found:
+            return None
+        profile = found[0]["IamInstanceProfile"]["Arn"].rsplit("/", 1)[-1]
+        roles = iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"]["Roles"]
+        return roles[0]["RoleName"] if roles else None
+
+    def _assume(self, role_arn: str, session: str) -> dict[str, str]:
+        key = (role_arn, session)
+        with self._cache_lock:
+            cached = self._cache.get(key)
+        if cached:
+            return cached
+        request = urllib.request.Request(f"http://{self.aws.address}:{CONTROL_PORT}/assume-role", method="POST",
+                                         data=json.dumps({"role_arn": role_arn, "session": session}).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            creds = json.loads(response.read())
+        with self._cache_lock:
+            self._cache[key] = creds
+        return creds
+
+    def _trust(self, role: str) -> dict[str, Any]:
+        document = self.client("iam").get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+        return json.loads(document) if isinstance(document, str) else document
+
+    def node_credentials(self, role: str, instance_id: str) -> dict[str, str]:
+        from rbacbridge import policy_eval as pe
+
+        if not pe.trust_allows_service(self._trust(role), "ec2.amazonaws.com"):
+            raise PermissionError(f"role {role} does not trust ec2.amazonaws.com")
+        return self._assume(f"arn:aws:iam::{ACCOUNT}:role/{role}", instance_id)
+
+    def _pod_by_ip(self, ip: str) -> dict[str, Any] | None:
+        request = urllib.request.Request(f"{self.api.url}/api/v1/pods", headers={"Authorization": f"Bearer {self.api.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            pods = json.loads(response.read())["items"]
+        return next((p for p in pods if (p.get("status") or {}).get("podIP") == ip and not (p.get("spec") or {}).get("hostNetwork")), None)
+
+    def _namespace_annotations(self, namespace: str) -> dict[str, str]:
+        request = urllib.request.Request(f"{self.api.url}/api/v1/namespaces/{namespace}",
+                                         headers={"Authorization": f"Bearer {self.api.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["metadata"].get("annotations") or {}
+
+    def kube2iam_role(self, pod_ip: str) -> str | None:
+        from rbacbridge.verify import role_allowed_in_namespace
+
+        args = self._kube2iam_args()
+        pod = self._pod_by_ip(pod_ip)
+        if pod is None:
+            raise PermissionError(f"no pod with IP {pod_ip}")
+        annotated = (pod["metadata"].get("annotations") or {}).get(ROLE_ANNOTATION)
+        if annotated is None:
+            if "--default-role" in args:
+                return args["--default-role"].rsplit("/", 1)[-1]
+            if "--auto-discover-default-role" in args:
+                node = next(n for n in self.nodes if n.name == pod["spec"].get("nodeName"))
+                return self.instance_role(node.instance_id)
+            raise PermissionError("no role annotation and no default role")
+        role = annotated.rsplit("/", 1)[-1]
+        if "--namespace-restrictions" in args:
+            raw = self._namespace_annotations(pod["metadata"]["namespace"]).get(ALLOWED_ROLES)
+            patterns = json.loads(raw) if raw else []
+            if not role_allowed_in_namespace(role, ACCOUNT, patterns):
+                raise PermissionError(f"role {role} is not allowed in namespace {pod['metadata']['namespace']}")
+        return role
+
+    def kube2iam_credentials(self, instance_id: str, role: str, pod_ip: str) -> dict[str, str]:
+        from rbacbridge import policy_eval as pe
+        from rbacbridge.sandbox import live_documents
+
+        node_role = self.instance_role(instance_id)
+        if node_role is None:
+            raise PermissionError("the node has no instance profile role to assume from")
+        node_arn, role_arn = f"arn:aws:iam::{ACCOUNT}:role/{node_role}", f"arn:aws:iam::{ACCOUNT}:role/{role}"
+        docs = live_documents(self.client("iam"), [node_role, role])
+        if role not in docs.trust or not pe.trust_allows(docs.trust[role], node_arn):
+            raise PermissionError(f"AssumeRole {role_arn} denied: its trust policy does not trust {node_arn}")
+        if not pe.is_allowed(docs.policies.get(node_role, []), "sts:AssumeRole", role_arn):
+            raise PermissionError(f"AssumeRole {role_arn} denied: the node role may not assume it")
+        return self._assume(role_arn, f"{pod_ip.replace('.', '-')}-kube2iam")
+
+
+def main() -> int:
+    """Start the lab, print how to use it, wait for Ctrl-C, tear it down."""
+    print("starting the rbacbridge lab (root + Linux; network namespaces, sshd, iptables, moto)...", flush=True)
+    lab = Lab.start()
+    try:
+        print(f"lab up in {lab.timings['start']:.1f}s\n")
+        print(f"  moto (AWS):        {lab.endpoint_url}  (admin key in the env below; IAM enforcement on)")
+        print(f"  Kubernetes API:    {lab.api.url}  (kubeconfig {lab.kubeconfig})")
+        for n in lab.nodes:
+            print(f"  {n.name}: ssh root@{n.address}  instance {n.instance_id}  namespace {n.node.namespace}  pods "
+                  + ", ".join(f"{name}={pod.address}" for (_, name), pod in n.pods.items()))
+        env = lab.env()
+        print("\nIn another shell (as root):")
+        for key in ("PYTHONPATH", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            print(f"  export {key}={env[key]}")
+        print(f"  python -m rbacbridge setup -c {lab.config_file} --only aws,kube --yes")
+        print("  (then press Enter here: the lab plays the controllers and kube2iam's start-up)")
+        print(f"  python -m rbacbridge verify -c {lab.config_file}")
+        print(f"  python -m rbacbridge iptables status -c {lab.config_file}")
+        print(f"  python -m rbacbridge teardown -c {lab.config_file} --yes")
+        print("\nEnter: play the controllers and start kube2iam on every node; Ctrl-C: tear the lab down.")
+        try:
+            input()
+            lab.play_controllers()
+            for n in lab.nodes:
+                lab.kube2iam_start(n.name)
+            print("nginx and kube2iam pods placed, DNAT rules added. Ctrl-C tears the lab down.")
+            while True:
+                time.sleep(3600)
+        except (KeyboardInterrupt, EOFError):
+            pass
+    finally:
+        lab.close()
+        left = lab.leftovers()
+        print("lab torn down" + (f"; LEFT BEHIND: {left}" if left else ": nothing left"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
