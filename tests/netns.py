@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -115,6 +116,7 @@ class Node:
     pods: list[Pod] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
     _closed: bool = False
+    keep_under_root: tuple[str, ...] = ()
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -129,12 +131,15 @@ class Node:
         start_sshd: bool = True,
         prefix: str = PREFIX,
         supernet: ipaddress.IPv4Network = SUPERNET,
+        keep_under_root: tuple[str, ...] = (),
     ) -> "Node":
         """Make the namespace, the veth (to the root namespace, or to `parent`'s namespace), sshd.
 
         `path`: PATH for SSH sessions (sshd SetEnv), e.g. to put a fake iptables first.
         `parent`: the node is reachable only from inside `parent` (a jump host), not from the root.
         `prefix`/`supernet`: names and addresses for another family of tests (the lab uses rbl, 10.233.0.0/17).
+        `keep_under_root`: directories under /root that SSH sessions still see (e.g. a pyenv Python that
+        runs the host's AWS CLI); the rest of /root is hidden behind an empty directory.
         """
         uid = secrets.token_hex(3)
         namespace = f"{prefix}-{uid}"
@@ -146,7 +151,8 @@ class Node:
         outside, inside = f"{prefix}{uid}o", f"{prefix}{uid}i"
         node = cls(name=name, namespace=namespace, address=address, gateway=gateway, workdir=workdir,
                    ssh_port=ssh_port, host_public_key="", client_key=workdir / "client_key",
-                   known_hosts=workdir / "known_hosts", parent=parent, veth=outside, _lock=lock)
+                   known_hosts=workdir / "known_hosts", parent=parent, veth=outside, _lock=lock,
+                   keep_under_root=tuple(keep_under_root))
         try:
             run(["ip", "netns", "add", namespace])
             outer = ["ip", "-n", parent.namespace] if parent else ["ip"]
@@ -209,9 +215,15 @@ class Node:
 
     def start_sshd(self, timeout: float = 10) -> None:
         log = self.workdir / "sshd.log"
+        keep = ""
+        for path in self.keep_under_root:
+            inside = self.workdir / "root" / os.path.relpath(path, "/root")
+            inside.mkdir(parents=True, exist_ok=True)
+            keep += f"mount --bind {shlex.quote(path)} {shlex.quote(str(inside))} && "
+        bind = "--rbind" if self.keep_under_root else "--bind"
         script = (
-            "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd && "
-            f"mount --bind {self.workdir / 'root'} /root && "
+            "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd && " + keep +
+            f"mount {bind} {self.workdir / 'root'} /root && "
             f"exec {SSHD} -D -e -o LogLevel=INFO -f {self.workdir / 'sshd_config'}"
         )
         with open(log, "ab") as handle:
