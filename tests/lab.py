@@ -284,7 +284,9 @@ class Lab:
 
     def _add_node(self, index: int, name: str, key: Path) -> None:
         path = f"{self.workdir / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        node = Node.start(name, parent=self.aws, client_key=key, path=path, prefix=PREFIX, supernet=SUPERNET)
+        keep = tuple(p for p in {sys.prefix, str(Path(aws_cli()).resolve().parent.parent)} if p.startswith("/root/"))
+        node = Node.start(name, parent=self.aws, client_key=key, path=path, prefix=PREFIX, supernet=SUPERNET,
+                          keep_under_root=keep)
         lab_node = LabNode(node, name, instance_id="", pod_cidr=POD_CIDR.format(128 + index))
         self.nodes.append(lab_node)
         inner = ["ip", "-n", node.namespace]
