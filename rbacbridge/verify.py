@@ -496,6 +496,8 @@ class Diagnostics:
 
     documents: Documents = field(default_factory=Documents)  # live trust and policies per role
     allowed_roles: dict[str, list[str] | None] = field(default_factory=dict)  # live namespace annotations
+    # node name -> (rule missing?, what is wrong with its DNAT rules for 169.254.169.254), read over SSH
+    interception: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
 
 def compare(config: Config, account: str, stage: str, expected: list[Expected], observed: list[Observed],
@@ -537,6 +539,11 @@ def _where(principal: Principal) -> str:
 def _identity_blame(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Blame:
     ident, want, got = obs.identity, exp.role, obs.role
     node_arn = config.role_arn(account, config.node_role)
+    principal = exp.principal
+    problem = diag.interception.get(principal.node or "") if principal.kind == "pod" and not principal.host_network else None
+    if problem and (not problem[0] or want != config.node_role):
+        what = f"got {got}" if ident.ok else f"no credentials ({ident.detail})"
+        return Blame(INTERCEPTION, f"{what} where {want or 'none'} was expected: on node {principal.node} {problem[1]}")
     if not ident.ok:
         if ident.category == NETWORK:
             return Blame(NETWORK_LAYER, f"could not reach AWS: {ident.detail}")
@@ -668,16 +675,17 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
     config: Config = ctx.config
     from rbacbridge import kube
 
-    gateway = ctx.gateway("kube", lambda: kube.KubeGateway(config))
+    gateway = kube.gateway(ctx)
     principals: list[tuple[Principal, ProbeBackend]] = []
-    pod_nodes = []
-    for name in (VANILLA, ANNOTATED):
-        pod = pick_pod(list(gateway.list_pods(config.namespace, f"app={name}")), f"app={name}")
+    chosen = [(name, pod) for name in (VANILLA, ANNOTATED) for pod in pods_per_node(*_pods_of(gateway, config.namespace, name))]
+    pod_nodes = list(dict.fromkeys(_get(pod, "spec.nodeName") for _, pod in chosen))
+    several = len(pod_nodes) > 1  # kube2iam and its rule are per node: probe the pods on every node
+    for name, pod in chosen:
         pod_name = _get(pod, "metadata.name")
         annotations = _get(pod, "metadata.annotations") or {}
         node_name = _get(pod, "spec.nodeName")
-        pod_nodes.append(node_name)
-        principal = Principal(name, "pod", namespace=config.namespace, pod=pod_name, role_annotation=annotations.get(ROLE_ANNOTATION),
+        principal = Principal(f"{name}@{node_name}" if several else name, "pod", namespace=config.namespace, pod=pod_name,
+                              role_annotation=annotations.get(ROLE_ANNOTATION),
                               host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name)
         if options.probe == "ephemeral":
             container = ensure_ephemeral_probe(_api_client(gateway, config), config.namespace, pod_name, config.probe_image)
@@ -686,22 +694,71 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
             runner = KubeExecRunner(gateway, config.namespace, pod_name)
             ensure_cli(runner, options.install_cli, f"pod {config.namespace}/{pod_name}")
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
-    address = options.node
-    node_label = address
-    if address is None:
-        nodes = {n.name: n for n in kube.cluster_nodes(ctx)}
-        node = nodes.get(pod_nodes[0]) or next(iter(nodes.values()), None)
-        if node is None:
-            raise UsageError("no cluster node found for the host probe; give --node HOST")
-        address, node_label = node.ssh_host or node.internal_ip, node.name
     from rbacbridge.nodes import NodeRef, ssh_target
     from rbacbridge.ssh import parse_host_port
 
-    host_name, port = parse_host_port(address)
-    runner = SshRunner(ssh_target(ctx, NodeRef(name=node_label, ssh_host=host_name, ssh_port=port)))
-    ensure_cli(runner, False, f"host node {node_label}")
-    host = Principal(HOST, "host", node=node_label)
-    return [(host, AwsCliBackend(runner, config.region, config.endpoint_url))] + principals
+    hosts: list[tuple[str, str]] = []  # (label, SSH address)
+    if options.node is not None:
+        hosts.append((options.node, options.node))
+    else:
+        nodes = {n.name: n for n in kube.cluster_nodes(ctx)}
+        for pod_node in pod_nodes or [None]:
+            node = nodes.get(pod_node) or (next(iter(nodes.values()), None) if not several else None)
+            if node is None:
+                raise UsageError(f"no cluster node {pod_node or ''} found for the host probe; give --node HOST")
+            hosts.append((node.name, node.ssh_host or node.internal_ip))
+    out: list[tuple[Principal, ProbeBackend]] = []
+    for label, address in hosts:
+        host_name, port = parse_host_port(address)
+        runner = SshRunner(ssh_target(ctx, NodeRef(name=label, ssh_host=host_name, ssh_port=port)))
+        ensure_cli(runner, False, f"host node {label}")
+        host = Principal(f"{HOST}@{label}" if len(hosts) > 1 else HOST, "host", node=label)
+        out.append((host, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    return out + principals
+
+
+def _pods_of(gateway: Any, namespace: str, name: str) -> tuple[list[Any], str]:
+    """The Deployment's pods by setup's label (app.kubernetes.io/name), else the article's `app=` label."""
+    for selector in (f"app.kubernetes.io/name={name}", f"app={name}"):
+        pods = list(gateway.list_pods(namespace, selector))
+        if pods:
+            return pods, selector
+    return [], f"app.kubernetes.io/name={name}"
+
+
+def pods_per_node(pods: list[Any], label: str) -> list[Any]:
+    """The first running pod (by name) on each node, nodes in name order."""
+    pick_pod(pods, label)  # raises when none runs
+    running = sorted((p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")),
+                     key=lambda p: (str(_get(p, "spec.nodeName")), _get(p, "metadata.name")))
+    chosen: dict[Any, Any] = {}
+    for pod in running:
+        chosen.setdefault(_get(pod, "spec.nodeName"), pod)
+    return list(chosen.values())
+
+
+def interception_problems(ctx: Any, node_names: set[str]) -> dict[str, tuple[bool, str]]:
+    """Per node: what is wrong with its DNAT rules for 169.254.169.254 (read over SSH), if anything."""
+    from rbacbridge import iptables, nodes
+
+    problems: dict[str, tuple[bool, str]] = {}
+    try:
+        states = nodes.inspect_all(ctx, teardown=False)
+    finally:
+        nodes.close_sessions(ctx)
+    for state in states:
+        if state.ref.name not in node_names or state.classification is None:
+            continue
+        rules, desired = state.classification.rules, state.classification.desired
+        want = f"{desired.host_ip}:{desired.port}" if desired else "kube2iam"
+        first = rules[0] if rules else None
+        if first is not None and first.verdict in (iptables.STALE, iptables.FOREIGN):
+            problems[state.ref.name] = (False, f"the first DNAT rule for 169.254.169.254 is not kube2iam's at {want} "
+                                               f"({first.reason}) and wins: `{first.rule.text}` (rbacbridge iptables fix)")
+        elif state.classification.missing:
+            problems[state.ref.name] = (True, f"kube2iam's DNAT rule for 169.254.169.254 to {want} is missing: "
+                                              "metadata calls reach the instance profile (kube2iam not running?)")
+    return problems
 
 
 def live_diagnostics(ctx: Any) -> Diagnostics:
@@ -720,6 +777,8 @@ def live_diagnostics(ctx: Any) -> Diagnostics:
         ctx.facts.setdefault("notes", []).append(f"could not read the IAM documents for diagnosis: {type(exc).__name__}")
     gateway = ctx.gateways.get("kube")
     read_namespace = getattr(gateway, "read_namespace", None)
+    if read_namespace is None and hasattr(gateway, "get"):  # rbacbridge.kube.KubeGateway
+        read_namespace = lambda name: gateway.get("Namespace", name)  # noqa: E731
     if read_namespace is not None:
         try:
             raw = (_get(read_namespace(config.namespace), "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
@@ -734,7 +793,19 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     account = config.account_id or _caller_account(config)
     targets = live_targets(ctx, options)
     try:
-        result = run_matrix(config, account, options.stage, targets, diagnostics=live_diagnostics(ctx))
+        diagnostics = live_diagnostics(ctx)
+        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics)
+        pod_nodes = {p.node for p, _ in targets if p.kind == "pod" and p.node}
+        if not result.ok and pod_nodes and options.node is None:
+            try:
+                diagnostics.interception = interception_problems(ctx, pod_nodes)
+            except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
+                result.notes.append(f"could not read the nodes' iptables rules for diagnosis: {exc}")
+            if diagnostics.interception:
+                notes = result.notes
+                result = compare(config, account, options.stage, [p.expected for p in result.principals],
+                                 [p.observed for p in result.principals], diagnostics)
+                result.notes = notes
     finally:
         for _, backend in targets:
             close = getattr(getattr(backend, "runner", None), "close", None)
