@@ -256,8 +256,13 @@ class KubeGateway:
                                   "tty": False, "_preload_content": False}
         if container:
             kwargs["container"] = container
+        # kubernetes.stream.stream swaps the client's request method while it runs: on a client shared by
+        # threads (verify probes pods concurrently) other calls would go out as websocket handshakes.
+        from kubernetes.client import ApiClient
+
+        private = ApiClient(configuration=self.api_client.configuration)
         try:
-            ws = stream(CoreV1Api(self.api_client).connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
+            ws = stream(CoreV1Api(private).connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
         except ApiException as exc:
             raise _exec_error(self.host, namespace, pod, exc) from None
         except Exception as exc:  # noqa: BLE001 - websocket/socket errors

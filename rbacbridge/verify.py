@@ -132,7 +132,8 @@ def role_allowed_in_namespace(role: str, account: str, patterns: list[str] | Non
 
 
 def probe_key(principal: str) -> str:
-    return f"{PROBE_PREFIX}{principal}-{uuid.uuid4().hex[:12]}"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", principal)  # e.g. nginx-vanilla@node-a: '@' is signed differently by some S3s
+    return f"{PROBE_PREFIX}{safe}-{uuid.uuid4().hex[:12]}"
 
 
 def buckets_of(config: Config) -> list[str]:

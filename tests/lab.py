@@ -231,7 +231,10 @@ class Lab:
     root_routes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     _cache: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    _cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    _cache_lock: threading.RLock = field(default_factory=threading.RLock)
+    _clients: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _kube2iam_cache: dict[tuple[str, str | None, str], dict[str, str]] = field(default_factory=dict)
+    _ttl_cache: dict[Any, tuple[float, Any]] = field(default_factory=dict)
     _closed: bool = False
 
     # -- life cycle --
@@ -259,6 +262,7 @@ class Lab:
             (workdir / "known_hosts").write_text("".join(n.node.known_hosts.read_text() for n in lab.nodes))
             lab._wait_moto()
             lab._seed_aws()
+            lab.client("iam"), lab.client("ec2")  # made once here, not inside the stand-ins' first answer
             lab._start_api()
             for lab_node in lab.nodes:
                 lab._start_stand_ins(lab_node)
@@ -307,9 +311,15 @@ class Lab:
         return f"http://{self.aws.address}:{MOTO_PORT}"
 
     def client(self, service: str, credentials: dict[str, str] | None = None):
+        """A boto3 client for moto (the admin's, made once and shared: the stand-ins answer within botocore's 1 s)."""
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION, **(credentials or self.admin))
+        key = (service, credentials["aws_access_key_id"] if credentials else "admin")
+        with self._cache_lock:
+            if key not in self._clients:
+                self._clients[key] = boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION,
+                                                  **(credentials or self.admin))
+            return self._clients[key]
 
     def _post_moto(self, path: str, body: bytes) -> bytes:
         request = urllib.request.Request(self.endpoint_url + path, data=body, method="POST",
@@ -545,7 +555,23 @@ class Lab:
                 args[key] = value
         return args
 
+    def _ttl(self, key: Any, seconds: float, compute):
+        """A short-lived cache: IMDS answers at once and kube2iam reads pods from an informer cache, so the
+        stand-ins must answer within botocore's 1 s metadata timeout while verify starts ~30 CLIs at once."""
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._ttl_cache.get(key)
+        if hit and now - hit[0] < seconds:
+            return hit[1]
+        value = compute()
+        with self._cache_lock:
+            self._ttl_cache[key] = (now, value)
+        return value
+
     def instance_role(self, instance_id: str) -> str | None:
+        return self._ttl(("instance_role", instance_id), 2.0, lambda: self._instance_role(instance_id))
+
+    def _instance_role(self, instance_id: str) -> str | None:
         ec2, iam = self.client("ec2"), self.client("iam")
         found = ec2.describe_iam_instance_profile_associations(Filters=[
             {"Name": "instance-id", "Values": [instance_id]}, {"Name": "state", "Values": ["associated"]}])["IamInstanceProfileAssociations"]
@@ -581,10 +607,13 @@ class Lab:
         return self._assume(f"arn:aws:iam::{ACCOUNT}:role/{role}", instance_id)
 
     def _pod_by_ip(self, ip: str) -> dict[str, Any] | None:
+        pods = self._ttl("pods", 1.0, self._list_pods)
+        return next((p for p in pods if (p.get("status") or {}).get("podIP") == ip and not (p.get("spec") or {}).get("hostNetwork")), None)
+
+    def _list_pods(self) -> list[dict[str, Any]]:
         request = urllib.request.Request(f"{self.api.url}/api/v1/pods", headers={"Authorization": f"Bearer {self.api.token}"})
         with urllib.request.urlopen(request, timeout=10) as response:
-            pods = json.loads(response.read())["items"]
-        return next((p for p in pods if (p.get("status") or {}).get("podIP") == ip and not (p.get("spec") or {}).get("hostNetwork")), None)
+            return json.loads(response.read())["items"]
 
     def _namespace_annotations(self, namespace: str) -> dict[str, str]:
         request = urllib.request.Request(f"{self.api.url}/api/v1/namespaces/{namespace}",
@@ -620,6 +649,10 @@ class Lab:
         from rbacbridge.sandbox import live_documents
 
         node_role = self.instance_role(instance_id)
+        with self._cache_lock:  # like kube2iam: credentials per role, reused until they expire
+            cached = self._kube2iam_cache.get((instance_id, node_role, role))
+        if cached:
+            return cached
         if node_role is None:
             raise PermissionError("the node has no instance profile role to assume from")
         node_arn, role_arn = f"arn:aws:iam::{ACCOUNT}:role/{node_role}", f"arn:aws:iam::{ACCOUNT}:role/{role}"
@@ -628,7 +661,10 @@ class Lab:
             raise PermissionError(f"AssumeRole {role_arn} denied: its trust policy does not trust {node_arn}")
         if not pe.is_allowed(docs.policies.get(node_role, []), "sts:AssumeRole", role_arn):
             raise PermissionError(f"AssumeRole {role_arn} denied: the node role may not assume it")
-        return self._assume(role_arn, f"{pod_ip.replace('.', '-')}-kube2iam")
+        creds = self._assume(role_arn, f"{instance_id}-kube2iam")
+        with self._cache_lock:
+            self._kube2iam_cache[(instance_id, node_role, role)] = creds
+        return creds
 
 
 def main() -> int:
