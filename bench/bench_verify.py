@@ -1,8 +1,10 @@
 """The 12 probes of the default matrix (plus 3 identity calls) vs one probe: concurrent, target <= 2x.
 
 moto runs as its own process (server mode) with IAM enforcement on; each principal probes with
-the credentials of the role it gets. Two backends:
+the credentials of the role it gets. Three backends:
   boto3    network-bound calls, as when the probes run remotely (pods, nodes): the concurrency figure
+  boto3+50ms  the same through a loopback proxy adding 50 ms per request: the round trip remote
+           probes pay (pods and nodes reaching AWS); loopback has none and this kernel has no netem
   aws-cli  one local `aws` process per call (CPU-bound here: ~0.3 s CPU each on this 2-core machine)
 A write probe is two calls in a row (put, then delete), so it is the matrix's critical path: with
 enough parallel capacity the matrix takes about one write probe. The matrix is 12 probes plus the 3
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -53,6 +56,47 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("moto did not start")
 
 
+class LatencyProxy:
+    """A TCP proxy on loopback that holds every client->server chunk for `latency` seconds: a
+    stand-in for the network round trip real probes pay (pods and nodes reaching AWS), which this
+    machine's loopback does not have (no netem qdisc here)."""
+
+    def __init__(self, upstream_port: int, latency: float):
+        self.upstream_port, self.latency = upstream_port, latency
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            for src, dst, delay in ((client, upstream, self.latency), (upstream, client, 0.0)):
+                threading.Thread(target=self._pump, args=(src, dst, delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while data := src.recv(65536):
+                if delay:
+                    time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def cli_backend(url: str, creds: dict[str, str], home: str) -> v.AwsCliBackend:
     env = {k: val for k, val in os.environ.items() if not k.startswith("AWS_")}
     env.update(HOME=home, AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
@@ -73,6 +117,7 @@ def timed(fn, rounds: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="network delay added per request for the boto3+latency row")
     args = parser.parse_args()
     proc, url = start_moto()
     try:
@@ -84,10 +129,13 @@ def main() -> None:
         creds = {v.HOST: node, v.VANILLA: node, v.ANNOTATED: pod}
         set_enforcement(url, True)
         home = tempfile.mkdtemp(prefix="rbv-bench-")
-        backends = {"boto3": lambda c: Boto3Backend(url, "us-east-1", c)}
+        proxy = LatencyProxy(int(url.rsplit(":", 1)[1]), args.latency_ms / 1000)
+        slow_url = f"http://127.0.0.1:{proxy.port}"
+        backends = {"boto3": lambda c: Boto3Backend(url, "us-east-1", c),
+                    f"boto3+{args.latency_ms:.0f}ms": lambda c: Boto3Backend(slow_url, "us-east-1", c)}
         if shutil.which("aws"):
             backends["aws-cli"] = lambda c: cli_backend(url, c, home)
-        print(f"{'backend':8} {'one read':>9} {'one write':>10} {'matrix':>9} {'matrix/write':>13} {'matrix/read':>12} {'sequential':>11}")
+        print(f"{'backend':13} {'one read':>9} {'one write':>10} {'matrix':>9} {'matrix/write':>13} {'matrix/read':>12} {'sequential':>11}")
         for name, make in backends.items():
             targets = [(p, make(creds[p.name])) for p in v.default_principals(config)]
             one = targets[0][1]
@@ -101,7 +149,7 @@ def main() -> None:
 
             full = timed(matrix, args.rounds)
             serial = timed(lambda: v.observe(targets, v.buckets_of(config), max_workers=1), args.rounds)
-            print(f"{name:8} {single * 1000:7.0f}ms {write * 1000:8.0f}ms {full * 1000:7.0f}ms {full / write:12.1f}x {full / single:11.1f}x {serial * 1000:9.0f}ms")
+            print(f"{name:13} {single * 1000:7.0f}ms {write * 1000:8.0f}ms {full * 1000:7.0f}ms {full / write:12.1f}x {full / single:11.1f}x {serial * 1000:9.0f}ms")
         print(f"(median of {args.rounds}; {os.cpu_count()} CPUs)")
         set_enforcement(url, False)
         shutil.rmtree(home, ignore_errors=True)

@@ -3,28 +3,20 @@ rendered from the same templates, plus the two buckets."""
 
 from __future__ import annotations
 
-import json
 import urllib.request
+from dataclasses import replace
 
 import boto3
 import pytest
 
+from rbacbridge import planner
+from rbacbridge.aws import AwsGateway
 from rbacbridge.config import Config
-from rbacbridge.verify import managed_documents
+from rbacbridge.planner import Context
+from tests.fixtures_aws import moto_url  # noqa: F401 - one moto server per test run
 
 ACCOUNT = "123456789012"  # moto's default account
 DUMMY = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def _post(url: str, path: str, body: bytes = b"") -> None:
@@ -34,18 +26,13 @@ def _post(url: str, path: str, body: bytes = b"") -> None:
 
 
 def create_managed_resources(url: str, config: Config, account: str = ACCOUNT) -> None:
-    docs = managed_documents(config, account)
-    iam = boto3.client("iam", endpoint_url=url, region_name=config.region, **DUMMY)
-    tags = [{"Key": "managed-by", "Value": "rbacbridge"}]
-    policy_names = {config.node_role: [config.node_policy, config.kube2iam_policy], config.pod_role: [config.pod_policy]}
-    for role, trust in docs.trust.items():
-        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust), Tags=tags)
-        for name, document in zip(policy_names[role], docs.policies[role]):
-            arn = iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(document), Tags=tags)["Policy"]["Arn"]
-            iam.attach_role_policy(RoleName=role, PolicyArn=arn)
-    iam.create_instance_profile(InstanceProfileName=config.instance_profile)
-    iam.add_role_to_instance_profile(InstanceProfileName=config.instance_profile, RoleName=config.node_role)
-    s3 = boto3.client("s3", endpoint_url=url, region_name=config.region, **DUMMY)
+    """What `rbacbridge setup --only aws` creates (run through the real planner), plus the buckets."""
+    session = boto3.Session(region_name=config.region, **DUMMY)
+    config = replace(config, account_id=account, endpoint_url=url)
+    ctx = Context(config=config, parts=("aws",), gateways={"aws": AwsGateway(config, session=session)})
+    outcome = planner.run(ctx, planner.plan_setup(ctx))
+    assert outcome.ok, outcome.failure and outcome.failure.error
+    s3 = session.client("s3", endpoint_url=url)
     for bucket in (config.shared_bucket, config.tenant_bucket):
         s3.create_bucket(Bucket=bucket)
 
