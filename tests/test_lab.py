@@ -11,7 +11,7 @@ import pytest
 from tests.lab import ACCOUNT, LEGACY_PROFILE, METADATA_IP, Lab, available
 
 _why = available()
-pytestmark = [pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
 
 NODE_ROLE, POD_ROLE = "nettech-s3-read-only", "nettech-s3-read-write"
 SHARED, TENANT = "nettech-helm-test", "lanre.k8s.dev"
