@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -679,9 +680,12 @@ def main() -> int:
             print(f"  {n.name}: ssh root@{n.address}  instance {n.instance_id}  namespace {n.node.namespace}  pods "
                   + ", ".join(f"{name}={pod.address}" for (_, name), pod in n.pods.items()))
         env = lab.env()
+        env_file = lab.workdir / "lab.env"  # the moto-issued admin key goes to a file, never to the screen
+        env_file.write_text("".join(f"export {key}={shlex.quote(env[key])}\n" for key in (
+            "PYTHONPATH", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")))
+        os.chmod(env_file, 0o600)
         print("\nIn another shell (as root):")
-        for key in ("PYTHONPATH", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-            print(f"  export {key}={env[key]}")
+        print(f"  . {env_file}")
         print(f"  python -m rbacbridge setup -c {lab.config_file} --only aws,kube --yes")
         print("  (then press Enter here: the lab plays the controllers and kube2iam's start-up)")
         print(f"  python -m rbacbridge verify -c {lab.config_file}")
