@@ -113,9 +113,20 @@ def in_namespace(namespace: str, fn):
     return box["value"]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the address's FQDN: a 5 s DNS timeout inside a node namespace.
+        import socketserver
+
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 def serve_in_namespace(namespace: str, address: str, port: int, handler: type, **attrs) -> ThreadingHTTPServer:
     """An HTTP server listening inside `namespace`, served by threads of this process."""
-    server = in_namespace(namespace, lambda: ThreadingHTTPServer((address, port), handler))
+    server = in_namespace(namespace, lambda: _Server((address, port), handler))
     server.daemon_threads = True
     for key, value in attrs.items():
         setattr(server, key, value)
