@@ -472,7 +472,10 @@ class Lab:
 
     def pod_env(self) -> list[str]:
         return ["env", "-i", f"PATH={self.workdir / 'bin'}:/usr/bin:/bin", f"HOME={self.workdir / 'home'}",
-                f"AWS_DEFAULT_REGION={REGION}", f"AWS_ENDPOINT_URL={self.endpoint_url}"]
+                f"AWS_DEFAULT_REGION={REGION}", f"AWS_ENDPOINT_URL={self.endpoint_url}",
+                # botocore gives the metadata service 1 s by default; ~30 AWS CLI processes starting at
+                # once on 2 cores can miss that, where a real pod would not.
+                "AWS_METADATA_SERVICE_TIMEOUT=5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS=3"]
 
     def _find_pod(self, namespace: str, name: str) -> Pod | None:
         for lab_node in self.nodes:
