@@ -39,6 +39,70 @@ OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="parts to act on:
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask before changing anything")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan only; change nothing")]
+NodeOpt = Annotated[Optional[list[str]], typer.Option("--node", help="node HOST[:PORT] or ssh-config alias (repeatable; else nodes.hosts, else the cluster's nodes)", show_default=False)]
+SshUserOpt = Annotated[Optional[str], typer.Option("--ssh-user", help="SSH user (else ~/.ssh/config, else the local user); non-root uses sudo -n", show_default=False)]
+SshKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", help="SSH private key (else ~/.ssh/config IdentityFile, agent, ~/.ssh/id_*)", show_default=False)]
+KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file [default: ~/.ssh/known_hosts]; host keys are always verified", show_default=False)]
+SshPortOpt = Annotated[Optional[int], typer.Option("--ssh-port", help="SSH port when HOST has none (else ~/.ssh/config, else 22)", show_default=False)]
+SshConfigOpt = Annotated[Optional[str], typer.Option("--ssh-config", help="ssh config file [default: ~/.ssh/config]; 'none' to ignore", show_default=False)]
+AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="record unknown host keys (OpenSSH accept-new); a changed key is always refused")]
+HostIpOpt = Annotated[Optional[str], typer.Option("--host-ip", help="host IP in kube2iam's rule (else the node's InternalIP, else the address SSH reached)", show_default=False)]
+PortOpt = Annotated[Optional[int], typer.Option("--port", help="kube2iam --app-port in the rule [default: 8282]", show_default=False)]
+AddMissingOpt = Annotated[bool, typer.Option("--add-missing", help="add the iptables rule where it is missing (else kube2iam adds it once it runs)")]
+
+
+def _flag_set(value: bool) -> bool | None:
+    return True if value else None  # an unset boolean flag must not override the config file
+
+
+def _as_tuple(value: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value else None
+
+
+# Options several commands share: (parameter, type, default, Config field, conversion).
+_ACCOUNT = (("account_id", AccountOpt, None, "account_id", None),)
+_AWS = (("profile", ProfileOpt, None, "profile", None), ("region", RegionOpt, None, "region", None),
+        ("endpoint_url", EndpointOpt, None, "endpoint_url", None))
+_INSTANCES = (("instance_id", InstanceOpt, None, "instance_ids", _as_tuple),)
+_KUBE = (("kubeconfig", KubeconfigOpt, None, "kubeconfig", None), ("context", ContextOpt, None, "context", None))
+_INTERFACE = (("host_interface", HostInterfaceOpt, None, "host_interface", None),)
+_SELECTOR = (("node_selector", NodeSelectorOpt, None, "node_selector", None),)
+_NODES = (("node", NodeOpt, None, "node_hosts", _as_tuple),)
+_SSH = (("ssh_user", SshUserOpt, None, "ssh_user", None), ("ssh_key", SshKeyOpt, None, "ssh_key", None),
+        ("known_hosts", KnownHostsOpt, None, "known_hosts", None), ("ssh_port", SshPortOpt, None, "ssh_port", None),
+        ("ssh_config", SshConfigOpt, None, "ssh_config", None),
+        ("accept_new_host_keys", AcceptNewOpt, False, "accept_new_host_keys", _flag_set))
+_RULE = (("host_ip", HostIpOpt, None, "host_ip", None), ("port", PortOpt, None, "kube2iam_port", None),
+         ("add_missing", AddMissingOpt, False, "add_missing", _flag_set))
+
+
+def with_config(*groups):
+    """Give a command `--config` plus the shared options of `groups`, and hand it the validated
+    Config as `cfg` (the file over the defaults, the flags over the file)."""
+    import functools
+    import inspect
+
+    flags = [("config", ConfigOpt, None, None, None)] + [flag for group in groups for flag in group]
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "cfg"]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                  for name, annotation, default, _, _ in flags]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            values = {name: kwargs.pop(name) for name, *_ in flags}
+            overrides = {field: (convert(values[name]) if convert else values[name])
+                         for name, _, _, field, convert in flags if field}
+            return command(cfg=_config(values["config"], **overrides), **kwargs)
+
+        del wrapper.__wrapped__  # typer must read the new signature, not the command's own
+        wrapper.__signature__ = signature.replace(parameters=own + shared)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+        return wrapper
+
+    return decorate
 
 
 def _config(config_path: str | None, **overrides):
@@ -134,17 +198,9 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
 
 
 @app.command()
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _INTERFACE, _SELECTOR, _NODES, _SSH)
 def plan(
-    config: ConfigOpt = None,
-    account_id: AccountOpt = None,
-    profile: ProfileOpt = None,
-    region: RegionOpt = None,
-    endpoint_url: EndpointOpt = None,
-    instance_id: InstanceOpt = None,
-    kubeconfig: KubeconfigOpt = None,
-    context: ContextOpt = None,
-    host_interface: HostInterfaceOpt = None,
-    node_selector: NodeSelectorOpt = None,
+    cfg,
     only: OnlyOpt = None,
     teardown: Annotated[bool, typer.Option("--teardown", help="plan the teardown instead")] = False,
     output: OutputOpt = "table",
@@ -154,9 +210,6 @@ def plan(
     from rbacbridge import planner
 
     fmt = _output_format(output)
-    cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
-                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context,
-                  host_interface=host_interface, node_selector=node_selector)
     ctx = _context(cfg, only, fmt)
     result = planner.plan_teardown(ctx) if teardown else planner.plan_setup(ctx)
     if fmt == "json":
@@ -166,17 +219,9 @@ def plan(
 
 
 @app.command()
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _INTERFACE, _SELECTOR, _NODES, _SSH)
 def setup(
-    config: ConfigOpt = None,
-    account_id: AccountOpt = None,
-    profile: ProfileOpt = None,
-    region: RegionOpt = None,
-    endpoint_url: EndpointOpt = None,
-    instance_id: InstanceOpt = None,
-    kubeconfig: KubeconfigOpt = None,
-    context: ContextOpt = None,
-    host_interface: HostInterfaceOpt = None,
-    node_selector: NodeSelectorOpt = None,
+    cfg,
     only: OnlyOpt = None,
     adopt: Annotated[bool, typer.Option("--adopt", help="take over same-named resources that exist without rbacbridge's tag")] = False,
     dry_run: DryRunOpt = False,
@@ -187,9 +232,6 @@ def setup(
     from rbacbridge import planner
 
     fmt = _output_format(output)
-    cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
-                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context,
-                  host_interface=host_interface, node_selector=node_selector)
     ctx = _context(cfg, only, fmt, adopt=adopt)
     if "aws" in ctx.parts and not cfg.account_id:
         raise UsageError("setup needs --account-id (or account_id in the config): the account you mean to change")
@@ -197,17 +239,9 @@ def setup(
 
 
 @app.command()
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _INTERFACE, _SELECTOR, _NODES, _SSH)
 def teardown(
-    config: ConfigOpt = None,
-    account_id: AccountOpt = None,
-    profile: ProfileOpt = None,
-    region: RegionOpt = None,
-    endpoint_url: EndpointOpt = None,
-    instance_id: InstanceOpt = None,
-    kubeconfig: KubeconfigOpt = None,
-    context: ContextOpt = None,
-    host_interface: HostInterfaceOpt = None,
-    node_selector: NodeSelectorOpt = None,
+    cfg,
     only: OnlyOpt = None,
     force: Annotated[bool, typer.Option("--force", help="also delete same-named resources without rbacbridge's tag")] = False,
     dry_run: DryRunOpt = False,
@@ -218,9 +252,6 @@ def teardown(
     from rbacbridge import planner
 
     fmt = _output_format(output)
-    cfg = _config(config, account_id=account_id, profile=profile, region=region, endpoint_url=endpoint_url,
-                  instance_ids=instance_id, kubeconfig=kubeconfig, context=context,
-                  host_interface=host_interface, node_selector=node_selector)
     ctx = _context(cfg, only, fmt, force=force)
     raise typer.Exit(_apply(ctx, planner.plan_teardown(ctx), fmt, dry_run, yes, teardown=True))
 
@@ -254,13 +285,10 @@ def config_reference() -> None:
 
 
 @app.command()
+@with_config(_ACCOUNT, _INTERFACE, _KUBE)
 def render(
+    cfg,
     output_dir: Annotated[str, typer.Option("--output", "-o", help="directory for one file per object, or - for multi-document YAML on stdout")] = "-",
-    config: ConfigOpt = None,
-    account_id: AccountOpt = None,
-    host_interface: HostInterfaceOpt = None,
-    kubeconfig: KubeconfigOpt = None,
-    context: ContextOpt = None,
 ) -> None:
     """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
     for `kubectl apply -f -` or GitOps. Offline unless --kubeconfig/--context is given (then
@@ -269,13 +297,12 @@ def render(
 
     from rbacbridge import kube
 
-    cfg = _config(config, account_id=account_id, host_interface=host_interface, kubeconfig=kubeconfig, context=context)
     if not cfg.account_id:
         raise UsageError("render needs --account-id (or account_id in the config) for kube2iam's --base-role-arn")
     err = sys.stderr
     if cfg.host_interface != "auto":
         interface = cfg.host_interface
-    elif kubeconfig or context:
+    elif cfg.kubeconfig or cfg.context:
         from rbacbridge.planner import Context
 
         interface, reason = kube.host_interface(Context(config=cfg, parts=("kube",)))
@@ -304,73 +331,33 @@ iptables_app = typer.Typer(
 )
 app.add_typer(iptables_app, name="iptables")
 
-NodeOpt = Annotated[Optional[list[str]], typer.Option("--node", help="node HOST[:PORT] or ssh-config alias (repeatable; else nodes.hosts, else the cluster's nodes)", show_default=False)]
-SshUserOpt = Annotated[Optional[str], typer.Option("--ssh-user", help="SSH user (else ~/.ssh/config, else the local user); non-root uses sudo -n", show_default=False)]
-SshKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", help="SSH private key (else ~/.ssh/config IdentityFile, agent, ~/.ssh/id_*)", show_default=False)]
-KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file [default: ~/.ssh/known_hosts]", show_default=False)]
-SshPortOpt = Annotated[Optional[int], typer.Option("--ssh-port", help="SSH port when HOST has none (else ~/.ssh/config, else 22)", show_default=False)]
-SshConfigOpt = Annotated[Optional[str], typer.Option("--ssh-config", help="ssh config file [default: ~/.ssh/config]; 'none' to ignore", show_default=False)]
-AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="record unknown host keys (OpenSSH accept-new); a changed key is always refused")]
-HostIpOpt = Annotated[Optional[str], typer.Option("--host-ip", help="host IP in the rule (else the node's InternalIP, else the address SSH reached)", show_default=False)]
-HostIfaceOpt = Annotated[Optional[str], typer.Option("--host-interface", help="pods' interface in the rule [default: kube2iam.host_interface; auto: network plugin, else docker0]", show_default=False)]
-PortOpt = Annotated[Optional[int], typer.Option("--port", help="kube2iam --app-port in the rule [default: 8282]", show_default=False)]
-AddMissingOpt = Annotated[bool, typer.Option("--add-missing", help="fix: add the rule where it is missing (else kube2iam adds it once it runs)")]
-
-
-def _iptables(command, config, node, ssh_user, ssh_key, known_hosts, ssh_port, ssh_config, accept_new_host_keys,
-              host_ip, host_interface, port, add_missing, kubeconfig, context, dry_run, yes, output) -> int:
-    from rbacbridge import output as out
-    from rbacbridge.nodes import run_iptables
-
-    fmt = _output_format(output)
-    cfg = _config(config, node_hosts=tuple(node or ()), ssh_user=ssh_user, ssh_key=ssh_key, known_hosts=known_hosts,
-                  ssh_port=ssh_port, ssh_config=ssh_config, accept_new_host_keys=accept_new_host_keys or None,
-                  host_ip=host_ip, host_interface=host_interface, kube2iam_port=port, add_missing=add_missing or None,
-                  kubeconfig=kubeconfig, context=context)
-    ctx = _context(cfg, "nodes", fmt)
-
-    def show_plan(plan) -> None:
-        out.print_plan(plan, f"rbacbridge iptables {command} plan" + (" (dry run)" if dry_run else ""), to_stderr=fmt == "json")
-
-    def confirm(plan) -> bool:
-        if yes or _confirm(f"Apply these {len(plan.changes)} changes?"):
-            return True
-        raise RbacbridgeError("aborted: nothing changed")
-
-    result = run_iptables(ctx, command, show_plan=show_plan, confirm=confirm, dry_run=dry_run)
-    if fmt == "json":
-        out.dump_json(result.to_dict())
-    else:
-        out.print_iptables(result)
-    if not result.ok:
-        failed = [r.node for r in result.reports if r.error]
-        raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
-    return 0
 
 
 def _iptables_cmd(command: str, doc: str):
-    def cmd(
-        node: NodeOpt = None,
-        ssh_user: SshUserOpt = None,
-        ssh_key: SshKeyOpt = None,
-        known_hosts: KnownHostsOpt = None,
-        ssh_port: SshPortOpt = None,
-        ssh_config: SshConfigOpt = None,
-        accept_new_host_keys: AcceptNewOpt = False,
-        host_ip: HostIpOpt = None,
-        host_interface: HostIfaceOpt = None,
-        port: PortOpt = None,
-        add_missing: AddMissingOpt = False,
-        config: ConfigOpt = None,
-        kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None,
-        dry_run: DryRunOpt = False,
-        yes: YesOpt = False,
-        output: OutputOpt = "table",
-    ) -> None:
-        raise typer.Exit(_iptables(command, config, node, ssh_user, ssh_key, known_hosts, ssh_port, ssh_config,
-                                   accept_new_host_keys, host_ip, host_interface, port, add_missing, kubeconfig,
-                                   context, dry_run, yes, output))
+    @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE)
+    def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table") -> None:
+        from rbacbridge import output as out
+        from rbacbridge.nodes import run_iptables
+
+        fmt = _output_format(output)
+        ctx = _context(cfg, "nodes", fmt)
+
+        def show_plan(plan) -> None:
+            out.print_plan(plan, f"rbacbridge iptables {command} plan" + (" (dry run)" if dry_run else ""), to_stderr=fmt == "json")
+
+        def confirm(plan) -> bool:
+            if yes or _confirm(f"Apply these {len(plan.changes)} changes?"):
+                return True
+            raise RbacbridgeError("aborted: nothing changed")
+
+        result = run_iptables(ctx, command, show_plan=show_plan, confirm=confirm, dry_run=dry_run)
+        if fmt == "json":
+            out.dump_json(result.to_dict())
+        else:
+            out.print_iptables(result)
+        if not result.ok:
+            failed = [r.node for r in result.reports if r.error]
+            raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
 
     cmd.__doc__ = doc
     iptables_app.command(command)(cmd)
@@ -382,22 +369,15 @@ _iptables_cmd("remove", "Delete every kube2iam rule on each node (teardown: no p
 
 
 @app.command()
+@with_config(_ACCOUNT, _AWS, _KUBE, _SSH)
 def verify(
+    cfg,
     stage: Annotated[str, typer.Option("--stage", help="before: every principal expects the node role (article steps 10-11); after: kube2iam's matrix (step 15)")] = "after",
     output: Annotated[str, typer.Option("--output", "-o", help="table, json or junit")] = "table",
     junit_file: Annotated[Optional[str], typer.Option("--junit-file", help="also write a JUnit XML report here", show_default=False)] = None,
     probe: Annotated[str, typer.Option("--probe", help="exec: the AWS CLI inside the pod; ephemeral: an ephemeral AWS CLI container")] = "exec",
     install_cli: Annotated[bool, typer.Option("--install-cli", help="install the AWS CLI in pods that lack it (article step 9)")] = False,
-    config: ConfigOpt = None,
-    kubeconfig: KubeconfigOpt = None,
-    context: ContextOpt = None,
-    region: RegionOpt = None,
-    endpoint_url: EndpointOpt = None,
-    account_id: AccountOpt = None,
-    node: Annotated[Optional[str], typer.Option("--node", help="SSH address of the host node (else the node the pods run on)", show_default=False)] = None,
-    ssh_user: Annotated[Optional[str], typer.Option("--ssh-user", help="SSH user", show_default=False)] = None,
-    ssh_key: Annotated[Optional[str], typer.Option("--ssh-key", help="SSH private key file", show_default=False)] = None,
-    known_hosts: Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file (host keys are always verified)", show_default=False)] = None,
+    node: Annotated[Optional[str], typer.Option("--node", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
     host_ip: Annotated[Optional[str], typer.Option("--host-ip", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
 ) -> None:
     """Check the S3 access matrix: expected (from the configuration) vs observed (real calls). Exit 1 on any mismatch."""
@@ -420,8 +400,6 @@ def verify(
             ipaddress.ip_address(host_ip)
         except ValueError:
             raise UsageError(f"invalid --host-ip {host_ip!r}: not an IP address") from None
-    cfg = _config(config, account_id=account_id, region=region, endpoint_url=endpoint_url, kubeconfig=kubeconfig,
-                  context=context, ssh_user=ssh_user, ssh_key=ssh_key, known_hosts=known_hosts)
     ctx = _context(cfg, None, "json" if output != "table" else "table")
     result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip))
     _render_verify(result, output, junit_file)
