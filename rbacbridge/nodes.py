@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from rbacbridge import iptables
 from rbacbridge.errors import RbacbridgeError, UsageError
-from rbacbridge.plan import CREATE, DELETE, LEFT_ALONE, UNCHANGED, Plan, Step
+from rbacbridge.plan import CREATE, DELETE, LEFT_ALONE, UNCHANGED, Execution, Plan, Step, execute_in_parallel
 
 SYSTEM = "nodes"
 KIND = "iptables-rule"
@@ -321,6 +321,12 @@ def plan_teardown(ctx) -> list[Step]:
     states = inspect_all(ctx, teardown=True)
     _failed_notes(ctx, states)
     return [step for state in states for step in steps_for(ctx, state, teardown=True)]
+
+
+def execute(ctx, steps: list[Step]) -> Execution:
+    """Nodes are independent: each node's steps run in order, the nodes side by side (bounded)."""
+    return execute_in_parallel(steps, lambda step: step.name, ctx.config.node_parallelism,
+                               ctx.reporter.step_started, ctx.reporter.step_done)
 
 
 def _after(ctx) -> None:

@@ -8,6 +8,7 @@ Every part of rbacbridge (AWS, Kubernetes, nodes) turns the desired state into a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 # Actions, in the words the plan prints.
@@ -125,3 +126,25 @@ def execute(
         if on_done:
             on_done(step)
     return result
+
+
+def execute_in_parallel(
+    steps: Iterable[Step],
+    group: Callable[[Step], str],
+    workers: int,
+    on_start: Callable[[Step], None] | None = None,
+    on_done: Callable[[Step], None] | None = None,
+) -> Execution:
+    """Run independent groups of steps (one per node, say) side by side, each group in order and
+    stopped at its own first failure; the other groups still finish. The first failure is reported."""
+    groups: dict[str, list[Step]] = {}
+    for step in steps:
+        if step.changes and step.run is not None:
+            groups.setdefault(group(step), []).append(step)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(groups))), thread_name_prefix="steps") as pool:
+        results = list(pool.map(lambda members: execute(members, on_start, on_done), groups.values()))
+    merged = Execution(done=[s for r in results for s in r.done])
+    failed = next((r for r in results if not r.ok), None)
+    if failed is not None:
+        merged.failed, merged.error = failed.failed, failed.error
+    return merged

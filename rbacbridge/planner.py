@@ -6,6 +6,7 @@ Each outside system is a *part* (module `rbacbridge.<part>`) exposing:
     plan_teardown(ctx) -> list[Step]    steps that remove what rbacbridge owns, restoring what it replaced
     after_setup(ctx) -> None            optional: wait for the result (e.g. DaemonSet rollout)
     after_teardown(ctx) -> None         optional: wait until it is gone (e.g. kube2iam pods)
+    execute(ctx, steps) -> Execution    optional: run its steps its own way (nodes: in parallel)
 
 Planning only reads. Setup runs the parts in dependency order (AWS, then Kubernetes, then the
 nodes' iptables, which kube2iam touches once it runs); teardown removes kube2iam before cleaning
@@ -119,8 +120,13 @@ class Outcome:
         return next((e for e in self.executions if not e.ok), None)
 
 
-def _run_part_steps(ctx: Context, steps: list[Step], outcome: Outcome) -> bool:
-    execution = execute(steps, on_start=ctx.reporter.step_started, on_done=ctx.reporter.step_done)
+def _run_part_steps(ctx: Context, module, steps: list[Step], outcome: Outcome) -> bool:
+    # A part may run its steps its own way (the nodes part: one node per thread).
+    runner = getattr(module, "execute", None)
+    if runner is not None:
+        execution = runner(ctx, steps)
+    else:
+        execution = execute(steps, on_start=ctx.reporter.step_started, on_done=ctx.reporter.step_done)
     outcome.executions.append(execution)
     return execution.ok
 
@@ -143,7 +149,7 @@ def run(ctx: Context, plan: Plan, teardown: bool = False) -> Outcome:
             ctx.reporter.show_plan(replanned, "nodes, planned again now that kube2iam has " + ("gone" if teardown else "rolled out"))
             outcome.plan.steps = [s for s in outcome.plan.steps if s.system != "nodes"] + replanned.steps
             steps = replanned.steps
-        if not _run_part_steps(ctx, steps, outcome):
+        if not _run_part_steps(ctx, module, steps, outcome):
             return outcome
         hook = getattr(module, "after_teardown" if teardown else "after_setup", None)
         if hook is not None:

@@ -329,6 +329,25 @@ def test_planner_setup_fixes_reachable_nodes_and_fails_for_the_down_one(make_nod
     assert len(kube2iam_rules(down)) == 2
 
 
+def test_planner_runs_nodes_independently_a_node_lost_mid_run_does_not_stop_the_others(make_node, tmp_path):
+    first = make_node("first")
+    lost = make_node("lost", client_key=first.client_key)
+    last = make_node("last", client_key=first.client_key)
+    for n in (first, lost, last):
+        for _ in range(3):
+            add_rule(n)
+    ctx = Context(config_for(tmp_path, first, lost, last), parts=("nodes",))
+    plan = planner.plan_setup(ctx)
+    assert [s.name for s in plan.changes].count(lost.host) == 2
+    lost.stop_sshd()  # the node goes away between the plan and the run
+    outcome = planner.run(ctx, plan)
+    assert not outcome.ok and outcome.failure.failed.name == lost.host
+    # run one after another, the nodes after the lost one would not have been touched
+    assert kube2iam_rules(first) == [wanted(first)] and kube2iam_rules(last) == [wanted(last)]
+    assert len(kube2iam_rules(lost)) == 3
+    assert {s.name for s in outcome.done} == {first.host, last.host}
+
+
 def test_interrupted_run_replans_and_converges(node, tmp_path):
     for _ in range(3):
         add_rule(node)
