@@ -74,6 +74,22 @@ def _leftovers(session, url: str, instance: str) -> tuple[list[str], str]:
     return owned, profile
 
 
+def _render_section(out, config: Config) -> None:
+    """What setup would apply to a cluster (article steps 8, 12, 13); there is no cluster here."""
+    from rbacbridge.kube import FALLBACK_INTERFACE, desired_objects
+
+    out.rule("3a. rbacbridge render  (article steps 8, 12-13: what setup applies to the cluster)")
+    objects = desired_objects(config, FALLBACK_INTERFACE)
+    for obj in objects:
+        meta = obj["metadata"]
+        where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+        out.print(f"  {obj['kind']:20} {where}{meta['name']}")
+    daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
+    args = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
+    out.print("  kube2iam args: " + " ".join(args))
+    out.print("  (no cluster in the sandbox: `rbacbridge render -o -` prints the manifests; `setup` applies them)")
+
+
 def _verify_section(out, config: Config, url: str, fault: str | None) -> bool:
     """The access matrix, computed by moto from the live policies (article steps 10-11 and 15)."""
     from rbacbridge import report
@@ -136,6 +152,7 @@ def run_demo(keep: bool = False, fault: str | None = None) -> int:
         planner.run(ctx, again)
         out.print(f"{len(again.changes)} changes planned, {counter.mutating} mutating AWS calls made.")
 
+        _render_section(out, config)
         verified = _verify_section(out, config, url, fault)
 
         out.rule("4. rbacbridge teardown")
