@@ -767,12 +767,10 @@ def live_diagnostics(ctx: Any) -> Diagnostics:
     config: Config = ctx.config
     diag = Diagnostics()
     try:
-        import boto3
-
+        from rbacbridge.aws import gateway as aws_gateway
         from rbacbridge.sandbox import live_documents
 
-        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
-        iam = session.client("iam", endpoint_url=config.endpoint_url)
+        iam = aws_gateway(ctx).client("iam")
         diag.documents = live_documents(iam, list(dict.fromkeys([config.node_role, config.pod_role, config.effective_default_role])))
     except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
         ctx.facts.setdefault("notes", []).append(f"could not read the IAM documents for diagnosis: {type(exc).__name__}")
