@@ -56,6 +56,10 @@ MOTO_PORT, CONTROL_PORT = 5000, 5001  # inside the lab's own "aws" namespace
 METADATA_IP = "169.254.169.254"
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
+# botocore gives the metadata service 1 s by default. The lab's stand-ins answer from threads of the
+# test process while ~30 AWS CLI processes start at once on 2 cores, which can miss that; a real
+# node's metadata service would not. Pods and SSH sessions on the nodes get more patience.
+METADATA_PATIENCE = {"AWS_METADATA_SERVICE_TIMEOUT": "5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS": "3"}
 ADMIN_USER = "rbl-lab-admin"
 LEGACY_PROFILE, LEGACY_ROLE = "legacy-node-profile", "legacy-node-role"
 BUCKET_OBJECTS = {"nettech-helm-test": ["charts/index.yaml", "charts/nginx-1.0.0.tgz"],
@@ -302,7 +306,7 @@ class Lab:
         path = f"{self.workdir / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         keep = tuple(p for p in {sys.prefix, str(Path(aws_cli()).resolve().parent.parent)} if p.startswith("/root/"))
         node = Node.start(name, parent=self.aws, client_key=key, path=path, prefix=PREFIX, supernet=SUPERNET,
-                          keep_under_root=keep)
+                          keep_under_root=keep, session_env=METADATA_PATIENCE)
         lab_node = LabNode(node, name, instance_id="", pod_cidr=POD_CIDR.format(128 + index))
         self.nodes.append(lab_node)
         inner = ["ip", "-n", node.namespace]
@@ -473,9 +477,7 @@ class Lab:
     def pod_env(self) -> list[str]:
         return ["env", "-i", f"PATH={self.workdir / 'bin'}:/usr/bin:/bin", f"HOME={self.workdir / 'home'}",
                 f"AWS_DEFAULT_REGION={REGION}", f"AWS_ENDPOINT_URL={self.endpoint_url}",
-                # botocore gives the metadata service 1 s by default; ~30 AWS CLI processes starting at
-                # once on 2 cores can miss that, where a real pod would not.
-                "AWS_METADATA_SERVICE_TIMEOUT=5", "AWS_METADATA_SERVICE_NUM_ATTEMPTS=3"]
+                *(f"{k}={v}" for k, v in METADATA_PATIENCE.items())]
 
     def _find_pod(self, namespace: str, name: str) -> Pod | None:
         for lab_node in self.nodes:

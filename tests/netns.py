@@ -132,10 +132,12 @@ class Node:
         prefix: str = PREFIX,
         supernet: ipaddress.IPv4Network = SUPERNET,
         keep_under_root: tuple[str, ...] = (),
+        session_env: dict[str, str] | None = None,
     ) -> "Node":
         """Make the namespace, the veth (to the root namespace, or to `parent`'s namespace), sshd.
 
         `path`: PATH for SSH sessions (sshd SetEnv), e.g. to put a fake iptables first.
+        `session_env`: more variables for SSH sessions (sshd SetEnv).
         `parent`: the node is reachable only from inside `parent` (a jump host), not from the root.
         `prefix`/`supernet`: names and addresses for another family of tests (the lab uses rbl, 10.233.0.0/17).
         `keep_under_root`: directories under /root that SSH sessions still see (e.g. a pyenv Python that
@@ -176,7 +178,7 @@ class Node:
             os.chmod(workdir / "authorized_keys", 0o644)
             node.host_public_key = " ".join(_keygen(workdir / "host_key").split()[:2])
             node.known_hosts.write_text(f"{node.known_host_name} {node.host_public_key}\n")
-            node._write_sshd_config(path)
+            node._write_sshd_config(path, session_env)
             if start_sshd:
                 node.start_sshd()
         except BaseException:
@@ -193,7 +195,7 @@ class Node:
         """HOST[:PORT] as `--node` takes it."""
         return self.address if self.ssh_port == 22 else f"{self.address}:{self.ssh_port}"
 
-    def _write_sshd_config(self, path: str | None) -> None:
+    def _write_sshd_config(self, path: str | None, session_env: dict[str, str] | None = None) -> None:
         lines = [
             f"Port {self.ssh_port}",
             f"ListenAddress {self.address}",
@@ -208,7 +210,8 @@ class Node:
             f"AuthorizedKeysFile {self.workdir / 'authorized_keys'}",
             "AllowTcpForwarding yes",
             "LogLevel ERROR",
-            f"SetEnv PATH={path or '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'}",
+            "SetEnv " + " ".join([f"PATH={path or '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'}"]
+                                 + [f"{k}={v}" for k, v in (session_env or {}).items()]),
         ]
         (self.workdir / "sshd_config").write_text("\n".join(lines) + "\n")
         (self.workdir / "root").mkdir(exist_ok=True)
