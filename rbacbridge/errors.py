@@ -1,13 +1,27 @@
-"""Errors the CLI turns into one line and an exit code."""
+"""Errors the CLI turns into one line and an exit code, and the exit codes themselves."""
+
+# Exit codes, the same for every command (the README's exit-code table lists them).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a step failed, a verify cell mismatched, an audit finding reached --fail-on
+EXIT_USAGE = 2  # bad input, or a change refused (no --yes without a terminal); nothing changed
+EXIT_INCOMPLETE = 3  # could not finish checking (cluster or AWS unreachable): no verdict
+EXIT_CHANGES_PENDING = 4  # `plan --exit-code`: the plan has changes
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 class RbacbridgeError(Exception):
     """Something went wrong while talking to an outside system: exit 1."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class UsageError(RbacbridgeError):
     """Bad input (flags, config, credentials, account): exit 2, before anything changes."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+
+
+class IncompleteError(RbacbridgeError):
+    """A check could not be carried out (no verdict either way): exit 3."""
+
+    exit_code = EXIT_INCOMPLETE
