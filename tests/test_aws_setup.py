@@ -84,10 +84,25 @@ def assert_article_state(sandbox, instance_id, previous_profile=None):
         Filters=[{"Name": "instance-id", "Values": [instance_id]}])["IamInstanceProfileAssociations"]
     live = [a for a in association if a["State"] == "associated"]
     assert [a["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1] for a in live] == [PROFILE]
+    # The record lives in IAM tags on rbacbridge's own profile, never on the instance.
     tags = {t["Key"]: t["Value"] for r in ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
             for i in r["Instances"] for t in i.get("Tags", [])}
-    expected = f"arn:aws:iam::{ACCOUNT}:instance-profile/{previous_profile}" if previous_profile else "none"
-    assert tags["rbacbridge:previous-instance-profile"] == expected
+    assert not any(k.startswith("rbacbridge") for k in tags)
+    assert recorded(sandbox)[instance_id] == (f"arn:aws:iam::{ACCOUNT}:instance-profile/{previous_profile}"
+                                               if previous_profile else "none")
+
+
+def recorded(sandbox) -> dict[str, str]:
+    """The restore record, read the way an operator would (aws iam get-instance-profile): instance -> previous ARN."""
+    tags = {t["Key"]: t["Value"] for t in
+            sandbox.client("iam").get_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"].get("Tags", [])}
+    out = {}
+    for key, value in tags.items():
+        if key.startswith("rbacbridge:record:"):
+            for entry in value.split():
+                parts = entry.split("=")
+                out[parts[0]] = "none" if parts[1] == "none" else tags[f"rbacbridge:profile:{parts[2]}"]
+    return out
 
 
 def test_setup_creates_the_article_state(sandbox):
@@ -101,13 +116,14 @@ def test_setup_calls_in_dependency_order(sandbox):
     _setup(sandbox, sandbox.config(instance_ids=(instance,)))
     order = [op for _, op, _ in sandbox.mutating_calls]
     # Each policy exists before it is attached; the node role before the pod role that trusts it;
-    # the role is in the profile before the profile is associated; the record tag before replacing.
+    # the role is in the profile before the profile is associated; the record before associating.
     assert order.count("CreatePolicy") == 3 and order.count("AttachRolePolicy") == 3
     creates = [i for i, op in enumerate(order) if op == "CreateRole"]
     assert len(creates) == 2
     assert order.index("CreatePolicy") < order.index("AttachRolePolicy")
     assert order.index("AddRoleToInstanceProfile") < order.index("AssociateIamInstanceProfile")
-    assert order.index("CreateTags") < order.index("AssociateIamInstanceProfile")
+    assert order.index("TagInstanceProfile") < order.index("AssociateIamInstanceProfile")
+    assert "CreateTags" not in order
     # The self-trust is added only after the node role exists (AWS rejects a role naming itself at creation).
     assert creates[0] < order.index("UpdateAssumeRolePolicy") < creates[1]
 
