@@ -17,7 +17,8 @@ from typing import Any, Callable
 from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from rbacbridge.config import Config
 from rbacbridge.errors import RbacbridgeError, UsageError
-from rbacbridge.plan import CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Step
+from rbacbridge.plan import (CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Execution, Step,
+                             execute_in_parallel)
 from rbacbridge.templating import render_json
 
 SYSTEM = "aws"
@@ -28,6 +29,8 @@ OWNED_TAG = {"Key": MANAGED_BY_KEY, "Value": MANAGED_BY_VALUE}
 PREVIOUS_PROFILE_TAG = "rbacbridge:previous-instance-profile"
 NO_PREVIOUS_PROFILE = "none"
 ASSOCIATED_STATES = ("associating", "associated")
+# Associations are independent per instance: this many run at once (each with its own retries).
+ASSOCIATION_WORKERS = 16
 
 
 # --- talking to AWS ---------------------------------------------------------------------------
@@ -68,7 +71,8 @@ class AwsGateway:
             retries = {"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "max_attempts": 10}
             kwargs: dict[str, Any] = {
                 "region_name": self.config.region,
-                "config": BotoConfig(retries=retries, connect_timeout=10, read_timeout=60),
+                "config": BotoConfig(retries=retries, connect_timeout=10, read_timeout=60,
+                                     max_pool_connections=ASSOCIATION_WORKERS + 4),
             }
             if self.config.endpoint_url:
                 kwargs["endpoint_url"] = self.config.endpoint_url
@@ -972,3 +976,42 @@ def plan_teardown(ctx) -> list[Step]:
         elif isinstance(resource, InstanceProfile):
             steps += _plan_profile_teardown(ctx, gw, resource, profiles[resource.name], keep[resource.name])
     return steps
+
+
+# --- running the steps -------------------------------------------------------------------------
+
+
+def execute(ctx, steps: list[Step]) -> Execution:
+    """Run the AWS steps in plan order, except that a run of consecutive association steps (one
+    group per instance; the record is written before them) goes through a bounded pool. Stops at
+    the first failure, after the other instances of that batch have finished."""
+    reporter = ctx.reporter
+    result = Execution()
+    batch: list[Step] = []
+
+    def run(part: Execution) -> bool:
+        result.done += part.done
+        if not part.ok:
+            result.failed, result.error = part.failed, part.error
+        return part.ok
+
+    def flush() -> bool:
+        if not batch:
+            return True
+        part = execute_in_parallel(list(batch), lambda step: step.name, ASSOCIATION_WORKERS,
+                                   reporter.step_started, reporter.step_done)
+        batch.clear()
+        return run(part)
+
+    from rbacbridge.plan import execute as in_order
+
+    for step in steps:
+        if not step.changes or step.run is None:
+            continue
+        if step.kind == ProfileAssociation.kind:
+            batch.append(step)
+            continue
+        if not flush() or not run(in_order([step], reporter.step_started, reporter.step_done)):
+            return result
+    flush()
+    return result
