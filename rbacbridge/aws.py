@@ -23,7 +23,7 @@ from rbacbridge.templating import render_json
 
 SYSTEM = "aws"
 OWNED_TAG = {"Key": MANAGED_BY_KEY, "Value": MANAGED_BY_VALUE}
-# Versions before 0.2 recorded the replaced profile in this EC2 tag on the instance. Anyone with
+# Versions up to 0.1 recorded the replaced profile in this EC2 tag on the instance. Anyone with
 # ec2:CreateTags can write it, so it is no longer trusted: "none" is migrated (it can only ever
 # lead to a disassociation), a profile ARN is refused and reported (see docs/aws.md).
 PREVIOUS_PROFILE_TAG = "rbacbridge:previous-instance-profile"
@@ -810,8 +810,10 @@ def _plan_associations_teardown(ctx, gw: AwsGateway, account: str, live_profile:
     for problem in record.unreadable:
         steps.append(Step(SYSTEM, LEFT_ALONE, "restore-record", name, f"record on instance profile {name} looks tampered with: {problem}",
                           "no instance is restored from this part of the record"))
-    found = gw.call("ec2", "describe_instances", Filters=[{"Name": "tag-key", "Values": [PREVIOUS_PROFILE_TAG]}])
-    old_tags = {i["InstanceId"]: t["Value"] for r in found["Reservations"] for i in r["Instances"]
+    old_tags = {i["InstanceId"]: t["Value"]
+                for page in _pages(gw, "ec2", "describe_instances", "NextToken",
+                                   Filters=[{"Name": "tag-key", "Values": [PREVIOUS_PROFILE_TAG]}])
+                for r in page["Reservations"] for i in r["Instances"]
                 for t in i.get("Tags", []) if t["Key"] == PREVIOUS_PROFILE_TAG}
     unrecorded: list[str] = []
     previous_profiles: dict[str, dict | None] = {}

@@ -2,7 +2,7 @@
 
 The record of what setup replaced lives in IAM tags on rbacbridge's own instance profile. Teardown
 touches only instances it recorded while they hold that profile; EC2 tags on the instance (what
-versions before 0.2 wrote, and what anyone with ec2:CreateTags can write) never grant a profile.
+versions up to 0.1 wrote, and what anyone with ec2:CreateTags can write) never grant a profile.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_forged_ec2_tag_never_grants_a_profile(sandbox):
 
 
 def test_old_style_record_naming_a_profile_is_refused(sandbox):
-    """A version < 0.2 setup left only the EC2 tag: an ARN in it cannot be told from a forgery."""
+    """A version 0.1 setup left only the EC2 tag: an ARN in it cannot be told from a forgery."""
     instance = sandbox.new_instance()
     _admin_profile(sandbox)
     _setup(sandbox, sandbox.config(instance_ids=(instance,)))
