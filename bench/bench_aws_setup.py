@@ -12,7 +12,7 @@ another profile associated (setup replaces it and records it), half with none.
 Rows: fresh setup (record + associations), the same setup again (no-op: reads only, counted).
 Targets (issue 14): fresh N=50 <= 1.5x N=1; no-op reads independent of N (<= 16 calls).
 --article adds the older comparison with the article's steps typed as AWS CLI commands (no proxy).
-Figures go in docs/aws.md. Not a test.
+Figures go in docs/aws.md (the --article rows in docs/benchmarks.md). Not a test.
 """
 
 from __future__ import annotations
