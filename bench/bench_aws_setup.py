@@ -11,7 +11,8 @@ another profile associated (setup replaces it and records it), half with none.
 
 Rows: fresh setup (record + associations), the same setup again (no-op: reads only, counted).
 Targets (issue 14): fresh N=50 <= 1.5x N=1; no-op reads independent of N (<= 16 calls).
---article adds the older comparison with the article's steps typed as AWS CLI commands (no proxy).
+--article adds the older rows: the article's steps typed as AWS CLI commands (no proxy), and
+`rbacbridge --help` vs `import typer, rich` (both interleaved too).
 Figures go in docs/aws.md (the --article rows in docs/benchmarks.md). Not a test.
 """
 
@@ -213,6 +214,16 @@ def article(args) -> None:
     cli, rbt = statistics.median(cli_times), statistics.median(rb_times)
     print(f"article AWS steps as {len(commands)} AWS CLI processes : {cli:6.2f} s (median of {args.rounds})")
     print(f"rbacbridge setup --only aws (fresh, whole process) : {rbt:6.2f} s  -> {rbt / cli:.2f}x the CLI")
+    help_times, import_times = [], []
+    for round_no in range(max(args.rounds, 10)):
+        for which in (("help", "import") if round_no % 2 == 0 else ("import", "help")):
+            if which == "help":
+                help_times.append(timed_child([sys.executable, "-m", "rbacbridge", "--help"], env)[0])
+            else:
+                import_times.append(timed_child([sys.executable, "-c", "import typer, rich"], env)[0])
+    h, i = statistics.median(help_times), statistics.median(import_times)
+    print(f"rbacbridge --help                                  : {h * 1000:6.0f} ms vs import typer, rich {i * 1000:.0f} ms "
+          f"-> {h / i:.2f}x (target <= 1.5x)")
 
 
 def main() -> None:
