@@ -678,7 +678,8 @@ def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_p
     if info is not None and not owned and not ctx.adopt:
         return []  # the profile's conflict blocks the run; nothing to associate
     own_arn = info["Arn"] if info else f"arn:aws:iam::{account}:instance-profile/{name}"
-    record = parse_record(info.get("Tags") if owned else [], account)
+    tags_now = (info.get("Tags") or []) if info else []
+    record = parse_record(tags_now if owned else [t for t in tags_now if not t["Key"].startswith(_RECORD_KEYS)], account)
     current = {a["InstanceId"]: a for a in _associations(gw, ids)}
     updates: list[Previous] = []
     migrated: list[str] = []
@@ -691,6 +692,8 @@ def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_p
             if instance_id in record.entries:
                 steps.append(_step(UNCHANGED, assoc, f"instance {instance_id} uses instance profile {name} "
                                    f"(recorded: it had {record.entries[instance_id].profile_name})"))
+                if old_tag == NO_PREVIOUS_PROFILE:
+                    migrated.append(instance_id)  # an interrupted migration: finish it
             elif instance_id in record.tampered:
                 steps.append(_step(LEFT_ALONE, assoc, f"record for instance {instance_id} looks tampered with: "
                                    f"{record.tampered[instance_id]}", "teardown will restore nothing on it"))
@@ -713,6 +716,8 @@ def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_p
             continue
         if record.entries.get(instance_id) != previous:
             updates.append(previous)
+        if old_tag is not None:
+            migrated.append(instance_id)  # superseded by the record written just before
         spec = {"Name": name}
         if live is None:
             steps.append(_step(CREATE, assoc, f"associate instance profile {name} with instance {instance_id}",
@@ -726,7 +731,8 @@ def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_p
     first: list[Step] = [_record_step(gw, name, record, updates)] if updates else []
     if migrated:
         first.append(Step(SYSTEM, DELETE, "old-style-record", ", ".join(migrated),
-                          f"remove the old-style record tag from instance(s) {', '.join(migrated)} (migrated: they had none)",
+                          f"remove the old-style record tag {PREVIOUS_PROFILE_TAG} from instance(s) {', '.join(migrated)}",
+                          "superseded by the record on the instance profile (written first)",
                           run=lambda: gw.call("ec2", "delete_tags", Resources=migrated, Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
     return first + steps
 
@@ -828,7 +834,10 @@ def _plan_associations_teardown(ctx, gw: AwsGateway, account: str, live_profile:
         remove = f"disassociate instance profile {name} from instance {instance_id}"
         previous = record.entries.get(instance_id)
         if previous is not None:
-            if instance_id in old_tags:
+            if old_tags.get(instance_id) == NO_PREVIOUS_PROFILE:
+                steps.append(_step(DELETE, assoc, f"remove the old-style record tag from instance {instance_id}", "superseded by the record",
+                                   run=lambda i=instance_id: gw.call("ec2", "delete_tags", Resources=[i], Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
+            elif instance_id in old_tags:
                 steps.append(_step(LEFT_ALONE, assoc, f"ignore EC2 tag {PREVIOUS_PROFILE_TAG}={old_tags[instance_id]} on instance {instance_id}",
                                    "not rbacbridge's record (anyone with ec2:CreateTags can write it); the IAM record decides"))
             if previous.association_id is None:

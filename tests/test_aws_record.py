@@ -231,3 +231,21 @@ def test_record_entries_stay_in_place_and_fit_iam_limits():
     assert key.startswith(RECORD_PREFIX) and again[key].split(" ").count(moved.token) == 1
     assert parse_record(tags + [{"Key": key, "Value": again[key]}], ACCOUNT).entries[moved.instance_id] == moved
     assert not any(k.startswith(PROFILE_PREFIX) for k in again)
+
+
+def test_stale_old_style_tag_is_superseded_by_the_record(sandbox):
+    """A 0.1 setup interrupted after its tag, before the association: the new setup records what EC2
+    reports now, removes the tag (after the record), and teardown gives back the real previous profile."""
+    instance = sandbox.new_instance(previous_profile="legacy")
+    before = sandbox.snapshot()
+    _admin_profile(sandbox)
+    sandbox.client("ec2").create_tags(Resources=[instance], Tags=[{"Key": OLD_TAG, "Value": ADMIN_ARN}])
+    sandbox.calls.clear()
+    _setup(sandbox, sandbox.config(instance_ids=(instance,)))
+    ops = [op for _, op, _ in sandbox.mutating_calls]
+    assert ops.index("TagInstanceProfile") < ops.index("DeleteTags") < ops.index("ReplaceIamInstanceProfileAssociation")
+    assert recorded(sandbox) == {instance: f"arn:aws:iam::{ACCOUNT}:instance-profile/legacy"}
+    assert _instance_tags(sandbox, instance) == {}
+    _teardown(sandbox)
+    sandbox.client("iam").delete_instance_profile(InstanceProfileName=ADMIN)
+    assert sandbox.snapshot() == before
