@@ -249,3 +249,32 @@ def test_stale_old_style_tag_is_superseded_by_the_record(sandbox):
     _teardown(sandbox)
     sandbox.client("iam").delete_instance_profile(InstanceProfileName=ADMIN)
     assert sandbox.snapshot() == before
+
+
+def test_adopting_a_profile_drops_a_record_written_while_it_was_not_ours(sandbox):
+    iam, ec2 = sandbox.client("iam"), sandbox.client("ec2")
+    instance = sandbox.new_instance()
+    _admin_profile(sandbox)
+    admin_id = iam.get_instance_profile(InstanceProfileName=ADMIN)["InstanceProfile"]["InstanceProfileId"]
+    iam.create_instance_profile(InstanceProfileName=PROFILE, Tags=[  # someone else's, with a planted record
+        {"Key": "rbacbridge:record:1", "Value": f"{instance}=iip-assoc-0123456789abcdef0={admin_id}"},
+        {"Key": f"rbacbridge:profile:{admin_id}", "Value": ADMIN_ARN}])
+    ec2.associate_iam_instance_profile(InstanceId=instance, IamInstanceProfile={"Name": PROFILE})
+    _setup(sandbox, sandbox.config(instance_ids=(instance,)), adopt=True)
+    assert recorded(sandbox) == {}  # the planted record is gone; the instance held this very profile
+    assert not [k for k in _record_tags(sandbox) if admin_id in k]
+    plan, _ = _teardown(sandbox, force=True)
+    assert not [s for s in plan.steps if s.action == RESTORE]
+    assert _profile_of(sandbox, instance) is None
+
+
+def test_a_record_that_would_not_fit_iam_limits_is_refused():
+    tags = [{"Key": f"team:{n}", "Value": "x"} for n in range(48)]
+    record = parse_record(tags, ACCOUNT)
+    updates = [Previous(f"i-{n:017x}", f"iip-assoc-{n:017x}", f"AIPA{n:017d}",
+                        f"arn:aws:iam::{ACCOUNT}:instance-profile/p{n}") for n in range(2)]
+    from rbacbridge.aws import RecordFull
+
+    with pytest.raises(RecordFull, match="IAM allows 50"):
+        record_changes(record, updates)
+    assert record_changes(parse_record(tags[:45], ACCOUNT), updates)  # 45 + 1 record + 2 profiles fits
