@@ -569,6 +569,7 @@ class VerifyResult:
     principals: list[PrincipalResult]
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # short label -> role name: pod, default, node
     drift_checked: bool = False  # False: --no-drift-check (or a run without a cluster, e.g. the sandbox)
     drift_steps: int = 0  # planned steps compared (aws + kube parts)
 
@@ -609,6 +610,8 @@ class Diagnostics:
     allowed_roles: dict[str, list[str] | None] = field(default_factory=dict)  # live namespace annotations
     # node name -> (rule missing?, what is wrong with its DNAT rules for 169.254.169.254), read over SSH
     interception: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    # node name -> why no kube2iam pod runs there (e.g. a taint it does not tolerate), from the API server
+    kube2iam_missing: dict[str, str] = field(default_factory=dict)
 
 
 def compare(config: Config, account: str, stage: str, expected: list[Expected], observed: list[Observed],
@@ -631,7 +634,8 @@ def compare(config: Config, account: str, stage: str, expected: list[Expected], 
         for target, predicted in exp.chains.items():
             cells.append(_chain_cell(config, account, exp, obs, target, predicted, diagnostics))
         results.append(PrincipalResult(exp.principal, exp, obs, ident, cells))
-    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results)
+    roles = {"pod": config.pod_role, "default": config.effective_default_role, "node": config.node_role}
+    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results, roles=roles)
 
 
 def _identity_cell(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Cell:
@@ -708,6 +712,11 @@ def _identity_blame(config: Config, account: str, exp: Expected, obs: Observed, 
     node_arn = config.role_arn(account, config.node_role)
     principal = exp.principal
     problem = diag.interception.get(principal.node or "") if principal.kind == "pod" and not principal.host_network else None
+    missing = diag.kube2iam_missing.get(principal.node or "") if principal.kind == "pod" and not principal.host_network else None
+    if missing and want != config.node_role and (got == config.node_role or not ident.ok):
+        what = f"got {got}" if ident.ok else f"no credentials ({ident.detail})"
+        extra = f"; {problem[1]}" if problem else ""
+        return Blame(INTERCEPTION, f"{what} where {want or 'none'} was expected: {missing}{extra}")
     if problem and (not problem[0] or want != config.node_role):
         what = f"got {got}" if ident.ok else f"no credentials ({ident.detail})"
         return Blame(INTERCEPTION, f"{what} where {want or 'none'} was expected: on node {principal.node} {problem[1]}")
@@ -796,8 +805,13 @@ INSTALL_CLI_SCRIPT = (
 )
 
 
+CLI_CHECK = ["sh", "-c", "command -v aws"]  # a shell builtin: milliseconds, where `aws --version` starts Python
+
+
 def ensure_cli(runner: CommandRunner, install: bool, where: str, timeout: float = 600) -> None:
-    rc, _, err = runner.run(["aws", "--version"], 30)
+    rc, _, err = runner.run(CLI_CHECK, 30)
+    if rc != 0 and rc != 1:  # no `sh` (distroless image): ask the CLI itself
+        rc, _, err = runner.run(["aws", "--version"], 30)
     if rc == 0:
         return
     if not install:
@@ -808,6 +822,16 @@ def ensure_cli(runner: CommandRunner, install: bool, where: str, timeout: float 
         from rbacbridge.errors import RbacbridgeError
 
         raise RbacbridgeError(f"installing the AWS CLI in {where} failed: {(err or '').strip().splitlines()[-1:] or rc}")
+
+
+def ensure_cli_all(checks: list[tuple[CommandRunner, bool, str]], max_workers: int = 16) -> None:
+    """ensure_cli for every principal at once (one cheap check each, concurrently); the first failure wins."""
+    if not checks:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(checks))), thread_name_prefix="rbv-cli") as pool:
+        futures = [pool.submit(ensure_cli, runner, install, where) for runner, install, where in checks]
+    for future in futures:
+        future.result()
 
 
 def _get(obj: Any, path: str) -> Any:
@@ -825,7 +849,9 @@ def _get(obj: Any, path: str) -> Any:
 def pick_pod(pods: list[Any], label: str) -> Any:
     running = [p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")]
     if not running:
-        raise UsageError(f"no running pod with label {label} (run `rbacbridge setup` first)")
+        from rbacbridge.errors import IncompleteError
+
+        raise IncompleteError(f"could not verify: no running pod with label {label} (run `rbacbridge setup` first)")
     return sorted(running, key=lambda p: _get(p, "metadata.name"))[0]
 
 
@@ -836,6 +862,12 @@ class LiveOptions:
     install_cli: bool = False
     node: str | None = None  # SSH address of the host node (else the node the pods run on)
     host_ip: str | None = None  # the node IP kube2iam's DNAT rule should point at (messages)
+    drift_check: bool = True  # compare live IAM / Kubernetes state with what setup wants (--no-drift-check: skip)
+
+
+def configured_annotation(config: Config, workload: str) -> str | None:
+    """The iam.amazonaws.com/role setup puts on a workload's pods (templates/k8s): from the configuration."""
+    return config.pod_role if workload == ANNOTATED else None
 
 
 def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
@@ -845,22 +877,30 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
 
     gateway = kube.gateway(ctx)
     principals: list[tuple[Principal, ProbeBackend]] = []
+    checks: list[tuple[CommandRunner, bool, str]] = []
     chosen = [(name, pod) for name in (VANILLA, ANNOTATED) for pod in pods_per_node(*_pods_of(gateway, config.namespace, name))]
     pod_nodes = list(dict.fromkeys(_get(pod, "spec.nodeName") for _, pod in chosen))
     several = len(pod_nodes) > 1  # kube2iam and its rule are per node: probe the pods on every node
     for name, pod in chosen:
         pod_name = _get(pod, "metadata.name")
         annotations = _get(pod, "metadata.annotations") or {}
+        labels = _get(pod, "metadata.labels") or {}
         node_name = _get(pod, "spec.nodeName")
+        managed = labels.get(kube.MANAGED_BY) == kube.OWNER
+        if not managed:
+            ctx.facts.setdefault("notes", []).append(
+                f"pod {config.namespace}/{pod_name} is not rbacbridge's (no {kube.MANAGED_BY}={kube.OWNER} label): reported, "
+                f"not trusted; its expected role still comes from the configuration")
         principal = Principal(f"{name}@{node_name}" if several else name, "pod", namespace=config.namespace, pod=pod_name,
-                              role_annotation=annotations.get(ROLE_ANNOTATION),
-                              host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name)
+                              role_annotation=configured_annotation(config, name),
+                              host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name,
+                              annotation_seen=True, live_annotation=annotations.get(ROLE_ANNOTATION), managed=managed)
         if options.probe == "ephemeral":
             container = ensure_ephemeral_probe(_api_client(gateway, config), config.namespace, pod_name, config.probe_image)
             runner = KubeExecRunner(gateway, config.namespace, pod_name, container=container)
         else:
             runner = KubeExecRunner(gateway, config.namespace, pod_name)
-            ensure_cli(runner, options.install_cli, f"pod {config.namespace}/{pod_name}")
+            checks.append((runner, options.install_cli, f"pod {config.namespace}/{pod_name}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
     from rbacbridge.nodes import NodeRef, ssh_target
     from rbacbridge.ssh import parse_host_port
@@ -879,9 +919,10 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
     for label, address in hosts:
         host_name, port = parse_host_port(address)
         runner = SshRunner(ssh_target(ctx, NodeRef(name=label, ssh_host=host_name, ssh_port=port)))
-        ensure_cli(runner, False, f"host node {label}")
+        checks.append((runner, False, f"host node {label}"))
         host = Principal(f"{HOST}@{label}" if len(hosts) > 1 else HOST, "host", node=label)
         out.append((host, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    ensure_cli_all(checks)
     return out + principals
 
 
@@ -954,14 +995,108 @@ def live_diagnostics(ctx: Any) -> Diagnostics:
     return diag
 
 
+def _kube_step(what: str, call: Callable[[], Any]) -> Any:
+    """A step verify cannot do without: if the cluster or AWS cannot answer, there is no verdict (exit 3)."""
+    from rbacbridge.errors import IncompleteError, RbacbridgeError
+
+    try:
+        return call()
+    except (UsageError, IncompleteError):
+        raise
+    except RbacbridgeError as exc:
+        raise IncompleteError(f"could not verify ({what}): {exc}") from None
+
+
+DRIFT_LAYERS = {("aws", "iam-role"): TRUST, ("aws", "iam-policy"): PERMISSIONS, ("aws", "iam-attachment"): PERMISSIONS}
+
+
+def drift_findings(ctx: Any) -> tuple[list[Finding], int]:
+    """Live state vs what setup wants, from the one planner (aws and kube parts): every planned step whose
+    action is not `unchanged` is drift, worded exactly as `rbacbridge plan` words it. Returns (findings, steps compared)."""
+    from rbacbridge import planner
+    from rbacbridge.plan import UNCHANGED
+
+    plan = planner.plan_setup(ctx, parts=("aws", "kube"))
+    findings = []
+    for step in plan.steps:
+        if step.action == UNCHANGED:
+            continue
+        layer = KUBE2IAM if step.system == "kube" else DRIFT_LAYERS.get((step.system, step.kind), DRIFT)
+        findings.append(Finding(DRIFT_FINDING, f"{step.system} {step.kind} {step.name}", f"{step.action}: {step.message}",
+                                step.reason, layer))
+    return findings, len(plan.steps)
+
+
+def _is_kube2iam_pod(pod: Any) -> bool:
+    from rbacbridge import kube
+
+    labels = _get(pod, "metadata.labels") or {}
+    return labels.get("app.kubernetes.io/name") == "kube2iam" and labels.get(kube.MANAGED_BY) == kube.OWNER
+
+
+def host_network_findings(gateway: Any, config: Config) -> list[Finding]:
+    """hostNetwork pods in namespaces that restrict roles (allowed-roles): kube2iam never sees their metadata
+    calls, so they hold the node role whatever the namespace allows."""
+    out = []
+    for namespace in gateway.list("Namespace"):
+        allowed = (_get(namespace, "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
+        if allowed is None:
+            continue
+        name = _get(namespace, "metadata.name")
+        for pod in gateway.list_pods(name):
+            if not _get(pod, "spec.hostNetwork") or _is_kube2iam_pod(pod) or _get(pod, "status.phase") not in ("Running", "Pending"):
+                continue
+            pod_name, node = _get(pod, "metadata.name"), _get(pod, "spec.nodeName")
+            out.append(Finding(HOST_NETWORK_FINDING, f"pod {name}/{pod_name}",
+                               f"hostNetwork pod {name}/{pod_name} on node {node or '?'} bypasses kube2iam",
+                               f"namespace {name} restricts roles ({ALLOWED_ROLES_ANNOTATION}: {allowed}), but a hostNetwork pod's "
+                               f"metadata calls never pass kube2iam: it holds the node role {config.node_role}",
+                               INTERCEPTION, node))
+    return out
+
+
+def kube2iam_missing(gateway: Any, config: Config, node_names: set[str]) -> dict[str, str]:
+    """Nodes (among node_names) where no kube2iam pod runs, and what the Node says about why (taints)."""
+    from rbacbridge import kube
+
+    running = {_get(p, "spec.nodeName") for p in gateway.list_pods(config.kube2iam_namespace, kube.KUBE2IAM_SELECTOR)
+               if _get(p, "status.phase") == "Running"}
+    out = {}
+    for name in sorted(n for n in node_names if n not in running):
+        node = gateway.get("Node", name) or {}
+        taints = [f"{t.get('key')}{'=' + t['value'] if t.get('value') else ''}:{t.get('effect')}"
+                  for t in (_get(node, "spec.taints") or [])]
+        why = f" (node taints: {', '.join(taints)}; does the DaemonSet tolerate them?)" if taints else ""
+        out[name] = (f"no kube2iam pod runs on node {name}{why}: its pods' metadata calls reach the instance profile "
+                     f"(node role {config.node_role})")
+    return out
+
+
 def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     config: Config = ctx.config
     account = config.account_id or _caller_account(config)
-    targets = live_targets(ctx, options)
+    findings: list[Finding] = []
+    drift_steps = 0
+    if options.drift_check:  # before probing: cached credentials can hide drift from the cells
+        findings, drift_steps = _kube_step("drift check, planning as `rbacbridge plan --only aws,kube`", lambda: drift_findings(ctx))
+    targets = _kube_step("finding the principals", lambda: live_targets(ctx, options))
     try:
+        from rbacbridge import kube
+
+        gateway = kube.gateway(ctx)
+        if options.stage == "after":
+            try:
+                findings += host_network_findings(gateway, config)
+            except Exception as exc:  # noqa: BLE001 - e.g. no permission to list namespaces: say so
+                ctx.facts.setdefault("notes", []).append(f"could not look for hostNetwork pods in restricted namespaces: {exc}")
         diagnostics = live_diagnostics(ctx)
-        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics)
         pod_nodes = {p.node for p, _ in targets if p.kind == "pod" and p.node}
+        if options.stage == "after" and pod_nodes:
+            try:
+                diagnostics.kube2iam_missing = kube2iam_missing(gateway, config, pod_nodes)
+            except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
+                ctx.facts.setdefault("notes", []).append(f"could not list kube2iam's pods for diagnosis: {exc}")
+        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics)
         if not result.ok and pod_nodes and options.node is None:
             try:
                 diagnostics.interception = interception_problems(ctx, pod_nodes)
@@ -977,9 +1112,12 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
             close = getattr(getattr(backend, "runner", None), "close", None)
             if close:
                 close()
+    result.findings, result.drift_checked, result.drift_steps = findings, options.drift_check, drift_steps
+    if not options.drift_check:
+        result.notes.append("drift check skipped (--no-drift-check)")
     if options.host_ip:
         result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
-    result.notes.extend(ctx.facts.get("notes", []))
+    result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)
     return result
 
 
@@ -990,6 +1128,10 @@ def _caller_account(config: Config) -> str:
         session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
         return session.client("sts", endpoint_url=config.endpoint_url).get_caller_identity()["Account"]
     except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
+            from rbacbridge.errors import IncompleteError
+
+            raise IncompleteError(f"could not verify: AWS is unreachable ({exc})") from None
         raise UsageError(f"verify needs --account-id (could not read it from the local credentials: {type(exc).__name__})") from None
 
 
