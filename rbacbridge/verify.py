@@ -93,7 +93,7 @@ def managed_documents(config: Config, account: str) -> Documents:
     if config.effective_default_role not in (config.node_role, config.pod_role):
         assumable.append(config.role_arn(account, config.effective_default_role))
     buckets = dict(shared_bucket=config.shared_bucket, tenant_bucket=config.tenant_bucket)
-    return Documents(
+    documents = Documents(
         trust={
             config.node_role: render_json("node-trust.json.j2", self_trust=self_trust, node_role_arn=node_arn),
             config.pod_role: render_json("pod-trust.json.j2", node_role_arn=node_arn),
@@ -104,6 +104,10 @@ def managed_documents(config: Config, account: str) -> Documents:
             config.pod_role: [render_json("pod-policy.json.j2", **buckets)],
         },
     )
+    if config.manages_default_role:  # the dedicated default role (aws.desired_resources)
+        documents.trust[config.pod_default_role] = render_json("pod-trust.json.j2", node_role_arn=node_arn)
+        documents.policies[config.pod_default_role] = [render_json("node-policy.json.j2", **buckets)]
+    return documents
 
 
 def intended_allowed_roles(config: Config) -> dict[str, list[str]]:

@@ -59,7 +59,7 @@ def test_daemonset_carries_every_kube2iam_setting():
     assert container["securityContext"] == {"privileged": True}
     assert container["image"] == "jtblin/kube2iam:0.11.1"
     assert container["args"] == [
-        "--base-role-arn=arn:aws:iam::210987654321:role/", "--auto-discover-default-role", "--iptables=true",
+        "--base-role-arn=arn:aws:iam::210987654321:role/", "--default-role=nettech-pod-default", "--iptables=true",
         "--host-ip=$(HOST_IP)", "--host-interface=eni+", "--node=$(NODE_NAME)", "--app-port=8282",
         "--namespace-restrictions", "--debug"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
