@@ -175,19 +175,27 @@ class ProfileAssociation:
         return self.instance_id
 
 
-def desired_resources(config: Config, account: str, instance_ids: list[str]) -> list[Any]:
-    """Everything the AWS part owns, in the order it must be created."""
+def assumable_role_arns(config: Config, account: str) -> list[str]:
+    """The roles kube2iam (the node role) may assume: the pod role and the role unannotated pods get.
+    The node role's own ARN only when that default is the node role (kube2iam.default_role node/auto)."""
+    arns = {config.role_arn(account, config.pod_role), config.role_arn(account, config.effective_default_role)}
+    return sorted(arns)
+
+
+def desired_resources(config: Config, account: str, instance_ids: list[str], teardown: bool = False) -> list[Any]:
+    """Everything the AWS part owns, in the order it must be created.
+
+    `teardown=True` also lists the dedicated default role when the configuration no longer uses it,
+    so that a teardown after switching kube2iam.default_role still removes the role setup made
+    (it is deleted only if it carries rbacbridge's tag)."""
     node_role_arn = config.role_arn(account, config.node_role)
-    trusts_itself = config.effective_default_role == config.node_role
-    pod_role_arns = sorted({config.role_arn(account, config.pod_role)} | (
-        set() if trusts_itself else {config.role_arn(account, config.effective_default_role)}))
+    trusts_itself = config.default_is_node_role
     buckets = {"shared_bucket": config.shared_bucket, "tenant_bucket": config.tenant_bucket}
     resources: list[Any] = [
         ManagedPolicy(config.node_policy, render_json("node-policy.json.j2", **buckets),
                       "rbacbridge: node role reads the shared bucket (kube2iam article step 1)"),
         ManagedPolicy(config.kube2iam_policy, render_json(
-            "kube2iam-node-policy.json.j2",
-            assumable_role_arns=pod_role_arns + ([node_role_arn] if trusts_itself else [])),
+            "kube2iam-node-policy.json.j2", assumable_role_arns=assumable_role_arns(config, account)),
             "rbacbridge: kube2iam on the node may assume the pod roles"),
         Role(config.node_role,
              render_json("node-trust.json.j2", self_trust=trusts_itself, node_role_arn=node_role_arn),
@@ -199,6 +207,11 @@ def desired_resources(config: Config, account: str, instance_ids: list[str]) -> 
         Role(config.pod_role, render_json("pod-trust.json.j2", node_role_arn=node_role_arn),
              (config.pod_policy,), "rbacbridge: role kube2iam hands annotated pods (steps 4-5)"),
     ]
+    if config.manages_default_role or teardown:
+        # Unannotated pods get this role, not the node role: the article's read-only access without
+        # the node role's sts:AssumeRole on the pod roles (no sts:* at all).
+        resources.append(Role(config.pod_default_role, render_json("pod-trust.json.j2", node_role_arn=node_role_arn),
+                              (config.node_policy,), "rbacbridge: role kube2iam hands unannotated pods (read-only S3, no sts)"))
     resources += [ProfileAssociation(i, config.instance_profile) for i in instance_ids]
     return resources
 
@@ -638,7 +651,7 @@ def plan_teardown(ctx) -> list[Step]:
     account = _checked_account(ctx, gw)
     ids = _teardown_instances(ctx, gw, ctx.config.instance_profile)
     tags = _instance_tags(gw, ids)
-    resources = desired_resources(ctx.config, account, ids)
+    resources = desired_resources(ctx.config, account, ids, teardown=True)
     own_profiles = {r.name for r in resources if isinstance(r, InstanceProfile)}
     steps: list[Step] = []
     roles_deleted: set[str] = set()

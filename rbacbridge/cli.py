@@ -168,6 +168,8 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
     verb = "teardown" if teardown else "setup"
     if output == "table":
         out.print_plan(plan, f"rbacbridge {verb} plan")
+    else:
+        out.print_notes(plan, notes=False)  # the JSON has them too; a warning must not go unseen in a CI log
     if plan.conflicts:
         names = ", ".join(f"{s.kind} {s.name}" for s in plan.conflicts)
         if output == "json":
@@ -213,6 +215,7 @@ def plan(
     ctx = _context(cfg, only, fmt)
     result = planner.plan_teardown(ctx) if teardown else planner.plan_setup(ctx)
     if fmt == "json":
+        out.print_notes(result, notes=False)
         out.dump_json(result.to_dict())
     else:
         out.print_plan(result, "rbacbridge teardown plan" if teardown else "rbacbridge setup plan")

@@ -69,9 +69,20 @@ def print_plan(plan: Plan, title: str, to_stderr: bool = False) -> None:
         out.print(plan_table(plan, title))
     else:
         out.print(f"{title}: nothing to do")
-    for note in plan.notes:
-        out.print(f"[dim]note:[/dim] {note}")
+    print_notes(plan)
     out.print(summary_line(plan))
+
+
+def print_notes(plan: Plan, notes: bool = True) -> None:
+    """Warnings (and notes) go to stderr, so stdout keeps only the plan: `plan | tee` and CI logs show both."""
+    from rich.markup import escape
+
+    err = console(stderr=True)
+    for warning in plan.warnings:
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
+    if notes:
+        for note in plan.notes:
+            err.print(f"[dim]note:[/dim] {escape(note)}")
 
 
 def step_line(step: Step, done: bool) -> str:
