@@ -468,9 +468,40 @@ class Lab:
                    AWS_EC2_METADATA_DISABLED="true")
         return env
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rbacbridge", *args], capture_output=True, text=True, env=self.env(),
-                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.workdir)
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rbacbridge", *args], capture_output=True, text=True,
+                              env={**self.env(), **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.workdir)
+
+    def write_config(self, name: str, **sections: dict[str, Any]) -> str:
+        """Another rbacbridge.yaml next to the lab's, with `sections` merged over it; returns its path."""
+        config = yaml.safe_load((self.workdir / "rbacbridge.yaml").read_text())
+        for section, values in sections.items():
+            config.setdefault(section, {}).update(values)
+        path = self.workdir / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return str(path)
+
+    def kube2iam_stop(self, node_name: str) -> None:
+        """kube2iam is not running on this node (its pod gone, its DNAT rules removed): like a node whose taint
+        the DaemonSet does not tolerate."""
+        lab_node = self.node(node_name)
+        for pod in self.api.store.objects_of("Pod"):
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get("app.kubernetes.io/name") == "kube2iam" and pod["spec"].get("nodeName") == node_name:
+                self.api.store.delete("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
+        for rule in lab_node.node.nat_rules():
+            if f"-d {METADATA_IP}/32" in rule and "DNAT" in rule:
+                lab_node.node.iptables("-t", "nat", *rule.replace("-A ", "-D ", 1).split())
+
+    def taint(self, node_name: str, taints: list[dict[str, str]]) -> None:
+        node = self.api.store.get("Node", node_name)
+        node.setdefault("spec", {})["taints"] = taints
+        self.api.store.put(node)
+
+    def add_host_network_pod(self, node_name: str, namespace: str, name: str) -> None:
+        """A pod sharing the node's network (no namespace of its own): kube2iam never sees its calls."""
+        lab_node = self.node(node_name)
+        self._put_pod(lab_node, namespace, name, {"app": name}, {}, lab_node.address, host_network=True)
 
     # -- pods: the namespaces behind docker0 and the API server's view of them --
 
