@@ -988,8 +988,16 @@ def live_diagnostics(ctx: Any) -> Diagnostics:
         read_namespace = lambda name: gateway.get("Namespace", name)  # noqa: E731
     if read_namespace is not None:
         try:
-            raw = (_get(read_namespace(config.namespace), "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
+            namespace = read_namespace(config.namespace)
+            raw = (_get(namespace, "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
             diag.allowed_roles[config.namespace] = json.loads(raw) if raw else None
+            if raw is not None and isinstance(namespace, dict):
+                from rbacbridge.kube import owns_annotation
+
+                if not owns_annotation(namespace):
+                    ctx.facts.setdefault("notes", []).append(
+                        f"namespace {config.namespace}'s {ALLOWED_ROLES_ANNOTATION} is not rbacbridge's (another field manager "
+                        f"owns it): reported, not trusted; the expected matrix uses the configuration")
         except Exception:  # noqa: BLE001
             pass
     return diag
