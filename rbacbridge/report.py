@@ -23,7 +23,7 @@ def cell_name(cell: Cell) -> str:
 
 
 def to_dict(result: VerifyResult) -> dict[str, Any]:
-    """The stable JSON document (see README.md, "JSON output", for the schema)."""
+    """The stable JSON document (see docs/verify.md, "JSON output", for the schema)."""
 
     def cell(c: Cell) -> dict[str, Any]:
         return {
@@ -161,7 +161,7 @@ _CELL_SCHEMA = {
     },
 }
 
-# JSON Schema (draft 2020-12) of `rbacbridge verify -o json`; README.md ("JSON output") explains each field.
+# JSON Schema (draft 2020-12) of `rbacbridge verify -o json`; docs/verify.md ("JSON output") explains each field.
 JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "rbacbridge.verify/v1",
