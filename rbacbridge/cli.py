@@ -284,6 +284,10 @@ def config_reference() -> None:
         default = option.default
         if default in ((), None):
             default = "-"
+        elif isinstance(default, tuple) and isinstance(default[0], dict):  # tolerations: as YAML flow style
+            import json
+
+            default = json.dumps(list(default)).replace('"', "")
         typer.echo(f"{option.path:32} {str(default):28} {option.help}")
 
 

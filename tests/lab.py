@@ -304,7 +304,7 @@ class Lab:
 
     def _add_node(self, index: int, name: str, key: Path) -> None:
         path = f"{self.workdir / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        keep = tuple(p for p in {sys.prefix, str(Path(aws_cli()).resolve().parent.parent)} if p.startswith("/root/"))
+        keep = tuple(p for p in {sys.prefix, sys.base_prefix, str(Path(aws_cli()).resolve().parent.parent)} if p.startswith("/root/"))
         node = Node.start(name, parent=self.aws, client_key=key, path=path, prefix=PREFIX, supernet=SUPERNET,
                           keep_under_root=keep, session_env=METADATA_PATIENCE)
         lab_node = LabNode(node, name, instance_id="", pod_cidr=POD_CIDR.format(128 + index))

@@ -317,3 +317,59 @@ def test_explicit_default_role_drops_self_trust(sandbox):
     kube2iam = policy_document(iam, "nettech-kube2iam-node")
     resources = [r for s in kube2iam["Statement"] if "sts:AssumeRole" in s["Action"] for r in s["Resource"]]
     assert sorted(resources) == sorted([RW_ARN, f"arn:aws:iam::{ACCOUNT}:role/{iam_default}"])
+
+
+def test_plan_says_what_each_instances_metadata_options_mean(sandbox):
+    ec2 = sandbox.client("ec2")
+    strict, loose, hops2 = sandbox.new_instance(), sandbox.new_instance(), sandbox.new_instance()
+    ec2.modify_instance_metadata_options(InstanceId=strict, HttpTokens="required", HttpPutResponseHopLimit=1)
+    ec2.modify_instance_metadata_options(InstanceId=hops2, HttpTokens="required", HttpPutResponseHopLimit=2)
+    config = sandbox.config(instance_ids=(strict, loose, hops2))
+    plan = planner.plan_setup(sandbox.context(config))
+    found = {f["instance_id"]: f for f in plan.to_dict()["metadata_options"]}
+    assert (found[strict]["http_tokens"], found[strict]["hop_limit"], found[strict]["pods_blocked_without_rule"]) == ("required", 1, True)
+    assert (found[loose]["http_tokens"], found[loose]["pods_blocked_without_rule"]) == ("optional", False)
+    assert (found[hops2]["hop_limit"], found[hops2]["pods_blocked_without_rule"]) == (2, False)
+    notes = "\n".join(plan.notes)
+    assert f"instance {strict}: IMDSv2 tokens required, hop limit 1: pods cannot reach the metadata service even without" in notes
+    assert f"instance {loose}: IMDSv1 allowed (HttpTokens optional)" in notes and "the rule is the only barrier" in notes
+    assert f"instance {hops2}: IMDSv2 tokens required but hop limit 2" in notes
+    # One describe for both the record tags and the metadata options.
+    assert [op for _, op, _ in sandbox.calls].count("DescribeInstances") == 1
+    assert plan.warnings == []
+    # An image without IMDSv2 support on a node that requires tokens is a warning naming the instance.
+    old_image = planner.plan_setup(sandbox.context(sandbox.config(instance_ids=(strict, loose), kube2iam_image="jtblin/kube2iam:0.11.2")))
+    [warning] = old_image.warnings
+    assert "jtblin/kube2iam:0.11.2 has no IMDSv2 support" in warning and strict in warning and loose not in warning
+
+
+def test_plan_cli_puts_notes_and_warnings_on_stderr_and_in_json(sandbox, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    instance = sandbox.new_instance()
+    sandbox.client("ec2").modify_instance_metadata_options(InstanceId=instance, HttpTokens="required", HttpPutResponseHopLimit=1)
+    base = [sys.executable, "-m", "rbacbridge", "plan", "--only", "aws", "--account-id", ACCOUNT, "--instance-id", instance]
+
+    def cli(*extra: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(base + list(extra), capture_output=True, text=True, env=sandbox.env(), timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    table = cli()
+    assert "pods cannot reach the metadata service" in table.stderr and "metadata service" not in table.stdout
+    assert "warning:" not in table.stderr
+    data = json.loads(cli("-o", "json").stdout)
+    assert data["metadata_options"][0]["instance_id"] == instance and data["warnings"] == []
+    config = tmp_path / "rbacbridge.yaml"
+    config.write_text("kube2iam:\n  default_role: node\n")
+    warned = cli("-c", str(config))
+    assert f"warning: kube2iam.default_role=node hands every unannotated pod the node role {RO}" in " ".join(warned.stderr.split())
+    as_json = cli("-c", str(config), "-o", "json")
+    assert "any pod can chain into it" in json.loads(as_json.stdout)["warnings"][0]
+    assert "warning:" in as_json.stderr  # a CI log shows it too
+    setup = subprocess.run([sys.executable, "-m", "rbacbridge", "setup", "--only", "aws", "--dry-run", "-c", str(config),
+                            "--account-id", ACCOUNT], capture_output=True, text=True, env=sandbox.env(), timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    assert "any pod can chain into it" in " ".join(setup.stderr.split())

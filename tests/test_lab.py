@@ -13,7 +13,8 @@ from tests.lab import ACCOUNT, LEGACY_PROFILE, METADATA_IP, Lab, available
 _why = available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
 
-NODE_ROLE, POD_ROLE, DEFAULT_ROLE = "nettech-s3-read-only", "nettech-s3-read-write", "nettech-pod-default"
+NODE_ROLE, POD_ROLE = "nettech-s3-read-only", "nettech-s3-read-write"
+DEFAULT_ROLE = "nettech-pod-default"  # what unannotated pods get (never the node role)
 SHARED, TENANT = "nettech-helm-test", "lanre.k8s.dev"
 STALE_PORT = 8181  # kube2iam's own default: the port of an earlier kube2iam
 
@@ -65,7 +66,7 @@ def test_article_end_to_end(lab: Lab):
     setup = run(lab, "setup", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT,
                 "--only", "aws,kube", "--yes")
     assert setup.stdout.index("rbacbridge setup plan") < setup.stdout.index("change(s) made")
-    assert {r["RoleName"] for r in iam.list_roles()["Roles"]} >= {NODE_ROLE, POD_ROLE}
+    assert {r["RoleName"] for r in iam.list_roles()["Roles"]} >= {NODE_ROLE, POD_ROLE, DEFAULT_ROLE}
     for n in lab.nodes:
         associations = ec2.describe_iam_instance_profile_associations(Filters=[
             {"Name": "instance-id", "Values": [n.instance_id]}, {"Name": "state", "Values": ["associated"]}])
@@ -115,6 +116,7 @@ def test_article_end_to_end(lab: Lab):
             assert p["observed_role"] == POD_ROLE
             assert access(p) == {(SHARED, "read"): True, (SHARED, "write"): False, (TENANT, "read"): True, (TENANT, "write"): True}
         else:
+            # the same access as the article's, through the dedicated default role for the vanilla pod
             assert p["observed_role"] == (NODE_ROLE if app == "host" else DEFAULT_ROLE), p
             assert access(p) == {(SHARED, "read"): True, (SHARED, "write"): False, (TENANT, "read"): False, (TENANT, "write"): False}
         # no pod can chain into a managed role by calling sts:AssumeRole itself (really tried, really denied)

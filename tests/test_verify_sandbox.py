@@ -28,7 +28,7 @@ def test_default_config_all_match_and_identities(sandbox):
     roles = {p.principal.name: p.observed.arn for p in result.principals}
     assert roles[v.ANNOTATED].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-s3-read-write/")
     assert roles[v.HOST].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-s3-read-only/")
-    assert roles[v.VANILLA].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-pod-default/")
+    assert roles[v.VANILLA].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-pod-default/")  # never the node role
     annotated = next(p for p in result.principals if p.principal.name == v.ANNOTATED)
     assert {(c.bucket, c.check): c.observed for c in annotated.cells if c.check != v.CHAIN} == {
         ("nettech-helm-test", "read"): True, ("nettech-helm-test", "write"): False,
