@@ -282,6 +282,15 @@ def github_annotations(result: VerifyResult) -> list[str]:
     return lines
 
 
+def github_error(message: str, environ: dict[str, str] | None = None, stream=None) -> None:
+    """One `::error` annotation for a run that could not verify (exit 3), in GitHub Actions only."""
+    import sys
+
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_ACTIONS") == "true":
+        (stream or sys.stderr).write(f"::error title=rbacbridge verify::{_escape_data(message)}\n")
+
+
 def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 

@@ -162,9 +162,9 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def _verify(*args, tmp_path):
+def _verify(*args, tmp_path, **extra):
     env = {k: val for k, val in os.environ.items() if not k.startswith(("AWS_", "KUBECONFIG", "GITHUB_"))}
-    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path), **extra)
     return subprocess.run([sys.executable, "-m", "rbacbridge", "verify", "--account-id", ACCOUNT, *args], capture_output=True,
                           text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
 
@@ -181,3 +181,12 @@ def test_no_pods_exits_3(kube_api, tmp_path):
     done = _verify("--kubeconfig", kube_api.kubeconfig, "--no-drift-check", tmp_path=tmp_path)
     assert done.returncode == 3, done.stderr
     assert "no running pod with label" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_could_not_verify_is_annotated_in_github_actions(tmp_path):
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {"gone": _dead_url()}, current="gone")
+    done = _verify("--kubeconfig", str(kubeconfig), "--no-drift-check", tmp_path=tmp_path, GITHUB_ACTIONS="true")
+    assert done.returncode == 3
+    first, second = done.stderr.splitlines()
+    assert first.startswith("::error title=rbacbridge verify::could not verify (finding the principals)")
+    assert second.startswith("error: could not verify")
