@@ -193,7 +193,7 @@ def chain_prediction(config: Config, account: str, held: str | None, target: str
     policies, trust = documents.policies.get(held), documents.trust.get(target)
     if policies is None or trust is None:
         return None
-    session = f"arn:aws:sts::{account}:assumed-role/{held}/rbacbridge-chain"
+    session = f"arn:aws:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
     return pe.is_allowed(policies, "sts:AssumeRole", config.role_arn(account, target)) and pe.trust_allows(trust, session)
 
 
