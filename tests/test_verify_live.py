@@ -190,3 +190,29 @@ def test_could_not_verify_is_annotated_in_github_actions(tmp_path):
     first, second = done.stderr.splitlines()
     assert first.startswith("::error title=rbacbridge verify::could not verify (finding the principals)")
     assert second.startswith("error: could not verify")
+
+
+def test_principals_expect_the_configured_role_and_unmanaged_pods_are_reported(kube_api, monkeypatch):
+    """live_targets: the expectation comes from the configuration; the live annotation is only observed; a pod
+    found by the article's `app=` label without rbacbridge's label is reported, not trusted."""
+    store = kube_api.store
+    managed = {"app.kubernetes.io/name": "nginx-annotated", "app.kubernetes.io/managed-by": "rbacbridge"}
+    for name, labels, annotations in (("nginx-vanilla-1", {"app": "nginx-vanilla"}, {"iam.amazonaws.com/role": "admin"}),
+                                      ("nginx-annotated-1", managed, {"iam.amazonaws.com/role": "nettech-pod-default"})):
+        store.put({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels,
+                                                                     "annotations": annotations},
+                   "spec": {"nodeName": "node-a", "containers": [{"name": "main", "image": "x"}]},
+                   "status": {"phase": "Running", "podIP": "10.0.0.9"}})
+    monkeypatch.setattr(v, "ensure_cli_all", lambda checks: None)  # no AWS CLI to look for: nothing is probed here
+    config = Config(account_id=ACCOUNT, kubeconfig=kube_api.kubeconfig)
+    ctx = Context(config=config)
+    targets = v.live_targets(ctx, v.LiveOptions(node="127.0.0.1:2222"))
+    pods = {p.name: p for p, _ in targets if p.kind == "pod"}
+    vanilla, annotated = pods["nginx-vanilla"], pods["nginx-annotated"]
+    assert (vanilla.role_annotation, vanilla.live_annotation, vanilla.managed) == (None, "admin", False)
+    assert (annotated.role_annotation, annotated.live_annotation, annotated.managed) == (config.pod_role, "nettech-pod-default", True)
+    assert [n for n in ctx.facts["notes"] if "not rbacbridge's" in n] == [
+        "pod default/nginx-vanilla-1 is not rbacbridge's (no app.kubernetes.io/managed-by=rbacbridge label): reported, "
+        "not trusted; its expected role still comes from the configuration"]
+    expected = {e.principal.name: e.role for e in v.expected_matrix(config, ACCOUNT, "after", [p for p, _ in targets])}
+    assert expected == {"host": "nettech-s3-read-only", "nginx-vanilla": "nettech-pod-default", "nginx-annotated": config.pod_role}
