@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from tests import netns
+from tests import lab_decide, netns
 from tests.netns import Node, Pod
 
 PREFIX = "rbl"
@@ -209,8 +209,9 @@ class Kube2iamHandler(_MetadataHandler):
     """Stands in for kube2iam's Go daemon, which cannot run here: for a request from a pod IP it finds
     the pod in the Kubernetes API server, takes its iam.amazonaws.com/role annotation (else the default
     role), honours the namespace's allowed-roles under --namespace-restrictions, and assumes the role
-    from the node role, checking the role's trust policy with rbacbridge.policy_eval. Its settings
-    come from the kube2iam DaemonSet's args, as setup wrote them."""
+    from the node role, checking the role's trust policy with the lab's own small evaluator
+    (tests/lab_decide.py, never rbacbridge's). Its settings come from the kube2iam DaemonSet's args,
+    as setup wrote them."""
 
     def role(self) -> str | None:
         return self.server.lab.kube2iam_role(self.client_address[0])
@@ -647,10 +648,18 @@ class Lab:
         document = self.client("iam").get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
         return json.loads(document) if isinstance(document, str) else document
 
-    def node_credentials(self, role: str, instance_id: str) -> dict[str, str]:
-        from rbacbridge import policy_eval as pe
+    def _role_policies(self, role: str) -> list[Any]:
+        iam = self.client("iam")
+        documents = []
+        for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+            version = iam.get_policy(PolicyArn=attached["PolicyArn"])["Policy"]["DefaultVersionId"]
+            documents.append(iam.get_policy_version(PolicyArn=attached["PolicyArn"], VersionId=version)["PolicyVersion"]["Document"])
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            documents.append(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+        return documents
 
-        if not pe.trust_allows_service(self._trust(role), "ec2.amazonaws.com"):
+    def node_credentials(self, role: str, instance_id: str) -> dict[str, str]:
+        if not lab_decide.trusts(self._trust(role), service="ec2.amazonaws.com"):
             raise PermissionError(f"role {role} does not trust ec2.amazonaws.com")
         return self._assume(f"arn:aws:iam::{ACCOUNT}:role/{role}", instance_id)
 
@@ -670,8 +679,6 @@ class Lab:
             return json.loads(response.read())["metadata"].get("annotations") or {}
 
     def kube2iam_role(self, pod_ip: str) -> str | None:
-        from rbacbridge.verify import role_allowed_in_namespace
-
         args = self._kube2iam_args()
         pod = self._pod_by_ip(pod_ip)
         if pod is None:
@@ -688,14 +695,11 @@ class Lab:
         if "--namespace-restrictions" in args:
             raw = self._namespace_annotations(pod["metadata"]["namespace"]).get(ALLOWED_ROLES)
             patterns = json.loads(raw) if raw else []
-            if not role_allowed_in_namespace(role, ACCOUNT, patterns):
+            if not lab_decide.namespace_allows(f"arn:aws:iam::{ACCOUNT}:role/{role}", patterns):
                 raise PermissionError(f"role {role} is not allowed in namespace {pod['metadata']['namespace']}")
         return role
 
     def kube2iam_credentials(self, instance_id: str, role: str, pod_ip: str) -> dict[str, str]:
-        from rbacbridge import policy_eval as pe
-        from rbacbridge.sandbox import live_documents
-
         node_role = self.instance_role(instance_id)
         with self._cache_lock:  # like kube2iam: credentials per role, reused until they expire
             cached = self._kube2iam_cache.get((instance_id, node_role, role))
@@ -704,10 +708,13 @@ class Lab:
         if node_role is None:
             raise PermissionError("the node has no instance profile role to assume from")
         node_arn, role_arn = f"arn:aws:iam::{ACCOUNT}:role/{node_role}", f"arn:aws:iam::{ACCOUNT}:role/{role}"
-        docs = live_documents(self.client("iam"), [node_role, role])
-        if role not in docs.trust or not pe.trust_allows(docs.trust[role], node_arn):
+        try:
+            trust = self._trust(role)
+        except self.client("iam").exceptions.NoSuchEntityException:
+            trust = {}
+        if not lab_decide.trusts(trust, arn=node_arn):
             raise PermissionError(f"AssumeRole {role_arn} denied: its trust policy does not trust {node_arn}")
-        if not pe.is_allowed(docs.policies.get(node_role, []), "sts:AssumeRole", role_arn):
+        if not lab_decide.permits(self._role_policies(node_role), "sts:AssumeRole", role_arn):
             raise PermissionError(f"AssumeRole {role_arn} denied: the node role may not assume it")
         creds = self._assume(role_arn, f"{instance_id}-kube2iam")
         with self._cache_lock:
