@@ -134,6 +134,32 @@ def ssh_target(ctx, ref: NodeRef):
     )
 
 
+def preflight(ctx, refs: list[NodeRef] | None = None) -> None:
+    """Check the SSH settings before any node is contacted (and, from the planner, before any other
+    system is): a bad key, ssh config or known_hosts is bad input, exit 2, nothing changed.
+
+    Without `refs`, nodes named in the config/flags are checked in full; nodes that will come from
+    the cluster get the host-independent checks now and the full one in `inspect_all`.
+    """
+    from rbacbridge.ssh import check_settings
+    from rbacbridge.ssh import preflight as check_target
+
+    if refs is None:
+        if not ctx.config.node_hosts:
+            check_settings(ssh_target(ctx, NodeRef(name="-", ssh_host="localhost")))
+            return
+        refs = node_refs(ctx)
+    checked = ctx.facts.setdefault("nodes.preflight", set())
+    notes = ctx.facts.setdefault("notes", [])
+    for ref in refs:
+        if ref.name in checked:
+            continue
+        for note in check_target(ssh_target(ctx, ref)):
+            if note not in notes:
+                notes.append(note)
+        checked.add(ref.name)
+
+
 def _cluster_configured(ctx) -> bool:
     return bool(ctx.facts.get("nodes.from_cluster") or ctx.config.kubeconfig or ctx.config.context)
 
@@ -232,6 +258,7 @@ def inspect_all(ctx, teardown: bool) -> list[NodeState]:
     refs = node_refs(ctx)
     if not refs:
         return []
+    preflight(ctx, refs)  # before the first connection and its progress line
     if not teardown:
         desired_interface(ctx)  # once, before the threads
     workers = max(1, min(ctx.config.node_parallelism, len(refs)))

@@ -215,6 +215,9 @@ class SshRunner:
     """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes."""
 
     def __init__(self, target: Any):
+        from rbacbridge.ssh import preflight
+
+        preflight(target)  # a bad key or known_hosts is bad input (exit 2), found before any contact
         self.target = target
         self._session = None
 
