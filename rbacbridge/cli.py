@@ -11,10 +11,26 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 
 from rbacbridge.errors import RbacbridgeError, UsageError
 
+class _Group(typer.core.TyperGroup):
+    """typer >= 0.28 coerces every option value through a pydantic TypeAdapter, built on first use:
+    a group's own flags left unset (value None) made `rbacbridge SUB --help` import pydantic and
+    build one (~2.5x the start-up of `import typer, rich`). An unset flag of a group is False, which
+    needs no coercion (bench/bench_startup.py measures it; docs/startup.md)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.default is None:
+                param.default = False
+        return params
+
+
 app = typer.Typer(
+    cls=_Group,
     name="rbacbridge",
     help="Set up, verify and tear down kube2iam's Kubernetes-to-AWS IAM bridge (pods stop inheriting the node's IAM role).",
     no_args_is_help=True,
@@ -325,6 +341,7 @@ def render(
 # --- rbacbridge iptables status|fix|remove -----------------------------------------------------
 
 iptables_app = typer.Typer(
+    cls=_Group,
     help="kube2iam's iptables rule on each node over SSH: report it, keep exactly one, or remove it.",
     no_args_is_help=True,
     rich_markup_mode=None,
