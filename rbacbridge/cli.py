@@ -301,6 +301,22 @@ def config_reference() -> None:
 
 
 @app.command()
+@with_config(_ACCOUNT, _AWS, _INSTANCES)
+def permissions(
+    cfg,
+    restore_role: Annotated[Optional[list[str]], typer.Option("--restore-role", help="role of an instance profile the nodes had before setup (teardown gives it back; repeatable)", show_default=False)] = None,
+) -> None:
+    """Print the least-privilege IAM policy (JSON) the operator needs for plan, setup, teardown and verify,
+    scoped to the configured names, account, region and --instance-id's. Offline."""
+    import json
+
+    from rbacbridge.permissions import operator_policy
+
+    document = operator_policy(cfg, cfg.account_id, tuple(restore_role or ()))
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+@app.command()
 @with_config(_ACCOUNT, _INTERFACE, _KUBE)
 def render(
     cfg,
