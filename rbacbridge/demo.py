@@ -87,7 +87,8 @@ def _render_section(out, config: Config) -> None:
     daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
     args = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
     out.print("  kube2iam args: " + " ".join(args))
-    out.print("  (no cluster in the sandbox: `rbacbridge render -o -` prints the manifests; `setup` applies them)")
+    out.print(f"  (no cluster in the sandbox: `rbacbridge render --account-id {SANDBOX_ACCOUNT} -o -` prints the manifests; "
+              "`setup` applies them)")
 
 
 def _verify_section(out, config: Config, url: str, fault: str | None) -> bool:
