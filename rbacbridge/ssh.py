@@ -76,7 +76,7 @@ ACCEPT_NEW = "accept-new"
 _STRICT_VALUES = {"yes": STRICT, "true": STRICT, "ask": STRICT, "accept-new": ACCEPT_NEW,
                   "no": ACCEPT_NEW, "off": ACCEPT_NEW, "false": ACCEPT_NEW}
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})$")
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,127}$")
 _PUBLIC_KEY = re.compile(r"^(ssh-|ecdsa-|sk-ssh-|sk-ecdsa-)[\w@.-]+ AAAA[0-9A-Za-z+/=]+")
 
 
@@ -151,11 +151,11 @@ def _check_hostname(value: str, where: str) -> str:
 
 def _check_user(value: str, where: str) -> str:
     if not isinstance(value, str) or not _USER.fullmatch(value):
-        raise UsageError(f"invalid SSH user {_short(value)} ({where}): letters, digits, '.', '_' and '-' only")
+        raise UsageError(f"invalid SSH user {_short(value)} ({where}): letters, digits, '.', '_', '@' and '-' only")
     return value
 
 
-def _expand(template: str, what: str, tokens: dict[str, str]) -> str:
+def _expand(template: str, what: str, tokens: dict[str, str | None]) -> str:
     """OpenSSH's %-tokens, from validated values only; an unknown token is refused."""
     out, i = [], 0
     while i < len(template):
@@ -167,8 +167,10 @@ def _expand(template: str, what: str, tokens: dict[str, str]) -> str:
         token = template[i:i + 2]
         if token == "%%":
             out.append("%")
-        elif token in tokens:
+        elif token in tokens and tokens[token] is not None:
             out.append(tokens[token])
+        elif token in tokens:
+            raise UsageError(f"{what}: token {token} cannot be used here (the local user name is not a plain name)")
         else:
             raise UsageError(f"{what}: unsupported token {_short(token)} (rbacbridge expands {' '.join(sorted(tokens))} and %%)")
         i += 2
@@ -219,8 +221,9 @@ def resolve(target: SshTarget) -> Resolved:
         raise UsageError(f"invalid SSH port {port} for {target.name}")
     user = _check_user(target.user or entry.get("user") or getpass.getuser(), where)
     home = os.path.expanduser("~")
+    local_user = getpass.getuser()
     tokens = {"%h": hostname, "%p": str(port), "%r": user, "%n": _check_hostname(target.host, where),
-              "%u": _check_user(getpass.getuser(), "local user"), "%d": home}
+              "%u": local_user if _USER.fullmatch(local_user) else None, "%d": home}
     if target.key_file:
         keys: tuple[str, ...] = (os.path.expanduser(target.key_file),)
     else:
