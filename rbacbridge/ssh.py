@@ -87,13 +87,14 @@ class Resolved:
     hostname: str
     port: int
     user: str
-    key_files: tuple[str, ...]
+    key_files: tuple[str, ...]  # loadable without a passphrase
     proxy_jump: tuple[str, ...] = ()
     proxy_command: str | None = None  # tokens already expanded
     known_hosts: tuple[str, ...] = ()  # user files: read all, new keys go to the first
     global_known_hosts: tuple[str, ...] = ()  # read only
     host_keys: str = STRICT  # STRICT or ACCEPT_NEW
     notes: tuple[str, ...] = ()
+    agent_key_files: tuple[str, ...] = ()  # encrypted keys the local ssh-agent holds: authenticate through it
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:
@@ -177,8 +178,29 @@ def _expand(template: str, what: str, tokens: dict[str, str | None]) -> str:
     return "".join(out)
 
 
-def check_key_file(path: str) -> None:
-    """The private key must load without a passphrase (rbacbridge never prompts): else UsageError."""
+def _in_agent(path: str) -> bool:
+    """Does the local ssh-agent (SSH_AUTH_SOCK) hold the key whose public half is PATH.pub?"""
+    import base64
+
+    import paramiko
+
+    try:
+        with open(path + ".pub", encoding="ascii") as handle:
+            blob = base64.b64decode(handle.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return False
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return False
+    agent = paramiko.Agent()
+    try:
+        return any(key.asbytes() == blob for key in agent.get_keys())
+    finally:
+        agent.close()
+
+
+def check_key_file(path: str) -> bool:
+    """The private key must load without a passphrase (rbacbridge never prompts), or be encrypted and
+    held by the local ssh-agent (then True: use the agent, as OpenSSH does); else UsageError."""
     import paramiko
 
     shown = _short(path, 120)
@@ -198,13 +220,16 @@ def check_key_file(path: str) -> None:
     try:
         paramiko.PKey.from_path(path)
     except (TypeError, paramiko.PasswordRequiredException):
+        if _in_agent(path):
+            return True
         raise UsageError(f"SSH key {shown} is encrypted and rbacbridge does not ask for passphrases: "
-                         "give an unencrypted key, or load it into ssh-agent and give no key") from None
+                         "load it into ssh-agent (ssh-add, with its .pub beside it) or give an unencrypted key") from None
     except OSError as exc:
         raise UsageError(f"cannot read SSH key {shown}: {_one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - anything else: not a key paramiko can use
         reason = "unsupported key type" if type(exc).__name__ == "UnknownKeyType" else "not a private key in a format paramiko reads"
         raise UsageError(f"SSH key {shown}: {reason} (OpenSSH or PEM ed25519, ecdsa or rsa)") from None
+    return False
 
 
 def resolve(target: SshTarget) -> Resolved:
@@ -229,8 +254,8 @@ def resolve(target: SshTarget) -> Resolved:
     else:
         # OpenSSH skips IdentityFile entries that do not exist; an existing one must be a usable key.
         keys = tuple(os.path.expanduser(k) for k in entry.get("identityfile", []) if os.path.exists(os.path.expanduser(k)))
-    for key in keys:
-        check_key_file(key)
+    in_agent = tuple(key for key in keys if check_key_file(key))
+    keys = tuple(key for key in keys if key not in in_agent)
     jump_text = entry.get("proxyjump", "") or ""
     jumps = tuple(j.strip() for j in jump_text.split(",") if j.strip() and jump_text.lower() != "none")
     proxy_command = entry.get("proxycommand")  # None for `ProxyCommand none`
@@ -267,7 +292,7 @@ def resolve(target: SshTarget) -> Resolved:
         looked = ", ".join(known)
         raise UsageError(f"no known_hosts file for {target.name} (looked for {looked}): add the node's host key, "
                          "or use --accept-new-host-keys")
-    return Resolved(hostname=hostname, port=port, user=user, key_files=keys, proxy_jump=jumps,
+    return Resolved(hostname=hostname, port=port, user=user, key_files=keys, agent_key_files=in_agent, proxy_jump=jumps,
                     proxy_command=proxy_command, known_hosts=known, global_known_hosts=global_known,
                     host_keys=host_keys, notes=tuple(notes))
 
@@ -561,15 +586,17 @@ def _authenticate(client, target: SshTarget, resolved: Resolved, sock) -> None:
 
     where = f"{resolved.user}@{resolved.hostname}:{resolved.port}"
     keys = list(resolved.key_files)
+    configured = bool(keys or resolved.agent_key_files)
     try:
         client.connect(
             resolved.hostname,
             port=resolved.port,
             username=resolved.user,
             key_filename=keys or None,
-            # With a configured key, use only it; without one, do what ssh does (agent, ~/.ssh/id_*).
-            allow_agent=not keys,
-            look_for_keys=not keys,
+            # With a configured key, use only it (through the agent when it is encrypted there); without
+            # one, do what ssh does (agent, ~/.ssh/id_*).
+            allow_agent=bool(resolved.agent_key_files) or not configured,
+            look_for_keys=not configured,
             timeout=target.connect_timeout,
             banner_timeout=target.connect_timeout,
             auth_timeout=target.connect_timeout,

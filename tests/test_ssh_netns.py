@@ -42,9 +42,9 @@ while True:
 """
 
 
-def run(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+def run(*args: str, home: Path, timeout: float = 60, **extra_env: str) -> subprocess.CompletedProcess:
     # HOME is the test's own: ~/.ssh/config and ~/.ssh/known_hosts are what the test writes, or absent.
-    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200", HOME=str(home))
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200", HOME=str(home), **extra_env)
     return subprocess.run([sys.executable, "-m", "rbacbridge", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -264,3 +264,34 @@ def test_strict_host_key_checking_yes_refuses_an_unknown_host(node, tmp_path):
                  home=tmp_path)
     assert result.returncode == 1 and "not in known_hosts" in result.stdout + result.stderr
     assert empty.read_text() == "" and len(kube2iam_rules(node)) == 2
+
+
+def test_an_encrypted_key_held_by_ssh_agent_is_used_through_the_agent(make_node, tmp_path):
+    key = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret", "-C", "", "-f", str(key)], check=True)
+    node = make_node("agent", client_key=key)
+    add_rule(node)
+    add_rule(node)
+    args = ["fix", "--yes", "--node", node.host, "--ssh-user", "root", "--ssh-key", str(node.client_key),
+            "--known-hosts", str(node.known_hosts), "--ssh-config", "none", "--host-interface", "docker0"]
+    # without an agent: bad input, as before
+    one_error_line(run("iptables", *args, home=tmp_path), "encrypted")
+
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        askpass = tmp_path / "askpass"
+        askpass.write_text("#!/bin/sh\necho s3cret\n")
+        askpass.chmod(0o700)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(socket_path), SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+                   DISPLAY=":0")
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+        result = run("iptables", *args, home=tmp_path, SSH_AUTH_SOCK=str(socket_path))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert kube2iam_rules(node) == [wanted(node)]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=5)
