@@ -31,7 +31,9 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
     if not account:
         raise UsageError("permissions needs --account-id (or account_id in the config): the policy names the account's ARNs")
     iam = f"arn:{PARTITION}:iam::{account}"
-    managed_roles = [config.node_role, config.pod_role]
+    # The dedicated default role is listed even when kube2iam.default_role no longer uses it: teardown
+    # still removes the one an earlier setup made (aws.desired_resources(teardown=True)).
+    managed_roles = list(dict.fromkeys([config.node_role, config.pod_role, config.pod_default_role]))
     read_roles = list(dict.fromkeys(managed_roles + [config.effective_default_role]))
     instances = config.instance_ids or ("*",)
     return render_json(

@@ -133,7 +133,8 @@ def test_a_user_with_only_the_printed_policy_can_setup_and_teardown_and_one_stat
     # the whole policy: setup and teardown complete
     setup = cli("setup", "--yes", *args, env=_env(url, operator))
     assert setup.returncode == 0, setup.stdout + setup.stderr
-    assert {r["RoleName"] for r in iam.list_roles()["Roles"]} == {"nettech-s3-read-only", "nettech-s3-read-write"}
+    assert {r["RoleName"] for r in iam.list_roles()["Roles"]} == {"nettech-s3-read-only", "nettech-s3-read-write",
+                                                                   "nettech-pod-default"}
     associations = ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
     assert [(a["InstanceId"], a["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1]) for a in associations
             if a["State"] == "associated"] == [(instance, "nettech-instance-profile")]
@@ -230,7 +231,7 @@ def test_every_call_of_setup_teardown_and_verify_is_allowed_by_the_scoped_policy
     assert planner.run(ctx, planner.plan_setup(ctx)).ok
     from rbacbridge.sandbox import live_documents  # what verify reads for its diagnostics
 
-    live_documents(ctx.gateways["aws"].client("iam"), [config.node_role, config.pod_role])
+    live_documents(ctx.gateways["aws"].client("iam"), [config.node_role, config.pod_role, config.effective_default_role])
     ctx = sandbox.context(config)
     assert planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
     assert sandbox.client("ec2").describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"][0][
@@ -260,10 +261,11 @@ def test_every_call_of_setup_teardown_and_verify_is_allowed_by_the_scoped_policy
 
 
 def test_permissions_is_offline_data_and_refuses_bad_input():
-    policy = operator_policy(Config(account_id=ACCOUNT, node_role="n", pod_role="p", instance_profile="ip"), ACCOUNT)
+    policy = operator_policy(Config(account_id=ACCOUNT, node_role="n", pod_role="p", pod_default_role="d",
+                                    instance_profile="ip"), ACCOUNT)
     assert {s["Sid"] for s in policy["Statement"]} >= {"ManageRoles", "PassNodeRoleToEc2", "AssociateProfile"}
     roles = next(s for s in policy["Statement"] if s["Sid"] == "ManageRoles")["Resource"]
-    assert roles == [f"arn:aws:iam::{ACCOUNT}:role/n", f"arn:aws:iam::{ACCOUNT}:role/p"]
+    assert roles == [f"arn:aws:iam::{ACCOUNT}:role/{name}" for name in ("n", "p", "d")]
     assert next(s for s in policy["Statement"] if s["Sid"] == "AssociateProfile")["Resource"] == [
         f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/*"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
