@@ -132,10 +132,11 @@ def test_missing_rule_is_reported_and_added_with_add_missing(node):
 
 def test_host_ip_port_and_interface_overrides_choose_the_rule_kept(node, tmp_path):
     add_rule(node, iface="cni0", ip="10.43.0.7", port=8181)
-    add_rule(node)
+    add_rule(node, ip="10.43.0.7")  # the host IP given, a dead port: stale
+    add_rule(node)  # the SSH address is not the host IP given: another address, left alone
     cfg = config_for(tmp_path, node, host_ip="10.43.0.7", kube2iam_port=8181, host_interface="cni0")
     assert run_iptables(Context(cfg), "fix").ok
-    assert kube2iam_rules(node) == [wanted(node, port=8181, iface="cni0").replace(node.address, "10.43.0.7")]
+    assert kube2iam_rules(node) == [wanted(node, port=8181, iface="cni0").replace(node.address, "10.43.0.7"), wanted(node)]
 
 
 # --- sudo, host keys ---------------------------------------------------------------------------
@@ -393,13 +394,21 @@ def metadata_from(pod) -> str:
 def test_a_stale_first_rule_hijacks_the_pod_and_fix_restores_kube2iam(node, tmp_path):
     pod = node.add_pod("web")
     serve(node, 8282, "kube2iam (current)", tmp_path)
-    serve(node, 8181, "stale rule target", tmp_path)
+    other = serve(node, 8181, "stale rule target", tmp_path)
     add_rule(node)
     assert metadata_from(pod) == "kube2iam (current)"  # the kept rule intercepts the pod's call
 
     node.iptables("-t", "nat", "-I", "PREROUTING", "1", *[p.format(iface="docker0", dest=f"{node.address}:8181") for p in SHAPE])
     assert metadata_from(pod) == "stale rule target"  # first match wins: the failure fix exists for
 
-    result = cli("fix", "--yes", *cli_opts(node))
+    # something still listens on 8181: not provably stale, a conflict; the node is left as it is
+    blocked = cli("fix", "--yes", *cli_opts(node))
+    assert blocked.returncode == 1 and "conflict" in blocked.stderr
+    assert "listening on" in blocked.stdout and ":8181" in blocked.stdout
+    assert len(kube2iam_rules(node)) == 2
+
+    other.kill()
+    other.wait()
+    result = cli("fix", "--yes", *cli_opts(node))  # now a dead port: stale
     assert result.returncode == 0, result.stderr
     assert metadata_from(pod) == "kube2iam (current)"
