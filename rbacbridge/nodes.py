@@ -348,15 +348,15 @@ def _in_use(ctx, state: NodeState, desired: iptables.Desired, teardown: bool) ->
              if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
     replacing = not teardown and bool(ctx.facts.get("nodes.setup_updates_kube2iam"))
     for port in ports:
-        users = []
-        for ds in sets:
-            if ds.port is not None and ds.port != port:
-                continue
-            if ds.managed and ds.port is not None and replacing:
-                moving[port] = f"rbacbridge's kube2iam DaemonSet {ds.where} moves from port {port} to {desired.port} in this setup"
-                continue
-            users.append(ds.describe() + ("" if ds.port is not None else " (its --app-port could not be read)"))
-        if state.listeners is not None and port in state.listeners and port not in moving:
+        here = [ds for ds in sets if ds.port is None or ds.port == port]
+        users = [ds.describe() + ("" if ds.port is not None else " (its --app-port could not be read)")
+                 for ds in here if not (ds.managed and ds.port is not None and replacing)]
+        if not users and any(ds.managed for ds in here):
+            # only rbacbridge's own kube2iam used this port, and this setup moves it to the configured one
+            where = ", ".join(ds.where for ds in here if ds.managed)
+            moving[port] = f"rbacbridge's kube2iam DaemonSet {where} moves from port {port} to {desired.port} in this setup"
+            continue
+        if state.listeners is not None and port in state.listeners:
             users.append(state.listeners[port])
         if users:
             in_use[port] = " and ".join(users)

@@ -605,3 +605,19 @@ def test_rbacbridges_own_old_port_is_stale_in_setup_but_a_conflict_for_fix_alone
     assert not alone.applied and alone.conflicted
     assert "rbacbridge DaemonSet kube-system/kube2iam (--app-port 8181)" in alone.reports[0].conflicts[0]
     assert kube2iam_rules(node) == [wanted(node, 8181)]
+
+
+def test_each_delete_checks_again_that_a_dead_port_is_still_dead(node, tmp_path):
+    add_rule(node, port=7000)  # dead when planned
+    add_rule(node)
+    started = []
+
+    def confirm(plan) -> bool:  # between the plan and the run, something starts listening on 7000
+        assert [s.action for s in plan.changes] == ["delete"]
+        started.append(listen(node, 7000))
+        return True
+
+    result = run_iptables(Context(config_for(tmp_path, node)), "fix", confirm=confirm)
+    assert started and result.applied and result.ok
+    assert result.reports[0].deleted == 0
+    assert kube2iam_rules(node) == [wanted(node, 7000), wanted(node)]
