@@ -159,3 +159,38 @@ def test_host_ip_must_be_ipv4():
         iptables.Desired("docker0", "fe80::1", 8282)
     with pytest.raises(UsageError):
         iptables.Desired("docker0", "10.0.0.1;id", 8282)
+
+
+# --- the guarded script sent to a node (rbacbridge.nodes): quoted parts, sudo -n, order ------
+
+
+class _Session:
+    def __init__(self, user: str):
+        self.user, self.name, self.lines = user, "n1", []
+
+    def run(self, argv, sudo=False, timeout=None):
+        self.lines.append(argv)
+        return 0, "", ""
+
+
+def test_change_script_is_one_exec_of_quoted_parts_with_sudo_for_iptables_only():
+    from rbacbridge import nodes
+
+    stale = iptables.Kube2iamRule("cali+", "10.43.0.1", 7000)
+    dup = iptables.Kube2iamRule.of(WANT)
+    session = _Session("deploy")
+    try:
+        nodes.run_ops(session, [nodes.Op(stale, 1, dead_port=7000), nodes.Op(dup, 2)])
+    except nodes.NodeError:
+        pass  # the fake session prints no markers
+    [[sh, dash_c, script]] = session.lines
+    assert (sh, dash_c) == ("sh", "-c")
+    assert script.count("sudo -n -- iptables -w 5 -t nat -S PREROUTING") == 2
+    assert script.index("-D PREROUTING -d 169.254.169.254/32 -i cali+ ") < script.index("-D PREROUTING -d 169.254.169.254/32 -i docker0")
+    assert "ss -Htln 'sport = :7000'" in script and "sudo -n -- ss" not in script
+    assert "grep -cxF -e '-A PREROUTING -d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.43.0.1:7000'" in script
+    assert '[ "$N" -ge 1 ]' in script and '[ "$N" -ge 2 ]' in script
+    root = _Session("root")
+    with pytest.raises(nodes.NodeError):
+        nodes.run_ops(root, [nodes.Op(dup, 2)])
+    assert "sudo" not in root.lines[0][2]
