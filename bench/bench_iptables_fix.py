@@ -50,13 +50,17 @@ def seed(node: Node) -> None:
         node.iptables("-t", "nat", "-A", "PREROUTING", *SHAPE, f"{node.address}:{port}")
 
 
+PARALLEL: int | None = None  # --parallel: nodes.parallel for the run (default: the config's)
+
+
 def fix(nodes: list[Node], known_hosts: Path) -> tuple[float, float, int]:
     """(wall s, CPU s, execs per node) of one `fix` over these nodes."""
     global _execs
     for node in nodes:
         seed(node)
     cfg = Config(node_hosts=tuple(n.host for n in nodes), ssh_user="root", ssh_key=str(nodes[0].client_key),
-                 known_hosts=str(known_hosts), ssh_config="none", host_interface="docker0")
+                 known_hosts=str(known_hosts), ssh_config="none", host_interface="docker0",
+                 **({"node_parallelism": PARALLEL} if PARALLEL else {}))
     _execs = 0
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_iptables(Context(cfg), "fix")
@@ -69,7 +73,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument("--parallel", type=int, default=None, help="nodes.parallel (default: the config's)")
     args = parser.parse_args()
+    global PARALLEL
+    PARALLEL = args.parallel
+    print(f"nodes.parallel = {args.parallel or Config().node_parallelism}")
     nodes: list[Node] = []
     scratch = Path(tempfile.mkdtemp(prefix="rbn-bench-"))
     try:
