@@ -66,6 +66,7 @@ class NodeState:
     error: str | None = None
     backend: str = ""  # the node's iptables backend (`iptables -V`): nf_tables, legacy, or unknown
     listeners: dict[int, str] | None = None  # port -> who listens (None: could not tell)
+    hidden: list[str] = field(default_factory=list)  # metadata rules in the other backend (not seen, not changed)
 
 
 # --- which nodes, and how to reach them --------------------------------------------------------
@@ -261,12 +262,22 @@ def _section_script(session, name: str, argv: list[str], sudo: bool, redirect: s
     return f"echo '{_MARK} {name}'; {_line(session, argv, sudo)}{redirect}; echo \"{_MARK} rc $?\""
 
 
-def look(session) -> tuple[str, list[iptables.ListedRule], dict[int, str] | None]:
-    """One exec: the iptables backend, the nat PREROUTING rules, the listening TCP ports."""
+def _legacy_script(session) -> str:
+    """The legacy backend's nat PREROUTING, only if a legacy nat table already exists (listing it with
+    iptables-legacy would otherwise create one: a change). /proc/net/ip_tables_names is root-only."""
+    listing = _line(session, ["iptables-legacy", *iptables.list_argv()[1:]], sudo=True)
+    return (f"echo '{_MARK} legacy'; if grep -qsx nat /proc/net/ip_tables_names; then {listing} 2>/dev/null; fi; "
+            f"echo \"{_MARK} rc $?\"")
+
+
+def look(session) -> tuple[str, list[iptables.ListedRule], dict[int, str] | None, list[str]]:
+    """One exec: the iptables backend, the nat PREROUTING rules, the listening TCP ports, and (on an
+    nf_tables node) metadata rules hiding in the legacy backend, which this node's iptables cannot see."""
     script = "; ".join([
         _section_script(session, "version", ["iptables", "-V"], sudo=True, redirect=" 2>&1"),
         _section_script(session, "list", iptables.list_argv(), sudo=True),
         _section_script(session, "listen", _LISTEN_ARGV, sudo=False, redirect=" 2>/dev/null"),
+        _legacy_script(session),
     ])
     rc, out, err = session.run(["sh", "-c", script])
     sections = _sections(out)
@@ -277,7 +288,15 @@ def look(session) -> tuple[str, list[iptables.ListedRule], dict[int, str] | None
     version, _ = sections.get("version", ("", None))
     listen_out, listen_rc = sections.get("listen", ("", None))
     listeners = iptables.parse_listeners(listen_out) if listen_rc == 0 else None
-    return iptables.backend_of(version), rules, listeners
+    backend = iptables.backend_of(version)
+    hidden: list[str] = []
+    legacy_out, legacy_rc = sections.get("legacy", ("", None))
+    if backend == "nf_tables" and legacy_rc == 0 and legacy_out.strip():
+        try:
+            hidden = [r.text for r in iptables.parse(legacy_out) if r.metadata]
+        except iptables.IptablesOutputError:
+            hidden = []
+    return backend, rules, listeners, hidden
 
 
 @dataclass(frozen=True)
@@ -376,7 +395,7 @@ def inspect(ctx, ref: NodeRef, teardown: bool) -> NodeState:
         interface = None if teardown else desired_interface(ctx)
         state.desired = iptables.Desired(interface, state.host_ip, ctx.config.kube2iam_port)
         ctx.reporter.progress(f"{ref.name}: listing nat PREROUTING")
-        state.backend, state.rules, state.listeners = look(state.session)
+        state.backend, state.rules, state.listeners, state.hidden = look(state.session)
         in_use, moving = _in_use(ctx, state, state.desired, teardown)
         state.classification = iptables.classify(state.rules, state.desired, teardown=teardown, in_use=in_use,
                                                   moving=moving, force=ctx.force)
@@ -532,11 +551,18 @@ def _backend_notes(ctx, states: list[NodeState]) -> None:
     for state in states:
         if not state.error:
             by_backend.setdefault(state.backend or "unknown", []).append(state.ref.name)
+    notes = ctx.facts.setdefault("notes", [])
     for backend, names in sorted(by_backend.items()):
         text = f"iptables backend {backend} (`iptables -V`) on {', '.join(names)}"
-        notes = ctx.facts.setdefault("notes", [])
         if text not in notes:
             notes.append(text)
+    for state in states:
+        if state.hidden:
+            text = (f"{state.ref.name}: the legacy iptables backend also holds {len(state.hidden)} rule(s) for "
+                    f"169.254.169.254, which this node's iptables ({state.backend}) neither lists nor changes: "
+                    + "; ".join(state.hidden))
+            if text not in notes:
+                notes.append(text)
 
 
 def execute(ctx, steps: list[Step]) -> Execution:
@@ -575,6 +601,7 @@ class NodeReport:
     left_alone: int = 0
     conflicts: list[str] = field(default_factory=list)  # "rule: reason" of each conflict (node left unchanged)
     backend: str = ""  # iptables backend used on the node (`iptables -V`)
+    other_backend_rules: list[str] = field(default_factory=list)  # metadata rules in the legacy backend (unseen)
     error: str | None = None
     rules_before: list[str] = field(default_factory=list)
     rules_after: list[str] = field(default_factory=list)
@@ -608,7 +635,8 @@ def _address(state: NodeState) -> str:
 
 
 def _report(state: NodeState, teardown: bool, planned: NodePlan) -> NodeReport:
-    report = NodeReport(state.ref.name, _address(state), error=state.error, backend=state.backend)
+    report = NodeReport(state.ref.name, _address(state), error=state.error, backend=state.backend,
+                        other_backend_rules=list(state.hidden))
     if state.desired is not None and not teardown:
         report.rule = iptables.Kube2iamRule.of(state.desired).text()
     c = state.classification

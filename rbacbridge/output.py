@@ -114,7 +114,9 @@ def print_iptables(result) -> None:
             deleted = str(r.deleted)
         conflict = "; ".join(r.conflicts)
         table.add_row(
-            r.node, second or "-", r.backend or "-", "-" if r.error else str(r.kept), deleted, r.missing,
+            r.node, second or "-", (r.backend or "-") + (f" [yellow](+{len(r.other_backend_rules)} in legacy, not changed)[/yellow]"
+                                                         if r.other_backend_rules else ""),
+            "-" if r.error else str(r.kept), deleted, r.missing,
             "-" if r.error else str(r.left_alone), f"[yellow]{conflict}[/yellow]" if conflict else "",
             f"[red]{r.error}[/red]" if r.error else "",
         )

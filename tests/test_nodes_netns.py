@@ -621,3 +621,21 @@ def test_each_delete_checks_again_that_a_dead_port_is_still_dead(node, tmp_path)
     assert started and result.applied and result.ok
     assert result.reports[0].deleted == 0
     assert kube2iam_rules(node) == [wanted(node, 7000), wanted(node)]
+
+
+def test_rules_in_the_other_backend_are_reported_and_never_touched(node):
+    if subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout.find("nf_tables") < 0:
+        pytest.skip("the node's iptables is not the nf_tables backend")
+    legacy = ["iptables-legacy", "-t", "nat", "-A", "PREROUTING", *[p.format(iface="docker0", dest=f"{node.address}:7000") for p in SHAPE]]
+    node.exec(legacy)
+    add_rule(node)
+    add_rule(node)
+    status = cli("status", "-o", "json", *cli_opts(node))
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)["nodes"][0]
+    assert report["backend"] == "nf_tables" and len(report["other_backend_rules"]) == 1
+    fixed = cli("fix", "--yes", *cli_opts(node))
+    assert fixed.returncode == 0, fixed.stderr
+    assert "legacy iptables backend also holds 1 rule(s)" in fixed.stdout
+    assert kube2iam_rules(node) == [wanted(node)]
+    assert wanted(node, 7000) in node.exec(["iptables-legacy", "-t", "nat", "-S", "PREROUTING"]).stdout
