@@ -503,7 +503,7 @@ def test_foreign_rules_survive_status_fix_and_remove(node, cluster_with_helm_kub
     # fix: two running interceptors' rules are conflicts -> nothing on this node changes
     blocked = cli("fix", "--yes", *cluster_opts(node, kube_api))
     assert blocked.returncode == 1 and "left unchanged because of a conflict" in blocked.stderr
-    assert "held back" in blocked.stdout
+    assert "held back" in blocked.stderr  # a plan note (notes go to stderr)
     assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node), wanted(node)]
 
     # remove: rbacbridge's rules and the dead-port one go; interceptors' and other tools' rules stay
@@ -636,6 +636,6 @@ def test_rules_in_the_other_backend_are_reported_and_never_touched(node):
     assert report["backend"] == "nf_tables" and len(report["other_backend_rules"]) == 1
     fixed = cli("fix", "--yes", *cli_opts(node))
     assert fixed.returncode == 0, fixed.stderr
-    assert "legacy iptables backend also holds 1 rule(s)" in fixed.stdout
+    assert "legacy iptables backend also holds 1 rule(s)" in fixed.stderr
     assert kube2iam_rules(node) == [wanted(node)]
     assert wanted(node, 7000) in node.exec(["iptables-legacy", "-t", "nat", "-S", "PREROUTING"]).stdout
