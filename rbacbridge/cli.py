@@ -190,7 +190,7 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
         names = ", ".join(f"{s.kind} {s.name}" for s in plan.conflicts)
         if output == "json":
             out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": False, "error": f"conflicts: {names}"})
-        raise RbacbridgeError(f"{len(plan.conflicts)} conflict(s), nothing changed: {names} (see the plan; --adopt takes them over)")
+        raise RbacbridgeError(f"{len(plan.conflicts)} conflict(s), nothing changed: {names} (see the plan: each conflict says how to resolve it)")
     if dry_run:
         if output == "json":
             out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": True, "dry_run": True})
@@ -242,7 +242,8 @@ def plan(
 def setup(
     cfg,
     only: OnlyOpt = None,
-    adopt: Annotated[bool, typer.Option("--adopt", help="take over same-named resources that exist without rbacbridge's tag")] = False,
+    adopt: Annotated[bool, typer.Option("--adopt", help="take over same-named resources that exist without rbacbridge's tag (and a kube2iam DaemonSet at rbacbridge's name and namespace)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="nodes: also delete iptables rules to this node that a running interceptor uses (a conflict otherwise)")] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     output: OutputOpt = "table",
@@ -251,7 +252,7 @@ def setup(
     from rbacbridge import planner
 
     fmt = _output_format(output)
-    ctx = _context(cfg, only, fmt, adopt=adopt)
+    ctx = _context(cfg, only, fmt, force=force, adopt=adopt)
     if "aws" in ctx.parts and not cfg.account_id:
         raise UsageError("setup needs --account-id (or account_id in the config): the account you mean to change")
     raise typer.Exit(_apply(ctx, planner.plan_setup(ctx), fmt, dry_run, yes, teardown=False))
@@ -262,7 +263,7 @@ def setup(
 def teardown(
     cfg,
     only: OnlyOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="also delete same-named resources without rbacbridge's tag")] = False,
+    force: Annotated[bool, typer.Option("--force", help="also delete same-named resources without rbacbridge's tag, and iptables rules to a node that a running interceptor uses")] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     output: OutputOpt = "table",
@@ -375,12 +376,13 @@ app.add_typer(iptables_app, name="iptables")
 
 def _iptables_cmd(command: str, doc: str):
     @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE)
-    def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table") -> None:
+    def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table",
+            force: Annotated[bool, typer.Option("--force", help="also delete rules to this node that a running interceptor uses (a conflict otherwise)")] = False) -> None:
         from rbacbridge import output as out
         from rbacbridge.nodes import run_iptables
 
         fmt = _output_format(output)
-        ctx = _context(cfg, "nodes", fmt)
+        ctx = _context(cfg, "nodes", fmt, force=force)
 
         def show_plan(plan) -> None:
             out.print_plan(plan, f"rbacbridge iptables {command} plan" + (" (dry run)" if dry_run else ""), to_stderr=fmt == "json")
@@ -398,6 +400,10 @@ def _iptables_cmd(command: str, doc: str):
         if not result.ok:
             failed = [r.node for r in result.reports if r.error]
             raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
+        if result.conflicted and command != "status":
+            names = ", ".join(r.node for r in result.conflicted)
+            raise RbacbridgeError(f"{len(result.conflicted)} of {len(result.reports)} node(s) left unchanged because of a conflict: "
+                                  f"{names} (see the plan; --force deletes the rule anyway)")
 
     cmd.__doc__ = doc
     iptables_app.command(command)(cmd)
