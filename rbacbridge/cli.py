@@ -11,10 +11,26 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 
 from rbacbridge.errors import RbacbridgeError, UsageError
 
+class _Group(typer.core.TyperGroup):
+    """typer >= 0.28 coerces every option value through a pydantic TypeAdapter, built on first use:
+    a group's own flags left unset (value None) made `rbacbridge SUB --help` import pydantic and
+    build one (~2.5x the start-up of `import typer, rich`). An unset flag of a group is False, which
+    needs no coercion (bench/bench_startup.py measures it; docs/startup.md)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.default is None:
+                param.default = False
+        return params
+
+
 app = typer.Typer(
+    cls=_Group,
     name="rbacbridge",
     help="Set up, verify and tear down kube2iam's Kubernetes-to-AWS IAM bridge (pods stop inheriting the node's IAM role).",
     no_args_is_help=True,
@@ -174,7 +190,7 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
         names = ", ".join(f"{s.kind} {s.name}" for s in plan.conflicts)
         if output == "json":
             out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": False, "error": f"conflicts: {names}"})
-        raise RbacbridgeError(f"{len(plan.conflicts)} conflict(s), nothing changed: {names} (see the plan; --adopt takes them over)")
+        raise RbacbridgeError(f"{len(plan.conflicts)} conflict(s), nothing changed: {names} (see the plan: each conflict says how to resolve it)")
     if dry_run:
         if output == "json":
             out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": True, "dry_run": True})
@@ -226,7 +242,8 @@ def plan(
 def setup(
     cfg,
     only: OnlyOpt = None,
-    adopt: Annotated[bool, typer.Option("--adopt", help="take over same-named resources that exist without rbacbridge's tag")] = False,
+    adopt: Annotated[bool, typer.Option("--adopt", help="take over same-named resources that exist without rbacbridge's tag (and a kube2iam DaemonSet at rbacbridge's name and namespace)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="nodes: also delete iptables rules to this node that a running interceptor uses (a conflict otherwise)")] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     output: OutputOpt = "table",
@@ -235,7 +252,7 @@ def setup(
     from rbacbridge import planner
 
     fmt = _output_format(output)
-    ctx = _context(cfg, only, fmt, adopt=adopt)
+    ctx = _context(cfg, only, fmt, force=force, adopt=adopt)
     if "aws" in ctx.parts and not cfg.account_id:
         raise UsageError("setup needs --account-id (or account_id in the config): the account you mean to change")
     raise typer.Exit(_apply(ctx, planner.plan_setup(ctx), fmt, dry_run, yes, teardown=False))
@@ -246,7 +263,7 @@ def setup(
 def teardown(
     cfg,
     only: OnlyOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="also delete same-named resources without rbacbridge's tag")] = False,
+    force: Annotated[bool, typer.Option("--force", help="also delete same-named resources without rbacbridge's tag, and iptables rules to a node that a running interceptor uses")] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     output: OutputOpt = "table",
@@ -292,6 +309,22 @@ def config_reference() -> None:
 
 
 @app.command()
+@with_config(_ACCOUNT, _AWS, _INSTANCES)
+def permissions(
+    cfg,
+    restore_role: Annotated[Optional[list[str]], typer.Option("--restore-role", help="role of an instance profile the nodes had before setup (teardown gives it back; repeatable)", show_default=False)] = None,
+) -> None:
+    """Print the least-privilege IAM policy (JSON) the operator needs for plan, setup, teardown and verify,
+    scoped to the configured names, account, region and --instance-id's. Offline."""
+    import json
+
+    from rbacbridge.permissions import operator_policy
+
+    document = operator_policy(cfg, cfg.account_id, tuple(restore_role or ()))
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+@app.command()
 @with_config(_ACCOUNT, _INTERFACE, _KUBE)
 def render(
     cfg,
@@ -330,6 +363,7 @@ def render(
 # --- rbacbridge iptables status|fix|remove -----------------------------------------------------
 
 iptables_app = typer.Typer(
+    cls=_Group,
     help="kube2iam's iptables rule on each node over SSH: report it, keep exactly one, or remove it.",
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -340,12 +374,13 @@ app.add_typer(iptables_app, name="iptables")
 
 def _iptables_cmd(command: str, doc: str):
     @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE)
-    def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table") -> None:
+    def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table",
+            force: Annotated[bool, typer.Option("--force", help="also delete rules to this node that a running interceptor uses (a conflict otherwise)")] = False) -> None:
         from rbacbridge import output as out
         from rbacbridge.nodes import run_iptables
 
         fmt = _output_format(output)
-        ctx = _context(cfg, "nodes", fmt)
+        ctx = _context(cfg, "nodes", fmt, force=force)
 
         def show_plan(plan) -> None:
             out.print_plan(plan, f"rbacbridge iptables {command} plan" + (" (dry run)" if dry_run else ""), to_stderr=fmt == "json")
@@ -363,6 +398,10 @@ def _iptables_cmd(command: str, doc: str):
         if not result.ok:
             failed = [r.node for r in result.reports if r.error]
             raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
+        if result.conflicted and command != "status":
+            names = ", ".join(r.node for r in result.conflicted)
+            raise RbacbridgeError(f"{len(result.conflicted)} of {len(result.reports)} node(s) left unchanged because of a conflict: "
+                                  f"{names} (see the plan; --force deletes the rule anyway)")
 
     cmd.__doc__ = doc
     iptables_app.command(command)(cmd)

@@ -337,7 +337,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("nodes.add_missing", "add_missing", False, boolean, "add the rule where it is missing (else kube2iam adds it once running)"),
     Option("nodes.connect_timeout", "ssh_connect_timeout", 10.0, seconds, "SSH connect timeout, seconds"),
     Option("nodes.command_timeout", "ssh_command_timeout", 60.0, seconds, "timeout of one command on a node, seconds"),
-    Option("nodes.parallel", "node_parallelism", 16, parallelism, "nodes handled at once"),
+    Option("nodes.parallel", "node_parallelism", 64, parallelism, "nodes handled at once (one thread and one SSH connection each)"),
     Option("verify.probe_image", "probe_image", "amazon/aws-cli:2.22.0", image, "AWS CLI image of `verify --probe ephemeral` (pinned)"),
 )
 
@@ -386,7 +386,7 @@ class Config:
     add_missing: bool = False
     ssh_connect_timeout: float = 10.0
     ssh_command_timeout: float = 60.0
-    node_parallelism: int = 16
+    node_parallelism: int = 64
     probe_image: str = "amazon/aws-cli:2.22.0"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

@@ -4,16 +4,22 @@ kube2iam appends to `nat PREROUTING` a rule that `iptables -t nat -S PREROUTING`
 
     -A PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.43.0.1:8282
 
-and never removes it. Against the desired (interface, host IP, port) every such rule is:
+and never removes it. A rule is rbacbridge's to touch only on evidence: its DNAT destination is *this
+node's* host IP. Against the desired (interface, host IP, port) every rule for 169.254.169.254 is:
 
-- keep       the first rule that matches the desired settings
+- keep       the first rule to this node's IP and the configured port on the desired interface
 - duplicate  a later identical copy of the kept rule
-- stale      kube2iam-shaped, but another interface, host IP or port
+- stale      to this node's IP and the configured port on another interface (an older setting), or
+             to this node's IP on another port where nothing listens and no kube2iam DaemonSet of the
+             cluster uses that port (a dead port); in teardown every rule to this node's IP and port
+- conflict   to this node's IP on another port that a running interceptor uses (a listening process,
+             or a kube2iam DaemonSet's --app-port): setup/fix leave the whole node unchanged until
+             the user resolves it; `--force` deletes the rule anyway (teardown/remove: left alone)
+- foreign    anything else: kube2iam-shaped but to another address, a REDIRECT, another dport, a
+             comment or source match, another target. Reported, never touched.
 - missing    (no rule matches at all)
 
-Any other rule for 169.254.169.254 (a comment, a source match, another target) belongs to some other
-tool: it is reported as *foreign* and never touched. Deletion always names the rule by its spec
-(`-D PREROUTING <spec>`), never by position.
+Deletion always names the rule by its spec (`-D PREROUTING <spec>`), never by position.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import ipaddress
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from rbacbridge.errors import RbacbridgeError, UsageError
 
@@ -38,6 +45,7 @@ KEEP = "keep"
 DUPLICATE = "duplicate"
 STALE = "stale"
 FOREIGN = "foreign"
+CONFLICT = "conflict"
 
 
 class IptablesOutputError(RbacbridgeError):
@@ -46,12 +54,15 @@ class IptablesOutputError(RbacbridgeError):
 
 @dataclass(frozen=True)
 class Desired:
-    interface: str
+    """What rbacbridge's rule looks like on one node. interface None: any (teardown removes every copy)."""
+
+    interface: str | None
     host_ip: str
     port: int
 
     def __post_init__(self) -> None:
-        check_interface(self.interface)
+        if self.interface is not None:
+            check_interface(self.interface)
         check_host_ip(self.host_ip)
         if not 1 <= int(self.port) <= 65535:
             raise UsageError(f"invalid kube2iam port {self.port!r}: a port is 1-65535")
@@ -100,8 +111,10 @@ class ListedRule:
 @dataclass
 class Classified:
     rule: ListedRule
-    verdict: str  # keep | duplicate | stale | foreign
+    verdict: str  # keep | duplicate | stale | conflict | foreign
     reason: str = ""
+    forced: bool = False  # a rule a running interceptor uses, deleted only because of --force
+    used_by: str = ""  # who uses the rule's port (conflict, forced, or left alone in teardown)
 
 
 @dataclass
@@ -124,6 +137,10 @@ class Classification:
     @property
     def to_delete(self) -> list[Classified]:
         return [c for c in self.rules if c.verdict in (DUPLICATE, STALE)]
+
+    @property
+    def conflicts(self) -> list[Classified]:
+        return self.of(CONFLICT)
 
 
 def check_interface(value: str) -> str:
@@ -208,38 +225,110 @@ def _destination_rule(interface: str, destination: str) -> Kube2iamRule | None:
     return Kube2iamRule(interface, str(address), port)
 
 
-def classify(rules: list[ListedRule], desired: Desired | None) -> Classification:
-    """Sort every metadata rule into keep / duplicate / stale / foreign (desired None: all stale)."""
-    result = Classification(desired)
+def classify(
+    rules: list[ListedRule],
+    desired: Desired,
+    teardown: bool = False,
+    in_use: Mapping[int, str] | None = None,
+    moving: Mapping[int, str] | None = None,
+    force: bool = False,
+) -> Classification:
+    """Sort every metadata rule into keep / duplicate / stale / conflict / foreign.
+
+    desired: this node's host IP and the configured port (and, outside teardown, interface).
+    in_use: port -> who uses it on this node (a listening process, a kube2iam DaemonSet's --app-port);
+            None when that could not be checked (then no rule on another port is provably stale).
+    moving: port -> why it is rbacbridge's own earlier port (its DaemonSet moves off it in this setup):
+            such rules are stale even while the old kube2iam still listens.
+    teardown: every rule to this node's host IP and port goes, whatever the interface; rules a running
+            interceptor uses are left alone (no fight to resolve when rbacbridge leaves).
+    force: rules a running interceptor uses are deleted anyway (stated in the reason).
+    """
+    result = Classification(None if teardown else desired)
+    moving = moving or {}
     kept: Kube2iamRule | None = None
     for rule in rules:
         shape = rule.kube2iam
         if shape is None:
             if rule.metadata:
-                result.rules.append(Classified(rule, FOREIGN, "not kube2iam's exact shape: another tool's rule"))
+                result.rules.append(Classified(rule, FOREIGN, _not_shaped_reason(rule.tokens)))
             continue
-        if desired is not None and shape.matches(desired):
-            if kept is None:
+        if shape.host_ip != desired.host_ip:
+            result.rules.append(Classified(
+                rule, FOREIGN, f"points at {shape.host_ip}:{shape.port}, not this node ({desired.host_ip}): another tool's rule"))
+            continue
+        if shape.port == desired.port:
+            if teardown:
+                result.rules.append(Classified(rule, STALE, f"rbacbridge's rule (this node's {desired.host_ip}, port {desired.port}): teardown removes every copy"))
+            elif shape.interface != desired.interface:
+                result.rules.append(Classified(rule, STALE, f"stale: interface {shape.interface} (want {desired.interface})"))
+            elif kept is None:
                 kept = shape
                 result.rules.append(Classified(rule, KEEP, "matches the current kube2iam settings"))
             else:
                 result.rules.append(Classified(rule, DUPLICATE, "an identical copy of the kept rule"))
+            continue
+        # this node, another port: whose?
+        where = f"{desired.host_ip}:{shape.port}"
+        if shape.port in moving:
+            result.rules.append(Classified(rule, STALE, f"stale: port {shape.port} (want {desired.port}); {moving[shape.port]}"))
+            continue
+        user = f"cannot tell whether anything listens on {where}" if in_use is None else in_use.get(shape.port)
+        if not user:
+            result.rules.append(Classified(
+                rule, STALE, f"stale: port {shape.port} (want {desired.port}); dead port: nothing listens on {where} "
+                             "and no kube2iam DaemonSet uses it"))
+        elif force:
+            result.rules.append(Classified(rule, STALE, f"port {shape.port} is used by {user}; deleted because of --force",
+                                           forced=True, used_by=user))
+        elif teardown:
+            result.rules.append(Classified(rule, FOREIGN, f"port {shape.port} is used by {user} (a running interceptor): "
+                                                          "left alone; --force deletes it", used_by=user))
         else:
-            result.rules.append(Classified(rule, STALE, _stale_reason(shape, desired)))
+            result.rules.append(Classified(
+                rule, CONFLICT, f"port {shape.port} is used by {user}: two interceptors would fight over 169.254.169.254 "
+                                "(the first rule wins); nothing on this node changes until it is resolved "
+                                "(stop it, or --force deletes this rule)", used_by=user))
     return result
 
 
-def _stale_reason(shape: Kube2iamRule, desired: Desired | None) -> str:
-    if desired is None:
-        return "kube2iam's rule (teardown removes every copy)"
-    diffs = []
-    if shape.interface != desired.interface:
-        diffs.append(f"interface {shape.interface} (want {desired.interface})")
-    if shape.host_ip != desired.host_ip:
-        diffs.append(f"host IP {shape.host_ip} (want {desired.host_ip})")
-    if shape.port != desired.port:
-        diffs.append(f"port {shape.port} (want {desired.port})")
-    return "stale: " + ", ".join(diffs)
+def _not_shaped_reason(spec: tuple[str, ...]) -> str:
+    words = set(spec)
+    if "REDIRECT" in words:
+        return "a REDIRECT rule, not kube2iam's DNAT: another tool's rule"
+    for flag, value in zip(spec, spec[1:]):
+        if flag == "--dport" and value != "80":
+            return f"destination port {value}, not kube2iam's 80: another tool's rule"
+    return "not kube2iam's exact shape: another tool's rule"
+
+
+def backend_of(version_output: str) -> str:
+    """`iptables -V` -> "nf_tables" or "legacy" (1.8+ says so; older ones are legacy), else "unknown"."""
+    match = re.search(r"iptables v(\d+)\.(\d+)\S*(?:\s+\((nf_tables|legacy)\))?", version_output)
+    if not match:
+        return "unknown"
+    if match.group(3):
+        return match.group(3)
+    return "legacy" if (int(match.group(1)), int(match.group(2))) < (1, 8) else "unknown"
+
+
+def parse_listeners(output: str) -> dict[int, str]:
+    """`ss -Htlnp` -> {port: "process NAME (pid N)" or "a listening socket"}; any local address counts."""
+    found: dict[int, str] = {}
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[0] != "LISTEN":
+            continue
+        local = fields[3]
+        _, sep, port_text = local.rpartition(":")
+        if not sep or not port_text.isdigit():
+            continue
+        port = int(port_text)
+        process = re.search(r'users:\(\("([^"]{1,64})",pid=(\d+)', line)
+        who = f"process {process.group(1)} (pid {process.group(2)}) listening on {local}" if process else f"a process listening on {local}"
+        if port not in found or (process and not found[port].startswith("process ")):
+            found[port] = who
+    return found
 
 
 # --- the commands sent to a node (argv lists; the SSH layer quotes them) ---------------------

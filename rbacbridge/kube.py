@@ -471,13 +471,110 @@ def host_interface(ctx) -> tuple[str, str]:
     return interface, reason
 
 
+# --- kube2iam DaemonSets in the cluster (whoever installed them) -------------------------------
+
+KUBE2IAM_DEFAULT_PORT = 8181  # kube2iam's --app-port when the flag is absent
+KUBE2IAM_FLAGS = ("--base-role-arn", "--app-port")
+
+
+@dataclass(frozen=True)
+class Kube2iamDaemonSet:
+    namespace: str
+    name: str
+    port: int | None  # its --app-port (8181 when absent); None when it cannot be read (e.g. $(VAR))
+    managed: bool  # labelled app.kubernetes.io/managed-by: rbacbridge
+    installer: str  # "rbacbridge", "Helm release X", or the managed-by label's value, or ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def describe(self) -> str:
+        by = f", {self.installer}" if self.installer and not self.managed else ""
+        port = f"--app-port {self.port}" if self.port is not None else "--app-port unknown"
+        return f"{'rbacbridge' if self.managed else 'kube2iam'} DaemonSet {self.where} ({port}{by})"
+
+
+def _flag_value(words: list[str], flag: str) -> str | None:
+    for index, word in enumerate(words):
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1]
+        if word == flag and index + 1 < len(words):
+            return words[index + 1]
+    return None
+
+
+def kube2iam_daemonset(obj: dict[str, Any]) -> Kube2iamDaemonSet | None:
+    """A DaemonSet is kube2iam when a container's image name contains `kube2iam`, or its command/args
+    carry kube2iam's own flags `--base-role-arn` or `--app-port`. The port: `--app-port`, else 8181."""
+    meta = obj.get("metadata") or {}
+    containers = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in containers:
+        words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
+        image = str(container.get("image") or "")
+        image_name = image.split("@", 1)[0]
+        if image_name.rfind(":") > image_name.rfind("/"):
+            image_name = image_name[: image_name.rfind(":")]  # the tag, not a registry's port
+        flagged = any(w == f or w.startswith(f + "=") for w in words for f in KUBE2IAM_FLAGS)
+        if "kube2iam" not in image_name.lower() and not flagged:
+            continue
+        value = _flag_value(words, "--app-port")
+        port: int | None = KUBE2IAM_DEFAULT_PORT
+        if value is not None:
+            port = int(value) if value.isdigit() and 1 <= int(value) <= 65535 else None
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        by = labels.get(MANAGED_BY) or labels.get("heritage") or ""
+        release = annotations.get("meta.helm.sh/release-name") or labels.get("release")
+        installer = f"Helm release {release}" if by == "Helm" and release else by
+        return Kube2iamDaemonSet(meta.get("namespace", ""), meta.get("name", ""), port, by == OWNER, installer)
+    return None
+
+
+def kube2iam_daemonsets(ctx) -> list[Kube2iamDaemonSet]:
+    """Every kube2iam DaemonSet in the cluster (all namespaces; read fresh on each call)."""
+    gw = gateway(ctx)
+    try:
+        objects = gw.list("DaemonSet")
+    except KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        namespaces = sorted({"kube-system", ctx.config.kube2iam_namespace})
+        _note(ctx, f"cannot list DaemonSets in all namespaces (403): kube2iam looked for in {', '.join(namespaces)} only")
+        objects = [o for ns in namespaces for o in gw.list("DaemonSet", ns)]
+    found = [kube2iam_daemonset(o) for o in objects]
+    return sorted((d for d in found if d is not None), key=lambda d: d.where)
+
+
+def _plan_second_kube2iam(ctx, gw: KubeGateway) -> list[Step]:
+    """A kube2iam rbacbridge does not manage, anywhere but at rbacbridge's own name and namespace
+    (that one is the DaemonSet step's conflict, which --adopt takes over): setup must not start a
+    second interceptor next to it."""
+    ours = (ctx.config.kube2iam_namespace, "kube2iam")
+    steps = []
+    for ds in kube2iam_daemonsets(ctx):
+        if ds.managed or (ds.namespace, ds.name) == ours:
+            continue
+        steps.append(Step(
+            SYSTEM, CONFLICT, "DaemonSet", ds.where,
+            f"another kube2iam runs in the cluster: {ds.describe()}",
+            reason=("two kube2iam DaemonSets would fight over the nodes' 169.254.169.254 rule; remove it first "
+                    f"(e.g. `helm uninstall` it), or take it over with --adopt after setting kube2iam.namespace to "
+                    f"{ds.namespace} (--adopt takes over a kube2iam named kube2iam in kube2iam.namespace)"
+                    if ds.name == "kube2iam" else
+                    "two kube2iam DaemonSets would fight over the nodes' 169.254.169.254 rule; remove it first "
+                    "(e.g. `helm uninstall` it): --adopt takes over only a kube2iam named kube2iam in kube2iam.namespace"),
+            details={"namespace": ds.namespace, "name": ds.name, "app_port": ds.port, "installer": ds.installer}))
+    return steps
+
+
 # --- planning ---------------------------------------------------------------------------------
 
 
 def plan_setup(ctx) -> list[Step]:
     gw = gateway(ctx)
     interface, _ = host_interface(ctx)
-    steps = []
+    steps = _plan_second_kube2iam(ctx, gw)
     for obj in desired_objects(ctx.config, interface):
         if obj["kind"] == "Namespace":
             steps.append(_plan_namespace_annotation(ctx, gw, obj))

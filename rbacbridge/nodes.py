@@ -1,15 +1,22 @@
 """The nodes part: exactly one kube2iam iptables rule per node (article step 14), none after teardown.
 
-Per node, over one SSH connection: list `iptables -t nat -S PREROUTING`, classify every rule for
-169.254.169.254 (rbacbridge.iptables), and plan
+Per node, over one SSH connection and in one exec: `iptables -V` (the backend), `iptables -t nat -S
+PREROUTING` and `ss -Htlnp` (who listens where). With a cluster configured, the kube2iam DaemonSets of
+the cluster (any name or namespace, `rbacbridge.kube.kube2iam_daemonsets`) say which ports running
+interceptors use. Every rule for 169.254.169.254 is classified (rbacbridge.iptables: a rule is
+rbacbridge's only when it points at this node's host IP), and the plan is
 
 - setup:    UNCHANGED for the kept rule, DELETE for stale rules (first) and duplicates, LEFT_ALONE
-            for other tools' rules, and for a missing rule a note (kube2iam adds it once it runs)
-            or, with add_missing, a CREATE;
-- teardown: DELETE for every kube2iam-shaped rule.
+            for other tools' rules, CONFLICT for a rule a running interceptor uses (then nothing else
+            on that node changes; `--force` deletes it), and for a missing rule a note (kube2iam adds
+            it once it runs) or, with add_missing, a CREATE;
+- teardown: DELETE for every rule to this node's host IP and the configured port, and for rules to
+            dead ports of this node; rules of running interceptors are left alone (`--force` deletes).
 
-Each step's `run` lists the rules again and deletes by exact spec only if the rule is still there
-(a duplicate only while another copy remains), so an interrupted run re-plans and converges.
+Changes go to the node as one guarded shell script (built from validated, quoted argv): before each
+delete it lists the rules again and deletes by exact spec only if the rule is still there (a duplicate
+only while another copy remains; a dead-port rule only while nothing listens on the port), so an
+interrupted run re-plans and converges.
 
 Nodes come from `nodes.hosts` / `--node`, else from the cluster (`rbacbridge.kube.cluster_nodes`).
 The rule's host IP: `nodes.host_ip` / `--host-ip`, else the node's InternalIP, else the address the
@@ -27,7 +34,7 @@ from typing import Any, Callable
 
 from rbacbridge import iptables
 from rbacbridge.errors import RbacbridgeError, UsageError
-from rbacbridge.plan import CREATE, DELETE, LEFT_ALONE, UNCHANGED, Execution, Plan, Step, execute_in_parallel
+from rbacbridge.plan import CONFLICT, CREATE, DELETE, LEFT_ALONE, UNCHANGED, Execution, Plan, Step, execute_in_parallel
 
 SYSTEM = "nodes"
 KIND = "iptables-rule"
@@ -57,6 +64,9 @@ class NodeState:
     rules: list[iptables.ListedRule] = field(default_factory=list)
     classification: iptables.Classification | None = None
     error: str | None = None
+    backend: str = ""  # the node's iptables backend (`iptables -V`): nf_tables, legacy, or unknown
+    listeners: dict[int, str] | None = None  # port -> who listens (None: could not tell)
+    hidden: list[str] = field(default_factory=list)  # metadata rules in the other backend (not seen, not changed)
 
 
 # --- which nodes, and how to reach them --------------------------------------------------------
@@ -134,6 +144,32 @@ def ssh_target(ctx, ref: NodeRef):
     )
 
 
+def preflight(ctx, refs: list[NodeRef] | None = None) -> None:
+    """Check the SSH settings before any node is contacted (and, from the planner, before any other
+    system is): a bad key, ssh config or known_hosts is bad input, exit 2, nothing changed.
+
+    Without `refs`, nodes named in the config/flags are checked in full; nodes that will come from
+    the cluster get the host-independent checks now and the full one in `inspect_all`.
+    """
+    from rbacbridge.ssh import check_settings
+    from rbacbridge.ssh import preflight as check_target
+
+    if refs is None:
+        if not ctx.config.node_hosts:
+            check_settings(ssh_target(ctx, NodeRef(name="-", ssh_host="localhost")))
+            return
+        refs = node_refs(ctx)
+    checked = ctx.facts.setdefault("nodes.preflight", set())
+    notes = ctx.facts.setdefault("notes", [])
+    for ref in refs:
+        if ref.name in checked:
+            continue
+        for note in check_target(ssh_target(ctx, ref)):
+            if note not in notes:
+                notes.append(note)
+        checked.add(ref.name)
+
+
 def _cluster_configured(ctx) -> bool:
     return bool(ctx.facts.get("nodes.from_cluster") or ctx.config.kubeconfig or ctx.config.context)
 
@@ -191,7 +227,14 @@ def close_sessions(ctx) -> None:
 
 
 def list_rules(session) -> list[iptables.ListedRule]:
-    rc, out, err = session.run(iptables.list_argv(), sudo=True)
+    return _parse_listing(session, *_run_listing(session))
+
+
+def _run_listing(session) -> tuple[int, str, str]:
+    return session.run(iptables.list_argv(), sudo=True)
+
+
+def _parse_listing(session, rc: int, out: str, err: str) -> list[iptables.ListedRule]:
     if rc != 0:
         raise NodeError(f"{session.name}: listing the nat table failed: {_first_line(err) or f'exit {rc}'}")
     try:
@@ -207,18 +250,181 @@ def _first_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+# --- what goes to a node: one exec to look, one guarded exec to change -------------------------
+
+_MARK = "@@rbacbridge"
+_LISTEN_ARGV = ["ss", "-Htlnp"]  # no sudo: listening sockets are visible to any user (names need root)
+
+
+def _sudo(session) -> bool:
+    return session.user != "root"
+
+
+def _line(session, argv: list[str], sudo: bool) -> str:
+    from rbacbridge.ssh import command_line
+
+    return command_line(argv, sudo=sudo and _sudo(session))
+
+
+def _sections(out: str) -> dict[str, tuple[str, int | None]]:
+    """Split a script's stdout at `@@rbacbridge NAME` / `@@rbacbridge rc N` marker lines."""
+    found: dict[str, tuple[str, int | None]] = {}
+    name, lines = None, []
+    for line in out.splitlines():
+        if line.startswith(_MARK + " "):
+            word = line[len(_MARK) + 1:].strip()
+            if word.startswith("rc ") and name is not None:
+                code = word[3:].strip()
+                found[name] = ("\n".join(lines) + ("\n" if lines else ""), int(code) if code.isdigit() else None)
+                name, lines = None, []
+            else:
+                name, lines = word, []
+        elif name is not None:
+            lines.append(line)
+    return found
+
+
+def _section_script(session, name: str, argv: list[str], sudo: bool, redirect: str = "") -> str:
+    return f"echo '{_MARK} {name}'; {_line(session, argv, sudo)}{redirect}; echo \"{_MARK} rc $?\""
+
+
+def _legacy_script(session) -> str:
+    """The legacy backend's nat PREROUTING, only if a legacy nat table already exists (listing it with
+    iptables-legacy would otherwise create one: a change). /proc/net/ip_tables_names is root-only."""
+    listing = _line(session, ["iptables-legacy", *iptables.list_argv()[1:]], sudo=True)
+    return (f"echo '{_MARK} legacy'; if grep -qsx nat /proc/net/ip_tables_names; then {listing} 2>/dev/null; fi; "
+            f"echo \"{_MARK} rc $?\"")
+
+
+def look(session) -> tuple[str, list[iptables.ListedRule], dict[int, str] | None, list[str]]:
+    """One exec: the iptables backend, the nat PREROUTING rules, the listening TCP ports, and (on an
+    nf_tables node) metadata rules hiding in the legacy backend, which this node's iptables cannot see."""
+    script = "; ".join([
+        _section_script(session, "version", ["iptables", "-V"], sudo=True, redirect=" 2>&1"),
+        _section_script(session, "list", iptables.list_argv(), sudo=True),
+        _section_script(session, "listen", _LISTEN_ARGV, sudo=False, redirect=" 2>/dev/null"),
+        _legacy_script(session),
+    ])
+    rc, out, err = session.run(["sh", "-c", script])
+    sections = _sections(out)
+    if "list" not in sections:
+        raise NodeError(f"{session.name}: listing the nat table failed: {_first_line(err) or f'exit {rc}'}")
+    listing, list_rc = sections["list"]
+    rules = _parse_listing(session, list_rc if list_rc is not None else 1, listing, err)
+    version, _ = sections.get("version", ("", None))
+    listen_out, listen_rc = sections.get("listen", ("", None))
+    listeners = iptables.parse_listeners(listen_out) if listen_rc == 0 else None
+    backend = iptables.backend_of(version)
+    hidden: list[str] = []
+    legacy_out, legacy_rc = sections.get("legacy", ("", None))
+    if backend == "nf_tables" and legacy_rc == 0 and legacy_out.strip():
+        try:
+            hidden = [r.text for r in iptables.parse(legacy_out) if r.metadata]
+        except iptables.IptablesOutputError:
+            hidden = []
+    return backend, rules, listeners, hidden
+
+
+@dataclass(frozen=True)
+class Op:
+    """One guarded change: delete `rule` while at least `need` copies are listed (and, for a dead-port
+    rule, while nothing listens on `dead_port`); or add it (need 0) while no copy is listed."""
+
+    rule: iptables.Kube2iamRule
+    need: int  # 1: stale, 2: duplicate (one copy stays), 0: add
+    dead_port: int | None = None
+
+
+def _op_script(session, index: int, op: Op) -> str:
+    import shlex
+
+    listing = _line(session, iptables.list_argv(), sudo=True)
+    count = f"N=$(printf '%s\\n' \"$L\" | grep -cxF -e {shlex.quote(op.rule.text())})"
+    relist = f"L=$({listing}) || {{ echo '{_MARK} listfail {index}'; exit 3; }}; {count}"
+    if op.need == 0:
+        change, guard = _line(session, iptables.append_argv(op.rule), sudo=True), '[ "$N" -lt 1 ]'
+    else:
+        change, guard = _line(session, iptables.delete_argv(op.rule), sudo=True), f'[ "$N" -ge {op.need} ]'
+        if op.dead_port is not None:
+            probe = _line(session, ["ss", "-Htln", f"sport = :{int(op.dead_port)}"], sudo=False)
+            guard += f' && [ -z "$({probe} 2>/dev/null)" ]'
+    return (f"{relist}; if {guard}; then {change} || {{ echo '{_MARK} failed {index}'; exit 4; }}; "
+            f"echo '{_MARK} changed {index}'; else echo '{_MARK} skipped {index}'; fi")
+
+
+def run_ops(session, ops: list[Op], final_list: bool = False) -> tuple[list[bool], list[iptables.ListedRule] | None]:
+    """One exec: every op in order, each re-listing first; optionally the rules afterwards.
+    Returns which ops changed something, and the final rules. Raises NodeError on a failed op."""
+    parts = [_op_script(session, i, op) for i, op in enumerate(ops)]
+    if final_list:
+        parts.append(_section_script(session, "after", iptables.list_argv(), sudo=True))
+    if not parts:
+        return [], None
+    rc, out, err = session.run(["sh", "-c", "; ".join(parts)])
+    marks = [line[len(_MARK) + 1:].split() for line in out.splitlines() if line.startswith(_MARK + " ")]
+    changed = [False] * len(ops)
+    for mark in marks:
+        if len(mark) == 2 and mark[1].isdigit() and int(mark[1]) < len(ops):
+            verb, index = mark[0], int(mark[1])
+            what = "adding" if ops[index].need == 0 else "deleting"
+            if verb == "changed":
+                changed[index] = True
+            elif verb == "failed":
+                raise NodeError(f"{session.name}: {what} {ops[index].rule.text()} failed: {_first_line(err) or 'exit 4'}")
+            elif verb == "listfail":
+                raise NodeError(f"{session.name}: listing the nat table failed: {_first_line(err) or 'exit 3'}")
+    done = sum(1 for m in marks if m and m[0] in ("changed", "skipped"))
+    if done < len(ops):
+        raise NodeError(f"{session.name}: the change script stopped after {done} of {len(ops)} step(s): "
+                        f"{_first_line(err) or f'exit {rc}'}")
+    after = None
+    if final_list:
+        listing, list_rc = _sections(out).get("after", ("", None))
+        after = _parse_listing(session, list_rc if list_rc is not None else 1, listing, err)
+    return changed, after
+
+
+def _in_use(ctx, state: NodeState, desired: iptables.Desired, teardown: bool) -> tuple[dict[int, str] | None, dict[int, str]]:
+    """Per port of this node: who uses it (listener or kube2iam DaemonSet), and rbacbridge's own old ports."""
+    sets = ctx.facts.get("nodes.kube2iam_daemonsets") or []
+    moving: dict[int, str] = {}
+    in_use: dict[int, str] = {}
+    ports = {r.kube2iam.port for r in state.rules
+             if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
+    replacing = not teardown and bool(ctx.facts.get("nodes.setup_updates_kube2iam"))
+    for port in ports:
+        here = [ds for ds in sets if ds.port is None or ds.port == port]
+        users = [ds.describe() + ("" if ds.port is not None else " (its --app-port could not be read)")
+                 for ds in here if not (ds.managed and ds.port is not None and replacing)]
+        if not users and any(ds.managed for ds in here):
+            # only rbacbridge's own kube2iam used this port, and this setup moves it to the configured one
+            where = ", ".join(ds.where for ds in here if ds.managed)
+            moving[port] = f"rbacbridge's kube2iam DaemonSet {where} moves from port {port} to {desired.port} in this setup"
+            continue
+        if state.listeners is not None and port in state.listeners:
+            users.append(state.listeners[port])
+        if users:
+            in_use[port] = " and ".join(users)
+    if state.listeners is None:
+        # could not check listeners: only ports some DaemonSet explains are known; the rest stay unknown
+        return None if any(p not in in_use and p not in moving for p in ports) else in_use, moving
+    return in_use, moving
+
+
 def inspect(ctx, ref: NodeRef, teardown: bool) -> NodeState:
     state = NodeState(ref)
     try:
         state.session = session_for(ctx, ref)
-        if not teardown:
-            state.host_ip = ctx.config.host_ip or ref.internal_ip or state.session.peer_address()
-            if not iptables_ipv4(state.host_ip):
-                raise NodeError(f"{ref.name}: cannot tell the node's IPv4 address (got {state.host_ip!r}); use --host-ip")
-            state.desired = iptables.Desired(desired_interface(ctx), state.host_ip, ctx.config.kube2iam_port)
+        state.host_ip = ctx.config.host_ip or ref.internal_ip or state.session.peer_address()
+        if not iptables_ipv4(state.host_ip):
+            raise NodeError(f"{ref.name}: cannot tell the node's IPv4 address (got {state.host_ip!r}); use --host-ip")
+        interface = None if teardown else desired_interface(ctx)
+        state.desired = iptables.Desired(interface, state.host_ip, ctx.config.kube2iam_port)
         ctx.reporter.progress(f"{ref.name}: listing nat PREROUTING")
-        state.rules = list_rules(state.session)
-        state.classification = iptables.classify(state.rules, state.desired)
+        state.backend, state.rules, state.listeners, state.hidden = look(state.session)
+        in_use, moving = _in_use(ctx, state, state.desired, teardown)
+        state.classification = iptables.classify(state.rules, state.desired, teardown=teardown, in_use=in_use,
+                                                  moving=moving, force=ctx.force)
     except UsageError:
         raise
     except RbacbridgeError as exc:
@@ -228,12 +434,26 @@ def inspect(ctx, ref: NodeRef, teardown: bool) -> NodeState:
     return state
 
 
+def _read_daemonsets(ctx) -> None:
+    """The cluster's kube2iam DaemonSets (fresh on every plan: setup's replan sees the new port)."""
+    if not _cluster_configured(ctx):
+        ctx.facts["nodes.kube2iam_daemonsets"] = []
+        return
+    try:
+        from rbacbridge.kube import kube2iam_daemonsets
+    except ImportError:  # pragma: no cover - the kubernetes client is a dependency
+        raise UsageError("a cluster is configured but cannot be asked for its kube2iam DaemonSets") from None
+    ctx.facts["nodes.kube2iam_daemonsets"] = kube2iam_daemonsets(ctx)
+
+
 def inspect_all(ctx, teardown: bool) -> list[NodeState]:
     refs = node_refs(ctx)
     if not refs:
         return []
+    preflight(ctx, refs)  # before the first connection and its progress line
     if not teardown:
         desired_interface(ctx)  # once, before the threads
+    _read_daemonsets(ctx)
     workers = max(1, min(ctx.config.node_parallelism, len(refs)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node") as pool:
         states = list(pool.map(lambda ref: inspect(ctx, ref, teardown), refs))
@@ -244,62 +464,84 @@ def inspect_all(ctx, teardown: bool) -> list[NodeState]:
 # --- steps -------------------------------------------------------------------------------------
 
 
-def steps_for(ctx, state: NodeState, teardown: bool) -> list[Step]:
+@dataclass
+class NodePlan:
+    steps: list[Step]
+    ops: list[tuple[Step, Op]]  # the changes, in order (stale before duplicates, then the add)
+    held_back: int = 0  # changes not planned because of a conflict on this node
+
+
+def node_plan(ctx, state: NodeState, teardown: bool) -> NodePlan:
     if state.error or state.classification is None:
-        return []
+        return NodePlan([], [])
     node, session = state.ref.name, state.session
     c = state.classification
     steps: list[Step] = []
-    details = lambda item, verdict: {"node": node, "rule": item.rule.text, "position": item.rule.position, "verdict": verdict}  # noqa: E731
+    ops: list[tuple[Step, Op]] = []
+
+    def details(item: iptables.Classified, verdict: str) -> dict[str, Any]:
+        out = {"node": node, "rule": item.rule.text, "position": item.rule.position, "verdict": verdict}
+        if item.used_by:
+            out["used_by"] = item.used_by
+        if item.forced:
+            out["force"] = True
+        if state.backend:
+            out["backend"] = state.backend
+        return out
+
     for item in c.of(iptables.KEEP):
         steps.append(Step(SYSTEM, UNCHANGED, KIND, node, f"keep on {node}: {item.rule.text}", item.reason, details=details(item, iptables.KEEP)))
     for item in c.of(iptables.FOREIGN):
         steps.append(Step(SYSTEM, LEFT_ALONE, KIND, node, f"leave alone on {node}: {item.rule.text}", item.reason, details=details(item, iptables.FOREIGN)))
+    for item in c.conflicts:
+        steps.append(Step(SYSTEM, CONFLICT, KIND, node, f"conflict on {node}: {item.rule.text}", item.reason,
+                          details=details(item, iptables.CONFLICT)))
     # Stale rules go first: deleting a duplicate removes the *first* identical copy, so a stale rule
     # sitting between copies would otherwise come first for a moment.
     for verdict in (iptables.STALE, iptables.DUPLICATE):
         for item in c.of(verdict):
             what = "stale" if verdict == iptables.STALE else "duplicate"
-            if teardown:
+            if item.forced:
+                what = "in-use (--force)"
+            elif teardown:
                 what = "kube2iam"
-            steps.append(Step(
-                SYSTEM, DELETE, KIND, node, f"delete {what} rule on {node}: {item.rule.text}", item.reason,
-                run=_deleter(session, item.rule.kube2iam, keep_one=verdict == iptables.DUPLICATE),
-                details=details(item, verdict if not teardown else "kube2iam"),
-            ))
+            shape = item.rule.kube2iam
+            dead = shape.port if (verdict == iptables.STALE and not item.forced and state.desired is not None
+                                  and shape.port != state.desired.port) else None
+            op = Op(shape, 2 if verdict == iptables.DUPLICATE else 1, dead)
+            step = Step(SYSTEM, DELETE, KIND, node, f"delete {what} rule on {node}: {item.rule.text}", item.reason,
+                        run=_runner(session, op), details=details(item, verdict if not teardown else "kube2iam"))
+            ops.append((step, op))
     if not teardown and c.missing:
         rule = iptables.Kube2iamRule.of(c.desired)
         if ctx.config.add_missing:
-            steps.append(Step(SYSTEM, CREATE, KIND, node, f"add on {node}: {rule.text()}", "missing; add_missing is on",
-                              run=_adder(session, rule), details={"node": node, "rule": rule.text(), "verdict": "missing"}))
+            op = Op(rule, 0)
+            step = Step(SYSTEM, CREATE, KIND, node, f"add on {node}: {rule.text()}", "missing; add_missing is on",
+                        run=_runner(session, op), details={"node": node, "rule": rule.text(), "verdict": "missing"})
+            ops.append((step, op))
         else:
             ctx.facts.setdefault("notes", []).append(
                 f"{node}: kube2iam's rule is missing ({rule.text()}); kube2iam adds it once it runs there, --add-missing adds it now"
             )
-    return steps
+    held_back = 0
+    if c.conflicts:
+        # Nothing on a node with a conflict changes until the user resolves it.
+        held_back, ops = len(ops), []
+        if held_back:
+            ctx.facts.setdefault("notes", []).append(
+                f"{node}: {held_back} change(s) held back until the conflict on this node is resolved (or --force)")
+    return NodePlan(steps + [step for step, _ in ops], ops, held_back)
 
 
-def _deleter(session, rule: iptables.Kube2iamRule, keep_one: bool) -> Callable[[], bool]:
+def steps_for(ctx, state: NodeState, teardown: bool) -> list[Step]:
+    return node_plan(ctx, state, teardown).steps
+
+
+def _runner(session, op: Op) -> Callable[[], bool]:
+    """A single step on its own (setup/teardown through the planner): one guarded exec."""
     def run() -> bool:
-        present = iptables.count(list_rules(session), rule)
-        if present < (2 if keep_one else 1):
-            return False  # already gone (an earlier, interrupted run)
-        rc, _, err = session.run(iptables.delete_argv(rule), sudo=True)
-        if rc != 0:
-            raise NodeError(f"{session.name}: deleting {rule.text()} failed: {_first_line(err) or f'exit {rc}'}")
-        return True
-
-    return run
-
-
-def _adder(session, rule: iptables.Kube2iamRule) -> Callable[[], bool]:
-    def run() -> bool:
-        if iptables.count(list_rules(session), rule):
-            return False
-        rc, _, err = session.run(iptables.append_argv(rule), sudo=True)
-        if rc != 0:
-            raise NodeError(f"{session.name}: adding {rule.text()} failed: {_first_line(err) or f'exit {rc}'}")
-        return True
+        changed, _ = run_ops(session, [op])
+        return changed[0]
 
     return run
 
@@ -312,15 +554,42 @@ def _failed_notes(ctx, states: list[NodeState]) -> None:
 
 
 def plan_setup(ctx) -> list[Step]:
-    states = inspect_all(ctx, teardown=False)
+    # In a setup that also applies the Kubernetes part, rbacbridge's own DaemonSet moves to the
+    # configured port: rules on its old port are stale even while the old pods still listen.
+    ctx.facts["nodes.setup_updates_kube2iam"] = "kube" in ctx.parts
+    try:
+        states = inspect_all(ctx, teardown=False)
+    finally:
+        ctx.facts.pop("nodes.setup_updates_kube2iam", None)
     _failed_notes(ctx, states)
+    _backend_notes(ctx, states)
     return [step for state in states for step in steps_for(ctx, state, teardown=False)]
 
 
 def plan_teardown(ctx) -> list[Step]:
     states = inspect_all(ctx, teardown=True)
     _failed_notes(ctx, states)
+    _backend_notes(ctx, states)
     return [step for state in states for step in steps_for(ctx, state, teardown=True)]
+
+
+def _backend_notes(ctx, states: list[NodeState]) -> None:
+    by_backend: dict[str, list[str]] = {}
+    for state in states:
+        if not state.error:
+            by_backend.setdefault(state.backend or "unknown", []).append(state.ref.name)
+    notes = ctx.facts.setdefault("notes", [])
+    for backend, names in sorted(by_backend.items()):
+        text = f"iptables backend {backend} (`iptables -V`) on {', '.join(names)}"
+        if text not in notes:
+            notes.append(text)
+    for state in states:
+        if state.hidden:
+            text = (f"{state.ref.name}: the legacy iptables backend also holds {len(state.hidden)} rule(s) for "
+                    f"169.254.169.254, which this node's iptables ({state.backend}) neither lists nor changes: "
+                    + "; ".join(state.hidden))
+            if text not in notes:
+                notes.append(text)
 
 
 def execute(ctx, steps: list[Step]) -> Execution:
@@ -354,8 +623,12 @@ class NodeReport:
     rule: str = ""  # the desired rule, or "" for remove
     kept: int = 0
     deleted: int = 0
+    to_delete: int = 0  # planned deletions (held back ones not counted)
     missing: str = "-"  # "-", "yes", "added"
     left_alone: int = 0
+    conflicts: list[str] = field(default_factory=list)  # "rule: reason" of each conflict (node left unchanged)
+    backend: str = ""  # iptables backend used on the node (`iptables -V`)
+    other_backend_rules: list[str] = field(default_factory=list)  # metadata rules in the legacy backend (unseen)
     error: str | None = None
     rules_before: list[str] = field(default_factory=list)
     rules_after: list[str] = field(default_factory=list)
@@ -375,6 +648,10 @@ class IptablesResult:
     def ok(self) -> bool:
         return all(r.error is None for r in self.reports)
 
+    @property
+    def conflicted(self) -> list[NodeReport]:
+        return [r for r in self.reports if r.conflicts]
+
     def to_dict(self) -> dict[str, Any]:
         return {"command": self.command, "ok": self.ok, "applied": self.applied,
                 "plan": self.plan.to_dict(), "nodes": [r.to_dict() for r in self.reports]}
@@ -384,15 +661,18 @@ def _address(state: NodeState) -> str:
     return state.ref.ssh_host + (f":{state.ref.ssh_port}" if state.ref.ssh_port else "")
 
 
-def _report(state: NodeState, teardown: bool) -> NodeReport:
-    report = NodeReport(state.ref.name, _address(state), error=state.error)
-    if state.desired is not None:
+def _report(state: NodeState, teardown: bool, planned: NodePlan) -> NodeReport:
+    report = NodeReport(state.ref.name, _address(state), error=state.error, backend=state.backend,
+                        other_backend_rules=list(state.hidden))
+    if state.desired is not None and not teardown:
         report.rule = iptables.Kube2iamRule.of(state.desired).text()
     c = state.classification
     if c is not None:
         report.rules_before = [r.text for r in state.rules if r.metadata]
         report.kept = len(c.of(iptables.KEEP))
         report.left_alone = len(c.of(iptables.FOREIGN))
+        report.conflicts = [f"{item.rule.text}: {item.reason}" for item in c.conflicts]
+        report.to_delete = sum(1 for _, op in planned.ops if op.need)
         report.missing = "yes" if (not teardown and c.missing) else "-"
         report.rules_after = list(report.rules_before)
     return report
@@ -405,10 +685,11 @@ def run_iptables(
     confirm: Callable[[Plan], bool] | None = None,
     dry_run: bool = False,
 ) -> IptablesResult:
-    """status: report only. fix: keep one rule per node. remove: delete every kube2iam rule.
+    """status: report only. fix: keep one rule per node. remove: delete every rbacbridge rule.
 
-    Nodes are inspected and changed in parallel (bounded pool), one connection each; a node that
-    fails is reported and does not stop the others.
+    Nodes are inspected and changed in parallel (bounded pool), one connection each: one exec to look,
+    one guarded exec that changes and lists the result. A node that fails is reported and does not stop
+    the others; a node with a conflict is left unchanged (the others are still done).
     """
     if command not in ("status", "fix", "remove"):
         raise UsageError(f"unknown iptables command {command!r}")
@@ -417,10 +698,11 @@ def run_iptables(
         states = inspect_all(ctx, teardown=teardown)
         if not states:
             raise UsageError("no nodes: give --node HOST[:PORT], nodes.hosts in the config, or a cluster (--kubeconfig)")
-        per_node = {s.ref.name: steps_for(ctx, s, teardown) for s in states}
-        plan = Plan([step for s in states for step in per_node[s.ref.name]], list(ctx.facts.get("notes", [])))
+        per_node = {s.ref.name: node_plan(ctx, s, teardown) for s in states}
+        _backend_notes(ctx, states)
+        plan = Plan([step for s in states for step in per_node[s.ref.name].steps], list(ctx.facts.get("notes", [])))
         plan.notes.extend(f"node failed: {s.error}" for s in states if s.error)
-        reports = {s.ref.name: _report(s, teardown) for s in states}
+        reports = {s.ref.name: _report(s, teardown, per_node[s.ref.name]) for s in states}
         if command != "status" and show_plan is not None:
             show_plan(plan)
         if command == "status" or dry_run or not plan.changes or (confirm is not None and not confirm(plan)):
@@ -428,21 +710,23 @@ def run_iptables(
 
         def apply(state: NodeState) -> None:
             report = reports[state.ref.name]
-            steps = [s for s in per_node[state.ref.name] if s.changes]
-            if state.error or not steps:
+            ops = per_node[state.ref.name].ops
+            if state.error or not ops:
                 return
             try:
-                for step in steps:
+                for step, _ in ops:
                     ctx.reporter.step_started(step)
-                    changed = step.run()
-                    if changed and step.action == DELETE:
+                changed, after = run_ops(state.session, [op for _, op in ops], final_list=True)
+                for (step, op), did in zip(ops, changed):
+                    if did and op.need:
                         report.deleted += 1
-                    if changed and step.action == CREATE:
+                    if did and not op.need:
                         report.missing = "added"
                     ctx.reporter.step_done(step)
-                after = list_rules(state.session)
+                after = after or []
                 report.rules_after = [r.text for r in after if r.metadata]
-                final = iptables.classify(after, state.desired)
+                # Listeners unknown here: only rbacbridge's own rules (this node's IP and port) can be left to delete.
+                final = iptables.classify(after, state.desired, teardown=teardown, in_use=None)
                 report.kept = len(final.of(iptables.KEEP))
                 if final.to_delete:
                     report.error = f"{state.ref.name}: {len(final.to_delete)} rule(s) still to delete after the run (changed meanwhile?)"

@@ -101,7 +101,7 @@ def print_iptables(result) -> None:
     verb = {"status": "status", "fix": "fixed" if result.applied else "not changed",
             "remove": "removed" if result.applied else "not changed"}[result.command]
     table = Table(title=f"kube2iam iptables rule per node ({verb})", title_justify="left")
-    for column in ("node", "rule wanted (iface -> ip:port)" if result.command != "remove" else "address", "kept", "deleted", "missing", "other tools'", "error"):
+    for column in ("node", "rule wanted (iface -> ip:port)" if result.command != "remove" else "address", "backend", "kept", "deleted", "missing", "other tools'", "conflict", "error"):
         table.add_column(column, overflow="fold")
     for r in result.reports:
         second = r.address
@@ -109,12 +109,16 @@ def print_iptables(result) -> None:
             words = r.rule.split()
             second = f"{words[words.index('-i') + 1]} -> {words[-1]}"
         if result.command == "status" or not result.applied:
-            deleted = str(sum(1 for _ in r.rules_before) - r.kept - r.left_alone) + " to delete" if not r.error else "-"
+            deleted = f"{r.to_delete} to delete" if not r.error else "-"
         else:
             deleted = str(r.deleted)
+        conflict = "; ".join(r.conflicts)
         table.add_row(
-            r.node, second or "-", "-" if r.error else str(r.kept), deleted, r.missing,
-            "-" if r.error else str(r.left_alone), f"[red]{r.error}[/red]" if r.error else "",
+            r.node, second or "-", (r.backend or "-") + (f" [yellow](+{len(r.other_backend_rules)} in legacy, not changed)[/yellow]"
+                                                         if r.other_backend_rules else ""),
+            "-" if r.error else str(r.kept), deleted, r.missing,
+            "-" if r.error else str(r.left_alone), f"[yellow]{conflict}[/yellow]" if conflict else "",
+            f"[red]{r.error}[/red]" if r.error else "",
         )
     out.print(table)
     failed = sum(1 for r in result.reports if r.error)

@@ -84,8 +84,19 @@ def _part(name: str):
     return importlib.import_module(f"rbacbridge.{name}")
 
 
+def preflight(ctx: Context, parts: tuple[str, ...]) -> None:
+    """Each part's offline checks of its input (e.g. the nodes' SSH keys) before any part plans:
+    bad input stops the command before anything is contacted."""
+    for name in PARTS:
+        if name in parts:
+            hook = getattr(_part(name), "preflight", None)
+            if hook is not None:
+                hook(ctx)
+
+
 def plan_setup(ctx: Context, parts: tuple[str, ...] | None = None) -> Plan:
     plan = Plan()
+    preflight(ctx, parts or ctx.parts)
     for name in SETUP_ORDER:
         if name in (parts or ctx.parts):
             plan.extend(_part(name).plan_setup(ctx))
@@ -110,6 +121,7 @@ def _collect(ctx: Context, plan: Plan) -> None:
 
 def plan_teardown(ctx: Context, parts: tuple[str, ...] | None = None) -> Plan:
     plan = Plan()
+    preflight(ctx, parts or ctx.parts)
     for name in TEARDOWN_ORDER:
         if name in (parts or ctx.parts):
             plan.extend(_part(name).plan_teardown(ctx))

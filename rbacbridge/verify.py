@@ -256,6 +256,9 @@ class SshRunner:
     """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes."""
 
     def __init__(self, target: Any):
+        from rbacbridge.ssh import preflight
+
+        preflight(target)  # a bad key or known_hosts is bad input (exit 2), found before any contact
         self.target = target
         self._session = None
 
@@ -961,7 +964,7 @@ def interception_problems(ctx: Any, node_names: set[str]) -> dict[str, tuple[boo
         rules, desired = state.classification.rules, state.classification.desired
         want = f"{desired.host_ip}:{desired.port}" if desired else "kube2iam"
         first = rules[0] if rules else None
-        if first is not None and first.verdict in (iptables.STALE, iptables.FOREIGN):
+        if first is not None and first.verdict in (iptables.STALE, iptables.FOREIGN, iptables.CONFLICT):
             problems[state.ref.name] = (False, f"the first DNAT rule for 169.254.169.254 is not kube2iam's at {want} "
                                                f"({first.reason}) and wins: `{first.rule.text}` (rbacbridge iptables fix)")
         elif state.classification.missing:

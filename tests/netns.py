@@ -117,6 +117,7 @@ class Node:
     users: list[User] = field(default_factory=list)
     _closed: bool = False
     keep_under_root: tuple[str, ...] = ()
+    sshd_log_level: str = "INFO"  # VERBOSE also logs every connection ("Connection from ...")
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class Node:
         supernet: ipaddress.IPv4Network = SUPERNET,
         keep_under_root: tuple[str, ...] = (),
         session_env: dict[str, str] | None = None,
+        sshd_log_level: str = "INFO",
     ) -> "Node":
         """Make the namespace, the veth (to the root namespace, or to `parent`'s namespace), sshd.
 
@@ -142,6 +144,7 @@ class Node:
         `prefix`/`supernet`: names and addresses for another family of tests (the lab uses rbl, 10.233.0.0/17).
         `keep_under_root`: directories under /root that SSH sessions still see (e.g. a pyenv Python that
         runs the host's AWS CLI); the rest of /root is hidden behind an empty directory.
+        `sshd_log_level`: VERBOSE makes sshd.log show every TCP connection, even one that never authenticates.
         """
         uid = secrets.token_hex(3)
         namespace = f"{prefix}-{uid}"
@@ -154,7 +157,7 @@ class Node:
         node = cls(name=name, namespace=namespace, address=address, gateway=gateway, workdir=workdir,
                    ssh_port=ssh_port, host_public_key="", client_key=workdir / "client_key",
                    known_hosts=workdir / "known_hosts", parent=parent, veth=outside, _lock=lock,
-                   keep_under_root=tuple(keep_under_root))
+                   keep_under_root=tuple(keep_under_root), sshd_log_level=sshd_log_level)
         try:
             run(["ip", "netns", "add", namespace])
             outer = ["ip", "-n", parent.namespace] if parent else ["ip"]
@@ -227,7 +230,7 @@ class Node:
         script = (
             "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd && " + keep +
             f"mount {bind} {self.workdir / 'root'} /root && "
-            f"exec {SSHD} -D -e -o LogLevel=INFO -f {self.workdir / 'sshd_config'}"
+            f"exec {SSHD} -D -e -o LogLevel={self.sshd_log_level} -f {self.workdir / 'sshd_config'}"
         )
         with open(log, "ab") as handle:
             self._sshd = subprocess.Popen(

@@ -26,16 +26,16 @@ def test_three_identical_copies_are_one_keep_and_two_duplicates():
 
 
 def test_stale_rule_first_does_not_win_over_the_matching_one():
-    text = listing(rule(iface="cni0"), rule(dest="10.43.0.1:8181"), rule(dest="10.43.0.9:8282"), rule())
-    result = iptables.classify(iptables.parse(text), WANT)
-    assert [c.verdict for c in result.rules] == ["stale", "stale", "stale", "keep"]
-    assert result.kept.rule.position == 4
+    text = listing(rule(iface="cni0"), rule(dest="10.43.0.1:8181"), rule())
+    result = iptables.classify(iptables.parse(text), WANT, in_use={})
+    assert [c.verdict for c in result.rules] == ["stale", "stale", "keep"]
+    assert result.kept.rule.position == 3
     assert "interface cni0 (want docker0)" in result.rules[0].reason
-    assert "port 8181" in result.rules[1].reason and "host IP 10.43.0.9" in result.rules[2].reason
+    assert "port 8181 (want 8282)" in result.rules[1].reason and "dead port" in result.rules[1].reason
 
 
 def test_missing_when_nothing_matches():
-    result = iptables.classify(iptables.parse(listing(rule(dest="10.43.0.1:8181"))), WANT)
+    result = iptables.classify(iptables.parse(listing(rule(dest="10.43.0.1:8181"))), WANT, in_use={})
     assert result.missing and [c.verdict for c in result.to_delete] == ["stale"]
     assert iptables.classify(iptables.parse(listing()), WANT).missing
 
@@ -46,14 +46,83 @@ def test_other_tools_rules_are_foreign_and_other_rules_ignored():
         '-A PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m comment --comment "other tool" -m tcp --dport 80 -j DNAT --to-destination 10.0.0.9:80',
         "-A PREROUTING -s 10.0.0.0/8 -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.43.0.1:8282",
         "-A PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 8282",
+        "-A PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 443 -j DNAT --to-destination 10.43.0.1:8443",
         rule(),
     )
-    assert verdicts(text) == ["foreign", "foreign", "foreign", "keep"]
+    result = iptables.classify(iptables.parse(text), WANT, in_use={})
+    assert [c.verdict for c in result.rules] == ["foreign", "foreign", "foreign", "foreign", "keep"]
+    assert "REDIRECT" in result.rules[2].reason and "destination port 443" in result.rules[3].reason
 
 
-def test_teardown_classifies_every_kube2iam_rule_stale():
-    text = listing(rule(), rule(iface="cali+", dest="10.0.0.1:8181"), "-A PREROUTING -j DOCKER")
-    assert verdicts(text, desired=None) == ["stale", "stale"]
+# --- whose rule is it: ownership by this node's address and the configured port ---------------
+
+
+OTHER_HOST = rule(iface="eth1", dest="10.0.0.5:9999")
+HELM_8181 = rule(iface="cali+", dest="10.43.0.1:8181")
+
+
+@pytest.mark.parametrize("teardown", [False, True])
+def test_a_rule_to_another_address_is_never_ours(teardown):
+    result = iptables.classify(iptables.parse(listing(OTHER_HOST, rule(iface="eth1", dest="10.43.0.9:8282"))), WANT,
+                               teardown=teardown, in_use={}, force=True)
+    assert [c.verdict for c in result.rules] == ["foreign", "foreign"]
+    assert "not this node (10.43.0.1)" in result.rules[0].reason and not result.to_delete
+
+
+def test_this_node_on_another_port_in_use_is_a_conflict_naming_the_user():
+    daemonset = "kube2iam DaemonSet kube2iam/kube2iam (--app-port 8181, Helm release kube2iam)"
+    result = iptables.classify(iptables.parse(listing(HELM_8181, rule(), rule())), WANT, in_use={8181: daemonset})
+    assert [c.verdict for c in result.rules] == ["conflict", "keep", "duplicate"]
+    assert daemonset in result.conflicts[0].reason and "--force" in result.conflicts[0].reason
+    assert result.conflicts[0].used_by == daemonset
+
+
+def test_force_deletes_a_rule_in_use_and_says_so():
+    result = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use={8181: "process nginx (pid 7)"}, force=True)
+    [item] = result.to_delete
+    assert item.verdict == "stale" and item.forced and "because of --force" in item.reason and "nginx" in item.reason
+
+
+def test_unknown_listeners_never_make_a_rule_stale():
+    result = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use=None)
+    assert [c.verdict for c in result.rules] == ["conflict"] and "cannot tell" in result.rules[0].reason
+
+
+def test_rbacbridges_own_old_port_is_stale_while_setup_moves_its_daemonset():
+    result = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use={8181: "x"},
+                               moving={8181: "rbacbridge's kube2iam DaemonSet moves"})
+    assert [c.verdict for c in result.rules] == ["stale"] and "moves" in result.rules[0].reason
+
+
+def test_teardown_removes_ours_on_any_interface_and_dead_ports_and_leaves_interceptors_alone():
+    text = listing(rule(), rule(iface="cali+"), rule(dest="10.43.0.1:7000"), HELM_8181, OTHER_HOST,
+                   "-A PREROUTING -j DOCKER")
+    result = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"})
+    assert [c.verdict for c in result.rules] == ["stale", "stale", "stale", "foreign", "foreign"]
+    assert "left alone; --force deletes it" in result.rules[3].reason
+    assert not result.missing and not result.conflicts
+    forced = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"}, force=True)
+    assert [c.verdict for c in forced.rules] == ["stale", "stale", "stale", "stale", "foreign"]
+
+
+def test_listeners_from_ss():
+    out = ("LISTEN 0      128      10.231.0.2:22        0.0.0.0:*    users:((\"sshd\",pid=123,fd=3))\n"
+           "LISTEN 0 5 *:8181 *:*\n"
+           "LISTEN 0 5 [::]:9000 [::]:*\n"
+           "garbage\n")
+    found = iptables.parse_listeners(out)
+    assert found == {22: "process sshd (pid 123) listening on 10.231.0.2:22",
+                     8181: "a process listening on *:8181", 9000: "a process listening on [::]:9000"}
+
+
+@pytest.mark.parametrize("text,backend", [
+    ("iptables v1.8.9 (nf_tables)\n", "nf_tables"),
+    ("iptables v1.8.7 (legacy)\n", "legacy"),
+    ("iptables v1.6.1\n", "legacy"),
+    ("sudo: a password is required\n", "unknown"),
+])
+def test_backend_from_version(text, backend):
+    assert iptables.backend_of(text) == backend
 
 
 @pytest.mark.parametrize("garbage", [
@@ -90,3 +159,38 @@ def test_host_ip_must_be_ipv4():
         iptables.Desired("docker0", "fe80::1", 8282)
     with pytest.raises(UsageError):
         iptables.Desired("docker0", "10.0.0.1;id", 8282)
+
+
+# --- the guarded script sent to a node (rbacbridge.nodes): quoted parts, sudo -n, order ------
+
+
+class _Session:
+    def __init__(self, user: str):
+        self.user, self.name, self.lines = user, "n1", []
+
+    def run(self, argv, sudo=False, timeout=None):
+        self.lines.append(argv)
+        return 0, "", ""
+
+
+def test_change_script_is_one_exec_of_quoted_parts_with_sudo_for_iptables_only():
+    from rbacbridge import nodes
+
+    stale = iptables.Kube2iamRule("cali+", "10.43.0.1", 7000)
+    dup = iptables.Kube2iamRule.of(WANT)
+    session = _Session("deploy")
+    try:
+        nodes.run_ops(session, [nodes.Op(stale, 1, dead_port=7000), nodes.Op(dup, 2)])
+    except nodes.NodeError:
+        pass  # the fake session prints no markers
+    [[sh, dash_c, script]] = session.lines
+    assert (sh, dash_c) == ("sh", "-c")
+    assert script.count("sudo -n -- iptables -w 5 -t nat -S PREROUTING") == 2
+    assert script.index("-D PREROUTING -d 169.254.169.254/32 -i cali+ ") < script.index("-D PREROUTING -d 169.254.169.254/32 -i docker0")
+    assert "ss -Htln 'sport = :7000'" in script and "sudo -n -- ss" not in script
+    assert "grep -cxF -e '-A PREROUTING -d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.43.0.1:7000'" in script
+    assert '[ "$N" -ge 1 ]' in script and '[ "$N" -ge 2 ]' in script
+    root = _Session("root")
+    with pytest.raises(nodes.NodeError):
+        nodes.run_ops(root, [nodes.Op(dup, 2)])
+    assert "sudo" not in root.lines[0][2]

@@ -15,6 +15,7 @@ from rbacbridge import planner
 from rbacbridge.config import Config
 from rbacbridge.nodes import run_iptables
 from rbacbridge.planner import Context
+from tests.fixtures_kube import kube_api  # noqa: F401
 from tests.fixtures_nodes import host_ruleset_unchanged, make_node, netns, node  # noqa: F401
 from tests.netns import Node
 
@@ -132,10 +133,11 @@ def test_missing_rule_is_reported_and_added_with_add_missing(node):
 
 def test_host_ip_port_and_interface_overrides_choose_the_rule_kept(node, tmp_path):
     add_rule(node, iface="cni0", ip="10.43.0.7", port=8181)
-    add_rule(node)
+    add_rule(node, ip="10.43.0.7")  # the host IP given, a dead port: stale
+    add_rule(node)  # the SSH address is not the host IP given: another address, left alone
     cfg = config_for(tmp_path, node, host_ip="10.43.0.7", kube2iam_port=8181, host_interface="cni0")
     assert run_iptables(Context(cfg), "fix").ok
-    assert kube2iam_rules(node) == [wanted(node, port=8181, iface="cni0").replace(node.address, "10.43.0.7")]
+    assert kube2iam_rules(node) == [wanted(node, port=8181, iface="cni0").replace(node.address, "10.43.0.7"), wanted(node)]
 
 
 # --- sudo, host keys ---------------------------------------------------------------------------
@@ -393,13 +395,247 @@ def metadata_from(pod) -> str:
 def test_a_stale_first_rule_hijacks_the_pod_and_fix_restores_kube2iam(node, tmp_path):
     pod = node.add_pod("web")
     serve(node, 8282, "kube2iam (current)", tmp_path)
-    serve(node, 8181, "stale rule target", tmp_path)
+    other = serve(node, 8181, "stale rule target", tmp_path)
     add_rule(node)
     assert metadata_from(pod) == "kube2iam (current)"  # the kept rule intercepts the pod's call
 
     node.iptables("-t", "nat", "-I", "PREROUTING", "1", *[p.format(iface="docker0", dest=f"{node.address}:8181") for p in SHAPE])
     assert metadata_from(pod) == "stale rule target"  # first match wins: the failure fix exists for
 
-    result = cli("fix", "--yes", *cli_opts(node))
+    # something still listens on 8181: not provably stale, a conflict; the node is left as it is
+    blocked = cli("fix", "--yes", *cli_opts(node))
+    assert blocked.returncode == 1 and "conflict" in blocked.stderr
+    assert "listening on" in blocked.stdout and ":8181" in blocked.stdout
+    assert len(kube2iam_rules(node)) == 2
+
+    other.kill()
+    other.wait()
+    result = cli("fix", "--yes", *cli_opts(node))  # now a dead port: stale
     assert result.returncode == 0, result.stderr
     assert metadata_from(pod) == "kube2iam (current)"
+
+
+# --- whose rule is it (issue 10): other tools' rules survive status, fix, remove and teardown ----
+
+
+def helm_kube2iam(namespace: str = "kube2iam", name: str = "kube2iam", app_port: int | None = None) -> dict:
+    """A kube2iam DaemonSet as the Helm chart installs it (no --app-port: kube2iam's default 8181)."""
+    args = ["--host-interface=cali+", "--node=$(NODE_NAME)", "--host-ip=$(HOST_IP)", "--iptables=true", "--auto-discover-base-arn"]
+    if app_port is not None:
+        args.append(f"--app-port={app_port}")
+    return {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/name": "kube2iam", "app.kubernetes.io/instance": "kube2iam",
+                                "app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "kube2iam-2.6.0"},
+                     "annotations": {"meta.helm.sh/release-name": "kube2iam", "meta.helm.sh/release-namespace": namespace}},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "kube2iam", "app.kubernetes.io/instance": "kube2iam"}},
+                 "template": {"metadata": {"labels": {"app.kubernetes.io/name": "kube2iam", "app.kubernetes.io/instance": "kube2iam"}},
+                              "spec": {"hostNetwork": True,
+                                       "containers": [{"name": "kube2iam", "image": "jtblin/kube2iam:0.11.1", "args": args}]}}},
+    }
+
+
+FOREIGN_OTHER_HOST = ["-i", "eth1", "-p", "tcp", "-d", "169.254.169.254/32", "--dport", "80", "-j", "DNAT",
+                      "--to-destination", "10.0.0.5:9999"]
+FOREIGN_REDIRECT = ["-i", "docker0", "-p", "tcp", "-d", "169.254.169.254/32", "--dport", "80", "-j", "REDIRECT",
+                    "--to-ports", "8282"]
+
+
+def foreign_dport(node: Node) -> list[str]:
+    return ["-i", "docker0", "-p", "tcp", "-d", "169.254.169.254/32", "--dport", "443", "-j", "DNAT",
+            "--to-destination", f"{node.address}:8443"]
+
+
+def listen(node: Node, port: int) -> subprocess.Popen:
+    """A bare TCP listener inside the node's namespace (something running on that port)."""
+    code = ("import socket, time\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('0.0.0.0', {port})); s.listen(); time.sleep(600)\n")
+    proc = node.spawn([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if f":{port} " in node.exec(["ss", "-Htln"]).stdout:
+            return proc
+        time.sleep(0.02)
+    raise RuntimeError("listener did not start")
+
+
+def seed_foreign(node: Node) -> list[str]:
+    """Every kind of rule that is not rbacbridge's, plus rbacbridge's own duplicates and a dead-port rule.
+    Returns the foreign rules as `iptables -S` prints them."""
+    node.iptables("-t", "nat", "-A", "PREROUTING", *FOREIGN_OTHER_HOST)  # not even this node
+    add_rule(node, port=9000, iface="cali+")  # this node, a live listener (started by the caller)
+    add_rule(node, port=8181, iface="cali+")  # this node, the Helm kube2iam's port (a DaemonSet in the cluster)
+    node.iptables("-t", "nat", "-A", "PREROUTING", *FOREIGN_REDIRECT)
+    node.iptables("-t", "nat", "-A", "PREROUTING", *foreign_dport(node))
+    foreign = [r for r in node.nat_rules() if "169.254.169.254" in r]
+    add_rule(node, port=7000)  # this node, a dead port no DaemonSet uses: stale
+    add_rule(node)
+    add_rule(node)
+    return foreign
+
+
+def cluster_opts(node: Node, kube_api) -> list[str]:
+    return [*cli_opts(node), "--kubeconfig", kube_api.kubeconfig]
+
+
+@pytest.fixture
+def cluster_with_helm_kube2iam(kube_api):
+    kube_api.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube2iam"}})
+    kube_api.store.put(helm_kube2iam())
+    return kube_api
+
+
+def test_foreign_rules_survive_status_fix_and_remove(node, cluster_with_helm_kube2iam):
+    kube_api = cluster_with_helm_kube2iam
+    listen(node, 9000)
+    foreign = seed_foreign(node)
+
+    status = cli("status", "-o", "json", *cluster_opts(node, kube_api))
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)["nodes"][0]
+    assert report["backend"] in ("nf_tables", "legacy") and report["kept"] == 1
+    assert len(report["conflicts"]) == 2
+    assert any("kube2iam DaemonSet kube2iam/kube2iam (--app-port 8181, Helm release kube2iam)" in c for c in report["conflicts"])
+    assert any(":9000" in c and "listening" in c for c in report["conflicts"])
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node), wanted(node)]
+
+    # fix: two running interceptors' rules are conflicts -> nothing on this node changes
+    blocked = cli("fix", "--yes", *cluster_opts(node, kube_api))
+    assert blocked.returncode == 1 and "left unchanged because of a conflict" in blocked.stderr
+    assert "held back" in blocked.stderr  # a plan note (notes go to stderr)
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node), wanted(node)]
+
+    # remove: rbacbridge's rules and the dead-port one go; interceptors' and other tools' rules stay
+    removed = cli("remove", "--yes", "-o", "json", *cluster_opts(node, kube_api))
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(removed.stdout)["nodes"][0]["deleted"] == 3
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign
+
+
+def test_with_no_cluster_the_listener_alone_decides(node):
+    """Nodes given by --node only: a port is in use only if something listens there."""
+    listener = listen(node, 9000)
+    foreign = seed_foreign(node)
+    blocked = cli("fix", "--yes", *cli_opts(node))
+    assert blocked.returncode == 1 and "conflict" in blocked.stderr
+    assert "process python" in blocked.stdout and ":9000" in blocked.stdout  # root sees the process name
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node), wanted(node)]
+
+    listener.kill()
+    listener.wait()
+    result = cli("fix", "--yes", *cli_opts(node))  # 9000, 8181 and 7000 are all dead ports now
+    assert result.returncode == 0, result.stderr
+    survivors = [r for r in foreign if f"{node.address}:9000" not in r and f"{node.address}:8181" not in r]
+    assert len(survivors) == 3
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == survivors + [wanted(node)]
+
+
+def test_fix_deletes_a_dead_port_rule_and_duplicates_and_keeps_foreign_ones(node, cluster_with_helm_kube2iam):
+    kube_api = cluster_with_helm_kube2iam
+    node.iptables("-t", "nat", "-A", "PREROUTING", *FOREIGN_OTHER_HOST)
+    node.iptables("-t", "nat", "-A", "PREROUTING", *FOREIGN_REDIRECT)
+    node.iptables("-t", "nat", "-A", "PREROUTING", *foreign_dport(node))
+    foreign = [r for r in node.nat_rules() if "169.254.169.254" in r]
+    add_rule(node, port=7000)
+    add_rule(node)
+    add_rule(node)
+    result = cli("fix", "--yes", *cluster_opts(node, kube_api))
+    assert result.returncode == 0, result.stderr
+    assert "dead port" in result.stdout
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node)]
+
+
+def test_force_deletes_the_conflicting_rules_and_the_plan_says_so(node, cluster_with_helm_kube2iam):
+    kube_api = cluster_with_helm_kube2iam
+    listen(node, 9000)
+    foreign = seed_foreign(node)
+    dry = cli("fix", "--dry-run", "--force", "-o", "json", *cluster_opts(node, kube_api))
+    assert dry.returncode == 0, dry.stderr
+    steps = json.loads(dry.stdout)["plan"]["steps"]
+    forced = [s for s in steps if (s.get("details") or {}).get("force")]
+    assert len(forced) == 2 and all("--force" in s["reason"] and s["action"] == "delete" for s in forced)
+    result = cli("fix", "--yes", "--force", *cluster_opts(node, kube_api))
+    assert result.returncode == 0, result.stderr
+    survivors = [r for r in foreign if f"{node.address}:9000" not in r and f"{node.address}:8181" not in r]
+    assert len(survivors) == 3
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == survivors + [wanted(node)]
+
+
+def test_teardown_leaves_interceptors_and_other_tools_rules(node, cluster_with_helm_kube2iam, tmp_path):
+    kube_api = cluster_with_helm_kube2iam
+    listen(node, 9000)
+    foreign = seed_foreign(node)
+    ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig), parts=("nodes",))
+    plan = planner.plan_teardown(ctx)
+    assert not plan.conflicts
+    assert len([s for s in plan.steps if s.action == "delete"]) == 3
+    assert planner.run(ctx, plan, teardown=True).ok
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign
+
+
+def test_setup_stops_on_a_node_conflict_and_changes_nothing(node, cluster_with_helm_kube2iam):
+    kube_api = cluster_with_helm_kube2iam
+    foreign = seed_foreign(node)
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+    result = subprocess.run([sys.executable, "-m", "rbacbridge", "setup", "--only", "nodes", "--yes",
+                             *cluster_opts(node, kube_api)], capture_output=True, text=True, env=env, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and "conflict(s), nothing changed" in result.stderr
+    assert "Helm release kube2iam" in result.stdout
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node), wanted(node)]
+
+
+def test_rbacbridges_own_old_port_is_stale_in_setup_but_a_conflict_for_fix_alone(node, kube_api, tmp_path):
+    from tests.kube_helpers import ACCOUNT
+
+    # rbacbridge's kube2iam, installed earlier on 8181, still running there
+    ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig, account_id=ACCOUNT, kube2iam_port=8181,
+                             rollout_timeout=5.0), parts=("kube",))
+    assert planner.run(ctx, planner.plan_setup(ctx)).ok
+    listen(node, 8181)
+    add_rule(node, port=8181)
+
+    ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig, account_id=ACCOUNT), parts=("kube", "nodes"))
+    plan = planner.plan_setup(ctx)
+    [stale] = [s for s in plan.steps if s.system == "nodes" and s.action == "delete"]
+    assert "moves from port 8181 to 8282" in stale.reason and not plan.conflicts
+
+    alone = run_iptables(Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig)), "fix")
+    assert not alone.applied and alone.conflicted
+    assert "rbacbridge DaemonSet kube-system/kube2iam (--app-port 8181)" in alone.reports[0].conflicts[0]
+    assert kube2iam_rules(node) == [wanted(node, 8181)]
+
+
+def test_each_delete_checks_again_that_a_dead_port_is_still_dead(node, tmp_path):
+    add_rule(node, port=7000)  # dead when planned
+    add_rule(node)
+    started = []
+
+    def confirm(plan) -> bool:  # between the plan and the run, something starts listening on 7000
+        assert [s.action for s in plan.changes] == ["delete"]
+        started.append(listen(node, 7000))
+        return True
+
+    result = run_iptables(Context(config_for(tmp_path, node)), "fix", confirm=confirm)
+    assert started and result.applied and result.ok
+    assert result.reports[0].deleted == 0
+    assert kube2iam_rules(node) == [wanted(node, 7000), wanted(node)]
+
+
+def test_rules_in_the_other_backend_are_reported_and_never_touched(node):
+    if subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout.find("nf_tables") < 0:
+        pytest.skip("the node's iptables is not the nf_tables backend")
+    legacy = ["iptables-legacy", "-t", "nat", "-A", "PREROUTING", *[p.format(iface="docker0", dest=f"{node.address}:7000") for p in SHAPE]]
+    node.exec(legacy)
+    add_rule(node)
+    add_rule(node)
+    status = cli("status", "-o", "json", *cli_opts(node))
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)["nodes"][0]
+    assert report["backend"] == "nf_tables" and len(report["other_backend_rules"]) == 1
+    fixed = cli("fix", "--yes", *cli_opts(node))
+    assert fixed.returncode == 0, fixed.stderr
+    assert "legacy iptables backend also holds 1 rule(s)" in fixed.stderr
+    assert kube2iam_rules(node) == [wanted(node)]
+    assert wanted(node, 7000) in node.exec(["iptables-legacy", "-t", "nat", "-S", "PREROUTING"]).stdout

@@ -192,7 +192,7 @@ def test_could_not_verify_is_annotated_in_github_actions(tmp_path):
     assert second.startswith("error: could not verify")
 
 
-def test_principals_expect_the_configured_role_and_unmanaged_pods_are_reported(kube_api, monkeypatch):
+def test_principals_expect_the_configured_role_and_unmanaged_pods_are_reported(kube_api, monkeypatch, tmp_path):
     """live_targets: the expectation comes from the configuration; the live annotation is only observed; a pod
     found by the article's `app=` label without rbacbridge's label is reported, not trusted."""
     store = kube_api.store
@@ -204,7 +204,9 @@ def test_principals_expect_the_configured_role_and_unmanaged_pods_are_reported(k
                    "spec": {"nodeName": "node-a", "containers": [{"name": "main", "image": "x"}]},
                    "status": {"phase": "Running", "podIP": "10.0.0.9"}})
     monkeypatch.setattr(v, "ensure_cli_all", lambda checks: None)  # no AWS CLI to look for: nothing is probed here
-    config = Config(account_id=ACCOUNT, kubeconfig=kube_api.kubeconfig)
+    (tmp_path / "known_hosts").write_text("")  # the host node's SSH settings are checked up front (exit 2 if unusable)
+    config = Config(account_id=ACCOUNT, kubeconfig=kube_api.kubeconfig, known_hosts=str(tmp_path / "known_hosts"),
+                    ssh_config="none")
     ctx = Context(config=config)
     targets = v.live_targets(ctx, v.LiveOptions(node="127.0.0.1:2222"))
     pods = {p.name: p for p, _ in targets if p.kind == "pod"}

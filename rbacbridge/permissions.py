@@ -1,0 +1,58 @@
+"""`rbacbridge permissions`: the operator's least-privilege IAM policy, for what rbacbridge itself
+calls (plan, setup, teardown, verify). The document is data (`templates/operator-policy.json.j2`,
+whose header says which command needs which statement); this module only fills in the ARNs from
+the configuration: rbacbridge's policies, roles and instance profile in the account, and the worker
+instances (the configured ids, else every instance of the account in the region).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rbacbridge.config import Config
+from rbacbridge.errors import UsageError
+from rbacbridge.templating import render_json
+
+TEMPLATE = "operator-policy.json.j2"
+PARTITION = "aws"
+
+
+def _role_name(text: str) -> str:
+    """A role given as a name or an ARN (`--restore-role`)."""
+    name = text.rsplit("/", 1)[-1] if text.startswith("arn:") else text
+    from rbacbridge.config import role_name
+
+    return role_name("--restore-role", name)
+
+
+def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The policy document; `restore_roles`: roles of instance profiles the nodes had before setup,
+    which teardown gives back (that passes their role to EC2 too)."""
+    if not account:
+        raise UsageError("permissions needs --account-id (or account_id in the config): the policy names the account's ARNs")
+    iam = f"arn:{PARTITION}:iam::{account}"
+    # The dedicated default role is listed even when kube2iam.default_role no longer uses it: teardown
+    # still removes the one an earlier setup made (aws.desired_resources(teardown=True)).
+    managed_roles = list(dict.fromkeys([config.node_role, config.pod_role, config.pod_default_role]))
+    read_roles = list(dict.fromkeys(managed_roles + [config.effective_default_role]))
+    instances = config.instance_ids or ("*",)
+    return render_json(
+        TEMPLATE,
+        policy_arns=[config.policy_arn(account, name) for name in
+                     dict.fromkeys((config.node_policy, config.kube2iam_policy, config.pod_policy))],
+        managed_role_arns=[config.role_arn(account, name) for name in managed_roles],
+        read_role_arns=[config.role_arn(account, name) for name in read_roles],
+        instance_profile_arn=f"{iam}:instance-profile/{config.instance_profile}",
+        any_instance_profile_arn=f"{iam}:instance-profile/*",
+        pass_role_arns=[config.role_arn(account, name) for name in
+                        dict.fromkeys([config.node_role] + [_role_name(r) for r in restore_roles])],
+        instance_arns=[f"arn:{PARTITION}:ec2:{config.region}:{account}:instance/{i}" for i in instances],
+        previous_profile_tag=_previous_profile_tag(),
+    )
+
+
+def _previous_profile_tag() -> str:
+    # The tag key lives with the code that writes it; aws.py imports boto3 only inside functions.
+    from rbacbridge.aws import PREVIOUS_PROFILE_TAG
+
+    return PREVIOUS_PROFILE_TAG
