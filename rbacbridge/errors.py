@@ -44,3 +44,9 @@ def one_line(text: str, limit: int = LINE_LIMIT) -> str:
     """Collapse to one line of at most `limit` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Interrupted(RbacbridgeError):
+    """Ctrl-C: exit 130; a re-run plans again from live state."""
+
+    exit_code = EXIT_INTERRUPTED
