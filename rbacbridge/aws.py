@@ -107,8 +107,6 @@ def check_environment() -> None:
             raise UsageError(f"invalid AWS_RETRY_MODE {shown(value)}: choose from {', '.join(RETRY_MODES)}")
         elif name == "AWS_MAX_ATTEMPTS" and not (value.isascii() and value.isdigit() and 1 <= int(value) <= 100):
             raise UsageError(f"invalid AWS_MAX_ATTEMPTS {shown(value)}: a whole number 1-100")
-        elif name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-            config_module.region(name, value)
 
 
 def resolve_region(config: Config) -> tuple[Config, str]:
