@@ -15,6 +15,9 @@ import typer
 from rbacbridge.errors import (EXIT_CHANGES_PENDING, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted,
                                RbacbridgeError, UsageError, one_line)
 
+EPILOG = ("Exit codes (every command): 0 ok, 1 failed, 2 bad input or refused (nothing changed), "
+          "3 could not complete, 4 changes pending (plan --exit-code), 130 interrupted.")
+
 app = typer.Typer(
     name="rbacbridge",
     help="Set up, verify and tear down kube2iam's Kubernetes-to-AWS IAM bridge (pods stop inheriting the node's IAM role).",
@@ -24,6 +27,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
 def _print_version(value: bool) -> None:
     if value:
         from rbacbridge import __version__
@@ -32,7 +36,7 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
-@app.callback()
+@app.callback(epilog=EPILOG)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True, callback=_print_version)] = False,
     debug: Annotated[bool, typer.Option("--debug", help="on an error, also print the Python trace (anywhere on the line; or RBACBRIDGE_DEBUG=1)")] = False,
@@ -540,6 +544,10 @@ def _error_line(text: str) -> None:
 
 
 def _exit(code: int) -> None:
+    import signal
+
+    # The exit code is decided: a Ctrl-C from now on must not replace it with a traceback or -2.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -555,8 +563,12 @@ def _exit(code: int) -> None:
 def _run(argv: list[str], debug: bool) -> int:
     try:
         code = app(args=argv, prog_name="rbacbridge", standalone_mode=False)
+        if code == EXIT_INTERRUPTED:
+            return interrupted()  # typer turned Ctrl-C into a silent exit code 130
         return code if isinstance(code, int) else EXIT_OK
     except typer.Exit as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return interrupted()  # typer turns Ctrl-C into a silent Exit(130)
         return exc.exit_code
     except RbacbridgeError as exc:
         if isinstance(exc, Interrupted):
@@ -570,7 +582,7 @@ def _run(argv: list[str], debug: bool) -> int:
     except Exception as exc:  # noqa: BLE001
         # typer ships its own copy of click's exception classes: recognise them by shape.
         if type(exc).__name__ == "Abort":
-            return interrupted()  # Ctrl-C (or end of input) while click was parsing or prompting
+            return interrupted()  # Ctrl-C (or end of input) at a prompt
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message())
             return EXIT_OK
