@@ -527,3 +527,35 @@ def test_ctrl_c_at_each_point_then_a_re_run_converges(sandbox, point):
     torn = _cli(sandbox, "teardown", "--only", "aws", "--yes", "--instance-id", instance)
     assert torn.returncode == 0, torn.stderr
     assert sandbox.snapshot() == before  # including the instance's previous profile, restored
+
+
+# --- AccessDenied: name the permission, do not advise a re-run -----------------------------------
+
+
+def test_access_denied_names_the_permission_and_does_not_advise_a_re_run(sandbox):
+    import json
+
+    iam = sandbox.client("iam")
+    iam.create_user(UserName="reader")
+    iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["iam:Get*", "iam:List*", "sts:GetCallerIdentity", "ec2:Describe*"],
+                       "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    instance = sandbox.new_instance()
+    before = sandbox.snapshot()
+    toggle = urllib.request.Request(f"{sandbox.url}/moto-api/reset-auth", data=b"0", method="POST",
+                                    headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(toggle).read()
+    try:
+        result = _cli(sandbox, "setup", "--only", "aws", "--yes", "--account-id", ACCOUNT, "--instance-id", instance,
+                      env={"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]})
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{sandbox.url}/moto-api/reset-auth", data=b"inf", method="POST",
+                                                      headers={"Content-Type": "application/json"})).read()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1, result.stderr
+    assert len(errors) == 1 and len(errors[0]) <= 300, errors
+    assert "iam:CreatePolicy" in errors[0] and "rbacbridge permissions" in errors[0]
+    assert "re-run" not in errors[0]
+    assert sandbox.snapshot() == before
