@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rbacbridge.errors import (EXIT_CHANGES_PENDING, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted,
-                               RbacbridgeError, UsageError, one_line)
+from rbacbridge.errors import (EXIT_CHANGES_PENDING, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+                               INTERRUPTED_MESSAGE, Interrupted, RbacbridgeError, UsageError, one_line)
 
 EPILOG = ("Exit codes (every command): 0 ok, 1 failed, 2 bad input or refused (nothing changed), "
           "3 could not complete, 4 changes pending (plan --exit-code), 130 interrupted.")
@@ -530,8 +530,7 @@ def interrupted() -> int:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
-    _error_line("interrupted: nothing more is changed; run the same command again to finish "
-                "(it plans again from live state)")
+    _error_line(INTERRUPTED_MESSAGE)
     return EXIT_INTERRUPTED
 
 

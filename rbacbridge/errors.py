@@ -46,6 +46,10 @@ def one_line(text: str, limit: int = LINE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+INTERRUPTED_MESSAGE = ("interrupted: nothing more is changed; run the same command again to finish "
+                       "(it plans again from live state)")
+
+
 class Interrupted(RbacbridgeError):
     """Ctrl-C: exit 130; a re-run plans again from live state."""
 
