@@ -317,6 +317,9 @@ def test_version_completion_and_help(sandbox):
     assert version.returncode == 0 and version.stdout.strip() == f"rbacbridge {__version__}"
     completion = _cli(sandbox, "--show-completion", "bash")
     assert completion.returncode == 0 and "_RBACBRIDGE_COMPLETE" in completion.stdout
+    completed = _cli(sandbox, env={"_RBACBRIDGE_COMPLETE": "complete_bash", "COMP_WORDS": "rbacbridge setup --acc",
+                                   "COMP_CWORD": "2"})
+    assert completed.returncode == 0 and "--account-id" in completed.stdout.split()
     top = _cli(sandbox, "--help").stdout
     assert "--debug" in top and "--version" in top and "130 interrupted" in " ".join(top.split())
     for argv, wanted in ((["plan", "--help"], ["-n, --namespace", "[table|json|yaml]", "--exit-code", "--instance-id ID"]),
