@@ -277,7 +277,7 @@ def plan(
     cfg,
     only: OnlyOpt = None,
     teardown: Annotated[bool, typer.Option("--teardown", help="plan the teardown instead")] = False,
-    exit_code: Annotated[bool, typer.Option("--exit-code", help="exit 4 when the plan has changes, 0 when it has none (like git diff --exit-code)")] = False,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="exit 4 when the plan has changes or conflicts, 0 when it has none (like git diff --exit-code)")] = False,
     output: OutputOpt = "table",
 ) -> None:
     """Show every step setup (or teardown) would take against live state. Changes nothing."""
@@ -291,7 +291,7 @@ def plan(
         _dump(fmt, result.to_dict())
     else:
         out.print_plan(result, "rbacbridge teardown plan" if teardown else "rbacbridge setup plan")
-    if exit_code and result.changes:
+    if exit_code and (result.changes or result.conflicts):
         raise typer.Exit(EXIT_CHANGES_PENDING)
 
 

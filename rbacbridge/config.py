@@ -412,7 +412,7 @@ class Config:
 
     def check_consistency(self) -> None:
         if self.node_role == self.pod_role:
-            raise UsageError(f"invalid iam.pod_role {self.pod_role!r}: the pod role must differ from the node role")
+            raise UsageError(f"invalid iam.pod_role {shown(self.pod_role)}: the pod role must differ from the node role")
         if self.shared_bucket == self.tenant_bucket:
             raise UsageError("invalid buckets: buckets.shared and buckets.tenant must differ")
         names = [self.node_policy, self.kube2iam_policy, self.pod_policy]

@@ -74,6 +74,9 @@ FILES = {
     "bad-aws-config": b"[default\nregion = us-east-1\n",
     "bad-kubeconfig": b"apiVersion: v1\nclusters: [\n",
     "kubeconfig-not-utf8": b"apiVersion: v1\nkind: \xff\n",
+    "kubeconfig": (b"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:9'}\n"
+                   b"users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: ctx\n  context: {cluster: c, user: u}\n"
+                   b"current-context: ctx\n"),
 }
 
 # (name, argv, extra environment (None = unset), text the line must contain)
@@ -100,6 +103,10 @@ CASES = [
     ("bogus-AWS_RETRY_MODE", VALID, {"AWS_RETRY_MODE": "bogus"}, "AWS_RETRY_MODE"),
     ("bogus-AWS_MAX_ATTEMPTS", VALID, {"AWS_MAX_ATTEMPTS": "lots"}, "AWS_MAX_ATTEMPTS"),
     ("malformed-AWS_CONFIG_FILE", VALID, {"AWS_CONFIG_FILE": "@bad-aws-config", "AWS_DEFAULT_REGION": None}, "AWS config file"),
+    ("malformed-AWS_CONFIG_FILE-with-region", VALID + ["--region", "us-east-1"], {"AWS_CONFIG_FILE": "@bad-aws-config"},
+     "AWS config file"),
+    ("long-only", ["setup", "--only", "aws," + LONG, "--yes", "--account-id", ACCOUNT], {}, "--only"),
+    ("unknown-kube-context", ["plan", "--only", "kube", "--kubeconfig", "@kubeconfig", "--context", "nope"], {}, "nope"),
     ("only-access-key-id", VALID, {"AWS_SECRET_ACCESS_KEY": None}, "AWS_SECRET_ACCESS_KEY"),
     ("no-credentials", VALID, {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no AWS credentials"),
     ("unknown-AWS_PROFILE", VALID, {"AWS_PROFILE": "nope"}, "'nope'"),
