@@ -468,8 +468,11 @@ class HoldingProxy:
 
 
 def _interrupt(sandbox, argv, env, when) -> subprocess.CompletedProcess:
+    # As from a terminal: SIGINT at its default, even when this test runs in a background job
+    # (which starts with SIGINT ignored, and Python keeps ignoring it then).
     process = subprocess.Popen([sys.executable, "-m", "rbacbridge", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, text=True, env=env)
+                               stdin=subprocess.DEVNULL, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         when()
         process.send_signal(signal.SIGINT)
@@ -569,3 +572,13 @@ def test_access_denied_names_the_permission_and_does_not_advise_a_re_run(sandbox
     assert "iam:CreatePolicy" in errors[0] and "rbacbridge permissions" in errors[0]
     assert "re-run" not in errors[0]
     assert sandbox.snapshot() == before
+
+
+def test_namespace_flag_reaches_the_manifests(monkeypatch, capfd):
+    import yaml
+
+    code, out, err = run_main(monkeypatch, capfd, ["render", "--account-id", ACCOUNT, "-n", "team-a"], {})
+    assert code == 0, err
+    deployments = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"nginx-vanilla", "nginx-annotated"}
+    assert {d["metadata"]["namespace"] for d in deployments} == {"team-a"}
