@@ -177,8 +177,12 @@ def run_main(monkeypatch, capfd, argv, env) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["rbacbridge", *argv])
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     capfd.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
+    sigint = signal.getsignal(signal.SIGINT)  # main() ignores SIGINT once its exit code is decided
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGINT, sigint)
     out, err = capfd.readouterr()
     return exited.value.code, out, err
 
