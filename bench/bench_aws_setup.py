@@ -3,7 +3,7 @@ commands, one process each, against the same moto server; a no-op re-run; `--hel
 
     python bench/bench_aws_setup.py [--rounds 3]
 
-Prints a small table; figures go in the README. Not a test.
+Prints a small table; figures go in docs/benchmarks.md. Not a test.
 """
 
 from __future__ import annotations

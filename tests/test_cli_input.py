@@ -68,6 +68,9 @@ CONFIGS = {
     "timeout-words": "kubernetes:\n  rollout_timeout: soon\n",
     "parallel-zero": "nodes:\n  parallel: 0\n",
     "namespace-upper": "kubernetes:\n  namespace: Tenant\n",
+    "default-role-is-node-role": "iam:\n  default_role: nettech-s3-read-only\n",
+    "pods-default-to-pod-role": "kube2iam:\n  default_role: nettech-s3-read-write\n",
+    "bad-debug": "kube2iam:\n  debug: sometimes\n",
 }
 FILES = {
     "non-utf8-config": b"iam:\n  node_role: \xff\xfe\n",
@@ -227,6 +230,18 @@ def test_bad_input_in_a_real_process(sandbox, tmp_path, name):
                             env=full_env, timeout=60, stdin=subprocess.DEVNULL)
     assert_one_line(result.returncode, result.stderr, expected if not name.startswith("config-") else "kube2iam.port")
     assert sandbox.snapshot() == before
+
+
+def test_example_config_holds_every_default():
+    from pathlib import Path
+
+    from rbacbridge.config import Config, load
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "rbacbridge.yaml"
+    config = load(example)
+    assert config == Config(account_id="123456789012")
+    assert (config.default_role, config.pod_default_role, config.kube2iam_image) == ("dedicated", "nettech-pod-default", "jtblin/kube2iam:0.13.0")
+    assert config.kube2iam_tolerations == ({"operator": "Exists"},) and config.kube2iam_debug is False
 
 
 def test_missing_credentials(sandbox):
