@@ -193,7 +193,7 @@ def tolerations(key: str, value: Any) -> tuple[dict[str, Any], ...]:
             name = str.__str__(str(name))
             kind = allowed.get(name)
             if kind is None:
-                raise _fail(key, name, "unknown toleration field (key, operator, value, effect, tolerationSeconds)")
+                raise _fail(key, dict(raw), f"unknown toleration field {shown(name)} (key, operator, value, effect, tolerationSeconds)")
             if kind is int:
                 item[name] = _whole(f"{key} {name}", field_value, "toleration field tolerationSeconds must be a whole number")
             elif isinstance(field_value, str) and not isinstance(field_value, bool):

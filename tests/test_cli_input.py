@@ -142,7 +142,6 @@ CASES = [
     ("verify-bad-output", ["verify", "-o", "xml"], {}, "--output"),
     ("verify-bad-host-ip", ["verify", "--host-ip", "nope"], {}, "--host-ip"),
     ("demo-bad-break", ["demo", "--break", "everything"], {}, "--break"),
-    ("no-terminal-no-yes", ["setup", "--only", "aws", "--account-id", ACCOUNT], {}, "--yes"),
 ] + [(f"config-{name}", VALID + ["--config", f"@{name}"], {}, None) for name in CONFIGS] + [
     ("config-non-utf8", VALID + ["--config", "@non-utf8-config"], {}, "UTF-8"),
 ]
@@ -217,7 +216,7 @@ def test_table_is_large_enough():
     assert len(CASES) >= 60
 
 
-@pytest.mark.parametrize("name", ["region-arabic-digit", "garbage-AWS_ENDPOINT_URL", "config-port-true", "no-terminal-no-yes",
+@pytest.mark.parametrize("name", ["region-arabic-digit", "garbage-AWS_ENDPOINT_URL", "config-port-true", "bogus-AWS_RETRY_MODE",
                                   "only-access-key-id", "malformed-kubeconfig"])
 def test_bad_input_in_a_real_process(sandbox, tmp_path, name):
     """The same, through `python -m rbacbridge` (start-up, stdin not a terminal, real exit status)."""
