@@ -13,7 +13,11 @@ from typing import Annotated, Optional
 import typer
 import typer.core
 
-from rbacbridge.errors import RbacbridgeError, UsageError
+from rbacbridge.errors import (EXIT_CHANGES_PENDING, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+                               INTERRUPTED_MESSAGE, Interrupted, RbacbridgeError, UsageError, one_line)
+
+EPILOG = ("Exit codes (every command): 0 ok, 1 failed, 2 bad input or refused (nothing changed), "
+          "3 could not complete, 4 changes pending (plan --exit-code), 130 interrupted.")
 
 class _Group(typer.core.TyperGroup):
     """typer >= 0.28 coerces every option value through a pydantic TypeAdapter, built on first use:
@@ -34,36 +38,56 @@ app = typer.Typer(
     name="rbacbridge",
     help="Set up, verify and tear down kube2iam's Kubernetes-to-AWS IAM bridge (pods stop inheriting the node's IAM role).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rbacbridge import __version__
+
+        typer.echo(f"rbacbridge {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback(epilog=EPILOG)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True, callback=_print_version)] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="on an error, also print the Python trace (anywhere on the line; or RBACBRIDGE_DEBUG=1)")] = False,
+) -> None:
+    """Global options (they go before the command; --debug may go anywhere)."""
+
+
 # --- options shared by the commands -----------------------------------------------------------
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="rbacbridge.yaml (article values are the defaults)", show_default=False)]
-AccountOpt = Annotated[Optional[str], typer.Option("--account-id", help="AWS account id (12 digits); must match the credentials in use", show_default=False)]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="AWS profile (else AWS_PROFILE, env, instance role)", show_default=False)]
-RegionOpt = Annotated[Optional[str], typer.Option("--region", help="AWS region [default: us-east-1]", show_default=False)]
-EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint-url", help="AWS endpoint (else AWS_ENDPOINT_URL)", show_default=False)]
-InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance-id", help="worker instance id (repeatable; else from the nodes' providerID)", show_default=False)]
-KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubeconfig file", show_default=False)]
-ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubeconfig context", show_default=False)]
-HostInterfaceOpt = Annotated[Optional[str], typer.Option("--host-interface", help="kube2iam --host-interface [default: auto = from the cluster's network plugin]", show_default=False)]
-NodeSelectorOpt = Annotated[Optional[str], typer.Option("--node-selector", help="label selector for the worker nodes", show_default=False)]
-OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="parts to act on: aws,kube,nodes [default: all]", show_default=False)]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask before changing anything")]
+FORMATS = ("table", "json", "yaml")
+
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="rbacbridge.yaml (article values are the defaults)", show_default=False)]
+AccountOpt = Annotated[Optional[str], typer.Option("--account-id", metavar="ACCOUNT", help="AWS account id (12 digits); must match the credentials in use", show_default=False)]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", metavar="PROFILE", help="AWS profile (else AWS_PROFILE, env, instance role)", show_default=False)]
+RegionOpt = Annotated[Optional[str], typer.Option("--region", metavar="REGION", help="AWS region; else aws.region in the config, AWS_REGION, AWS_DEFAULT_REGION, the profile's region, us-east-1", show_default=False)]
+EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint-url", metavar="URL", help="AWS endpoint (else AWS_ENDPOINT_URL)", show_default=False)]
+InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance-id", metavar="ID", help="worker instance id (repeatable; else from the nodes' providerID)", show_default=False)]
+KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", metavar="FILE", help="kubeconfig file", show_default=False)]
+ContextOpt = Annotated[Optional[str], typer.Option("--context", metavar="NAME", help="kubeconfig context", show_default=False)]
+NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", metavar="NAMESPACE", help="namespace of the nginx Deployments, the tenant's namespace [default: default]", show_default=False)]
+HostInterfaceOpt = Annotated[Optional[str], typer.Option("--host-interface", metavar="IFACE", help="kube2iam --host-interface [default: auto = from the cluster's network plugin]", show_default=False)]
+NodeSelectorOpt = Annotated[Optional[str], typer.Option("--node-selector", metavar="SELECTOR", help="label selector for the worker nodes", show_default=False)]
+OnlyOpt = Annotated[Optional[str], typer.Option("--only", metavar="PARTS", help="parts to act on, comma-separated: aws,kube,nodes [default: all]", show_default=False)]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", metavar="[table|json|yaml]", help="output format")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="apply without asking (needed when there is no terminal)")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan only; change nothing")]
-NodeOpt = Annotated[Optional[list[str]], typer.Option("--node", help="node HOST[:PORT] or ssh-config alias (repeatable; else nodes.hosts, else the cluster's nodes)", show_default=False)]
-SshUserOpt = Annotated[Optional[str], typer.Option("--ssh-user", help="SSH user (else ~/.ssh/config, else the local user); non-root uses sudo -n", show_default=False)]
-SshKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", help="SSH private key (else ~/.ssh/config IdentityFile, agent, ~/.ssh/id_*)", show_default=False)]
-KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", help="known_hosts file [default: ~/.ssh/known_hosts]; host keys are always verified", show_default=False)]
-SshPortOpt = Annotated[Optional[int], typer.Option("--ssh-port", help="SSH port when HOST has none (else ~/.ssh/config, else 22)", show_default=False)]
-SshConfigOpt = Annotated[Optional[str], typer.Option("--ssh-config", help="ssh config file [default: ~/.ssh/config]; 'none' to ignore", show_default=False)]
+NodeOpt = Annotated[Optional[list[str]], typer.Option("--node", metavar="HOST[:PORT]", help="node address or ssh-config alias (repeatable; else nodes.hosts, else the cluster's nodes)", show_default=False)]
+SshUserOpt = Annotated[Optional[str], typer.Option("--ssh-user", metavar="USER", help="SSH user (else ~/.ssh/config, else the local user); non-root uses sudo -n", show_default=False)]
+SshKeyOpt = Annotated[Optional[str], typer.Option("--ssh-key", metavar="FILE", help="SSH private key (else ~/.ssh/config IdentityFile, agent, ~/.ssh/id_*)", show_default=False)]
+KnownHostsOpt = Annotated[Optional[str], typer.Option("--known-hosts", metavar="FILE", help="known_hosts file [default: ~/.ssh/known_hosts]; host keys are always verified", show_default=False)]
+SshPortOpt = Annotated[Optional[int], typer.Option("--ssh-port", metavar="PORT", help="SSH port when HOST has none (else ~/.ssh/config, else 22)", show_default=False)]
+SshConfigOpt = Annotated[Optional[str], typer.Option("--ssh-config", metavar="FILE", help="ssh config file [default: ~/.ssh/config]; 'none' to ignore", show_default=False)]
 AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="record unknown host keys (OpenSSH accept-new); a changed key is always refused")]
-HostIpOpt = Annotated[Optional[str], typer.Option("--host-ip", help="host IP in kube2iam's rule (else the node's InternalIP, else the address SSH reached)", show_default=False)]
-PortOpt = Annotated[Optional[int], typer.Option("--port", help="kube2iam --app-port in the rule [default: 8282]", show_default=False)]
+HostIpOpt = Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="host IP in kube2iam's rule (else the node's InternalIP, else the address SSH reached)", show_default=False)]
+PortOpt = Annotated[Optional[int], typer.Option("--port", metavar="PORT", help="kube2iam --app-port in the rule [default: 8282]", show_default=False)]
 AddMissingOpt = Annotated[bool, typer.Option("--add-missing", help="add the iptables rule where it is missing (else kube2iam adds it once it runs)")]
 
 
@@ -81,6 +105,7 @@ _AWS = (("profile", ProfileOpt, None, "profile", None), ("region", RegionOpt, No
         ("endpoint_url", EndpointOpt, None, "endpoint_url", None))
 _INSTANCES = (("instance_id", InstanceOpt, None, "instance_ids", _as_tuple),)
 _KUBE = (("kubeconfig", KubeconfigOpt, None, "kubeconfig", None), ("context", ContextOpt, None, "context", None))
+_NAMESPACE = (("namespace", NamespaceOpt, None, "namespace", None),)
 _INTERFACE = (("host_interface", HostInterfaceOpt, None, "host_interface", None),)
 _SELECTOR = (("node_selector", NodeSelectorOpt, None, "node_selector", None),)
 _NODES = (("node", NodeOpt, None, "node_hosts", _as_tuple),)
@@ -99,6 +124,8 @@ def with_config(*groups):
     import inspect
 
     flags = [("config", ConfigOpt, None, None, None)] + [flag for group in groups for flag in group]
+    labels = {field: _flag_name(annotation) for _, annotation, _, field, _ in flags if field}
+    needs_region = _AWS in groups
 
     def decorate(command):
         signature = inspect.signature(command, eval_str=True)
@@ -111,7 +138,15 @@ def with_config(*groups):
             values = {name: kwargs.pop(name) for name, *_ in flags}
             overrides = {field: (convert(values[name]) if convert else values[name])
                          for name, _, _, field, convert in flags if field}
-            return command(cfg=_config(values["config"], **overrides), **kwargs)
+            try:
+                cfg = _config(values["config"], labels, **overrides)
+                if needs_region:
+                    from rbacbridge.aws import resolve_region
+
+                    cfg, _ = resolve_region(cfg)
+                return command(cfg=cfg, **kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted") from None
 
         del wrapper.__wrapped__  # typer must read the new signature, not the command's own
         wrapper.__signature__ = signature.replace(parameters=own + shared)
@@ -121,19 +156,46 @@ def with_config(*groups):
     return decorate
 
 
-def _config(config_path: str | None, **overrides):
+def _flag_name(annotation) -> str | None:
+    """The long option name (`--instance-id`) declared in an Annotated[..., typer.Option(...)]."""
+    for meta in getattr(annotation, "__metadata__", ()):
+        # typer keeps the first declaration of an Annotated option in `default`
+        declared = [getattr(meta, "default", None), *(getattr(meta, "param_decls", ()) or ())]
+        names = [d for d in declared if isinstance(d, str) and d.startswith("--")]
+        if names:
+            return names[0]
+    return None
+
+
+def _config(config_path: str | None, labels: dict[str, str | None], **overrides):
     from rbacbridge import config as config_module
 
     base = config_module.load(config_path)
-    return base.with_overrides(**overrides)
+    return base.with_overrides(flags=labels, **overrides)
+
+
+def _choice(flag: str, value: str, choices) -> str:
+    from rbacbridge.errors import shown
+
+    if value not in choices:
+        raise UsageError(f"invalid {flag} {shown(value)}: choose from {', '.join(choices)}")
+    return value
 
 
 def _output_format(value: str) -> str:
-    from rbacbridge.output import FORMATS
+    return _choice("--output", value, FORMATS)
 
-    if value not in FORMATS:
-        raise UsageError(f"invalid --output {value!r}: choose from {', '.join(FORMATS)}")
-    return value
+
+def _dump(fmt: str, data) -> None:
+    """Structured output on stdout: json or yaml."""
+    from rbacbridge import output as out
+
+    if fmt == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True))
+    else:
+        out.dump_json(data)
 
 
 class _CliReporter:
@@ -171,10 +233,15 @@ def _context(cfg, only, output, force=False, adopt=False):
     return Context(config=cfg, parts=parse_parts(only), force=force, adopt=adopt, reporter=_CliReporter(output))
 
 
-def _confirm(question: str) -> bool:
+def _approve(changes: int, yes: bool, command: str) -> None:
+    """Like terraform and eksctl: ask on a terminal; without one, refuse unless --yes was given."""
+    if yes or not changes:
+        return
     if not sys.stdin.isatty():
-        return True  # CI: the plan is printed above; proceed
-    return typer.confirm(question, default=False, err=True)
+        raise UsageError(f"{changes} change(s) planned and no terminal to confirm them: "
+                         f"run `rbacbridge {command}` again with --yes to apply this plan (nothing changed)")
+    if not typer.confirm(f"Apply these {changes} changes?", default=False, err=True):
+        raise UsageError("not confirmed: nothing changed")
 
 
 def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> int:
@@ -188,39 +255,47 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
         out.print_notes(plan, notes=False)  # the JSON has them too; a warning must not go unseen in a CI log
     if plan.conflicts:
         names = ", ".join(f"{s.kind} {s.name}" for s in plan.conflicts)
-        if output == "json":
-            out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": False, "error": f"conflicts: {names}"})
+        if output != "table":
+            _dump(output, {"plan": plan.to_dict(), "applied": [], "ok": False, "error": f"conflicts: {names}"})
         raise RbacbridgeError(f"{len(plan.conflicts)} conflict(s), nothing changed: {names} (see the plan: each conflict says how to resolve it)")
     if dry_run:
-        if output == "json":
-            out.dump_json({"plan": plan.to_dict(), "applied": [], "ok": True, "dry_run": True})
-        return 0
-    if plan.changes and not yes and not _confirm(f"Apply these {len(plan.changes)} changes?"):
-        raise RbacbridgeError("aborted: nothing changed")
+        if output != "table":
+            _dump(output, {"plan": plan.to_dict(), "applied": [], "ok": True, "dry_run": True})
+        return EXIT_OK
+    try:
+        _approve(len(plan.changes), yes, verb)
+    except UsageError as exc:
+        if output != "table":
+            _dump(output, {"plan": plan.to_dict(), "applied": [], "ok": False, "error": str(exc)})
+        raise
     outcome = run(ctx, plan, teardown=teardown)
     error = None
     if not outcome.ok:
         failure = outcome.failure
         error = f"{failure.failed.message} failed: {failure.error}"
-    if output == "json":
-        out.dump_json({"plan": outcome.plan.to_dict(), "applied": [s.to_dict() for s in outcome.done], "ok": outcome.ok, "error": error})
+    if output != "table":
+        _dump(output, {"plan": outcome.plan.to_dict(), "applied": [s.to_dict() for s in outcome.done], "ok": outcome.ok, "error": error})
     else:
         con = out.console()
         con.print(f"{verb}: {len(outcome.done)} change(s) made" + ("" if outcome.ok else ", then it stopped"))
     if error:
+        if getattr(outcome.failure.error, "denied", False):
+            # Re-running cannot help: the credentials lack a permission (named in the error).
+            raise RbacbridgeError(f"{error} ({len(outcome.done)} change(s) made before it)")
         raise RbacbridgeError(f"{error} (re-run `rbacbridge {verb}` to finish; it plans again from live state)")
-    return 0
+    return EXIT_OK
 
 
 # --- commands ---------------------------------------------------------------------------------
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _INTERFACE, _SELECTOR, _NODES, _SSH)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH)
 def plan(
     cfg,
     only: OnlyOpt = None,
     teardown: Annotated[bool, typer.Option("--teardown", help="plan the teardown instead")] = False,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="exit 4 when the plan has changes or conflicts, 0 when it has none (like git diff --exit-code)")] = False,
     output: OutputOpt = "table",
 ) -> None:
     """Show every step setup (or teardown) would take against live state. Changes nothing."""
@@ -230,15 +305,17 @@ def plan(
     fmt = _output_format(output)
     ctx = _context(cfg, only, fmt)
     result = planner.plan_teardown(ctx) if teardown else planner.plan_setup(ctx)
-    if fmt == "json":
+    if fmt != "table":
         out.print_notes(result, notes=False)
-        out.dump_json(result.to_dict())
+        _dump(fmt, result.to_dict())
     else:
         out.print_plan(result, "rbacbridge teardown plan" if teardown else "rbacbridge setup plan")
+    if exit_code and (result.changes or result.conflicts):
+        raise typer.Exit(EXIT_CHANGES_PENDING)
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _INTERFACE, _SELECTOR, _NODES, _SSH)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH)
 def setup(
     cfg,
     only: OnlyOpt = None,
@@ -248,7 +325,8 @@ def setup(
     yes: YesOpt = False,
     output: OutputOpt = "table",
 ) -> None:
-    """Create or update everything (IAM, instance profiles, kube2iam, iptables) idempotently."""
+    """Create or update everything (IAM, instance profiles, kube2iam, iptables) idempotently.
+    Shows the plan first; asks on a terminal, and without one needs --yes."""
     from rbacbridge import planner
 
     fmt = _output_format(output)
@@ -259,7 +337,7 @@ def setup(
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _INTERFACE, _SELECTOR, _NODES, _SSH)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH)
 def teardown(
     cfg,
     only: OnlyOpt = None,
@@ -268,7 +346,8 @@ def teardown(
     yes: YesOpt = False,
     output: OutputOpt = "table",
 ) -> None:
-    """Undo setup in reverse order; delete only what rbacbridge owns; restore what it replaced."""
+    """Undo setup in reverse order; delete only what rbacbridge owns; restore what it replaced.
+    Shows the plan first; asks on a terminal, and without one needs --yes."""
     from rbacbridge import planner
 
     fmt = _output_format(output)
@@ -279,7 +358,7 @@ def teardown(
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="leave the sandbox running until Ctrl-C")] = False,
-    break_: Annotated[Optional[str], typer.Option("--break", help="plant one fault for verify to catch: trust, policy, iptables or namespace", show_default=False)] = None,
+    break_: Annotated[Optional[str], typer.Option("--break", metavar="[trust|policy|iptables|namespace]", help="plant one fault for verify to catch: trust, policy, iptables or namespace", show_default=False)] = None,
 ) -> None:
     """Sandbox walk-through on an embedded moto server: plan, setup, no-op re-run, verify matrix, teardown."""
     from rbacbridge.demo import run_demo
@@ -287,8 +366,7 @@ def demo(
     if break_ is not None:
         from rbacbridge.sandbox import FAULTS
 
-        if break_ not in FAULTS:
-            raise UsageError(f"invalid --break {break_!r}: choose from {', '.join(FAULTS)}")
+        _choice("--break", break_, FAULTS)
     raise typer.Exit(run_demo(keep=keep, fault=break_))
 
 
@@ -325,7 +403,7 @@ def permissions(
 
 
 @app.command()
-@with_config(_ACCOUNT, _INTERFACE, _KUBE)
+@with_config(_ACCOUNT, _INTERFACE, _KUBE, _NAMESPACE)
 def render(
     cfg,
     output: Annotated[str, typer.Option("--output", "-o", help="yaml (a multi-document stream) or json (one List)")] = "yaml",
@@ -372,71 +450,78 @@ app.add_typer(iptables_app, name="iptables")
 
 
 
+def _iptables_run(cfg, command: str, dry_run: bool, yes: bool, output: str, force: bool = False) -> None:
+    from rbacbridge import output as out
+    from rbacbridge.nodes import run_iptables
+
+    fmt = _output_format(output)
+    ctx = _context(cfg, "nodes", fmt, force=force)
+
+    def show_plan(plan) -> None:
+        out.print_plan(plan, f"rbacbridge iptables {command} plan" + (" (dry run)" if dry_run else ""), to_stderr=fmt != "table")
+
+    def confirm(plan) -> bool:
+        _approve(len(plan.changes), yes, f"iptables {command}")
+        return True
+
+    result = run_iptables(ctx, command, show_plan=show_plan, confirm=confirm, dry_run=dry_run)
+    if fmt != "table":
+        _dump(fmt, result.to_dict())
+    else:
+        out.print_iptables(result)
+    if not result.ok:
+        failed = [r.node for r in result.reports if r.error]
+        raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
+    if result.conflicted and command != "status":
+        names = ", ".join(r.node for r in result.conflicted)
+        raise RbacbridgeError(f"{len(result.conflicted)} of {len(result.reports)} node(s) left unchanged because of a conflict: "
+                              f"{names} (see the plan; --force deletes the rule anyway)")
+
+
 def _iptables_cmd(command: str, doc: str):
     @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE)
     def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table",
             force: Annotated[bool, typer.Option("--force", help="also delete rules to this node that a running interceptor uses (a conflict otherwise)")] = False) -> None:
-        from rbacbridge import output as out
-        from rbacbridge.nodes import run_iptables
-
-        fmt = _output_format(output)
-        ctx = _context(cfg, "nodes", fmt, force=force)
-
-        def show_plan(plan) -> None:
-            out.print_plan(plan, f"rbacbridge iptables {command} plan" + (" (dry run)" if dry_run else ""), to_stderr=fmt == "json")
-
-        def confirm(plan) -> bool:
-            if yes or _confirm(f"Apply these {len(plan.changes)} changes?"):
-                return True
-            raise RbacbridgeError("aborted: nothing changed")
-
-        result = run_iptables(ctx, command, show_plan=show_plan, confirm=confirm, dry_run=dry_run)
-        if fmt == "json":
-            out.dump_json(result.to_dict())
-        else:
-            out.print_iptables(result)
-        if not result.ok:
-            failed = [r.node for r in result.reports if r.error]
-            raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
-        if result.conflicted and command != "status":
-            names = ", ".join(r.node for r in result.conflicted)
-            raise RbacbridgeError(f"{len(result.conflicted)} of {len(result.reports)} node(s) left unchanged because of a conflict: "
-                                  f"{names} (see the plan; --force deletes the rule anyway)")
+        _iptables_run(cfg, command, dry_run, yes, output, force)
 
     cmd.__doc__ = doc
     iptables_app.command(command)(cmd)
 
 
-_iptables_cmd("status", "Show each node's kube2iam rules: kept, duplicate, stale, missing, other tools'. Changes nothing.")
+@iptables_app.command("status")
+@with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE)
+def iptables_status(cfg, output: OutputOpt = "table") -> None:
+    """Show each node's kube2iam rules: kept, duplicate, stale, missing, other tools'. Changes nothing."""
+    _iptables_run(cfg, "status", dry_run=False, yes=False, output=output)
+
+
 _iptables_cmd("fix", "Keep exactly one rule matching the kube2iam settings on each node; delete duplicates and stale rules.")
 _iptables_cmd("remove", "Delete every kube2iam rule on each node (teardown: no pod's metadata call goes to a dead port).")
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _KUBE, _SSH)
+@with_config(_ACCOUNT, _AWS, _KUBE, _NAMESPACE, _SSH)
 def verify(
     cfg,
-    stage: Annotated[str, typer.Option("--stage", help="before: every principal expects the node role (article steps 10-11); after: kube2iam's matrix (step 15)")] = "after",
-    output: Annotated[str, typer.Option("--output", "-o", help="table, json or junit")] = "table",
-    junit_file: Annotated[Optional[str], typer.Option("--junit-file", help="also write a JUnit XML report here", show_default=False)] = None,
-    probe: Annotated[str, typer.Option("--probe", help="exec: the AWS CLI inside the pod; ephemeral: an ephemeral AWS CLI container")] = "exec",
+    stage: Annotated[str, typer.Option("--stage", metavar="[before|after]", help="before: every principal expects the node role (article steps 10-11); after: kube2iam's matrix (step 15)")] = "after",
+    output: Annotated[str, typer.Option("--output", "-o", metavar="[table|json|yaml|junit]", help="output format")] = "table",
+    junit_file: Annotated[Optional[str], typer.Option("--junit-file", metavar="FILE", help="also write a JUnit XML report here", show_default=False)] = None,
+    probe: Annotated[str, typer.Option("--probe", metavar="[exec|ephemeral]", help="exec: the AWS CLI inside the pod; ephemeral: an ephemeral AWS CLI container")] = "exec",
     install_cli: Annotated[bool, typer.Option("--install-cli", help="install the AWS CLI in pods that lack it (article step 9)")] = False,
-    node: Annotated[Optional[str], typer.Option("--node", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
-    host_ip: Annotated[Optional[str], typer.Option("--host-ip", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
+    node: Annotated[Optional[str], typer.Option("--node", metavar="HOST[:PORT]", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
+    host_ip: Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
     no_drift_check: Annotated[bool, typer.Option("--no-drift-check", help="skip comparing live IAM and Kubernetes state with what setup wants")] = False,
 ) -> None:
     """Check the S3 access matrix and the chains into managed roles: expected (from the configuration) vs
     observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
     from rbacbridge import report
     from rbacbridge.config import node_addresses
+    from rbacbridge.errors import shown
     from rbacbridge.verify import STAGES, LiveOptions, run_live
 
-    if stage not in STAGES:
-        raise UsageError(f"invalid --stage {stage!r}: choose from {', '.join(STAGES)}")
-    if output not in report.FORMATS:
-        raise UsageError(f"invalid --output {output!r}: choose from {', '.join(report.FORMATS)}")
-    if probe not in ("exec", "ephemeral"):
-        raise UsageError(f"invalid --probe {probe!r}: choose from exec, ephemeral")
+    _choice("--stage", stage, STAGES)
+    _choice("--output", output, tuple(report.FORMATS) + ("yaml",))
+    _choice("--probe", probe, ("exec", "ephemeral"))
     if node is not None:
         node_addresses("--node", node)
     if host_ip is not None:
@@ -445,7 +530,7 @@ def verify(
         try:
             ipaddress.ip_address(host_ip)
         except ValueError:
-            raise UsageError(f"invalid --host-ip {host_ip!r}: not an IP address") from None
+            raise UsageError(f"invalid --host-ip {shown(host_ip)}: not an IP address") from None
     ctx = _context(cfg, None, "json" if output != "table" else "table")
     from rbacbridge.errors import IncompleteError
 
@@ -470,6 +555,10 @@ def _render_verify(result, output: str, junit_file: str | None) -> None:
             raise RbacbridgeError(f"cannot write --junit-file {junit_file}: {exc.strerror or exc}") from None
     if output == "json":
         sys.stdout.write(report.to_json(result))
+    elif output == "yaml":
+        import json
+
+        _dump("yaml", json.loads(report.to_json(result)))
     elif output == "junit":
         sys.stdout.write(report.to_junit(result))
     else:
@@ -478,37 +567,82 @@ def _render_verify(result, output: str, junit_file: str | None) -> None:
 
 
 def main() -> None:
+    """Run the CLI: one line on stderr and an exit code from rbacbridge.errors for every failure."""
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("RBACBRIDGE_DEBUG") == "1"
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]
     try:
+        code = _run(argv, debug)
+    except KeyboardInterrupt:
+        code = interrupted()
+    _exit(code)
+
+
+def interrupted() -> int:
+    """Ctrl-C, wherever it came: one line, exit 130. A re-run plans again from live state."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
+    _error_line(INTERRUPTED_MESSAGE)
+    return EXIT_INTERRUPTED
+
+
+def _error_line(text: str) -> None:
+    try:
+        sys.stderr.write(f"error: {one_line(text, 293)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _exit(code: int) -> None:
+    import signal
+
+    # The exit code is decided: a Ctrl-C from now on must not replace it with a traceback or -2.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if code == EXIT_INTERRUPTED:
+        # Leave now: do not wait for worker threads (SSH commands) or run exit hooks that a
+        # second Ctrl-C could interrupt with a traceback (or an exit status of -2).
+        os._exit(code)
+    sys.exit(code)
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    try:
         code = app(args=argv, prog_name="rbacbridge", standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        if code == EXIT_INTERRUPTED:
+            return interrupted()  # typer turned Ctrl-C into a silent exit code 130
+        return code if isinstance(code, int) else EXIT_OK
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return interrupted()  # typer turns Ctrl-C into a silent Exit(130)
+        return exc.exit_code
     except RbacbridgeError as exc:
+        if isinstance(exc, Interrupted):
+            return interrupted()
         if debug:
             import traceback
 
             traceback.print_exc()
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted (re-run to finish; plans start from live state)", err=True)
-        sys.exit(130)
+        _error_line(str(exc))
+        return exc.exit_code
     except Exception as exc:  # noqa: BLE001
         # typer ships its own copy of click's exception classes: recognise them by shape.
         if type(exc).__name__ == "Abort":
-            typer.echo("error: aborted", err=True)
-            sys.exit(1)
+            return interrupted()  # Ctrl-C (or end of input) at a prompt
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message())
-            sys.exit(0)
+            return EXIT_OK
         if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
-            typer.echo(f"error: {exc.format_message()} (see `rbacbridge --help`)", err=True)
-            sys.exit(exc.exit_code)
+            _error_line(f"{exc.format_message()} (see `rbacbridge --help`)")
+            return EXIT_USAGE if exc.exit_code == 2 else exc.exit_code
         if debug:
             raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for a trace)", err=True)
-        sys.exit(1)
+        _error_line(f"unexpected {type(exc).__name__}: {exc} (run with --debug for a trace)")
+        return EXIT_FAILED

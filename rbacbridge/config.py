@@ -11,36 +11,87 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from rbacbridge.errors import UsageError
+from rbacbridge.errors import UsageError, shown
 
 # --- validators: each returns the cleaned value or raises UsageError(one line) ---------------
+# Every pattern is ASCII-only (no \w or \d: they match the letters and digits of every script).
 
-_IAM_NAME = re.compile(r"^[\w+=,.@-]+$")
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}$")
-_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\+?$")
-_IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
-_LABEL_SELECTOR = re.compile(r"^[A-Za-z0-9_./=!,() -]*$")
-_SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_IAM_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]+")
+_REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]{1,2}")
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
+_INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_IFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}\+?")
+_IMAGE = re.compile(r"[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*")
+_LABEL_SELECTOR = re.compile(r"[A-Za-z0-9_./=!,() -]*")
+_SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_ENDPOINT = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(/[!-~]*)?")
+_WHOLE = re.compile(r"0|[1-9][0-9]*")  # decimal, no sign, no leading zero (YAML 1.1 reads 017 as octal)
+_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
+class Text(str):
+    """A scalar of rbacbridge.yaml as written, plus what YAML 1.1 would have read it as
+    (`yaml_type`: str, int, float, bool, null, timestamp) and whether it was quoted."""
+
+    yaml_type = "str"
+    quoted = True
 
 
 def _fail(key: str, value: Any, why: str) -> UsageError:
-    return UsageError(f"invalid {key} {value!r}: {why}")
+    return UsageError(f"invalid {key} {shown(value)}: {why}")
+
+
+def _text(key: str, value: Any) -> str:
+    """The value as text; refuses what is not text, and unquoted YAML that YAML 1.1 reads as
+    something else than it looks (yes/no/on/off, octal, 1_000, 1e3, .inf)."""
+    if isinstance(value, Text):
+        if not value.quoted and value.yaml_type == "bool":
+            raise _fail(key, value, "YAML reads an unquoted true/false/yes/no/on/off as a boolean; quote it if you mean the text")
+        if not value.quoted and value.yaml_type in ("int", "float") and not _DECIMAL.fullmatch(value):
+            raise _fail(key, value, "YAML 1.1 reads this as a number in another form (octal, 1_000, 1e3); quote it")
+        return str.__str__(value)
+    if isinstance(value, bool):
+        raise _fail(key, value, "expected text, not a boolean")
+    if isinstance(value, (dict, list, tuple, set)):
+        raise UsageError(f"invalid {key}: expected a single value, not {_kind(value)}")
+    if not isinstance(value, (str, int, float)):
+        raise _fail(key, type(value).__name__, "expected text")
+    return str(value)
+
+
+def _whole(key: str, value: Any, why: str) -> int:
+    if isinstance(value, bool) or (isinstance(value, Text) and value.yaml_type == "bool" and not value.quoted):
+        raise _fail(key, value, why)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (str, float)) and _WHOLE.fullmatch(str(value)):
+        return int(str(value))
+    raise _fail(key, value, why)
+
+
+def _number(key: str, value: Any, why: str) -> float:
+    if isinstance(value, bool) or (isinstance(value, Text) and value.yaml_type == "bool" and not value.quoted):
+        raise _fail(key, value, why)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return float(str(value))
+    raise _fail(key, value, why)
 
 
 def account_id(key: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
-    text = str(value)
-    if not re.fullmatch(r"\d{12}", text):
-        raise _fail(key, value, "an AWS account id is exactly 12 digits")
+    text = _text(key, value)
+    if not _ACCOUNT_ID.fullmatch(text):
+        raise _fail(key, value, "an AWS account id is exactly 12 digits 0-9")
     return text
 
 
 def region(key: str, value: Any) -> str:
-    text = str(value)
+    text = _text(key, value)
     if not _REGION.fullmatch(text):
         raise _fail(key, value, "not an AWS region name (like us-east-1)")
     return text
@@ -48,11 +99,11 @@ def region(key: str, value: Any) -> str:
 
 def _iam_name(limit: int) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
-        text = str(value)
+        text = _text(key, value)
         if not 1 <= len(text) <= limit:
             raise _fail(key, value, f"IAM names are 1-{limit} characters")
         if not _IAM_NAME.fullmatch(text):
-            raise _fail(key, value, "IAM names allow letters, digits and +=,.@_- only")
+            raise _fail(key, value, "IAM names allow ASCII letters, digits and +=,.@_- only")
         return text
 
     return check
@@ -64,7 +115,7 @@ profile_name = _iam_name(128)
 
 
 def bucket_name(key: str, value: Any) -> str:
-    text = str(value)
+    text = _text(key, value)
     why = None
     if not 3 <= len(text) <= 63:
         why = "bucket names are 3-63 characters"
@@ -74,7 +125,7 @@ def bucket_name(key: str, value: Any) -> str:
         why = "bucket names begin and end with a letter or digit"
     elif ".." in text or ".-" in text or "-." in text:
         why = "bucket names have no '..', '.-' or '-.'"
-    elif re.fullmatch(r"\d+\.\d+\.\d+\.\d+", text):
+    elif re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", text):
         why = "bucket names are not IP addresses"
     elif text.startswith(("xn--", "sthree-")) or text.endswith(("-s3alias", "--ol-s3")):
         why = "that prefix or suffix is reserved by S3"
@@ -84,32 +135,29 @@ def bucket_name(key: str, value: Any) -> str:
 
 
 def instance_ids(key: str, value: Any) -> tuple[str, ...]:
-    items = _as_list(key, value)
+    items = [_text(key, item) for item in _as_list(key, value)]
     for item in items:
-        if not _INSTANCE_ID.fullmatch(str(item)):
+        if not _INSTANCE_ID.fullmatch(item):
             raise _fail(key, item, "an EC2 instance id looks like i-0123456789abcdef0")
-    return tuple(str(i) for i in items)
+    return tuple(items)
 
 
 def k8s_name(key: str, value: Any) -> str:
-    text = str(value)
+    text = _text(key, value)
     if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
         raise _fail(key, value, "Kubernetes names are lowercase letters, digits and '-', at most 63")
     return text
 
 
 def port(key: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise _fail(key, value, "a port is a number") from None
+    number = _whole(key, value, "a port is a whole number 1-65535")
     if not 1 <= number <= 65535:
         raise _fail(key, value, "a port is 1-65535")
     return number
 
 
 def interface(key: str, value: Any) -> str:
-    text = str(value)
+    text = _text(key, value)
     if text != "auto" and not _IFACE.fullmatch(text):
         raise _fail(key, value, "an interface name is at most 15 of [A-Za-z0-9_.-], optionally ending in '+'")
     return text
@@ -123,7 +171,7 @@ DEFAULT_ROLE_MODES = (DEDICATED, NODE, AUTO)
 
 
 def default_role(key: str, value: Any) -> str:
-    text = str(value)
+    text = _text(key, value)
     if text in DEFAULT_ROLE_MODES:
         return text
     return role_name(key, text)
@@ -137,15 +185,21 @@ def tolerations(key: str, value: Any) -> tuple[dict[str, Any], ...]:
         raise _fail(key, value, "expected a list of tolerations like [{operator: Exists}]")
     allowed = {"key": str, "operator": str, "value": str, "effect": str, "tolerationSeconds": int}
     out = []
-    for item in value:
-        if not isinstance(item, dict) or not item:
-            raise _fail(key, item, "a toleration is a mapping such as {key: dedicated, operator: Exists}")
-        for name, field_value in item.items():
+    for raw in value:
+        if not isinstance(raw, dict) or not raw:
+            raise _fail(key, raw, "a toleration is a mapping such as {key: dedicated, operator: Exists}")
+        item: dict[str, Any] = {}
+        for name, field_value in raw.items():
+            name = str.__str__(str(name))
             kind = allowed.get(name)
             if kind is None:
-                raise _fail(key, item, f"unknown toleration field {name!r} (key, operator, value, effect, tolerationSeconds)")
-            if not isinstance(field_value, kind) or isinstance(field_value, bool):
-                raise _fail(key, item, f"toleration field {name} must be a {kind.__name__}")
+                raise _fail(key, dict(raw), f"unknown toleration field {shown(name)} (key, operator, value, effect, tolerationSeconds)")
+            if kind is int:
+                item[name] = _whole(f"{key} {name}", field_value, "toleration field tolerationSeconds must be a whole number")
+            elif isinstance(field_value, str) and not isinstance(field_value, bool):
+                item[name] = _text(f"{key} {name}", field_value)
+            else:
+                raise _fail(key, name, f"toleration field {name} must be a str")
         if item.get("operator", "Equal") not in ("Exists", "Equal"):
             raise _fail(key, item, "toleration operator is Exists or Equal")
         if item.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
@@ -159,17 +213,14 @@ def tolerations(key: str, value: Any) -> tuple[dict[str, Any], ...]:
 
 
 def image(key: str, value: Any) -> str:
-    text = str(value)
+    text = _text(key, value)
     if len(text) > 255 or not _IMAGE.fullmatch(text):
         raise _fail(key, value, "not a container image reference")
     return text
 
 
 def seconds(key: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise _fail(key, value, "expected a number of seconds") from None
+    number = _number(key, value, "expected a number of seconds (like 300 or 2.5)")
     if not 0 < number <= 86400:
         raise _fail(key, value, "expected more than 0 and at most 86400 seconds")
     return number
@@ -178,26 +229,28 @@ def seconds(key: str, value: Any) -> float:
 def endpoint_url(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
-    text = str(value)
-    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/.*)?", text):
-        raise _fail(key, value, "an endpoint URL starts with http:// or https://")
+    text = _text(key, value)
+    if not _ENDPOINT.fullmatch(text):
+        raise _fail(key, value, "an endpoint URL is http:// or https:// followed by a host (ASCII)")
     return text
 
 
 def optional_text(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
-    text = str(value)
-    if "\n" in text or "\x00" in text:
-        raise _fail(key, value, "must be one line")
+    text = _text(key, value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise _fail(key, value, "must be one line without control characters")
+    if len(text) > 4096:
+        raise _fail(key, value, "longer than 4096 characters")
     return text
 
 
 def label_selector(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
-    text = str(value)
-    if not _LABEL_SELECTOR.fullmatch(text):
+    text = _text(key, value)
+    if not _LABEL_SELECTOR.fullmatch(text) or len(text) > 1024:
         raise _fail(key, value, "not a Kubernetes label selector")
     return text
 
@@ -205,18 +258,17 @@ def label_selector(key: str, value: Any) -> str | None:
 def boolean(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
+    if isinstance(value, Text) and value.yaml_type == "bool" and not value.quoted:
+        return value.lower() in ("true", "yes", "on", "y")
+    if isinstance(value, str) and value in ("true", "false"):
+        return value == "true"
     raise _fail(key, value, "expected true or false")
 
 
 def ssh_user(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
-    text = str(value)
+    text = _text(key, value)
     if not _SSH_USER.fullmatch(text):
         raise _fail(key, value, "not a valid user name")
     return text
@@ -225,8 +277,9 @@ def ssh_user(key: str, value: Any) -> str | None:
 def ipv4(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
+    text = _text(key, value)
     try:
-        address = ipaddress.ip_address(str(value))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise _fail(key, value, "not an IP address") from None
     if address.version != 4:
@@ -234,21 +287,8 @@ def ipv4(key: str, value: Any) -> str | None:
     return str(address)
 
 
-def seconds(key: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise _fail(key, value, "a number of seconds") from None
-    if not 0 < number <= 3600:
-        raise _fail(key, value, "between 0 and 3600 seconds")
-    return number
-
-
 def parallelism(key: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise _fail(key, value, "a whole number") from None
+    number = _whole(key, value, "a whole number 1-256")
     if not 1 <= number <= 256:
         raise _fail(key, value, "between 1 and 256")
     return number
@@ -258,7 +298,7 @@ def node_addresses(key: str, value: Any) -> tuple[str, ...]:
     """HOST or HOST:PORT or [IPv6]:PORT; host is an IP address or a DNS name."""
     out = []
     for item in _as_list(key, value):
-        text = str(item)
+        text = _text(key, item)
         host, _, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
         if text.startswith("["):
             host, _, port_text = text[1:].partition("]")
@@ -279,10 +319,11 @@ def _as_list(key: str, value: Any) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [v for v in re.split(r"[,\s]+", value) if v]
+        text = _text(key, value)
+        return [v for v in re.split(r"[,\s]+", text) if v]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise _fail(key, value, "expected a list")
+    raise _fail(key, type(value).__name__, "expected a list")
 
 
 # --- the schema: YAML path, field, default, validator, help ----------------------------------
@@ -299,7 +340,7 @@ class Option:
 
 SCHEMA: tuple[Option, ...] = (
     Option("account_id", "account_id", None, account_id, "AWS account the roles live in (12 digits); setup requires it"),
-    Option("aws.region", "region", "us-east-1", region, "AWS region of the worker instances"),
+    Option("aws.region", "region", "us-east-1", region, "AWS region of the worker instances (order: --region, this, AWS_REGION, AWS_DEFAULT_REGION, the profile's region, us-east-1)"),
     Option("aws.profile", "profile", None, optional_text, "AWS profile (else AWS_PROFILE / env / instance role)"),
     Option("aws.endpoint_url", "endpoint_url", None, endpoint_url, "AWS endpoint (else AWS_ENDPOINT_URL); for sandboxes"),
     Option("iam.node_policy", "node_policy", "nettech-s3-read-only", policy_name, "read-only S3 policy of the node role (article step 1)"),
@@ -389,6 +430,9 @@ class Config:
     node_parallelism: int = 64
     probe_image: str = "amazon/aws-cli:2.22.0"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Fields set by the config file or a flag (not defaults): the region falls back to the
+    # environment and the AWS profile only when it is not set here.
+    explicit: frozenset = field(default=frozenset(), compare=False)
 
     @property
     def effective_default_role(self) -> str:
@@ -423,25 +467,27 @@ class Config:
     def policy_arn(self, account: str, name: str) -> str:
         return f"arn:aws:iam::{account}:policy/{name}"
 
-    def with_overrides(self, **values: Any) -> "Config":
+    def with_overrides(self, flags: dict[str, str] | None = None, **values: Any) -> "Config":
+        """`values` by Config field; `flags` names the option each came from (for messages)."""
         cleaned = {}
         for name, value in values.items():
             if value is None or value == ():
                 continue
             option = _BY_FIELD[name]
-            cleaned[name] = option.check(f"--{name.replace('_', '-')}", value)
-        config = replace(self, **cleaned)
+            label = (flags or {}).get(name) or option.path
+            cleaned[name] = option.check(label, value)
+        config = replace(self, explicit=self.explicit | frozenset(cleaned), **cleaned)
         config.check_consistency()
         return config
 
     def check_consistency(self) -> None:
         if self.node_role == self.pod_role:
-            raise UsageError(f"invalid iam.pod_role {self.pod_role!r}: the pod role must differ from the node role")
+            raise UsageError(f"invalid iam.pod_role {shown(self.pod_role)}: the pod role must differ from the node role")
         if self.pod_default_role in (self.node_role, self.pod_role):
-            raise UsageError(f"invalid iam.default_role {self.pod_default_role!r}: the pods' default role must differ "
+            raise UsageError(f"invalid iam.default_role {shown(self.pod_default_role)}: the pods' default role must differ "
                              "from the node role and the pod role (kube2iam.default_role: node hands pods the node role)")
         if self.default_role == self.pod_role:
-            raise UsageError(f"invalid kube2iam.default_role {self.default_role!r}: every unannotated pod would get "
+            raise UsageError(f"invalid kube2iam.default_role {shown(self.default_role)}: every unannotated pod would get "
                              "the pod role; use dedicated (iam.default_role) or another role")
         if self.shared_bucket == self.tenant_bucket:
             raise UsageError("invalid buckets: buckets.shared and buckets.tenant must differ")
@@ -450,17 +496,72 @@ class Config:
             raise UsageError("invalid iam policies: node_policy, kube2iam_policy and pod_policy must differ")
 
 
+_SECTIONS = {o.path.rsplit(".", 1)[0] for o in SCHEMA if "." in o.path}
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and path not in _BY_PATH:
-            if not value:
+        if path in _SECTIONS:
+            if _is_null(value):
                 continue
+            if not isinstance(value, dict):
+                children = ", ".join(o.path.rsplit(".", 1)[1] for o in SCHEMA if o.path.startswith(path + "."))
+                raise UsageError(f"invalid {path}: expected a mapping of settings ({children}), "
+                                 f"not {_kind(value)}")
             out.update(_flatten(value, path + "."))
-        else:
+        elif path in _BY_PATH or not isinstance(value, dict) or not value:
             out[path] = value
+        else:
+            out.update(_flatten(value, path + "."))
     return out
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, Text) and value.yaml_type == "null" and not value.quoted)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"the value {shown(value)}"
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _strict_loader():
+    """yaml.SafeLoader that keeps every scalar as the text written (a `Text` that remembers what
+    YAML 1.1 would have made of it) and refuses duplicate keys."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    def scalar(loader, node):
+        text = Text(node.value)
+        text.yaml_type = node.tag.rsplit(":", 1)[-1]
+        text.quoted = node.style is not None
+        return text
+
+    for tag in ("str", "int", "float", "bool", "null", "timestamp"):
+        Loader.add_constructor(f"tag:yaml.org,2002:{tag}", scalar)
+    return Loader
 
 
 def load(path: str | Path | None) -> Config:
@@ -472,26 +573,38 @@ def load(path: str | Path | None) -> Config:
     import yaml
 
     file = Path(path)
+    where = shown(str(path))
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read config {where}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config {where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise UsageError(f"config {where}: duplicate key {shown(exc.key)} at line {exc.line} (each setting once)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"config {path} is not valid YAML{where}") from None
-    if data is None:
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        raise UsageError(f"config {where} is not valid YAML{line}" + (f": {problem}" if problem else "")) from None
+    if _is_null(data):
         data = {}
     if not isinstance(data, dict):
-        raise UsageError(f"config {path} must be a mapping of settings")
+        raise UsageError(f"config {where} must be a mapping of settings, not {_kind(data)}")
     values: dict[str, Any] = {}
     for key, value in _flatten(data).items():
         option = _BY_PATH.get(key)
         if option is None:
-            raise UsageError(f"unknown setting {key!r} in {path} (see `rbacbridge config-reference`)")
+            raise UsageError(f"unknown setting {shown(key)} in config {where} (see `rbacbridge config-reference`)")
+        if _is_null(value):
+            if option.default in (None, ()):
+                continue
+            raise UsageError(f"invalid {key}: empty (remove the line to use the default, {option.default})")
         values[option.field] = option.check(key, value)
-    config = Config(**values)
+    config = Config(**values, explicit=frozenset(values))
     config.check_consistency()
     return config

@@ -25,3 +25,32 @@ class IncompleteError(RbacbridgeError):
     """A check could not be carried out (no verdict either way): exit 3."""
 
     exit_code = EXIT_INCOMPLETE
+
+
+SHOWN_LIMIT = 60  # characters of a user's value quoted back in an error
+LINE_LIMIT = 300  # characters of one error line
+
+
+def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
+    """A value as an error line quotes it: repr, one line, at most `limit` characters (then …)."""
+    text = value if isinstance(value, str) else str(value)
+    text = str.__str__(text) if isinstance(text, str) else text  # a str subclass prints as plain text
+    if len(text) > limit:
+        return repr(text[:limit]) + "…"
+    return repr(text)
+
+
+def one_line(text: str, limit: int = LINE_LIMIT) -> str:
+    """Collapse to one line of at most `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+INTERRUPTED_MESSAGE = ("interrupted: nothing more is changed; run the same command again to finish "
+                       "(it plans again from live state)")
+
+
+class Interrupted(RbacbridgeError):
+    """Ctrl-C: exit 130; a re-run plans again from live state."""
+
+    exit_code = EXIT_INTERRUPTED

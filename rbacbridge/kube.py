@@ -311,7 +311,7 @@ def _short(exc: Any) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "Connection refused" in text or "ConnectionRefused" in text:
         return "connection refused"
-    return text[:200]
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 class KubeApiError(RbacbridgeError):
@@ -376,16 +376,29 @@ def _load_client(kubeconfig: str | None, context: str | None):
         if context:
             raise UsageError("--context needs a kubeconfig; running in-cluster has none")
         return k8s_client.ApiClient(configuration), "in-cluster service account"
+    import yaml
+
+    from rbacbridge.errors import shown
+
     if kubeconfig and not Path(os.path.expanduser(kubeconfig)).is_file():
-        raise UsageError(f"kubeconfig {kubeconfig} does not exist")
+        raise UsageError(f"kubeconfig {shown(kubeconfig)} does not exist")
     if not any(Path(os.path.expanduser(p)).is_file() for p in path.split(os.pathsep) if p):
-        raise UsageError(f"no kubeconfig found ({path}): pass --kubeconfig, set KUBECONFIG, or run inside a pod")
+        raise UsageError(f"no kubeconfig found ({shown(path)}): pass --kubeconfig, set KUBECONFIG, or run inside a pod")
     try:
         api_client = k8s_config.new_client_from_config(config_file=path, context=context, persist_config=False)
     except ConfigException as exc:
-        raise UsageError(f"kubeconfig {path}: {_short(exc)}") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise UsageError(f"kubeconfig {path} is not usable: {_short(exc)}") from None
+        raise UsageError(f"kubeconfig {shown(path)}: {_short(exc)}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UsageError(f"kubeconfig {shown(path)} is not valid YAML{where}: {_short(problem)}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"kubeconfig {shown(path)} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read kubeconfig {shown(path)}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UsageError(f"kubeconfig {shown(path)} is not usable: {_short(exc)}") from None
     return api_client, f"kubeconfig {path}" + (f", context {context}" if context else "")
 
 

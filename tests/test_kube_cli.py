@@ -39,7 +39,7 @@ def test_plan_setup_replan_teardown_via_cli(kube_api):
     assert dry.returncode == 0 and json.loads(dry.stdout)["dry_run"] is True
     assert store.mutating_requests() == []
 
-    applied = _cli("setup", *common, "-o", "json")
+    applied = _cli("setup", *common, "--yes", "-o", "json")
     assert applied.returncode == 0, applied.stderr
     result = json.loads(applied.stdout)
     assert result["ok"] is True and len(result["applied"]) == 7
@@ -48,12 +48,12 @@ def test_plan_setup_replan_teardown_via_cli(kube_api):
     assert "--host-interface=cali+" in args
 
     patches = len(store.mutating_requests())
-    again = _cli("setup", *common)
+    again = _cli("setup", *common, "--yes")
     assert again.returncode == 0, again.stderr
     assert "setup: 0 change(s) made" in again.stdout
     assert len(store.mutating_requests()) == patches
 
-    torn = _cli("teardown", *common, "-o", "json")
+    torn = _cli("teardown", *common, "--yes", "-o", "json")
     assert torn.returncode == 0, torn.stderr
     assert len(json.loads(torn.stdout)["applied"]) == 7
     assert store.get("DaemonSet", "kube2iam", "kube-system") is None
@@ -83,7 +83,7 @@ def test_unreachable_cluster_via_cli(tmp_path):
 
 def test_plan_table_shows_drifted_field_paths_literally(kube_api):
     common = ["--only", "kube", "--kubeconfig", kube_api.kubeconfig, "--account-id", "123456789012"]
-    assert _cli("setup", *common).returncode == 0
+    assert _cli("setup", *common, "--yes").returncode == 0
     daemonset = kube_api.store.get("DaemonSet", "kube2iam", "kube-system")
     daemonset["spec"]["template"]["spec"]["containers"][0]["image"] = "jtblin/kube2iam:latest"
     kube_api.store.put(daemonset)
