@@ -122,7 +122,7 @@ def check_kube(inputs: Inputs, out: Outcome) -> list[Interceptor]:
     _check_interface(kube, kube2iams, out)
     for i in kube2iams:
         if i.debug:
-            out.add(Finding("debug-enabled", [i.ref], f"--debug in args: {' '.join(i.args)}",
+            out.add(Finding("debug-enabled", [i.ref], next((a for a in i.args if a.startswith("--debug")), "--debug"),
                             f"{i.ref} serves /debug/store (every pod's role) on port {i.port}"))
     ready_at = _check_node_coverage(kube, kube2iams, out)
     _check_started_before(kube, kube2iams, ready_at, out)
