@@ -129,3 +129,52 @@ def test_only_aws_with_a_config_audits_the_iam_side_it_names(field):
     assert ids(result) == {"pod-role-untrusted"}
     assert result.findings[0].objects == ["Role app-role", "config iam.pod_role"]
     assert field.store.requests == []  # the kube part was not asked
+
+
+# --- a clean rbacbridge setup audits clean --------------------------------------------------------
+
+# What the audit still finds right after `rbacbridge setup` with today's defaults. Each line goes away
+# when the change named on it lands (then delete the line: the set must end up empty).
+EXPECTED_AFTER_SETUP = {
+    "default-role-escalation",  # kube2iam.default_role: auto = the node role (iso-setup: dedicated default role)
+    "debug-enabled",  # the DaemonSet always passes --debug (iso-setup: --debug opt-in)
+}
+
+
+def test_a_clean_rbacbridge_setup_audits_clean(kube_api, sandbox):
+    from rbacbridge import planner
+    from rbacbridge.audit import run_audit
+    from rbacbridge.aws import AwsGateway
+    from rbacbridge.config import Config
+    from rbacbridge.planner import Context
+
+    store = kube_api.store
+    for name, ip in (("n1", "10.0.0.11"), ("n2", "10.0.0.12")):
+        instance = sandbox.new_instance()
+        store.add_node(name, ip, provider_id=f"aws:///us-east-1a/{instance}", labels={"kubernetes.io/os": "linux"})
+    config = Config(account_id="123456789012", kubeconfig=kube_api.kubeconfig, endpoint_url=sandbox.url, rollout_timeout=5)
+    ctx = Context(config=config, parts=("aws", "kube"), gateways={"aws": AwsGateway(config, session=sandbox.session(record=False))})
+    outcome = planner.run(ctx, planner.plan_setup(ctx))
+    assert outcome.ok, outcome.failure and outcome.failure.error
+    # Play the controllers the test API server leaves out: DaemonSet pods land on their nodes,
+    # Deployment pods carry their template's annotations.
+    for (resource, namespace, name), pod in list(store.objects.items()):
+        if pod["kind"] != "Pod":
+            continue
+        if name.startswith("kube2iam-"):
+            pod["spec"]["nodeName"] = name.removeprefix("kube2iam-")
+        owner = next(iter(pod["metadata"].get("ownerReferences") or []), {})
+        if owner.get("kind") == "Deployment":
+            template = store.get("Deployment", owner["name"], namespace)["spec"]["template"]["metadata"]
+            pod["metadata"]["annotations"] = template.get("annotations") or {}
+    annotated = [p for p in store.objects_of("Pod") if "iam.amazonaws.com/role" in (p["metadata"].get("annotations") or {})]
+    assert annotated, "the annotated nginx pod is part of what gets audited"
+    store.requests.clear()
+
+    for config_given in (True, False):  # with the config, and as a stranger would see it
+        audit_ctx = Context(config=config, parts=("aws", "kube"), gateways={"aws": AwsGateway(config, session=sandbox.session())})
+        result = run_audit(audit_ctx, config_given=config_given)
+        assert result.complete, result.errors
+        assert result.ids() == {"kube2iam-daemonset"} | EXPECTED_AFTER_SETUP, [f.to_dict() for f in result.findings]
+    assert sandbox.mutating_calls == []
+    assert {r.method for r in store.requests} == {"GET"}
