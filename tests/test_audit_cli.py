@@ -109,3 +109,13 @@ def test_an_unreachable_cluster_makes_the_audit_incomplete_exit_3(field, tmp_pat
     report = json.loads(run.stdout)
     jsonschema.validate(report, load_schema())
     assert report["complete"] is False and report["errors"][0].startswith("kube: cannot reach")
+
+
+def test_no_aws_credentials_is_bad_input_that_points_at_only_kube(field):
+    argv = [sys.executable, "-m", "rbacbridge", "audit", "--kubeconfig", field.kube_api.kubeconfig]
+    env = {k: v for k, v in field.sandbox.env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    assert run.returncode == 2 and "no AWS credentials" in run.stderr and "--only kube,nodes" in run.stderr
+    run = subprocess.run(argv + ["--only", "kube"], capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    assert "aws part is not selected" in " ".join(run.stdout.split())

@@ -73,3 +73,11 @@ def test_every_kind_has_a_fix_and_the_schema_lists_exactly_the_catalogue():
     assert report["exit_code"] == 1 and report["findings"][0]["fix"] == BY_ID["debug-enabled"].fix
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**report, "schema": "rbacbridge.audit/v2"}, schema)
+
+
+def test_a_token_in_kube2iams_args_is_never_shown():
+    ds = daemonset("kube-system", "kube2iam", "jtblin/kube2iam:0.13.1",
+                   ["--api-server=https://10.0.0.1", "--api-token=s3cr3t-t0ken", "--api-token", "s3cr3t-two", "--debug"])
+    (found,) = find_interceptors([ds])
+    assert "s3cr3t" not in found.summary() and "s3cr3t" not in " ".join(found.shown_args)
+    assert found.shown_args == ["--api-server=https://10.0.0.1", "--api-token=***", "--api-token", "***", "--debug"]

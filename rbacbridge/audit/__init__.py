@@ -52,7 +52,9 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
             ids |= {i for i in (checks._instance_of(n) for n in inputs.kube.nodes) if i}
         try:
             inputs.aws = read_aws(aws.gateway(ctx), sorted(ids))
-        except UsageError:
+        except UsageError as exc:
+            if "kube" in parts and not explicit_parts:
+                raise UsageError(f"{exc} (or audit the cluster alone: --only kube,nodes)") from None
             raise
         except RbacbridgeError as exc:
             result.errors.append(f"aws: {exc}")
@@ -75,7 +77,7 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
         else:
             out.notes.append("nodes not audited (iptables rules): give --node or SSH options (--ssh-user, --ssh-key, --known-hosts)")
     result.findings = out.findings
-    result.notes = out.notes
+    result.notes = out.notes + [n for n in ctx.facts.get("notes", []) if n not in out.notes]
     result.checked = list(dict.fromkeys(out.checked))
     if inputs.kube is not None:
         result.counts.update(daemonsets=len(inputs.kube.daemonsets), pods=len(inputs.kube.pods),

@@ -112,7 +112,7 @@ def check_kube(inputs: Inputs, out: Outcome) -> list[Interceptor]:
                     "hostnetwork-pod-in-restricted-namespace", "debug-enabled"]
     for i in kube2iams:
         out.add(Finding("kube2iam-daemonset", [i.ref], i.summary(), f"kube2iam {i.ref}: {i.image} on port {i.port}, interface {i.interface}",
-                        details={"image": i.image, "args": i.args, "port": i.port, "interface": i.interface, "helm": i.helm}))
+                        details={"image": i.image, "args": i.shown_args, "port": i.port, "interface": i.interface, "helm": i.helm}))
     if not kube2iams:
         out.add(Finding("kube2iam-absent", ["cluster"], f"{len(kube.daemonsets)} DaemonSet(s), none runs kube2iam"))
     if len(interceptors) > 1:
@@ -318,6 +318,10 @@ def check_escalation_offline(inputs: Inputs, kube2iams: list[Interceptor], out: 
         if role == NODE:
             out.add(Finding("default-role-escalation", [obj], evidence,
                             "unannotated pods get the node role, which may assume every pod role"))
+        else:
+            out.notes.append(f"{obj}: default role {role} not checked against IAM (the aws part is not selected)")
+    if kube2iams:
+        out.notes.append("IMDSv2 support, pod roles' trust and permissions not checked (the aws part is not selected)")
 
 
 def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> None:
@@ -368,10 +372,11 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
     if inputs.config_given:
         cfg = inputs.config
         want(f"arn:aws:iam::{aws.account}:role/{cfg.pod_role}", f"iam.pod_role: {cfg.pod_role}", "config iam.pod_role")
-    if not nodes:
-        return
-    for arn, (asked, objects) in sorted(wanted.items()):
-        _check_pod_role(aws, nodes, arn, asked, objects, out)
+    if nodes:
+        for arn, (asked, objects) in sorted(wanted.items()):
+            _check_pod_role(aws, nodes, arn, asked, objects, out)
+    for arn in sorted(aws.unreadable):
+        out.notes.append(f"policy {arn} could not be read: the roles holding it were judged without it")
 
 
 def _check_pod_role(aws: AwsState, nodes: list[RoleInfo], arn: str, asked: list[str], objects: list[str], out: Outcome) -> None:

@@ -46,6 +46,7 @@ class AwsState:
     roles: dict[str, RoleInfo] = field(default_factory=dict)  # by name
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # ARN -> default version document
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance id -> description
+    unreadable: set[str] = field(default_factory=set)  # attached policies that could not be read
     _gw: Any = None
 
     def role_by_arn(self, arn: str) -> RoleInfo | None:
@@ -64,6 +65,8 @@ class AwsState:
                 self.policies[arn] = _policy_document(self._gw, arn)
             if self.policies.get(arn) is not None:
                 docs.append(self.policies[arn])
+            else:
+                self.unreadable.add(arn)
         return docs + list(role.inline)
 
 

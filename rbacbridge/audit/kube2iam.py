@@ -18,6 +18,8 @@ IMDSV2_VERSION = (0, 13, 0)  # first upstream image with IMDSv2 (token) support
 _BOOL_FLAGS = {"debug", "iptables", "auto-discover-default-role", "auto-discover-base-arn", "namespace-restrictions",
                "verbose", "use-regional-sts-endpoint", "version", "insecure"}
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?")
+# Flags whose values are never shown (kube2iam's --api-token; anything else that looks like a secret).
+_SECRET_FLAG = re.compile(r"token|secret|password|passwd|credential|(^|-)key($|-)", re.IGNORECASE)
 HELM_LABELS = (("app.kubernetes.io/managed-by", "Helm"), ("heritage", "Helm"))
 # DaemonSet pods the DaemonSet controller tolerates without being told (kubernetes docs, "Taints and
 # tolerations" added automatically to DaemonSet pods).
@@ -69,6 +71,26 @@ def parse_flags(tokens: list[str]) -> dict[str, str]:
             value = "true"
         flags[name] = value
     return flags
+
+
+def redact(tokens: list[str]) -> list[str]:
+    """The args with secret-looking flag values replaced by ***, for evidence and JSON."""
+    out: list[str] = []
+    hide_next = False
+    for token in tokens:
+        if hide_next and not token.startswith("-"):
+            out.append("***")
+            hide_next = False
+            continue
+        hide_next = False
+        name = token.lstrip("-")
+        if token.startswith("-") and _SECRET_FLAG.search(name.split("=", 1)[0]):
+            if "=" in name:
+                out.append(token.split("=", 1)[0] + "=***")
+                continue
+            hide_next = True
+        out.append(token)
+    return out
 
 
 def _truthy(value: str | None) -> bool:
@@ -157,7 +179,11 @@ class Interceptor:
     def summary(self) -> str:
         parts = [f"image {self.image}", f"port {self.port}", f"interface {self.interface}"]
         parts.append("Helm-labelled" if self.helm else "not Helm-labelled")
-        return ", ".join(parts) + "; args: " + " ".join(self.args)
+        return ", ".join(parts) + "; args: " + " ".join(self.shown_args)
+
+    @property
+    def shown_args(self) -> list[str]:
+        return redact(self.args)
 
     def owns(self, pod: dict[str, Any]) -> bool:
         meta = pod.get("metadata") or {}

@@ -76,6 +76,11 @@ def to_junit(result: AuditResult, fail_on: str) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
+def _objects(objects: list[str], limit: int = 6) -> str:
+    shown = ", ".join(objects[:limit])
+    return shown + (f" (+{len(objects) - limit} more, see -o json)" if len(objects) > limit else "")
+
+
 _STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
@@ -95,7 +100,7 @@ def print_table(result: AuditResult, fail_on: str, stream=None) -> None:
         for f in findings:
             style = _STYLE[f.severity]
             body = (f"[bold]{escape(f.kind)}[/bold]: {escape(f.message)}\n"
-                    f"[dim]objects:[/dim] {escape(', '.join(f.objects))}\n"
+                    f"[dim]objects:[/dim] {escape(_objects(f.objects))}\n"
                     f"[dim]seen:[/dim] {escape(f.evidence)}\n"
                     f"[dim]fix:[/dim] {escape(f.fix)}")
             table.add_row(f"[{style}]{f.severity}[/{style}]", body)
