@@ -116,3 +116,18 @@ def test_cli_stale_rule_fails_a_foreign_rule_alone_does_not_and_an_unreachable_n
     node.stop_sshd()
     code, report = audit()
     assert code == 3 and report["complete"] is False and report["errors"][0].startswith("nodes: ")
+
+
+def test_explicit_node_addresses_use_the_address_ssh_reached(kube_api, node, tmp_path):
+    seed_cluster(kube_api.store, node)
+    config = ssh_config(kube_api, node, tmp_path)
+    from dataclasses import replace
+
+    config = replace(config, node_hosts=(node.host,))
+    node.iptables("-t", "nat", "-A", "PREROUTING", *rule(node))
+    node.iptables("-t", "nat", "-A", "PREROUTING", *rule(node))
+    result = run_audit(Context(config=config, parts=("kube", "nodes")), explicit_parts=True)
+    assert result.complete, result.errors
+    (dup,) = [f for f in result.findings if f.kind in IPTABLES_KINDS]
+    assert dup.kind == "iptables-duplicate" and dup.objects == [f"Node {node.host}"]
+    assert f"{node.address}:8181" in dup.evidence
