@@ -178,3 +178,12 @@ def test_a_clean_rbacbridge_setup_audits_clean(kube_api, sandbox):
         assert result.ids() == {"kube2iam-daemonset"} | EXPECTED_AFTER_SETUP, [f.to_dict() for f in result.findings]
     assert sandbox.mutating_calls == []
     assert {r.method for r in store.requests} == {"GET"}
+
+
+def test_a_kube2iam_interface_that_is_not_a_name_leaves_the_rules_unjudged_not_bad_input(field):
+    field.set_args(lambda args: [("--host-interface=$(IFACE)" if a.startswith("--host-interface") else a) for a in args])
+    config = field.config(node_hosts=("127.0.0.1:1",), ssh_config="none")
+    result = field.audit(parts=("kube", "nodes"), config=config)
+    assert not result.complete
+    assert result.errors == ["nodes: rules not judged: DaemonSet kube-system/kube2iam has invalid interface '$(IFACE)': "
+                             "at most 15 of [A-Za-z0-9_.-], optionally ending in '+'"]

@@ -119,3 +119,14 @@ def test_no_aws_credentials_is_bad_input_that_points_at_only_kube(field):
     run = subprocess.run(argv + ["--only", "kube"], capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stderr
     assert "aws part is not selected" in " ".join(run.stdout.split())
+
+
+def test_only_aws_with_a_config_file_audits_what_it_names(field, tmp_path):
+    config = tmp_path / "rbacbridge.yaml"
+    config.write_text("iam:\n  node_role: k8s-node\n  pod_role: app-role\nkube2iam:\n  default_role: auto\n")
+    run = audit(field, "--only", "aws", "-c", str(config), "-o", "json")
+    assert run.returncode == 1, run.stderr
+    report = json.loads(run.stdout)
+    assert {f["id"] for f in report["findings"]} == {"default-role-escalation", "default-role-self-trust"}
+    assert report["findings"][0]["objects"][0] == "config kube2iam.default_role"
+    assert field.store.requests == []

@@ -71,7 +71,7 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
         checks.check_escalation_offline(inputs, kube2iams, out)
     if "nodes" in parts:
         if ssh_options_given(cfg):
-            _audit_nodes(ctx, kube2iams, result, out)
+            _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
         elif explicit_parts:
             raise UsageError("audit --only nodes needs --node HOST[:PORT] or SSH options (--ssh-user, --ssh-key, --known-hosts)")
         else:
@@ -97,10 +97,14 @@ def _share_nodes(ctx, objects, result: AuditResult) -> None:
         result.notes.append(f"cluster nodes not usable as SSH targets: {exc}")
 
 
-def _audit_nodes(ctx, kube2iams, result: AuditResult, out) -> None:
+def _audit_nodes(ctx, kube2iams, kube_state, result: AuditResult, out) -> None:
     from rbacbridge.audit.nodes import check_node, desired_settings, read_nodes
 
-    interface, port, source = desired_settings(ctx.config, kube2iams)
+    try:
+        interface, port, source = desired_settings(ctx.config, kube2iams, kube_state)
+    except UsageError as exc:  # kube2iam's own --host-interface is not an interface name
+        result.errors.append(f"nodes: rules not judged: {kube2iams[0].ref} has {exc}")
+        return
     if len(kube2iams) > 1:
         out.notes.append(f"node rules judged against {source}, the first of {len(kube2iams)} kube2iam DaemonSets")
     out.checked += ["iptables-duplicate", "iptables-stale", "iptables-foreign", "iptables-missing", "iptables-order"]

@@ -25,12 +25,19 @@ class NodeRules:
     error: str | None = None
 
 
-def desired_settings(config, kube2iams: list[Any]) -> tuple[str | None, int, str]:
-    """(interface or None for the config's, port, where they came from): kube2iam's own flags first."""
+def desired_settings(config, kube2iams: list[Any], kube_state: Any = None) -> tuple[str | None, int, str]:
+    """(interface or None for the config's, port, where they came from): kube2iam's own flags first,
+    else the configuration (`auto`: the network plugin in the DaemonSets already read, if any)."""
     if kube2iams:
         first = kube2iams[0]
+        iptables.check_interface(first.interface)  # UsageError: judged by the caller, not the user's input
         return first.interface, first.port, f"{first.ref} (--host-interface={first.interface}, --app-port={first.port})"
     interface = None if config.host_interface == "auto" else config.host_interface
+    if interface is None and kube_state is not None:
+        from rbacbridge.kube import detect_interface
+
+        interface, _ = detect_interface(kube_state.daemonsets, [p for p in kube_state.pods
+                                                                 if (p.get("metadata") or {}).get("namespace") == "kube-system"])
     return interface, config.kube2iam_port, "the configuration (no kube2iam DaemonSet seen)"
 
 
