@@ -175,19 +175,27 @@ class ProfileAssociation:
         return self.instance_id
 
 
-def desired_resources(config: Config, account: str, instance_ids: list[str]) -> list[Any]:
-    """Everything the AWS part owns, in the order it must be created."""
+def assumable_role_arns(config: Config, account: str) -> list[str]:
+    """The roles kube2iam (the node role) may assume: the pod role and the role unannotated pods get.
+    The node role's own ARN only when that default is the node role (kube2iam.default_role node/auto)."""
+    arns = {config.role_arn(account, config.pod_role), config.role_arn(account, config.effective_default_role)}
+    return sorted(arns)
+
+
+def desired_resources(config: Config, account: str, instance_ids: list[str], teardown: bool = False) -> list[Any]:
+    """Everything the AWS part owns, in the order it must be created.
+
+    `teardown=True` also lists the dedicated default role when the configuration no longer uses it,
+    so that a teardown after switching kube2iam.default_role still removes the role setup made
+    (it is deleted only if it carries rbacbridge's tag)."""
     node_role_arn = config.role_arn(account, config.node_role)
-    trusts_itself = config.effective_default_role == config.node_role
-    pod_role_arns = sorted({config.role_arn(account, config.pod_role)} | (
-        set() if trusts_itself else {config.role_arn(account, config.effective_default_role)}))
+    trusts_itself = config.default_is_node_role
     buckets = {"shared_bucket": config.shared_bucket, "tenant_bucket": config.tenant_bucket}
     resources: list[Any] = [
         ManagedPolicy(config.node_policy, render_json("node-policy.json.j2", **buckets),
                       "rbacbridge: node role reads the shared bucket (kube2iam article step 1)"),
         ManagedPolicy(config.kube2iam_policy, render_json(
-            "kube2iam-node-policy.json.j2",
-            assumable_role_arns=pod_role_arns + ([node_role_arn] if trusts_itself else [])),
+            "kube2iam-node-policy.json.j2", assumable_role_arns=assumable_role_arns(config, account)),
             "rbacbridge: kube2iam on the node may assume the pod roles"),
         Role(config.node_role,
              render_json("node-trust.json.j2", self_trust=trusts_itself, node_role_arn=node_role_arn),
@@ -199,6 +207,11 @@ def desired_resources(config: Config, account: str, instance_ids: list[str]) -> 
         Role(config.pod_role, render_json("pod-trust.json.j2", node_role_arn=node_role_arn),
              (config.pod_policy,), "rbacbridge: role kube2iam hands annotated pods (steps 4-5)"),
     ]
+    if config.manages_default_role or teardown:
+        # Unannotated pods get this role, not the node role: the article's read-only access without
+        # the node role's sts:AssumeRole on the pod roles (no sts:* at all).
+        resources.append(Role(config.pod_default_role, render_json("pod-trust.json.j2", node_role_arn=node_role_arn),
+                              (config.node_policy,), "rbacbridge: role kube2iam hands unannotated pods (read-only S3, no sts)"))
     resources += [ProfileAssociation(i, config.instance_profile) for i in instance_ids]
     return resources
 
@@ -420,6 +433,14 @@ def _association(gw: AwsGateway, instance_id: str) -> dict | None:
 
 
 def _instance_tags(gw: AwsGateway, instance_ids: list[str]) -> dict[str, dict[str, str]]:
+    return {i: _tags_of(instance) for i, instance in _describe_instances(gw, instance_ids).items()}
+
+
+def _tags_of(instance: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+def _describe_instances(gw: AwsGateway, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
     if not instance_ids:
         return {}
     try:
@@ -430,11 +451,64 @@ def _instance_tags(gw: AwsGateway, instance_ids: list[str]) -> dict[str, dict[st
         if exc.code == "InvalidInstanceID.Malformed":
             raise UsageError(str(exc)) from None
         raise
-    tags: dict[str, dict[str, str]] = {}
-    for reservation in found["Reservations"]:
-        for instance in reservation["Instances"]:
-            tags[instance["InstanceId"]] = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-    return tags
+    return {instance["InstanceId"]: instance for reservation in found["Reservations"] for instance in reservation["Instances"]}
+
+
+# --- what the instances' metadata options mean for kube2iam ------------------------------------
+
+
+def metadata_finding(instance_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What an instance's MetadataOptions mean for pods (HttpTokens, HttpPutResponseHopLimit, HttpEndpoint).
+
+    `pods_blocked_without_rule`: with IMDSv2 tokens required and a hop limit of 1, the token a pod asks
+    for is dropped one hop (the pod's network namespace) short of it, and tokenless calls get 401: pods
+    cannot reach the metadata service even if kube2iam's iptables rule is missing. kube2iam itself runs on
+    the host network and is not affected."""
+    tokens = options.get("HttpTokens") or "optional"
+    hops = options.get("HttpPutResponseHopLimit")
+    endpoint = options.get("HttpEndpoint") or "enabled"  # AWS's default; moto omits it after a modify
+    blocked = False
+    if endpoint == "disabled":
+        meaning = ("the instance metadata service is disabled: kube2iam cannot get the node role's credentials, "
+                   "so no pod gets a role (enable HttpEndpoint)")
+        blocked = True
+    elif tokens == "required" and hops == 1:
+        meaning = ("IMDSv2 tokens required, hop limit 1: pods cannot reach the metadata service even without "
+                   "kube2iam's iptables rule (good); kube2iam on the host network still can")
+        blocked = True
+    elif tokens == "required":
+        meaning = (f"IMDSv2 tokens required but hop limit {hops}: a pod can fetch a token itself, so kube2iam's "
+                   "iptables rule is the only barrier between pods and the node role (hop limit 1 adds a second)")
+    else:
+        meaning = ("IMDSv1 allowed (HttpTokens optional): a plain GET from any pod reaches the node role's credentials "
+                   "wherever kube2iam's iptables rule is missing: the rule is the only barrier "
+                   "(HttpTokens required with hop limit 1 adds a second)")
+    return {"instance_id": instance_id, "http_tokens": tokens, "hop_limit": hops, "http_endpoint": endpoint,
+            "pods_blocked_without_rule": blocked, "meaning": meaning}
+
+
+def _image_without_imdsv2(image: str) -> bool:
+    """Upstream kube2iam images before 0.13.0 have no IMDSv2 support (0.12.0 was never published)."""
+    import re
+
+    match = re.fullmatch(r"(?:docker\.io/)?jtblin/kube2iam:v?(\d+)\.(\d+)(?:\.\d+)?", image)
+    return bool(match) and (int(match.group(1)), int(match.group(2))) < (0, 13)
+
+
+def _note_metadata_options(ctx, instances: dict[str, dict[str, Any]]) -> None:
+    findings = [metadata_finding(i, instances[i].get("MetadataOptions") or {}) for i in sorted(instances)]
+    if not findings:
+        return
+    ctx.facts["metadata_options"] = findings
+    notes = ctx.facts.setdefault("notes", [])
+    for finding in findings:
+        notes.append(f"instance {finding['instance_id']}: {finding['meaning']}")
+    image = ctx.config.kube2iam_image
+    requiring = [f["instance_id"] for f in findings if f["http_tokens"] == "required"]
+    if requiring and _image_without_imdsv2(image):
+        ctx.facts.setdefault("warnings", []).append(
+            f"kube2iam image {image} has no IMDSv2 support: it crash-loops (401 getting the instance id) on "
+            f"{', '.join(requiring)}, which require tokens; use jtblin/kube2iam:0.13.0 or later (kube2iam.image)")
 
 
 def _profile_name(arn: str) -> str:
@@ -502,7 +576,9 @@ def plan_setup(ctx) -> list[Step]:
     gw = gateway(ctx)
     account = _checked_account(ctx, gw)
     ids = instance_ids(ctx)
-    tags = _instance_tags(gw, ids)
+    instances = _describe_instances(gw, ids)
+    _note_metadata_options(ctx, instances)
+    tags = {i: _tags_of(instance) for i, instance in instances.items()}
     steps: list[Step] = []
     for resource in desired_resources(ctx.config, account, ids):
         if isinstance(resource, ManagedPolicy):
@@ -638,7 +714,7 @@ def plan_teardown(ctx) -> list[Step]:
     account = _checked_account(ctx, gw)
     ids = _teardown_instances(ctx, gw, ctx.config.instance_profile)
     tags = _instance_tags(gw, ids)
-    resources = desired_resources(ctx.config, account, ids)
+    resources = desired_resources(ctx.config, account, ids, teardown=True)
     own_profiles = {r.name for r in resources if isinstance(r, InstanceProfile)}
     steps: list[Step] = []
     roles_deleted: set[str] = set()

@@ -168,6 +168,8 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
     verb = "teardown" if teardown else "setup"
     if output == "table":
         out.print_plan(plan, f"rbacbridge {verb} plan")
+    else:
+        out.print_notes(plan, notes=False)  # the JSON has them too; a warning must not go unseen in a CI log
     if plan.conflicts:
         names = ", ".join(f"{s.kind} {s.name}" for s in plan.conflicts)
         if output == "json":
@@ -213,6 +215,7 @@ def plan(
     ctx = _context(cfg, only, fmt)
     result = planner.plan_teardown(ctx) if teardown else planner.plan_setup(ctx)
     if fmt == "json":
+        out.print_notes(result, notes=False)
         out.dump_json(result.to_dict())
     else:
         out.print_plan(result, "rbacbridge teardown plan" if teardown else "rbacbridge setup plan")
@@ -281,6 +284,10 @@ def config_reference() -> None:
         default = option.default
         if default in ((), None):
             default = "-"
+        elif isinstance(default, tuple) and isinstance(default[0], dict):  # tolerations: as YAML flow style
+            import json
+
+            default = json.dumps(list(default)).replace('"', "")
         typer.echo(f"{option.path:32} {str(default):28} {option.help}")
 
 
@@ -379,8 +386,10 @@ def verify(
     install_cli: Annotated[bool, typer.Option("--install-cli", help="install the AWS CLI in pods that lack it (article step 9)")] = False,
     node: Annotated[Optional[str], typer.Option("--node", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
     host_ip: Annotated[Optional[str], typer.Option("--host-ip", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
+    no_drift_check: Annotated[bool, typer.Option("--no-drift-check", help="skip comparing live IAM and Kubernetes state with what setup wants")] = False,
 ) -> None:
-    """Check the S3 access matrix: expected (from the configuration) vs observed (real calls). Exit 1 on any mismatch."""
+    """Check the S3 access matrix and the chains into managed roles: expected (from the configuration) vs
+    observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
     from rbacbridge import report
     from rbacbridge.config import node_addresses
     from rbacbridge.verify import STAGES, LiveOptions, run_live
@@ -401,9 +410,16 @@ def verify(
         except ValueError:
             raise UsageError(f"invalid --host-ip {host_ip!r}: not an IP address") from None
     ctx = _context(cfg, None, "json" if output != "table" else "table")
-    result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip))
+    from rbacbridge.errors import IncompleteError
+
+    try:
+        result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip,
+                                           drift_check=not no_drift_check))
+    except IncompleteError as exc:
+        report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
+        raise
     _render_verify(result, output, junit_file)
-    raise typer.Exit(0 if result.ok else 1)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -457,6 +473,7 @@ def _render_verify(result, output: str, junit_file: str | None) -> None:
         sys.stdout.write(report.to_junit(result))
     else:
         report.print_table(result)
+    report.github_output(result)  # only under GITHUB_ACTIONS=true
 
 
 def main() -> None:

@@ -115,11 +115,47 @@ def interface(key: str, value: Any) -> str:
     return text
 
 
+# kube2iam.default_role: what unannotated pods get.
+DEDICATED = "dedicated"  # the dedicated default role iam.default_role (read-only S3, no sts:*)
+NODE = "node"  # the node role, by name (--default-role=<node role>); lets every pod chain into the pod roles
+AUTO = "auto"  # --auto-discover-default-role: kube2iam finds the node role itself (same escalation as node)
+DEFAULT_ROLE_MODES = (DEDICATED, NODE, AUTO)
+
+
 def default_role(key: str, value: Any) -> str:
     text = str(value)
-    if text == "auto":
+    if text in DEFAULT_ROLE_MODES:
         return text
     return role_name(key, text)
+
+
+def tolerations(key: str, value: Any) -> tuple[dict[str, Any], ...]:
+    """Kubernetes tolerations (a list of mappings with the core/v1 Toleration fields only)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise _fail(key, value, "expected a list of tolerations like [{operator: Exists}]")
+    allowed = {"key": str, "operator": str, "value": str, "effect": str, "tolerationSeconds": int}
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not item:
+            raise _fail(key, item, "a toleration is a mapping such as {key: dedicated, operator: Exists}")
+        for name, field_value in item.items():
+            kind = allowed.get(name)
+            if kind is None:
+                raise _fail(key, item, f"unknown toleration field {name!r} (key, operator, value, effect, tolerationSeconds)")
+            if not isinstance(field_value, kind) or isinstance(field_value, bool):
+                raise _fail(key, item, f"toleration field {name} must be a {kind.__name__}")
+        if item.get("operator", "Equal") not in ("Exists", "Equal"):
+            raise _fail(key, item, "toleration operator is Exists or Equal")
+        if item.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise _fail(key, item, "toleration effect is NoSchedule, PreferNoSchedule or NoExecute")
+        if item.get("operator") == "Exists" and "value" in item:
+            raise _fail(key, item, "a toleration with operator Exists takes no value")
+        if "key" not in item and item.get("operator") != "Exists":
+            raise _fail(key, item, "a toleration without a key needs operator Exists")
+        out.append({k: item[k] for k in ("key", "operator", "value", "effect", "tolerationSeconds") if k in item})
+    return tuple(out)
 
 
 def image(key: str, value: Any) -> str:
@@ -272,6 +308,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("iam.kube2iam_policy", "kube2iam_policy", "nettech-kube2iam-node", policy_name, "node role's sts:AssumeRole on the pod roles + ec2:DescribeRegions"),
     Option("iam.pod_policy", "pod_policy", "nettech-s3-read-write", policy_name, "read+write S3 policy of the pod role (step 4)"),
     Option("iam.pod_role", "pod_role", "nettech-s3-read-write", role_name, "pod role, trusting the node role's exact ARN (steps 4-5)"),
+    Option("iam.default_role", "pod_default_role", "nettech-pod-default", role_name, "dedicated role for unannotated pods: read-only S3 policy, trusts only the node role, no sts:*"),
     Option("buckets.shared", "shared_bucket", "nettech-helm-test", bucket_name, "bucket everyone may read"),
     Option("buckets.tenant", "tenant_bucket", "lanre.k8s.dev", bucket_name, "bucket only the annotated pod may read and write"),
     Option("instances", "instance_ids", (), instance_ids, "worker instance ids (else from the nodes' spec.providerID)"),
@@ -282,11 +319,13 @@ SCHEMA: tuple[Option, ...] = (
     Option("kubernetes.rollout_timeout", "rollout_timeout", 300.0, seconds, "seconds to wait for kube2iam and nginx to roll out (or kube2iam's pods to go)"),
     Option("kubernetes.node_selector", "node_selector", None, label_selector, "label selector for the worker nodes"),
     Option("kube2iam.namespace", "kube2iam_namespace", "kube-system", k8s_name, "namespace of kube2iam"),
-    Option("kube2iam.image", "kube2iam_image", "jtblin/kube2iam:0.11.2", image, "kube2iam image (pinned)"),
+    Option("kube2iam.image", "kube2iam_image", "jtblin/kube2iam:0.13.0", image, "kube2iam image (pinned; 0.13.0 is the first upstream image with IMDSv2 support)"),
     Option("kube2iam.port", "kube2iam_port", 8282, port, "kube2iam --app-port (article: 8282; kube2iam's default: 8181)"),
     Option("kube2iam.host_interface", "host_interface", "auto", interface, "pods' interface; auto = from the network plugin"),
-    Option("kube2iam.default_role", "default_role", "auto", default_role, "auto = --auto-discover-default-role (the node role), or a role name"),
+    Option("kube2iam.default_role", "default_role", "dedicated", default_role, "unannotated pods get: dedicated = iam.default_role; node / auto = the node role (escalation: warned); or a role name"),
     Option("kube2iam.namespace_restrictions", "namespace_restrictions", True, boolean, "grant roles per namespace (iam.amazonaws.com/allowed-roles)"),
+    Option("kube2iam.tolerations", "kube2iam_tolerations", ({"operator": "Exists"},), tolerations, "kube2iam's tolerations (default: every taint, so no node is left without it)"),
+    Option("kube2iam.debug", "kube2iam_debug", False, boolean, "kube2iam --debug (serves /debug/store, the role map, on its port; article step 13)"),
     Option("nodes.hosts", "node_hosts", (), node_addresses, "SSH addresses of the nodes (else from the cluster)"),
     Option("nodes.ssh_user", "ssh_user", None, ssh_user, "SSH user (else ~/.ssh/config, else the local user)"),
     Option("nodes.ssh_key", "ssh_key", None, optional_text, "SSH private key file"),
@@ -318,6 +357,7 @@ class Config:
     kube2iam_policy: str = "nettech-kube2iam-node"
     pod_policy: str = "nettech-s3-read-write"
     pod_role: str = "nettech-s3-read-write"
+    pod_default_role: str = "nettech-pod-default"
     shared_bucket: str = "nettech-helm-test"
     tenant_bucket: str = "lanre.k8s.dev"
     instance_ids: tuple[str, ...] = ()
@@ -328,11 +368,13 @@ class Config:
     rollout_timeout: float = 300.0
     node_selector: str | None = None
     kube2iam_namespace: str = "kube-system"
-    kube2iam_image: str = "jtblin/kube2iam:0.11.2"
+    kube2iam_image: str = "jtblin/kube2iam:0.13.0"
     kube2iam_port: int = 8282
     host_interface: str = "auto"
-    default_role: str = "auto"
+    default_role: str = DEDICATED
     namespace_restrictions: bool = True
+    kube2iam_tolerations: tuple[dict[str, Any], ...] = ({"operator": "Exists"},)
+    kube2iam_debug: bool = False
     node_hosts: tuple[str, ...] = ()
     ssh_user: str | None = None
     ssh_key: str | None = None
@@ -350,8 +392,30 @@ class Config:
 
     @property
     def effective_default_role(self) -> str:
-        """The role kube2iam hands unannotated pods (auto-discovery finds the node role)."""
-        return self.node_role if self.default_role == "auto" else self.default_role
+        """The role name kube2iam hands unannotated pods (auto-discovery finds the node role)."""
+        if self.default_role == DEDICATED:
+            return self.pod_default_role
+        if self.default_role in (NODE, AUTO):
+            return self.node_role
+        return self.default_role
+
+    @property
+    def default_is_node_role(self) -> bool:
+        """Unannotated pods get the node role: it may assume the pod roles, so every pod can chain into them."""
+        return self.effective_default_role == self.node_role
+
+    @property
+    def manages_default_role(self) -> bool:
+        """Setup creates (and teardown removes) the dedicated default role iam.default_role."""
+        return self.default_role == DEDICATED
+
+    def default_role_warning(self) -> str | None:
+        """The escalation path of handing pods the node role, in one line (None when pods do not get it)."""
+        if not self.default_is_node_role:
+            return None
+        return (f"kube2iam.default_role={self.default_role} hands every unannotated pod the node role {self.node_role}, "
+                f"which may sts:AssumeRole {self.pod_role}: any pod can chain into it "
+                f"(the default, kube2iam.default_role=dedicated, gives them {self.pod_default_role} instead)")
 
     def role_arn(self, account: str, name: str) -> str:
         return f"arn:aws:iam::{account}:role/{name}"
@@ -373,6 +437,12 @@ class Config:
     def check_consistency(self) -> None:
         if self.node_role == self.pod_role:
             raise UsageError(f"invalid iam.pod_role {self.pod_role!r}: the pod role must differ from the node role")
+        if self.pod_default_role in (self.node_role, self.pod_role):
+            raise UsageError(f"invalid iam.default_role {self.pod_default_role!r}: the pods' default role must differ "
+                             "from the node role and the pod role (kube2iam.default_role: node hands pods the node role)")
+        if self.default_role == self.pod_role:
+            raise UsageError(f"invalid kube2iam.default_role {self.default_role!r}: every unannotated pod would get "
+                             "the pod role; use dedicated (iam.default_role) or another role")
         if self.shared_bucket == self.tenant_bucket:
             raise UsageError("invalid buckets: buckets.shared and buckets.tenant must differ")
         names = [self.node_policy, self.kube2iam_policy, self.pod_policy]

@@ -52,7 +52,9 @@ def _seed(session, url: str, config: Config) -> str:
         s3.put_object(Bucket=bucket, Key="hello.txt", Body=b"hello from the sandbox\n")
     iam, ec2 = session.client("iam", endpoint_url=url), session.client("ec2", endpoint_url=url)
     iam.create_instance_profile(InstanceProfileName="legacy-node-profile")
-    instance = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    # Today's launch templates (kops >= 1.27, eksctl, Karpenter) require IMDSv2 tokens with hop limit 1.
+    instance = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, MetadataOptions={
+        "HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"})["Instances"][0]["InstanceId"]
     ec2.associate_iam_instance_profile(InstanceId=instance, IamInstanceProfile={"Name": "legacy-node-profile"})
     return instance
 
@@ -87,6 +89,9 @@ def _render_section(out, config: Config) -> None:
     daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
     args = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
     out.print("  kube2iam args: " + " ".join(args))
+    out.print(f"  unannotated pods (nginx-vanilla) get the dedicated role {config.effective_default_role}: the node role's "
+              "read-only S3 access without its sts:AssumeRole on the pod roles, so no pod can chain into another role")
+    out.print("  --debug is off (it serves /debug/store, the role map); the article's step 13 turns it on: kube2iam.debug: true")
     out.print("  (no cluster in the sandbox: `rbacbridge render -o -` prints the manifests; `setup` applies them)")
 
 
@@ -136,7 +141,7 @@ def run_demo(keep: bool = False, fault: str | None = None) -> int:
             return planner.Context(config=config, parts=("aws",), reporter=Reporter(), gateways={"aws": gateway})
 
         out.rule("1. rbacbridge plan  (article steps 1-7; reads only)")
-        print_plan(planner.plan_setup(context()), "setup plan")
+        print_plan(planner.plan_setup(context()), "setup plan", notes_to=out)
 
         out.rule("2. rbacbridge setup --account-id " + SANDBOX_ACCOUNT)
         ctx = context()

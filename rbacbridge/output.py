@@ -63,15 +63,27 @@ def summary_line(plan: Plan) -> str:
     return text
 
 
-def print_plan(plan: Plan, title: str, to_stderr: bool = False) -> None:
+def print_plan(plan: Plan, title: str, to_stderr: bool = False, notes_to=None) -> None:
     out = console(stderr=to_stderr)
     if plan.steps:
         out.print(plan_table(plan, title))
     else:
         out.print(f"{title}: nothing to do")
-    for note in plan.notes:
-        out.print(f"[dim]note:[/dim] {note}")
+    print_notes(plan, to=notes_to)
     out.print(summary_line(plan))
+
+
+def print_notes(plan: Plan, notes: bool = True, to=None) -> None:
+    """Warnings (and notes) go to stderr, so stdout keeps only the plan: `plan | tee` and CI logs show both.
+    `to`: another rich console (the demo keeps its whole story on stdout)."""
+    from rich.markup import escape
+
+    err = to or console(stderr=True)
+    for warning in plan.warnings:
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
+    if notes:
+        for note in plan.notes:
+            err.print(f"[dim]note:[/dim] {escape(note)}")
 
 
 def step_line(step: Step, done: bool) -> str:

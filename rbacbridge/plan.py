@@ -57,6 +57,8 @@ class Step:
 class Plan:
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # choices the planner made, e.g. interface
+    warnings: list[str] = field(default_factory=list)  # risks the configuration accepts (e.g. pods get the node role)
+    facts: dict[str, Any] = field(default_factory=dict)  # structured findings for `-o json` (e.g. metadata_options)
 
     def extend(self, steps: Iterable[Step]) -> None:
         self.steps.extend(steps)
@@ -79,6 +81,8 @@ class Plan:
         return {
             "steps": [s.to_dict() for s in self.steps],
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
+            **self.facts,
             "summary": self.counts(),
         }
 

@@ -89,8 +89,23 @@ def plan_setup(ctx: Context, parts: tuple[str, ...] | None = None) -> Plan:
     for name in SETUP_ORDER:
         if name in (parts or ctx.parts):
             plan.extend(_part(name).plan_setup(ctx))
-    plan.notes.extend(ctx.facts.get("notes", []))
+    _collect(ctx, plan)
+    warning = ctx.config.default_role_warning()
+    if warning:
+        plan.warnings.insert(0, warning)
     return plan
+
+
+# Facts parts record for the plan's `-o json` (besides notes): fact name -> plan field.
+PLAN_FACTS = ("metadata_options",)
+
+
+def _collect(ctx: Context, plan: Plan) -> None:
+    plan.notes.extend(ctx.facts.get("notes", []))
+    plan.warnings.extend(ctx.facts.get("warnings", []))
+    for name in PLAN_FACTS:
+        if name in ctx.facts:
+            plan.facts[name] = ctx.facts[name]
 
 
 def plan_teardown(ctx: Context, parts: tuple[str, ...] | None = None) -> Plan:
@@ -98,7 +113,7 @@ def plan_teardown(ctx: Context, parts: tuple[str, ...] | None = None) -> Plan:
     for name in TEARDOWN_ORDER:
         if name in (parts or ctx.parts):
             plan.extend(_part(name).plan_teardown(ctx))
-    plan.notes.extend(ctx.facts.get("notes", []))
+    _collect(ctx, plan)
     return plan
 
 

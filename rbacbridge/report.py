@@ -1,15 +1,21 @@
-"""Rendering of a VerifyResult: rich table, JSON (schema rbacbridge.verify/v1), JUnit XML. No work here."""
+"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v2), JUnit XML,
+GitHub Actions annotations and job summary. No work here.
+
+The JSON Schema is `JSON_SCHEMA` below; `docs/verify-schema.json` is a copy of it (a test keeps them equal).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from rbacbridge.verify import IDENTITY, Cell, VerifyResult
+from rbacbridge.verify import CHAIN, IDENTITY, LAYERS, Cell, Finding, PrincipalResult, VerifyResult
 
-SCHEMA = "rbacbridge.verify/v1"
+SCHEMA = "rbacbridge.verify/v2"
 FORMATS = ("table", "json", "junit")
+OK_GLYPH, BAD_GLYPH = "✓", "✗"
 
 
 def _value(cell: Cell, which: Any) -> str:
@@ -19,18 +25,44 @@ def _value(cell: Cell, which: Any) -> str:
 
 
 def cell_name(cell: Cell) -> str:
+    if cell.check == CHAIN:
+        return f"{cell.principal} chain {cell.target}"
     return f"{cell.principal} {cell.check}" + (f" {cell.bucket}" if cell.bucket else "")
 
 
+def finding_name(finding: Finding) -> str:
+    return f"{finding.kind} {finding.subject}"
+
+
+def _layer(cell: Cell) -> str:
+    return cell.blame.layer if cell.blame else "unknown"
+
+
+def failure_text(cell: Cell) -> str:
+    """One line: expected vs observed, the layer, why."""
+    if cell.check == CHAIN:
+        return f"[{_layer(cell)}] " + (cell.blame.message if cell.blame else cell.detail)
+    return (f"expected {_value(cell, cell.expected)}, observed {_value(cell, cell.observed)}: [{_layer(cell)}] "
+            + (cell.blame.message if cell.blame else cell.detail))
+
+
+def finding_text(finding: Finding) -> str:
+    return f"[{finding.layer}] {finding.message}" + (f" ({finding.reason})" if finding.reason else "")
+
+
+# --- JSON ------------------------------------------------------------------------------------------
+
 def to_dict(result: VerifyResult) -> dict[str, Any]:
-    """The stable JSON document (see docs/verify.md, "JSON output", for the schema)."""
+    """The stable JSON document (JSON_SCHEMA below; docs/verify-schema.json)."""
 
     def cell(c: Cell) -> dict[str, Any]:
         return {
             "check": c.check,
             "bucket": c.bucket,
+            "target": c.target,
             "expected": c.expected,
             "observed": c.observed,
+            "predicted": c.predicted,
             "match": c.match,
             "error": c.error,
             "detail": c.detail,
@@ -38,14 +70,19 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
         }
 
     cells = result.all_cells
+    drift = [f for f in result.findings if f.kind == "drift"]
     return {
         "schema": SCHEMA,
         "stage": result.stage,
         "account": result.account,
         "region": result.region,
         "buckets": list(result.buckets),
+        "roles": dict(result.roles),
         "ok": result.ok,
-        "summary": {"cells": len(cells), "matched": sum(c.match for c in cells), "mismatched": len(result.mismatches)},
+        "exit_code": result.exit_code,
+        "summary": {"cells": len(cells), "matched": sum(c.match for c in cells), "mismatched": len(result.mismatches),
+                    "findings": len(result.findings)},
+        "drift": {"checked": result.drift_checked, "steps": result.drift_steps, "differences": len(drift)},
         "principals": [
             {
                 "name": p.principal.name,
@@ -53,6 +90,9 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
                 "namespace": p.principal.namespace,
                 "pod": p.principal.pod,
                 "node": p.principal.node,
+                "managed": p.principal.managed,
+                "configured_annotation": p.principal.role_annotation,
+                "live_annotation": p.principal.live_annotation if p.principal.annotation_seen else None,
                 "expected_role": p.expected.role,
                 "expected_because": p.expected.why,
                 "observed_arn": p.observed.arn,
@@ -61,6 +101,8 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
             }
             for p in result.principals
         ],
+        "findings": [{"kind": f.kind, "subject": f.subject, "message": f.message, "reason": f.reason,
+                      "layer": f.layer, "node": f.node} for f in result.findings],
         "notes": list(result.notes),
     }
 
@@ -69,10 +111,18 @@ def to_json(result: VerifyResult) -> str:
     return json.dumps(to_dict(result), indent=2) + "\n"
 
 
+# --- JUnit -----------------------------------------------------------------------------------------
+
 def to_junit(result: VerifyResult) -> str:
-    """One <testcase> per cell (identity + read/write per bucket); failures carry the blame."""
+    """One <testcase> per cell (identity, read/write per bucket, chain per role), one per finding, and one
+    for the drift check itself (skipped with --no-drift-check); failures carry the layer."""
     cells = result.all_cells
-    suites = ET.Element("testsuites", name="rbacbridge verify", tests=str(len(cells)), failures=str(len(result.mismatches)), errors="0")
+    drift = [f for f in result.findings if f.kind == "drift"]
+    others = [f for f in result.findings if f.kind != "drift"]
+    drift_cases = max(1, len(drift))
+    tests = len(cells) + drift_cases + len(others)
+    failures = len(result.mismatches) + len(result.findings)
+    suites = ET.Element("testsuites", name="rbacbridge verify", tests=str(tests), failures=str(failures), errors="0")
     for p in result.principals:
         own = [p.identity, *p.cells]
         suite = ET.SubElement(suites, "testsuite", name=f"rbacbridge.verify.{result.stage}.{p.principal.name}",
@@ -80,93 +130,256 @@ def to_junit(result: VerifyResult) -> str:
         for c in own:
             case = ET.SubElement(suite, "testcase", classname=f"rbacbridge.verify.{p.principal.name}", name=cell_name(c))
             if not c.match:
-                layer = c.blame.layer if c.blame else "unknown"
-                message = f"expected {_value(c, c.expected)}, observed {_value(c, c.observed)}: [{layer}] " + (c.blame.message if c.blame else "")
-                failure = ET.SubElement(case, "failure", message=message, type=layer)
+                failure = ET.SubElement(case, "failure", message=failure_text(c), type=_layer(c))
                 failure.text = c.detail
             else:
                 ET.SubElement(case, "system-out").text = c.detail
+    suite = ET.SubElement(suites, "testsuite", name=f"rbacbridge.verify.{result.stage}.drift", tests=str(drift_cases),
+                          failures=str(len(drift)), errors="0", skipped="0" if result.drift_checked else "1")
+    if drift:
+        for f in drift:
+            case = ET.SubElement(suite, "testcase", classname="rbacbridge.verify.drift", name=finding_name(f))
+            ET.SubElement(case, "failure", message=finding_text(f), type=f.layer).text = f.reason
+    else:
+        case = ET.SubElement(suite, "testcase", classname="rbacbridge.verify.drift", name="drift check")
+        if result.drift_checked:
+            ET.SubElement(case, "system-out").text = f"{result.drift_steps} planned steps compared: no drift"
+        else:
+            ET.SubElement(case, "skipped", message="--no-drift-check")
+    if others:
+        suite = ET.SubElement(suites, "testsuite", name=f"rbacbridge.verify.{result.stage}.findings", tests=str(len(others)),
+                              failures=str(len(others)), errors="0", skipped="0")
+        for f in others:
+            case = ET.SubElement(suite, "testcase", classname=f"rbacbridge.verify.{f.kind}", name=finding_name(f))
+            ET.SubElement(case, "failure", message=finding_text(f), type=f.layer).text = f.reason
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
-def table(result: VerifyResult):
-    from rich.table import Table
+# --- table -----------------------------------------------------------------------------------------
 
-    t = Table(title=f"rbacbridge verify ({result.stage} kube2iam) — account {result.account}", title_justify="left", show_lines=True)
-    t.add_column("principal", no_wrap=True)
-    t.add_column("role", overflow="fold", min_width=14)
-    for bucket in result.buckets:
-        t.add_column(f"{bucket}\nread", justify="center", overflow="fold")
-        t.add_column(f"{bucket}\nwrite", justify="center", overflow="fold")
-    for p in result.principals:
-        ident = p.identity
-        got = p.observed.role or f"none ({ident.error})"
-        want = p.expected.role or "none (refused)"
-        row = [p.principal.name, f"[green]✓[/green] {got}" if ident.match else f"[red]✗[/red] {got}\n[dim]want {want}[/dim]"]
-        by_key = {(c.bucket, c.check): c for c in p.cells}
-        for bucket in result.buckets:
-            for op in ("read", "write"):
-                c = by_key.get((bucket, op))
-                if c is None:
-                    row.append("")
-                    continue
-                want, seen = _short(c.expected), _short(c.observed)
-                row.append(f"[green]✓[/green] {seen}" if c.match else f"[red]✗[/red] {seen}\n[dim]want {want}[/dim]")
-        t.add_row(*row)
-    return t
+def console():
+    """stdout, as wide as COLUMNS says (else the terminal; 80 when piped): the matrix fits 80 columns."""
+    from rich.console import Console
+
+    return Console(highlight=False)
 
 
 def _short(value: Any) -> str:
     return {True: "yes", False: "no", None: "?"}[value]
 
 
+def _mark(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    return f"[green]{OK_GLYPH}[/green] {_short(cell.observed)}" if cell.match else f"[red]{BAD_GLYPH}[/red] {_short(cell.observed)}"
+
+
+def _labels(result: VerifyResult) -> dict[str, str]:
+    """role name -> short label for the chain column (pod, default, node; the node label wins a tie)."""
+    out: dict[str, str] = {}
+    for label in ("pod", "default", "node"):
+        if label in result.roles:
+            out[result.roles[label]] = label
+    return out
+
+
+def table(result: VerifyResult):
+    """One row per principal x bucket (read, write), the principal's chain cells beside them (one per
+    managed role, short labels), a ✓/✗ for its identity. Full identities and failures are printed below."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    labels = _labels(result)
+    has_chains = any(c.check == CHAIN for c in result.all_cells)
+    t = Table(title=f"rbacbridge verify ({result.stage} kube2iam), account {result.account}", title_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    t.add_column("principal", overflow="fold", ratio=None)
+    t.add_column("id", no_wrap=True)
+    t.add_column("bucket", overflow="fold")
+    t.add_column("read", no_wrap=True)
+    t.add_column("write", no_wrap=True)
+    if has_chains:
+        t.add_column("assume-role", no_wrap=True)
+    for index, p in enumerate(result.principals):
+        by_key = {(c.bucket, c.check): c for c in p.cells}
+        chains = [c for c in p.cells if c.check == CHAIN]
+        rows = max(len(result.buckets), len(chains), 1)
+        for i in range(rows):
+            bucket = result.buckets[i] if i < len(result.buckets) else None
+            row = [escape(p.principal.name) if i == 0 else "",
+                   (f"[green]{OK_GLYPH}[/green]" if p.identity.match else f"[red]{BAD_GLYPH}[/red]") if i == 0 else "",
+                   escape(bucket or ""), _mark(by_key.get((bucket, "read"))), _mark(by_key.get((bucket, "write")))]
+            if has_chains:
+                chain = chains[i] if i < len(chains) else None
+                row.append(f"{labels.get(chain.target, chain.target)} {_mark(chain)}" if chain else "")
+            t.add_row(*row, end_section=i == rows - 1 and index < len(result.principals) - 1)
+    return t
+
+
 def print_table(result: VerifyResult) -> None:
-    from rbacbridge.output import console
+    from rich.markup import escape
 
     out = console()
     out.print(table(result))
+    labels = _labels(result)
+    if any(c.check == CHAIN for c in result.all_cells):
+        out.print("assume-role: can the principal itself sts:AssumeRole into " +
+                  ", ".join(f"{label} = {escape(role)}" for role, label in labels.items()) + "? (must be no)")
+    out.print("identities:")
     for p in result.principals:
-        out.print(f"{p.principal.name} got: {p.observed.arn or 'no credentials (' + (p.identity.detail or '') + ')'}")
+        want = p.expected.role or "none (kube2iam must refuse)"
+        got = p.observed.arn or "no credentials (" + (p.identity.detail or "") + ")"
+        mark = f"[green]{OK_GLYPH}[/green]" if p.identity.match else f"[red]{BAD_GLYPH}[/red]"
+        out.print(f"  {mark} {escape(p.principal.name)}: {escape(got)}" + ("" if p.identity.match else f" [dim](want {escape(want)})[/dim]"))
     for c in result.mismatches:
-        layer = c.blame.layer if c.blame else "unknown"
-        out.print(f"[red]✗[/red] {cell_name(c)}: [bold]{layer}[/bold] — {c.blame.message if c.blame else c.detail}")
+        out.print(f"[red]{BAD_GLYPH}[/red] {escape(cell_name(c))}: [bold]{_layer(c)}[/bold]: "
+                  + escape(c.blame.message if c.blame else c.detail))
+    if result.drift_checked:
+        drift = [f for f in result.findings if f.kind == "drift"]
+        out.print(f"drift check: {result.drift_steps} planned steps compared, "
+                  + (f"[red]{len(drift)} differ[/red]" if drift else "[green]no drift[/green]"))
+    else:
+        out.print("drift check: [yellow]skipped[/yellow]")
+    for f in result.findings:
+        out.print(f"[red]{BAD_GLYPH}[/red] {escape(f.kind)} {escape(f.subject)}: [bold]{f.layer}[/bold]: {escape(f.message)}"
+                  + (f" [dim]({escape(f.reason)})[/dim]" if f.reason else ""))
     for note in result.notes:
-        out.print(f"[dim]note:[/dim] {note}")
-    cells = result.all_cells
-    verdict = "[green]all match[/green]" if result.ok else f"[red]{len(result.mismatches)} mismatch(es)[/red]"
-    out.print(f"{len(cells)} checks, {verdict}")
+        out.print(f"[dim]note:[/dim] {escape(note)}")
+    out.print(verdict(result))
 
+
+def verdict(result: VerifyResult) -> str:
+    cells = result.all_cells
+    if result.ok:
+        return f"{len(cells)} checks, all match"
+    parts = []
+    if result.mismatches:
+        parts.append(f"{len(result.mismatches)} mismatch(es)")
+    if result.findings:
+        parts.append(f"{len(result.findings)} finding(s)")
+    tail = " (could not verify: AWS unreachable)" if result.exit_code == 3 else ""
+    return f"{len(cells)} checks, " + ", ".join(parts) + tail
+
+
+# --- GitHub Actions --------------------------------------------------------------------------------
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(result: VerifyResult) -> list[str]:
+    """`::error` workflow commands, one per failed cell and per finding."""
+    lines = [f"::error title={_escape_property('rbacbridge verify: ' + cell_name(c))}::{_escape_data(failure_text(c))}"
+             for c in result.mismatches]
+    lines += [f"::error title={_escape_property('rbacbridge verify: ' + finding_name(f))}::{_escape_data(finding_text(f))}"
+              for f in result.findings]
+    return lines
+
+
+def github_error(message: str, environ: dict[str, str] | None = None, stream=None) -> None:
+    """One `::error` annotation for a run that could not verify (exit 3), in GitHub Actions only."""
+    import sys
+
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_ACTIONS") == "true":
+        (stream or sys.stderr).write(f"::error title=rbacbridge verify::{_escape_data(message)}\n")
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    return f"{OK_GLYPH if cell.match else BAD_GLYPH} {_short(cell.observed)}"
+
+
+def to_markdown(result: VerifyResult) -> str:
+    """The matrix as GitHub-flavoured markdown (for $GITHUB_STEP_SUMMARY)."""
+    labels = _labels(result)
+    head = f"### rbacbridge verify ({result.stage} kube2iam): {verdict(result)}\n\n"
+    lines = ["| principal | identity | bucket | read | write |", "|---|---|---|---|---|"]
+    chain_lines = ["| principal | assume-role into | observed | path |", "|---|---|---|---|"]
+    for p in result.principals:
+        by_key = {(c.bucket, c.check): c for c in p.cells}
+        ident = f"{OK_GLYPH if p.identity.match else BAD_GLYPH} {p.observed.role or 'none'}"
+        for i, bucket in enumerate(result.buckets):
+            lines.append(f"| {_md(p.principal.name) if i == 0 else ''} | {_md(ident) if i == 0 else ''} | {_md(bucket)} | "
+                         f"{_md_cell(by_key.get((bucket, 'read')))} | {_md_cell(by_key.get((bucket, 'write')))} |")
+        for c in (c for c in p.cells if c.check == CHAIN):
+            chain_lines.append(f"| {_md(p.principal.name)} | {_md(labels.get(c.target, ''))} `{_md(c.target)}` | "
+                               f"{_md_cell(c)} | {_md(c.detail)} |")
+    body = "\n".join(lines) + "\n"
+    if len(chain_lines) > 2:
+        body += "\n" + "\n".join(chain_lines) + "\n"
+    problems = [f"- **{_md(cell_name(c))}**: {_md(failure_text(c))}" for c in result.mismatches]
+    problems += [f"- **{_md(finding_name(f))}**: {_md(finding_text(f))}" for f in result.findings]
+    drift = ("drift check: skipped (--no-drift-check)" if not result.drift_checked else
+             f"drift check: {result.drift_steps} planned steps compared, "
+             f"{sum(f.kind == 'drift' for f in result.findings)} differ")
+    return head + body + "\n" + drift + "\n" + ("\n" + "\n".join(problems) + "\n" if problems else "")
+
+
+def github_output(result: VerifyResult, environ: dict[str, str] | None = None, stream=None) -> None:
+    """In GitHub Actions (GITHUB_ACTIONS=true): annotations on stderr, the matrix appended to the job summary."""
+    import sys
+
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_ACTIONS") != "true":
+        return
+    out = stream or sys.stderr
+    for line in github_annotations(result):
+        out.write(line + "\n")
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(to_markdown(result) + "\n")
+        except OSError as exc:
+            out.write(f"::warning title=rbacbridge verify::cannot write the job summary: {_escape_data(str(exc.strerror or exc))}\n")
+
+
+# --- the JSON Schema (draft 2020-12) of `rbacbridge verify -o json` ----------------------------------
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
 
 _CELL_SCHEMA = {
     "type": "object",
-    "required": ["check", "bucket", "expected", "observed", "match", "error", "detail", "blame"],
+    "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame"],
     "additionalProperties": False,
     "properties": {
-        "check": {"enum": ["identity", "read", "write"]},
-        "bucket": {"type": ["string", "null"]},
+        "check": {"enum": ["identity", "read", "write", "chain"]},
+        "bucket": _NULLABLE_STRING,
+        "target": _NULLABLE_STRING,
         "expected": {"type": ["string", "boolean", "null"]},
         "observed": {"type": ["string", "boolean", "null"]},
+        "predicted": {"type": ["boolean", "null"]},
         "match": {"type": "boolean"},
-        "error": {"type": ["string", "null"]},
+        "error": _NULLABLE_STRING,
         "detail": {"type": "string"},
         "blame": {
             "oneOf": [
                 {"type": "null"},
                 {"type": "object", "required": ["layer", "message"], "additionalProperties": False,
-                 "properties": {"layer": {"enum": ["interception", "kube2iam", "trust", "permissions", "network", "bucket", "probe"]},
-                                "message": {"type": "string"}}},
+                 "properties": {"layer": {"enum": list(LAYERS)}, "message": {"type": "string"}}},
             ]
         },
     },
 }
 
-# JSON Schema (draft 2020-12) of `rbacbridge verify -o json`; docs/verify.md ("JSON output") explains each field.
 JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "rbacbridge.verify/v1",
+    "$id": SCHEMA,
     "type": "object",
-    "required": ["schema", "stage", "account", "region", "buckets", "ok", "summary", "principals", "notes"],
+    "required": ["schema", "stage", "account", "region", "buckets", "roles", "ok", "exit_code", "summary", "drift",
+                 "principals", "findings", "notes"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA},
@@ -174,27 +387,52 @@ JSON_SCHEMA = {
         "account": {"type": "string", "pattern": "^[0-9]{12}$"},
         "region": {"type": "string"},
         "buckets": {"type": "array", "items": {"type": "string"}},
+        "roles": {"type": "object", "additionalProperties": {"type": "string"},
+                  "propertyNames": {"enum": ["pod", "default", "node"]}},
         "ok": {"type": "boolean"},
-        "summary": {"type": "object", "required": ["cells", "matched", "mismatched"], "additionalProperties": False,
-                    "properties": {k: {"type": "integer", "minimum": 0} for k in ("cells", "matched", "mismatched")}},
+        "exit_code": {"enum": [0, 1, 3]},
+        "summary": {"type": "object", "required": ["cells", "matched", "mismatched", "findings"], "additionalProperties": False,
+                    "properties": {k: {"type": "integer", "minimum": 0} for k in ("cells", "matched", "mismatched", "findings")}},
+        "drift": {"type": "object", "required": ["checked", "steps", "differences"], "additionalProperties": False,
+                  "properties": {"checked": {"type": "boolean"}, "steps": {"type": "integer", "minimum": 0},
+                                 "differences": {"type": "integer", "minimum": 0}}},
         "principals": {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["name", "kind", "namespace", "pod", "node", "expected_role", "expected_because",
-                             "observed_arn", "observed_role", "cells"],
+                "required": ["name", "kind", "namespace", "pod", "node", "managed", "configured_annotation", "live_annotation",
+                             "expected_role", "expected_because", "observed_arn", "observed_role", "cells"],
                 "additionalProperties": False,
                 "properties": {
                     "name": {"type": "string"},
                     "kind": {"enum": ["host", "pod"]},
-                    "namespace": {"type": ["string", "null"]},
-                    "pod": {"type": ["string", "null"]},
-                    "node": {"type": ["string", "null"]},
-                    "expected_role": {"type": ["string", "null"]},
+                    "namespace": _NULLABLE_STRING,
+                    "pod": _NULLABLE_STRING,
+                    "node": _NULLABLE_STRING,
+                    "managed": {"type": "boolean"},
+                    "configured_annotation": _NULLABLE_STRING,
+                    "live_annotation": _NULLABLE_STRING,
+                    "expected_role": _NULLABLE_STRING,
                     "expected_because": {"type": "string"},
-                    "observed_arn": {"type": ["string", "null"]},
-                    "observed_role": {"type": ["string", "null"]},
+                    "observed_arn": _NULLABLE_STRING,
+                    "observed_role": _NULLABLE_STRING,
                     "cells": {"type": "array", "items": _CELL_SCHEMA},
+                },
+            },
+        },
+        "findings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["kind", "subject", "message", "reason", "layer", "node"],
+                "additionalProperties": False,
+                "properties": {
+                    "kind": {"enum": ["drift", "hostNetwork"]},
+                    "subject": {"type": "string"},
+                    "message": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "layer": {"enum": list(LAYERS)},
+                    "node": _NULLABLE_STRING,
                 },
             },
         },

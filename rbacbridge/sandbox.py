@@ -80,6 +80,14 @@ class Boto3Backend:
     def delete_object(self, bucket: str, key: str) -> v.CallResult:
         return self._call(self.s3.delete_object, Bucket=bucket, Key=key)
 
+    def assume_role(self, role_arn: str) -> v.CallResult:
+        """The principal itself calls sts:AssumeRole (a chain cell). moto, with enforcement on, checks the
+        caller's identity policies for it but not the target's trust policy (see rbacbridge.verify)."""
+        result = self._call(self.sts.assume_role, RoleArn=role_arn, RoleSessionName=v.CHAIN_SESSION)
+        if result.ok:
+            result.value = result.value["AssumedRoleUser"]["Arn"]  # the credentials go no further
+        return result
+
 
 def _client(service: str, endpoint_url: str, region: str, credentials: dict[str, str]):
     import boto3

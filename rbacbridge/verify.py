@@ -3,9 +3,15 @@
 Work only; rendering lives in `rbacbridge.report`.
 
 Principals: the host node, the vanilla pod and the annotated pod. Checks per principal: its
-identity (`sts get-caller-identity`: which role it really got), and per bucket read
-(`s3:ListBucket` on the bucket) and write (`s3:PutObject` + `s3:DeleteObject` on a probe object).
-Each mismatch is blamed on a layer (see LAYERS).
+identity (`sts get-caller-identity`: which role it really got), per bucket read
+(`s3:ListBucket` on the bucket) and write (`s3:PutObject` + `s3:DeleteObject` on a probe object),
+and (after kube2iam, pods only) one chain cell per managed role: can the principal obtain that role
+by calling `sts:AssumeRole` itself? A pod must only ever get what kube2iam hands it, so the answer
+must be no. Each mismatch is blamed on a layer (see LAYERS).
+
+Besides the cells, verify reports findings that fail the run even when every cell matches: drift
+(live IAM / Kubernetes state differs from what setup wants, found by the one planner) and hostNetwork
+pods in namespaces that restrict roles (kube2iam never sees them).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ HOST = "host"
 VANILLA = "nginx-vanilla"
 ANNOTATED = "nginx-annotated"
 STAGES = ("before", "after")
-IDENTITY, READ, WRITE = "identity", "read", "write"
+IDENTITY, READ, WRITE, CHAIN = "identity", "read", "write", "chain"
 PROBE_PREFIX = "rbacbridge-verify-probe/"
 ROLE_ANNOTATION = "iam.amazonaws.com/role"
 ALLOWED_ROLES_ANNOTATION = "iam.amazonaws.com/allowed-roles"
@@ -49,7 +55,13 @@ PERMISSIONS = "permissions"  # identity policies allow what should be denied, or
 NETWORK_LAYER = "network"  # endpoint unreachable / timeout
 BUCKET = "bucket"  # the bucket does not exist
 PROBE = "probe"  # the probe itself could not run (no AWS CLI in the pod, unexpected output)
-LAYERS = (INTERCEPTION, KUBE2IAM, TRUST, PERMISSIONS, NETWORK_LAYER, BUCKET, PROBE)
+ESCALATION = "escalation"  # a principal can obtain a managed role by calling sts:AssumeRole itself
+DRIFT = "drift"  # live state differs from what setup wants, in a part no other layer names (profile, RBAC)
+LAYERS = (INTERCEPTION, KUBE2IAM, TRUST, PERMISSIONS, NETWORK_LAYER, BUCKET, PROBE, ESCALATION, DRIFT)
+
+# Kinds of finding (not cells: facts that fail verify on their own)
+DRIFT_FINDING = "drift"
+HOST_NETWORK_FINDING = "hostNetwork"
 
 
 # --- principals and the expected matrix ---------------------------------------------------------
@@ -60,9 +72,13 @@ class Principal:
     kind: str  # "host" | "pod"
     namespace: str | None = None
     pod: str | None = None
-    role_annotation: str | None = None  # the pod's iam.amazonaws.com/role
+    role_annotation: str | None = None  # the iam.amazonaws.com/role setup gives it (from the configuration)
     host_network: bool = False
     node: str | None = None  # node it runs on / SSH address, for messages
+    # What the cluster shows (live pods only): observations, never expectations.
+    annotation_seen: bool = False  # live_annotation below was read from the pod
+    live_annotation: str | None = None  # the pod's iam.amazonaws.com/role as it is
+    managed: bool = True  # labelled app.kubernetes.io/managed-by=rbacbridge (else reported, not trusted)
 
 
 def default_principals(config: Config) -> list[Principal]:
@@ -83,27 +99,17 @@ class Documents:
 
 
 def managed_documents(config: Config, account: str) -> Documents:
-    """The documents rbacbridge renders for setup (templates/*.json.j2)."""
-    from rbacbridge.templating import render_json
+    """The documents setup wants: trust and attached policies of every role the AWS part creates
+    (`rbacbridge.aws.desired_resources`, the same models `plan` and `setup` use)."""
+    from rbacbridge import aws
 
-    node_arn = config.role_arn(account, config.node_role)
-    pod_arn = config.role_arn(account, config.pod_role)
-    self_trust = config.effective_default_role == config.node_role
-    assumable = [pod_arn] + ([node_arn] if self_trust else [])
-    if config.effective_default_role not in (config.node_role, config.pod_role):
-        assumable.append(config.role_arn(account, config.effective_default_role))
-    buckets = dict(shared_bucket=config.shared_bucket, tenant_bucket=config.tenant_bucket)
-    return Documents(
-        trust={
-            config.node_role: render_json("node-trust.json.j2", self_trust=self_trust, node_role_arn=node_arn),
-            config.pod_role: render_json("pod-trust.json.j2", node_role_arn=node_arn),
-        },
-        policies={
-            config.node_role: [render_json("node-policy.json.j2", **buckets),
-                               render_json("kube2iam-node-policy.json.j2", assumable_role_arns=assumable)],
-            config.pod_role: [render_json("pod-policy.json.j2", **buckets)],
-        },
-    )
+    resources = aws.desired_resources(config, account, [])
+    policies = {r.name: r.document for r in resources if isinstance(r, aws.ManagedPolicy)}
+    docs = Documents()
+    for role in (r for r in resources if isinstance(r, aws.Role)):
+        docs.trust[role.name] = role.trust
+        docs.policies[role.name] = [policies[name] for name in role.policies if name in policies]
+    return docs
 
 
 def intended_allowed_roles(config: Config) -> dict[str, list[str]]:
@@ -117,6 +123,9 @@ class Expected:
     role: str | None  # role name it should get; None = kube2iam must refuse (no credentials)
     why: str
     access: dict[tuple[str, str], bool | None]  # (bucket, read|write) -> allowed; None = unknown
+    # target role -> does the configuration let this principal assume it itself? (policy evaluator over
+    # the documents setup wants; None = a role rbacbridge does not manage). The cell wants "no" always.
+    chains: dict[str, bool | None] = field(default_factory=dict)
 
 
 def _role_name(value: str) -> str:
@@ -168,6 +177,35 @@ def expected_role(config: Config, account: str, stage: str, principal: Principal
     return role, f"annotated {ROLE_ANNOTATION}: {role}"
 
 
+def chain_targets(config: Config) -> list[str]:
+    """The managed roles a chain cell asks about: the pod role, kube2iam's default role, the node role."""
+    return list(dict.fromkeys([config.pod_role, config.effective_default_role, config.node_role]))
+
+
+def chain_prediction(config: Config, account: str, held: str | None, target: str, documents: Documents) -> bool | None:
+    """Would a session of role `held` be allowed to assume `target` under these documents?
+
+    Both sides, as AWS decides: the caller's identity policies must allow sts:AssumeRole on the
+    target, and the target's trust policy must trust the caller (a trusted role ARN covers its sessions).
+    """
+    if held is None:
+        return False  # kube2iam refuses it: no credentials to call anything with
+    policies, trust = documents.policies.get(held), documents.trust.get(target)
+    if policies is None or trust is None:
+        return None
+    session = f"arn:aws:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
+    return pe.is_allowed(policies, "sts:AssumeRole", config.role_arn(account, target)) and pe.trust_allows(trust, session)
+
+
+def chain_path(principal: str, held: str | None, target: str) -> str:
+    return f"{principal} → {held or '?'} → sts:AssumeRole → {target}"
+
+
+def has_chain_cells(stage: str, principal: Principal) -> bool:
+    """Every principal except the host, once kube2iam runs (before it, every pod has the node role by design)."""
+    return stage == "after" and principal.kind != "host"
+
+
 def expected_matrix(config: Config, account: str, stage: str = "after", principals: list[Principal] | None = None,
                     allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None) -> list[Expected]:
     if stage not in STAGES:
@@ -184,7 +222,10 @@ def expected_matrix(config: Config, account: str, stage: str = "after", principa
                 continue
             access[(bucket, READ)] = pe.can_read(policies, bucket)
             access[(bucket, WRITE)] = pe.can_write(policies, bucket, probe_key(principal.name))
-        out.append(Expected(principal, role, why, access))
+        chains = {}
+        if has_chain_cells(stage, principal):
+            chains = {target: chain_prediction(config, account, role, target, documents) for target in chain_targets(config)}
+        out.append(Expected(principal, role, why, access, chains))
     return out
 
 
@@ -291,6 +332,10 @@ class ProbeBackend(Protocol):
     def list_bucket(self, bucket: str) -> CallResult: ...
     def put_object(self, bucket: str, key: str) -> CallResult: ...
     def delete_object(self, bucket: str, key: str) -> CallResult: ...
+    def assume_role(self, role_arn: str) -> CallResult: ...  # value: the assumed-role ARN, never the credentials
+
+
+CHAIN_SESSION = "rbacbridge-verify-chain"
 
 
 class AwsCliBackend:
@@ -333,6 +378,18 @@ class AwsCliBackend:
     def delete_object(self, bucket: str, key: str) -> CallResult:
         return self._call("s3api", "delete-object", "--bucket", bucket, "--key", key)
 
+    def assume_role(self, role_arn: str) -> CallResult:
+        # --query keeps the credentials inside the principal: only the assumed-role ARN crosses the
+        # exec channel (no secret is ever printed or logged).
+        result = self._call("sts", "assume-role", "--role-arn", role_arn, "--role-session-name", CHAIN_SESSION,
+                            "--query", "AssumedRoleUser.Arn")
+        if result.ok:
+            try:
+                result.value = json.loads(result.value)
+            except (ValueError, TypeError):
+                return CallResult(True, detail="ok", value=None)
+        return result
+
 
 class UnavailableBackend:
     """A principal that has no credentials at all: every call answers the same error."""
@@ -350,6 +407,9 @@ class UnavailableBackend:
         return self.result
 
     def delete_object(self, bucket: str, key: str) -> CallResult:
+        return self.result
+
+    def assume_role(self, role_arn: str) -> CallResult:
         return self.result
 
 
@@ -402,17 +462,33 @@ class Observed:
     arn: str | None
     role: str | None
     cells: dict[tuple[str, str], Observation]
+    chains: dict[str, Observation] = field(default_factory=dict)  # target role -> did sts:AssumeRole succeed?
 
 
-def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16) -> list[Observed]:
-    """Every identity, read and write probe of every principal, concurrently."""
+def probe_chain(backend: ProbeBackend, role_arn: str) -> Observation:
+    """The principal itself calls sts:AssumeRole on the role (granted = an escalation path)."""
+    assume = getattr(backend, "assume_role", None)
+    if assume is None:
+        return Observation(None, CallResult(False, ERROR, "this probe cannot call sts:AssumeRole"))
+    result = assume(role_arn)
+    return Observation(_allowed(result), result)
+
+
+def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16,
+            chains: dict[str, list[tuple[str, str]]] | None = None) -> list[Observed]:
+    """Every identity, read, write and chain probe of every principal, concurrently.
+
+    `chains`: principal name -> [(target role, its ARN)] to try sts:AssumeRole on."""
     jobs: dict[tuple[str, str, str | None], Any] = {}
+    chains = chains or {}
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
         for principal, backend in targets:
             jobs[(principal.name, IDENTITY, None)] = pool.submit(_guard, backend.identity)
             for bucket in buckets:
                 jobs[(principal.name, READ, bucket)] = pool.submit(probe_read, backend, bucket)
                 jobs[(principal.name, WRITE, bucket)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name))
+            for target, arn in chains.get(principal.name, []):
+                jobs[(principal.name, CHAIN, target)] = pool.submit(probe_chain, backend, arn)
     out = []
     for principal, _ in targets:
         ident = jobs[(principal.name, IDENTITY, None)].result()
@@ -422,8 +498,13 @@ def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], m
                 future = jobs[(principal.name, op, bucket)]
                 exc = future.exception()
                 cells[(bucket, op)] = future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
+        chained = {}
+        for target, _ in chains.get(principal.name, []):
+            future = jobs[(principal.name, CHAIN, target)]
+            exc = future.exception()
+            chained[target] = future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
         arn = ident.value if ident.ok else None
-        out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells))
+        out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells, chained))
     return out
 
 
@@ -445,7 +526,7 @@ class Blame:
 @dataclass
 class Cell:
     principal: str
-    check: str  # identity | read | write
+    check: str  # identity | read | write | chain
     bucket: str | None
     expected: Any  # role name (identity) or bool; None = denied identity / unknown access
     observed: Any
@@ -453,6 +534,20 @@ class Cell:
     error: str | None = None
     detail: str = ""
     blame: Blame | None = None
+    target: str | None = None  # chain cells: the role the principal tried to assume
+    predicted: bool | None = None  # chain cells: does the configuration grant it (policy evaluator)?
+
+
+@dataclass
+class Finding:
+    """A fact that fails verify on its own, whatever the cells say."""
+
+    kind: str  # DRIFT_FINDING | HOST_NETWORK_FINDING
+    subject: str  # e.g. "aws iam-role nettech-s3-read-write", "pod kube-system/debug-shell"
+    message: str  # the plan's sentence (drift) or what is wrong
+    reason: str  # the plan's reason text (drift) or why it matters
+    layer: str
+    node: str | None = None
 
 
 @dataclass
@@ -473,6 +568,10 @@ class VerifyResult:
     buckets: list[str]
     principals: list[PrincipalResult]
     notes: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # short label -> role name: pod, default, node
+    drift_checked: bool = False  # False: --no-drift-check (or a run without a cluster, e.g. the sandbox)
+    drift_steps: int = 0  # planned steps compared (aws + kube parts)
 
     @property
     def all_cells(self) -> list[Cell]:
@@ -484,7 +583,19 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches
+        return not self.mismatches and not self.findings
+
+    @property
+    def exit_code(self) -> int:
+        """0 all match; 1 a cell mismatched or a finding; 3 nothing definite failed, but some cells could
+        not be checked because AWS could not be reached (no verdict)."""
+        from rbacbridge.errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK
+
+        if self.ok:
+            return EXIT_OK
+        if self.findings or any(c.error != NETWORK for c in self.mismatches):
+            return EXIT_FAILED
+        return EXIT_INCOMPLETE
 
     @property
     def left_behind(self) -> list[str]:
@@ -499,6 +610,8 @@ class Diagnostics:
     allowed_roles: dict[str, list[str] | None] = field(default_factory=dict)  # live namespace annotations
     # node name -> (rule missing?, what is wrong with its DNAT rules for 169.254.169.254), read over SSH
     interception: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    # node name -> why no kube2iam pod runs there (e.g. a taint it does not tolerate), from the API server
+    kube2iam_missing: dict[str, str] = field(default_factory=dict)
 
 
 def compare(config: Config, account: str, stage: str, expected: list[Expected], observed: list[Observed],
@@ -518,8 +631,11 @@ def compare(config: Config, account: str, stage: str, expected: list[Expected], 
             if not match:
                 cell.blame = ident.blame or _cell_blame(config, account, exp, obs, bucket, op, seen, diagnostics)
             cells.append(cell)
+        for target, predicted in exp.chains.items():
+            cells.append(_chain_cell(config, account, exp, obs, target, predicted, diagnostics))
         results.append(PrincipalResult(exp.principal, exp, obs, ident, cells))
-    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results)
+    roles = {"pod": config.pod_role, "default": config.effective_default_role, "node": config.node_role}
+    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results, roles=roles)
 
 
 def _identity_cell(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Cell:
@@ -528,8 +644,62 @@ def _identity_cell(config: Config, account: str, exp: Expected, obs: Observed, d
     match = (obs.role == exp.role) if exp.role else refused
     cell = Cell(exp.principal.name, IDENTITY, None, exp.role, obs.role if ident.ok else None, match,
                 None if ident.ok else ident.category, obs.arn or ident.detail)
-    if not match:
+    drifted = annotation_drift(exp.principal)
+    if drifted and exp.principal.kind == "pod" and not exp.principal.host_network:
+        # The expectation comes from the configuration: a live annotation that differs is a mismatch
+        # even when kube2iam still hands out the configured role (a pod not yet rolled out, a cache).
+        cell.match = False
+        cell.blame = Blame(KUBE2IAM, f"{drifted}; got {obs.role or 'no credentials'}")
+    elif not match:
         cell.blame = _identity_blame(config, account, exp, obs, diag)
+    return cell
+
+
+def annotation_drift(principal: Principal) -> str | None:
+    """The live iam.amazonaws.com/role differs from the configured one: both values, in words."""
+    if not principal.annotation_seen:
+        return None
+    want = _role_name(principal.role_annotation) if principal.role_annotation else None
+    got = _role_name(principal.live_annotation) if principal.live_annotation else None
+    if want == got:
+        return None
+    where = f"pod {principal.namespace}/{principal.pod}" if principal.pod else principal.name
+    return (f"{where} has {ROLE_ANNOTATION}: {principal.live_annotation or '(none)'} but the configuration gives it "
+            f"{principal.role_annotation or '(none: kube2iam default role)'}")
+
+
+# A note on the chain cells in the stand-ins: moto, with IAM enforcement on, evaluates the CALLER's identity
+# policies for sts:AssumeRole, but NOT the target role's trust policy (and where it compares trust principals
+# it matches the exact session ARN, where AWS lets a trusted role ARN cover its sessions). So a chain that
+# moto grants has only passed the identity side; the trust side is evaluated here with rbacbridge.policy_eval
+# over the live trust policy and reported with the cell (real AWS checks both sides itself).
+def _chain_cell(config: Config, account: str, exp: Expected, obs: Observed, target: str, predicted: bool | None,
+                diag: Diagnostics) -> Cell:
+    principal = exp.principal
+    seen = obs.chains.get(target) or Observation(None, CallResult(False, ERROR, "not probed"))
+    held = obs.role or exp.role
+    path = chain_path(principal.name, held, target)
+    result = seen.result
+    match = seen.allowed is False and not predicted
+    detail = path + (": denied" if seen.allowed is False else ": GRANTED" if seen.allowed else f": {result.detail}")
+    cell = Cell(principal.name, CHAIN, None, False, seen.allowed, match, None if result.ok else result.category, detail,
+                target=target, predicted=predicted)
+    if match:
+        return cell
+    trust = diag.documents.trust.get(target)
+    trust_note = ""
+    if held and trust is not None:
+        session = f"arn:aws:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
+        trust_note = f"; live trust policy of {target}: {pe.trust_decision(trust, principal_arn=session)}"
+    if seen.allowed:
+        cell.blame = Blame(ESCALATION, f"{path} was granted: a pod must only get the role kube2iam hands it{trust_note}")
+    elif predicted:
+        cell.blame = Blame(ESCALATION, f"{path}: the configuration grants it ({held}'s policies allow sts:AssumeRole on "
+                                       f"{target} and {target} trusts {held}); observed: {result.detail or 'denied'}")
+    elif result.category == NETWORK:
+        cell.blame = Blame(NETWORK_LAYER, f"could not reach STS: {result.detail}")
+    else:
+        cell.blame = Blame(PROBE, f"{path}: could not tell ({result.detail})")
     return cell
 
 
@@ -542,6 +712,11 @@ def _identity_blame(config: Config, account: str, exp: Expected, obs: Observed, 
     node_arn = config.role_arn(account, config.node_role)
     principal = exp.principal
     problem = diag.interception.get(principal.node or "") if principal.kind == "pod" and not principal.host_network else None
+    missing = diag.kube2iam_missing.get(principal.node or "") if principal.kind == "pod" and not principal.host_network else None
+    if missing and want != config.node_role and (got == config.node_role or not ident.ok):
+        what = f"got {got}" if ident.ok else f"no credentials ({ident.detail})"
+        extra = f"; {problem[1]}" if problem else ""
+        return Blame(INTERCEPTION, f"{what} where {want or 'none'} was expected: {missing}{extra}")
     if problem and (not problem[0] or want != config.node_role):
         what = f"got {got}" if ident.ok else f"no credentials ({ident.detail})"
         return Blame(INTERCEPTION, f"{what} where {want or 'none'} was expected: on node {principal.node} {problem[1]}")
@@ -611,7 +786,8 @@ def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Pri
     """Expected from the configuration, observed from the targets, compared and blamed."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
-    observed = observe(targets, buckets_of(config))
+    chains = {e.principal.name: [(t, config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
+    observed = observe(targets, buckets_of(config), chains=chains)
     result = compare(config, account, stage, expected, observed, diagnostics)
     if result.left_behind:
         result.notes.append("probe objects left behind: " + ", ".join(result.left_behind))
@@ -629,8 +805,13 @@ INSTALL_CLI_SCRIPT = (
 )
 
 
+CLI_CHECK = ["sh", "-c", "command -v aws"]  # a shell builtin: milliseconds, where `aws --version` starts Python
+
+
 def ensure_cli(runner: CommandRunner, install: bool, where: str, timeout: float = 600) -> None:
-    rc, _, err = runner.run(["aws", "--version"], 30)
+    rc, _, err = runner.run(CLI_CHECK, 30)
+    if rc != 0 and rc != 1:  # no `sh` (distroless image): ask the CLI itself
+        rc, _, err = runner.run(["aws", "--version"], 30)
     if rc == 0:
         return
     if not install:
@@ -641,6 +822,16 @@ def ensure_cli(runner: CommandRunner, install: bool, where: str, timeout: float 
         from rbacbridge.errors import RbacbridgeError
 
         raise RbacbridgeError(f"installing the AWS CLI in {where} failed: {(err or '').strip().splitlines()[-1:] or rc}")
+
+
+def ensure_cli_all(checks: list[tuple[CommandRunner, bool, str]], max_workers: int = 16) -> None:
+    """ensure_cli for every principal at once (one cheap check each, concurrently); the first failure wins."""
+    if not checks:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(checks))), thread_name_prefix="rbv-cli") as pool:
+        futures = [pool.submit(ensure_cli, runner, install, where) for runner, install, where in checks]
+    for future in futures:
+        future.result()
 
 
 def _get(obj: Any, path: str) -> Any:
@@ -658,7 +849,9 @@ def _get(obj: Any, path: str) -> Any:
 def pick_pod(pods: list[Any], label: str) -> Any:
     running = [p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")]
     if not running:
-        raise UsageError(f"no running pod with label {label} (run `rbacbridge setup` first)")
+        from rbacbridge.errors import IncompleteError
+
+        raise IncompleteError(f"could not verify: no running pod with label {label} (run `rbacbridge setup` first)")
     return sorted(running, key=lambda p: _get(p, "metadata.name"))[0]
 
 
@@ -669,6 +862,12 @@ class LiveOptions:
     install_cli: bool = False
     node: str | None = None  # SSH address of the host node (else the node the pods run on)
     host_ip: str | None = None  # the node IP kube2iam's DNAT rule should point at (messages)
+    drift_check: bool = True  # compare live IAM / Kubernetes state with what setup wants (--no-drift-check: skip)
+
+
+def configured_annotation(config: Config, workload: str) -> str | None:
+    """The iam.amazonaws.com/role setup puts on a workload's pods (templates/k8s): from the configuration."""
+    return config.pod_role if workload == ANNOTATED else None
 
 
 def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
@@ -678,22 +877,30 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
 
     gateway = kube.gateway(ctx)
     principals: list[tuple[Principal, ProbeBackend]] = []
+    checks: list[tuple[CommandRunner, bool, str]] = []
     chosen = [(name, pod) for name in (VANILLA, ANNOTATED) for pod in pods_per_node(*_pods_of(gateway, config.namespace, name))]
     pod_nodes = list(dict.fromkeys(_get(pod, "spec.nodeName") for _, pod in chosen))
     several = len(pod_nodes) > 1  # kube2iam and its rule are per node: probe the pods on every node
     for name, pod in chosen:
         pod_name = _get(pod, "metadata.name")
         annotations = _get(pod, "metadata.annotations") or {}
+        labels = _get(pod, "metadata.labels") or {}
         node_name = _get(pod, "spec.nodeName")
+        managed = labels.get(kube.MANAGED_BY) == kube.OWNER
+        if not managed:
+            ctx.facts.setdefault("notes", []).append(
+                f"pod {config.namespace}/{pod_name} is not rbacbridge's (no {kube.MANAGED_BY}={kube.OWNER} label): reported, "
+                f"not trusted; its expected role still comes from the configuration")
         principal = Principal(f"{name}@{node_name}" if several else name, "pod", namespace=config.namespace, pod=pod_name,
-                              role_annotation=annotations.get(ROLE_ANNOTATION),
-                              host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name)
+                              role_annotation=configured_annotation(config, name),
+                              host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name,
+                              annotation_seen=True, live_annotation=annotations.get(ROLE_ANNOTATION), managed=managed)
         if options.probe == "ephemeral":
             container = ensure_ephemeral_probe(_api_client(gateway, config), config.namespace, pod_name, config.probe_image)
             runner = KubeExecRunner(gateway, config.namespace, pod_name, container=container)
         else:
             runner = KubeExecRunner(gateway, config.namespace, pod_name)
-            ensure_cli(runner, options.install_cli, f"pod {config.namespace}/{pod_name}")
+            checks.append((runner, options.install_cli, f"pod {config.namespace}/{pod_name}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
     from rbacbridge.nodes import NodeRef, ssh_target
     from rbacbridge.ssh import parse_host_port
@@ -712,9 +919,10 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
     for label, address in hosts:
         host_name, port = parse_host_port(address)
         runner = SshRunner(ssh_target(ctx, NodeRef(name=label, ssh_host=host_name, ssh_port=port)))
-        ensure_cli(runner, False, f"host node {label}")
+        checks.append((runner, False, f"host node {label}"))
         host = Principal(f"{HOST}@{label}" if len(hosts) > 1 else HOST, "host", node=label)
         out.append((host, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    ensure_cli_all(checks)
     return out + principals
 
 
@@ -780,21 +988,123 @@ def live_diagnostics(ctx: Any) -> Diagnostics:
         read_namespace = lambda name: gateway.get("Namespace", name)  # noqa: E731
     if read_namespace is not None:
         try:
-            raw = (_get(read_namespace(config.namespace), "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
+            namespace = read_namespace(config.namespace)
+            raw = (_get(namespace, "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
             diag.allowed_roles[config.namespace] = json.loads(raw) if raw else None
+            if raw is not None and isinstance(namespace, dict):
+                from rbacbridge.kube import owns_annotation
+
+                if not owns_annotation(namespace):
+                    ctx.facts.setdefault("notes", []).append(
+                        f"namespace {config.namespace}'s {ALLOWED_ROLES_ANNOTATION} is not rbacbridge's (another field manager "
+                        f"owns it): reported, not trusted; the expected matrix uses the configuration")
         except Exception:  # noqa: BLE001
             pass
     return diag
 
 
+def _kube_step(what: str, call: Callable[[], Any]) -> Any:
+    """A step verify cannot do without: if the cluster or AWS cannot answer, there is no verdict (exit 3)."""
+    from rbacbridge.errors import IncompleteError, RbacbridgeError
+
+    try:
+        return call()
+    except (UsageError, IncompleteError):
+        raise
+    except RbacbridgeError as exc:
+        raise IncompleteError(f"could not verify ({what}): {exc}") from None
+
+
+DRIFT_LAYERS = {("aws", "iam-role"): TRUST, ("aws", "iam-policy"): PERMISSIONS, ("aws", "iam-attachment"): PERMISSIONS}
+
+
+def drift_findings(ctx: Any) -> tuple[list[Finding], int]:
+    """Live state vs what setup wants, from the one planner (aws and kube parts): every planned step whose
+    action is not `unchanged` is drift, worded exactly as `rbacbridge plan` words it. Returns (findings, steps compared)."""
+    from rbacbridge import planner
+    from rbacbridge.plan import UNCHANGED
+
+    plan = planner.plan_setup(ctx, parts=("aws", "kube"))
+    findings = []
+    for step in plan.steps:
+        if step.action == UNCHANGED:
+            continue
+        layer = KUBE2IAM if step.system == "kube" else DRIFT_LAYERS.get((step.system, step.kind), DRIFT)
+        findings.append(Finding(DRIFT_FINDING, f"{step.system} {step.kind} {step.name}", f"{step.action}: {step.message}",
+                                step.reason, layer))
+    return findings, len(plan.steps)
+
+
+def _is_kube2iam_pod(pod: Any) -> bool:
+    from rbacbridge import kube
+
+    labels = _get(pod, "metadata.labels") or {}
+    return labels.get("app.kubernetes.io/name") == "kube2iam" and labels.get(kube.MANAGED_BY) == kube.OWNER
+
+
+def host_network_findings(gateway: Any, config: Config) -> list[Finding]:
+    """hostNetwork pods in namespaces that restrict roles (allowed-roles): kube2iam never sees their metadata
+    calls, so they hold the node role whatever the namespace allows."""
+    out = []
+    for namespace in gateway.list("Namespace"):
+        allowed = (_get(namespace, "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
+        if allowed is None:
+            continue
+        name = _get(namespace, "metadata.name")
+        for pod in gateway.list_pods(name):
+            if not _get(pod, "spec.hostNetwork") or _is_kube2iam_pod(pod) or _get(pod, "status.phase") not in ("Running", "Pending"):
+                continue
+            pod_name, node = _get(pod, "metadata.name"), _get(pod, "spec.nodeName")
+            out.append(Finding(HOST_NETWORK_FINDING, f"pod {name}/{pod_name}",
+                               f"hostNetwork pod {name}/{pod_name} on node {node or '?'} bypasses kube2iam",
+                               f"namespace {name} restricts roles ({ALLOWED_ROLES_ANNOTATION}: {allowed}), but a hostNetwork pod's "
+                               f"metadata calls never pass kube2iam: it holds the node role {config.node_role}",
+                               INTERCEPTION, node))
+    return out
+
+
+def kube2iam_missing(gateway: Any, config: Config, node_names: set[str]) -> dict[str, str]:
+    """Nodes (among node_names) where no kube2iam pod runs, and what the Node says about why (taints)."""
+    from rbacbridge import kube
+
+    running = {_get(p, "spec.nodeName") for p in gateway.list_pods(config.kube2iam_namespace, kube.KUBE2IAM_SELECTOR)
+               if _get(p, "status.phase") == "Running"}
+    out = {}
+    for name in sorted(n for n in node_names if n not in running):
+        node = gateway.get("Node", name) or {}
+        taints = [f"{t.get('key')}{'=' + t['value'] if t.get('value') else ''}:{t.get('effect')}"
+                  for t in (_get(node, "spec.taints") or [])]
+        why = f" (node taints: {', '.join(taints)}; does the DaemonSet tolerate them?)" if taints else ""
+        out[name] = (f"no kube2iam pod runs on node {name}{why}: its pods' metadata calls reach the instance profile "
+                     f"(node role {config.node_role})")
+    return out
+
+
 def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     config: Config = ctx.config
     account = config.account_id or _caller_account(config)
-    targets = live_targets(ctx, options)
+    findings: list[Finding] = []
+    drift_steps = 0
+    if options.drift_check:  # before probing: cached credentials can hide drift from the cells
+        findings, drift_steps = _kube_step("drift check, planning as `rbacbridge plan --only aws,kube`", lambda: drift_findings(ctx))
+    targets = _kube_step("finding the principals", lambda: live_targets(ctx, options))
     try:
+        from rbacbridge import kube
+
+        gateway = kube.gateway(ctx)
+        if options.stage == "after":
+            try:
+                findings += host_network_findings(gateway, config)
+            except Exception as exc:  # noqa: BLE001 - e.g. no permission to list namespaces: say so
+                ctx.facts.setdefault("notes", []).append(f"could not look for hostNetwork pods in restricted namespaces: {exc}")
         diagnostics = live_diagnostics(ctx)
-        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics)
         pod_nodes = {p.node for p, _ in targets if p.kind == "pod" and p.node}
+        if options.stage == "after" and pod_nodes:
+            try:
+                diagnostics.kube2iam_missing = kube2iam_missing(gateway, config, pod_nodes)
+            except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
+                ctx.facts.setdefault("notes", []).append(f"could not list kube2iam's pods for diagnosis: {exc}")
+        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics)
         if not result.ok and pod_nodes and options.node is None:
             try:
                 diagnostics.interception = interception_problems(ctx, pod_nodes)
@@ -810,9 +1120,12 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
             close = getattr(getattr(backend, "runner", None), "close", None)
             if close:
                 close()
+    result.findings, result.drift_checked, result.drift_steps = findings, options.drift_check, drift_steps
+    if not options.drift_check:
+        result.notes.append("drift check skipped (--no-drift-check)")
     if options.host_ip:
         result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
-    result.notes.extend(ctx.facts.get("notes", []))
+    result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)
     return result
 
 
@@ -823,6 +1136,10 @@ def _caller_account(config: Config) -> str:
         session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
         return session.client("sts", endpoint_url=config.endpoint_url).get_caller_identity()["Account"]
     except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
+            from rbacbridge.errors import IncompleteError
+
+            raise IncompleteError(f"could not verify: AWS is unreachable ({exc})") from None
         raise UsageError(f"verify needs --account-id (could not read it from the local credentials: {type(exc).__name__})") from None
 
 

@@ -35,6 +35,9 @@ def is_mutating(operation: str) -> bool:
 def moto_url():
     from moto.server import ThreadedMotoServer
 
+    from tests.moto_trust import patch
+
+    patch()  # trust policies decided as AWS does (a trusted role ARN covers its sessions)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

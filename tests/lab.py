@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from tests import netns
+from tests import lab_decide, netns
 from tests.netns import Node, Pod
 
 PREFIX = "rbl"
@@ -209,8 +209,9 @@ class Kube2iamHandler(_MetadataHandler):
     """Stands in for kube2iam's Go daemon, which cannot run here: for a request from a pod IP it finds
     the pod in the Kubernetes API server, takes its iam.amazonaws.com/role annotation (else the default
     role), honours the namespace's allowed-roles under --namespace-restrictions, and assumes the role
-    from the node role, checking the role's trust policy with rbacbridge.policy_eval. Its settings
-    come from the kube2iam DaemonSet's args, as setup wrote them."""
+    from the node role, checking the role's trust policy with the lab's own small evaluator
+    (tests/lab_decide.py, never rbacbridge's). Its settings come from the kube2iam DaemonSet's args,
+    as setup wrote them."""
 
     def role(self) -> str | None:
         return self.server.lab.kube2iam_role(self.client_address[0])
@@ -468,9 +469,40 @@ class Lab:
                    AWS_EC2_METADATA_DISABLED="true")
         return env
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rbacbridge", *args], capture_output=True, text=True, env=self.env(),
-                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.workdir)
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rbacbridge", *args], capture_output=True, text=True,
+                              env={**self.env(), **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.workdir)
+
+    def write_config(self, name: str, **sections: dict[str, Any]) -> str:
+        """Another rbacbridge.yaml next to the lab's, with `sections` merged over it; returns its path."""
+        config = yaml.safe_load((self.workdir / "rbacbridge.yaml").read_text())
+        for section, values in sections.items():
+            config.setdefault(section, {}).update(values)
+        path = self.workdir / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return str(path)
+
+    def kube2iam_stop(self, node_name: str) -> None:
+        """kube2iam is not running on this node (its pod gone, its DNAT rules removed): like a node whose taint
+        the DaemonSet does not tolerate."""
+        lab_node = self.node(node_name)
+        for pod in self.api.store.objects_of("Pod"):
+            labels = pod["metadata"].get("labels") or {}
+            if labels.get("app.kubernetes.io/name") == "kube2iam" and pod["spec"].get("nodeName") == node_name:
+                self.api.store.delete("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
+        for rule in lab_node.node.nat_rules():
+            if f"-d {METADATA_IP}/32" in rule and "DNAT" in rule:
+                lab_node.node.iptables("-t", "nat", *rule.replace("-A ", "-D ", 1).split())
+
+    def taint(self, node_name: str, taints: list[dict[str, str]]) -> None:
+        node = self.api.store.get("Node", node_name)
+        node.setdefault("spec", {})["taints"] = taints
+        self.api.store.put(node)
+
+    def add_host_network_pod(self, node_name: str, namespace: str, name: str) -> None:
+        """A pod sharing the node's network (no namespace of its own): kube2iam never sees its calls."""
+        lab_node = self.node(node_name)
+        self._put_pod(lab_node, namespace, name, {"app": name}, {}, lab_node.address, host_network=True)
 
     # -- pods: the namespaces behind docker0 and the API server's view of them --
 
@@ -616,10 +648,18 @@ class Lab:
         document = self.client("iam").get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
         return json.loads(document) if isinstance(document, str) else document
 
-    def node_credentials(self, role: str, instance_id: str) -> dict[str, str]:
-        from rbacbridge import policy_eval as pe
+    def _role_policies(self, role: str) -> list[Any]:
+        iam = self.client("iam")
+        documents = []
+        for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+            version = iam.get_policy(PolicyArn=attached["PolicyArn"])["Policy"]["DefaultVersionId"]
+            documents.append(iam.get_policy_version(PolicyArn=attached["PolicyArn"], VersionId=version)["PolicyVersion"]["Document"])
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            documents.append(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+        return documents
 
-        if not pe.trust_allows_service(self._trust(role), "ec2.amazonaws.com"):
+    def node_credentials(self, role: str, instance_id: str) -> dict[str, str]:
+        if not lab_decide.trusts(self._trust(role), service="ec2.amazonaws.com"):
             raise PermissionError(f"role {role} does not trust ec2.amazonaws.com")
         return self._assume(f"arn:aws:iam::{ACCOUNT}:role/{role}", instance_id)
 
@@ -639,8 +679,6 @@ class Lab:
             return json.loads(response.read())["metadata"].get("annotations") or {}
 
     def kube2iam_role(self, pod_ip: str) -> str | None:
-        from rbacbridge.verify import role_allowed_in_namespace
-
         args = self._kube2iam_args()
         pod = self._pod_by_ip(pod_ip)
         if pod is None:
@@ -657,14 +695,11 @@ class Lab:
         if "--namespace-restrictions" in args:
             raw = self._namespace_annotations(pod["metadata"]["namespace"]).get(ALLOWED_ROLES)
             patterns = json.loads(raw) if raw else []
-            if not role_allowed_in_namespace(role, ACCOUNT, patterns):
+            if not lab_decide.namespace_allows(f"arn:aws:iam::{ACCOUNT}:role/{role}", patterns):
                 raise PermissionError(f"role {role} is not allowed in namespace {pod['metadata']['namespace']}")
         return role
 
     def kube2iam_credentials(self, instance_id: str, role: str, pod_ip: str) -> dict[str, str]:
-        from rbacbridge import policy_eval as pe
-        from rbacbridge.sandbox import live_documents
-
         node_role = self.instance_role(instance_id)
         with self._cache_lock:  # like kube2iam: credentials per role, reused until they expire
             cached = self._kube2iam_cache.get((instance_id, node_role, role))
@@ -673,10 +708,13 @@ class Lab:
         if node_role is None:
             raise PermissionError("the node has no instance profile role to assume from")
         node_arn, role_arn = f"arn:aws:iam::{ACCOUNT}:role/{node_role}", f"arn:aws:iam::{ACCOUNT}:role/{role}"
-        docs = live_documents(self.client("iam"), [node_role, role])
-        if role not in docs.trust or not pe.trust_allows(docs.trust[role], node_arn):
+        try:
+            trust = self._trust(role)
+        except self.client("iam").exceptions.NoSuchEntityException:
+            trust = {}
+        if not lab_decide.trusts(trust, arn=node_arn):
             raise PermissionError(f"AssumeRole {role_arn} denied: its trust policy does not trust {node_arn}")
-        if not pe.is_allowed(docs.policies.get(node_role, []), "sts:AssumeRole", role_arn):
+        if not lab_decide.permits(self._role_policies(node_role), "sts:AssumeRole", role_arn):
             raise PermissionError(f"AssumeRole {role_arn} denied: the node role may not assume it")
         creds = self._assume(role_arn, f"{instance_id}-kube2iam")
         with self._cache_lock:

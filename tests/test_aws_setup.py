@@ -7,8 +7,10 @@ from rbacbridge.plan import CONFLICT, UNCHANGED
 from tests.fixtures_aws import ACCOUNT, is_mutating, moto_url, policy_document, sandbox  # noqa: F401
 
 RO, RW, PROFILE = "nettech-s3-read-only", "nettech-s3-read-write", "nettech-instance-profile"
+DEFAULT = "nettech-pod-default"
 RO_ARN = f"arn:aws:iam::{ACCOUNT}:role/{RO}"
 RW_ARN = f"arn:aws:iam::{ACCOUNT}:role/{RW}"
+DEFAULT_ARN = f"arn:aws:iam::{ACCOUNT}:role/{DEFAULT}"
 
 
 def _setup(sandbox, config=None, **ctx_kw):
@@ -48,22 +50,52 @@ def _actions_on(document, resource):
     return actions
 
 
+def _assumable(iam) -> list[str]:
+    kube2iam = policy_document(iam, "nettech-kube2iam-node")
+    assume = [s for s in kube2iam["Statement"] if "sts:AssumeRole" in s["Action"]]
+    assert len(assume) == 1
+    return sorted(assume[0]["Resource"])
+
+
+def _all_actions(iam, role: str) -> set[str]:
+    actions: set[str] = set()
+    for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+        for statement in policy_document(iam, attached["PolicyName"])["Statement"]:
+            value = statement.get("Action", [])
+            actions |= set(value if isinstance(value, list) else [value])
+    return actions
+
+
+def assert_dedicated_default_role(iam):
+    role = iam.get_role(RoleName=DEFAULT)["Role"]
+    assert _principals(role["AssumeRolePolicyDocument"]) == {("AWS", RO_ARN)}
+    assert [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=DEFAULT)["AttachedPolicies"]] == [RO]
+    assert iam.list_role_policies(RoleName=DEFAULT)["PolicyNames"] == []
+    actions = _all_actions(iam, DEFAULT)
+    assert actions == {"s3:ListBucket", "s3:GetObject"}
+    assert not any(a.startswith("sts:") or a == "*" for a in actions)
+    assert {"Key": "managed-by", "Value": "rbacbridge"} in role["Tags"]
+
+
 def assert_article_state(sandbox, instance_id, previous_profile=None):
     iam, ec2 = sandbox.client("iam"), sandbox.client("ec2")
-    # Step 1-2: read-only policy on the node role, trusted by EC2 and by itself (default role = node role).
+    # Step 1-2: read-only policy on the node role, trusted by EC2 only (pods never get the node role,
+    # so it needs no self-trust).
     node_policy = policy_document(iam, RO)
     assert _actions_on(node_policy, "arn:aws:s3:::nettech-helm-test") == {"s3:ListBucket"}
     assert _actions_on(node_policy, "arn:aws:s3:::nettech-helm-test/*") == {"s3:GetObject"}
     assert not _actions_on(node_policy, "arn:aws:s3:::lanre.k8s.dev")
     node_role = iam.get_role(RoleName=RO)["Role"]
-    assert _principals(node_role["AssumeRolePolicyDocument"]) == {("Service", "ec2.amazonaws.com"), ("AWS", RO_ARN)}
+    assert _principals(node_role["AssumeRolePolicyDocument"]) == {("Service", "ec2.amazonaws.com")}
     attached = {p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=RO)["AttachedPolicies"]}
     assert attached == {RO, "nettech-kube2iam-node"}
-    # kube2iam's permissions: AssumeRole scoped to the exact roles it hands out, not "*".
+    # kube2iam's permissions: AssumeRole scoped to exactly the roles it hands out (the pod role and the
+    # dedicated default role), not "*" and not the node role itself.
+    assert _assumable(iam) == sorted([RW_ARN, DEFAULT_ARN])
     kube2iam = policy_document(iam, "nettech-kube2iam-node")
-    assume = [s for s in kube2iam["Statement"] if "sts:AssumeRole" in s["Action"]]
-    assert len(assume) == 1 and sorted(assume[0]["Resource"]) == sorted([RO_ARN, RW_ARN])
     assert any("ec2:DescribeRegions" in s["Action"] for s in kube2iam["Statement"])
+    # The dedicated default role: the read-only policy, trusted only by the node role's exact ARN, no sts.
+    assert_dedicated_default_role(iam)
     # Step 3: the profile holds the node role.
     profile = iam.get_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == [RO]
@@ -77,6 +109,7 @@ def assert_article_state(sandbox, instance_id, previous_profile=None):
     # Everything tagged as owned.
     owned = {"Key": "managed-by", "Value": "rbacbridge"}
     assert owned in node_role["Tags"] and owned in pod_role["Tags"] and owned in profile["Tags"]
+    assert owned in iam.get_role(RoleName=DEFAULT)["Role"]["Tags"]
     for name in (RO, RW, "nettech-kube2iam-node"):
         assert owned in iam.get_policy(PolicyArn=f"arn:aws:iam::{ACCOUNT}:policy/{name}")["Policy"]["Tags"]
     # Step 6-7: the instance uses the profile; the previous one is recorded.
@@ -99,17 +132,75 @@ def test_setup_creates_the_article_state(sandbox):
 def test_setup_calls_in_dependency_order(sandbox):
     instance = sandbox.new_instance()
     _setup(sandbox, sandbox.config(instance_ids=(instance,)))
-    order = [op for _, op, _ in sandbox.mutating_calls]
-    # Each policy exists before it is attached; the node role before the pod role that trusts it;
+    calls = sandbox.mutating_calls
+    order = [op for _, op, _ in calls]
+    # Each policy exists before it is attached; the node role before the roles that trust it;
     # the role is in the profile before the profile is associated; the record tag before replacing.
-    assert order.count("CreatePolicy") == 3 and order.count("AttachRolePolicy") == 3
-    creates = [i for i, op in enumerate(order) if op == "CreateRole"]
-    assert len(creates) == 2
-    assert order.index("CreatePolicy") < order.index("AttachRolePolicy")
+    assert order.count("CreatePolicy") == 3 and order.count("AttachRolePolicy") == 4
+    created = [p["RoleName"] for _, op, p in calls if op == "CreateRole"]
+    assert created == [RO, RW, DEFAULT]
+    for index, (_, op, params) in enumerate(calls):
+        if op == "AttachRolePolicy":
+            policy = params["PolicyArn"].rsplit("/", 1)[-1]
+            assert any(o == "CreatePolicy" and p["PolicyName"] == policy for _, o, p in calls[:index])
+            assert any(o == "CreateRole" and p["RoleName"] == params["RoleName"] for _, o, p in calls[:index])
     assert order.index("AddRoleToInstanceProfile") < order.index("AssociateIamInstanceProfile")
     assert order.index("CreateTags") < order.index("AssociateIamInstanceProfile")
+    assert "UpdateAssumeRolePolicy" not in order  # no self-trust: pods never get the node role
+
+
+def test_node_default_role_trusts_itself_and_is_warned(sandbox):
+    iam = sandbox.client("iam")
+    for mode in ("node", "auto"):
+        ctx = sandbox.context(sandbox.config(default_role=mode))
+        plan = planner.plan_setup(ctx)
+        [warning] = plan.warnings
+        assert f"kube2iam.default_role={mode} hands every unannotated pod the node role {RO}" in warning
+        assert f"may sts:AssumeRole {RW}: any pod can chain into it" in warning
+        assert plan.to_dict()["warnings"] == [warning]
+    sandbox.calls.clear()
+    _setup(sandbox, sandbox.config(default_role="node"))
+    order = [op for _, op, _ in sandbox.mutating_calls]
+    creates = [i for i, op in enumerate(order) if op == "CreateRole"]
+    assert len(creates) == 2  # no dedicated role
     # The self-trust is added only after the node role exists (AWS rejects a role naming itself at creation).
     assert creates[0] < order.index("UpdateAssumeRolePolicy") < creates[1]
+    assert _principals(iam.get_role(RoleName=RO)["Role"]["AssumeRolePolicyDocument"]) == {
+        ("Service", "ec2.amazonaws.com"), ("AWS", RO_ARN)}
+    assert _assumable(iam) == sorted([RO_ARN, RW_ARN])
+    assert DEFAULT not in {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert planner.plan_setup(sandbox.context()).warnings == []
+
+
+def test_install_made_with_the_old_auto_default_converges_in_one_setup(sandbox):
+    iam = sandbox.client("iam")
+    instance = sandbox.new_instance(previous_profile="legacy-profile")
+    _setup(sandbox, sandbox.config(instance_ids=(instance,), default_role="auto"))  # what the old default made
+    assert _assumable(iam) == sorted([RO_ARN, RW_ARN])
+    plan, _ = _setup(sandbox, sandbox.config(instance_ids=(instance,)))
+    changed = {(s.kind, s.name, s.action) for s in plan.changes}
+    assert ("iam-role", RO, "update") in changed  # loses its self-trust
+    assert ("iam-policy", "nettech-kube2iam-node", "update") in changed  # new default version
+    assert ("iam-role", DEFAULT, "create") in changed
+    [trust] = [s for s in plan.changes if s.name == RO]
+    assert trust.reason.startswith("trust policy differs") and f"unexpected Allow sts:AssumeRole on principal {RO_ARN}" in trust.reason
+    assert_article_state(sandbox, instance, previous_profile="legacy-profile")
+    versions = iam.list_policy_versions(PolicyArn=f"arn:aws:iam::{ACCOUNT}:policy/nettech-kube2iam-node")["Versions"]
+    assert len(versions) == 2 and [v["VersionId"] for v in versions if v["IsDefaultVersion"]] == ["v2"]
+    sandbox.calls.clear()
+    again, _ = _setup(sandbox, sandbox.config(instance_ids=(instance,)))
+    assert again.changes == [] and sandbox.mutating_calls == []
+
+
+def test_teardown_removes_the_dedicated_role_even_after_switching_to_node(sandbox):
+    before = sandbox.snapshot()
+    _setup(sandbox)
+    assert DEFAULT in sandbox.snapshot()["roles"]
+    sandbox.calls.clear()
+    plan, _ = _teardown(sandbox, sandbox.config(default_role="node"))
+    assert sandbox.snapshot() == before
+    deletes = [p["RoleName"] for _, op, p in sandbox.mutating_calls if op == "DeleteRole"]
+    assert DEFAULT in deletes
 
 
 def test_second_setup_makes_no_mutating_call(sandbox):
@@ -154,6 +245,14 @@ def test_teardown_call_order_detaches_before_deleting(sandbox):
         if op == "DeletePolicy":
             detaches = [i for i, (_, o, p) in enumerate(calls) if o == "DetachRolePolicy" and p["PolicyArn"] == params["PolicyArn"]]
             assert detaches and max(detaches) < index
+    # Every role loses its attachments before it is deleted (the dedicated default role included).
+    for index, (_, op, params) in enumerate(calls):
+        if op == "DeleteRole":
+            assert not [1 for _, o, p in calls[index:] if o == "DetachRolePolicy" and p["RoleName"] == params["RoleName"]]
+            assert [1 for _, o, p in calls[:index] if o == "DetachRolePolicy" and p["RoleName"] == params["RoleName"]]
+    assert sorted(p["RoleName"] for _, op, p in calls if op == "DeleteRole") == sorted([RO, RW, DEFAULT])
+    ro_policy = f"arn:aws:iam::{ACCOUNT}:policy/{RO}"
+    assert {p["RoleName"] for _, op, p in calls if op == "DetachRolePolicy" and p["PolicyArn"] == ro_policy} == {RO, DEFAULT}
     assert order.index("RemoveRoleFromInstanceProfile") < order.index("DeleteInstanceProfile")
     delete_roles = [i for i, op in enumerate(order) if op == "DeleteRole"]
     remove_from_profile = order.index("RemoveRoleFromInstanceProfile")
@@ -218,3 +317,59 @@ def test_explicit_default_role_drops_self_trust(sandbox):
     kube2iam = policy_document(iam, "nettech-kube2iam-node")
     resources = [r for s in kube2iam["Statement"] if "sts:AssumeRole" in s["Action"] for r in s["Resource"]]
     assert sorted(resources) == sorted([RW_ARN, f"arn:aws:iam::{ACCOUNT}:role/{iam_default}"])
+
+
+def test_plan_says_what_each_instances_metadata_options_mean(sandbox):
+    ec2 = sandbox.client("ec2")
+    strict, loose, hops2 = sandbox.new_instance(), sandbox.new_instance(), sandbox.new_instance()
+    ec2.modify_instance_metadata_options(InstanceId=strict, HttpTokens="required", HttpPutResponseHopLimit=1)
+    ec2.modify_instance_metadata_options(InstanceId=hops2, HttpTokens="required", HttpPutResponseHopLimit=2)
+    config = sandbox.config(instance_ids=(strict, loose, hops2))
+    plan = planner.plan_setup(sandbox.context(config))
+    found = {f["instance_id"]: f for f in plan.to_dict()["metadata_options"]}
+    assert (found[strict]["http_tokens"], found[strict]["hop_limit"], found[strict]["pods_blocked_without_rule"]) == ("required", 1, True)
+    assert (found[loose]["http_tokens"], found[loose]["pods_blocked_without_rule"]) == ("optional", False)
+    assert (found[hops2]["hop_limit"], found[hops2]["pods_blocked_without_rule"]) == (2, False)
+    notes = "\n".join(plan.notes)
+    assert f"instance {strict}: IMDSv2 tokens required, hop limit 1: pods cannot reach the metadata service even without" in notes
+    assert f"instance {loose}: IMDSv1 allowed (HttpTokens optional)" in notes and "the rule is the only barrier" in notes
+    assert f"instance {hops2}: IMDSv2 tokens required but hop limit 2" in notes
+    # One describe for both the record tags and the metadata options.
+    assert [op for _, op, _ in sandbox.calls].count("DescribeInstances") == 1
+    assert plan.warnings == []
+    # An image without IMDSv2 support on a node that requires tokens is a warning naming the instance.
+    old_image = planner.plan_setup(sandbox.context(sandbox.config(instance_ids=(strict, loose), kube2iam_image="jtblin/kube2iam:0.11.2")))
+    [warning] = old_image.warnings
+    assert "jtblin/kube2iam:0.11.2 has no IMDSv2 support" in warning and strict in warning and loose not in warning
+
+
+def test_plan_cli_puts_notes_and_warnings_on_stderr_and_in_json(sandbox, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    instance = sandbox.new_instance()
+    sandbox.client("ec2").modify_instance_metadata_options(InstanceId=instance, HttpTokens="required", HttpPutResponseHopLimit=1)
+    base = [sys.executable, "-m", "rbacbridge", "plan", "--only", "aws", "--account-id", ACCOUNT, "--instance-id", instance]
+
+    def cli(*extra: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(base + list(extra), capture_output=True, text=True, env=sandbox.env(), timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    table = cli()
+    assert "pods cannot reach the metadata service" in table.stderr and "metadata service" not in table.stdout
+    assert "warning:" not in table.stderr
+    data = json.loads(cli("-o", "json").stdout)
+    assert data["metadata_options"][0]["instance_id"] == instance and data["warnings"] == []
+    config = tmp_path / "rbacbridge.yaml"
+    config.write_text("kube2iam:\n  default_role: node\n")
+    warned = cli("-c", str(config))
+    assert f"warning: kube2iam.default_role=node hands every unannotated pod the node role {RO}" in " ".join(warned.stderr.split())
+    as_json = cli("-c", str(config), "-o", "json")
+    assert "any pod can chain into it" in json.loads(as_json.stdout)["warnings"][0]
+    assert "warning:" in as_json.stderr  # a CI log shows it too
+    setup = subprocess.run([sys.executable, "-m", "rbacbridge", "setup", "--only", "aws", "--dry-run", "-c", str(config),
+                            "--account-id", ACCOUNT], capture_output=True, text=True, env=sandbox.env(), timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    assert "any pod can chain into it" in " ".join(setup.stderr.split())

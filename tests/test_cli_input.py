@@ -20,6 +20,9 @@ CONFIGS = {
     "bad-port-in-yaml": "kube2iam:\n  port: 70000\n",
     "same-roles": "iam:\n  node_role: same\n  pod_role: same\n",
     "bad-boolean": "kube2iam:\n  namespace_restrictions: maybe\n",
+    "default-role-is-node-role": "iam:\n  default_role: nettech-s3-read-only\n",
+    "pods-default-to-pod-role": "kube2iam:\n  default_role: nettech-s3-read-write\n",
+    "bad-debug": "kube2iam:\n  debug: sometimes\n",
 }
 
 CASES = [
@@ -95,3 +98,15 @@ def test_no_secret_in_output(sandbox):
     assert "create role" in text  # the runs did real work
     for secret in ("AKIASECRETSHOULDNOTSHOW", "wJalrSecretShouldNeverAppear", "SessionTokenShouldNeverAppear"):
         assert secret not in text
+
+
+def test_example_config_holds_every_default():
+    from pathlib import Path
+
+    from rbacbridge.config import Config, load
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "rbacbridge.yaml"
+    config = load(example)
+    assert config == Config(account_id="123456789012")
+    assert (config.default_role, config.pod_default_role, config.kube2iam_image) == ("dedicated", "nettech-pod-default", "jtblin/kube2iam:0.13.0")
+    assert config.kube2iam_tolerations == ({"operator": "Exists"},) and config.kube2iam_debug is False

@@ -20,8 +20,12 @@ def test_demo_runs_and_leaves_nothing():
     out = result.stdout
     assert "SANDBOX" in out and "No real account" in out
     assert "0 changes planned, 0 mutating AWS calls made." in out
-    assert out.count("15 checks, all match") == 2  # before and after kube2iam
+    assert out.count("15 checks, all match") == 1  # before kube2iam: identity + read/write, 3 principals
+    assert out.count("21 checks, all match") == 1  # after: plus a chain cell per managed role for each pod
     assert "DaemonSet            kube-system/kube2iam" in out and "--namespace-restrictions" in out
+    assert "--default-role=nettech-pod-default" in out and "--namespace-restrictions --debug" not in " ".join(out.split())
+    assert "pods cannot reach the metadata service even without" in " ".join(out.split())  # the seeded IMDSv2 node
+    assert "warning:" not in out + result.stderr
     assert "rbacbridge-owned resources left: 0" in out
     assert "legacy-node-profile (restored)" in out
 

@@ -154,3 +154,52 @@ def test_turning_restrictions_off_removes_the_annotation_rbacbridge_set(kube_api
     assert planner.run(ctx, plan).ok
     assert "iam.amazonaws.com/allowed-roles" not in kube_api.store.get("Namespace", "default")["metadata"]["annotations"]
     assert {s.action for s in planner.plan_setup(kube_context(kube_api, namespace_restrictions=False)).steps} == {UNCHANGED}
+
+
+def test_daemonset_made_by_an_older_rbacbridge_is_updated_field_by_field(kube_api):
+    """An install from before issue 9: image 0.11.2, --auto-discover-default-role, --debug always on, no
+    tolerations, priority class, probe or region. One setup brings every new field; the next is a no-op."""
+    from rbacbridge.kube import desired_objects
+
+    config = kube_context(kube_api).config
+    old = next(o for o in desired_objects(config, "docker0") if o["kind"] == "DaemonSet")
+    pod = old["spec"]["template"]["spec"]
+    for key in ("priorityClassName", "tolerations"):
+        del pod[key]
+    container = pod["containers"][0]
+    del container["livenessProbe"]
+    container["image"] = "jtblin/kube2iam:0.11.2"
+    container["env"] = [e for e in container["env"] if not e["name"].startswith("AWS_")]
+    container["args"] = [a.replace("--default-role=nettech-pod-default", "--auto-discover-default-role")
+                         for a in container["args"]] + ["--debug"]
+    kube_api.store.put(old)
+
+    ctx = kube_context(kube_api)
+    plan = planner.plan_setup(ctx)
+    step = steps_by_name(plan)[("DaemonSet", "kube-system/kube2iam")]
+    assert step.action == UPDATE
+    prefix = "spec.template.spec."
+    assert sorted(step.details["fields"]) == sorted(prefix + f for f in (
+        "priorityClassName", "tolerations", "containers[kube2iam].image", "containers[kube2iam].args",
+        "containers[kube2iam].env[AWS_REGION]", "containers[kube2iam].env[AWS_DEFAULT_REGION]",
+        "containers[kube2iam].livenessProbe"))
+    assert planner.run(ctx, plan).ok
+    live = kube_api.store.get("DaemonSet", "kube2iam", "kube-system")["spec"]["template"]["spec"]
+    args = live["containers"][0]["args"]
+    assert "--default-role=nettech-pod-default" in args
+    assert "--auto-discover-default-role" not in args and "--debug" not in args
+    assert live["tolerations"] == [{"operator": "Exists"}] and live["priorityClassName"] == "system-node-critical"
+    again = planner.plan_setup(kube_context(kube_api))
+    assert steps_by_name(again)[("DaemonSet", "kube-system/kube2iam")].action == UNCHANGED
+
+
+def test_empty_tolerations_are_not_a_perpetual_difference(kube_api):
+    _setup(kube_context(kube_api, kube2iam_tolerations=()))
+    daemonset = kube_api.store.get("DaemonSet", "kube2iam", "kube-system")
+    daemonset["spec"]["template"]["spec"].pop("tolerations", None)  # a real API server omits the empty list
+    kube_api.store.put(daemonset)
+    plan = planner.plan_setup(kube_context(kube_api, kube2iam_tolerations=()))
+    assert steps_by_name(plan)[("DaemonSet", "kube-system/kube2iam")].action == UNCHANGED
+    # and going back to the default shows the tolerations as the difference
+    plan = planner.plan_setup(kube_context(kube_api))
+    assert steps_by_name(plan)[("DaemonSet", "kube-system/kube2iam")].details["fields"] == ["spec.template.spec.tolerations"]

@@ -31,6 +31,12 @@ CONFIGS = {
     "article defaults": Config(account_id="123456789012"),
     "explicit role, no restrictions": Config(account_id="123456789012", default_role="nettech-s3-read-only",
                                              namespace_restrictions=False, kube2iam_port=8181, namespace="tenant-a"),
+    "auto default role, debug, own tolerations": Config(
+        account_id="123456789012", default_role="auto", kube2iam_debug=True, region="eu-west-1",
+        kube2iam_tolerations=({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+                              {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+                               "tolerationSeconds": 300})),
+    "no tolerations": Config(account_id="123456789012", kube2iam_tolerations=()),
 }
 
 
@@ -51,21 +57,26 @@ def test_strict_validation_would_catch_a_bad_field():
 
 
 def test_daemonset_carries_every_kube2iam_setting():
-    objects = desired_objects(Config(account_id="210987654321", kube2iam_image="jtblin/kube2iam:0.11.1"), "eni+")
+    objects = desired_objects(Config(account_id="210987654321", kube2iam_image="jtblin/kube2iam:0.11.1", region="eu-central-1"), "eni+")
     daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "kube2iam"
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]  # every taint: no node without kube2iam
     assert container["securityContext"] == {"privileged": True}
     assert container["image"] == "jtblin/kube2iam:0.11.1"
+    # The dedicated default role, never auto-discovery (the node role); no --debug unless asked for.
     assert container["args"] == [
-        "--base-role-arn=arn:aws:iam::210987654321:role/", "--auto-discover-default-role", "--iptables=true",
+        "--base-role-arn=arn:aws:iam::210987654321:role/", "--default-role=nettech-pod-default", "--iptables=true",
         "--host-ip=$(HOST_IP)", "--host-interface=eni+", "--node=$(NODE_NAME)", "--app-port=8282",
-        "--namespace-restrictions", "--debug"]
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
-    assert env == {"HOST_IP": "status.podIP", "NODE_NAME": "spec.nodeName"}
+        "--namespace-restrictions"]
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"HOST_IP": "status.podIP", "NODE_NAME": "spec.nodeName",
+                   "AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "eu-central-1"}
     assert container["ports"] == [{"name": "http", "containerPort": 8282, "protocol": "TCP"}]
-    assert container["resources"]["requests"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8282, "scheme": "HTTP"}
+    assert container["resources"]["requests"] == {"cpu": "10m", "memory": "32Mi"}
     assert pod["volumes"] == [{"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}}]
     role = next(o for o in objects if o["kind"] == "ClusterRole")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces", "pods"], "verbs": ["get", "list", "watch"]}]
@@ -76,6 +87,61 @@ def test_daemonset_carries_every_kube2iam_setting():
     assert namespace["metadata"] == {"name": "default", "annotations": {"iam.amazonaws.com/allowed-roles": '["nettech-s3-read-write"]'}}
     nginx = [o for o in objects if o["kind"] == "Deployment"]
     assert [d["spec"]["template"]["spec"]["containers"][0]["image"] for d in nginx] == ["nginx:1.27", "nginx:1.27"]
+
+
+def test_default_image_is_the_first_upstream_release_with_imdsv2():
+    container = _kube2iam_container(Config(account_id="123456789012"))
+    assert container["image"] == "jtblin/kube2iam:0.13.0"
+
+
+def _kube2iam_container(config: Config) -> dict:
+    daemonset = next(o for o in desired_objects(config, "cni0") if o["kind"] == "DaemonSet")
+    return daemonset["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("mode, flag", [
+    ("dedicated", "--default-role=nettech-pod-default"),
+    ("node", "--default-role=nettech-s3-read-only"),
+    ("auto", "--auto-discover-default-role"),
+    ("tenant-default", "--default-role=tenant-default"),
+])
+def test_default_role_flag_per_mode(mode, flag):
+    args = _kube2iam_container(Config(account_id="123456789012", default_role=mode))["args"]
+    defaults = [a for a in args if "default-role" in a]
+    assert defaults == [flag]  # never both --default-role and --auto-discover-default-role
+
+
+def test_debug_only_when_asked_for():
+    assert "--debug" not in _kube2iam_container(Config(account_id="123456789012"))["args"]
+    assert _kube2iam_container(Config(account_id="123456789012", kube2iam_debug=True))["args"][-1] == "--debug"
+
+
+def test_tolerations_from_the_config_file(tmp_path):
+    config = tmp_path / "rbacbridge.yaml"
+    config.write_text("account_id: '123456789012'\nkube2iam:\n  debug: true\n  tolerations:\n"
+                      "    - {key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}\n")
+    result = _cli("render", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    daemonset = next(d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]
+    assert "--debug" in pod["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("value, why", [
+    ("[{operator: Sometimes}]", "operator is Exists or Equal"),
+    ("[{key: a, colour: red}]", "unknown toleration field 'colour'"),
+    ("[{operator: Exists, value: x}]", "takes no value"),
+    ("[{effect: NoSchedule}]", "needs operator Exists"),
+    ("{operator: Exists}", "expected a list of tolerations"),
+])
+def test_bad_tolerations_are_one_line_exit_2(tmp_path, value, why):
+    config = tmp_path / "rbacbridge.yaml"
+    config.write_text(f"account_id: '123456789012'\nkube2iam:\n  tolerations: {value}\n")
+    result = _cli("render", "-c", str(config))
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: invalid kube2iam.tolerations") and why in line
 
 
 def test_render_to_stdout_is_a_yaml_stream_for_kubectl():

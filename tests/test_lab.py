@@ -14,6 +14,7 @@ _why = available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
 
 NODE_ROLE, POD_ROLE = "nettech-s3-read-only", "nettech-s3-read-write"
+DEFAULT_ROLE = "nettech-pod-default"  # what unannotated pods get (never the node role)
 SHARED, TENANT = "nettech-helm-test", "lanre.k8s.dev"
 STALE_PORT = 8181  # kube2iam's own default: the port of an earlier kube2iam
 
@@ -43,7 +44,16 @@ def kube2iam_rules(lab: Lab, node: str) -> list[str]:
 
 
 def access(principal: dict) -> dict[tuple[str, str], bool]:
-    return {(c["bucket"], c["check"]): c["observed"] for c in principal["cells"] if c["check"] != "identity"}
+    return {(c["bucket"], c["check"]): c["observed"] for c in principal["cells"] if c["check"] in ("read", "write")}
+
+
+def chains(principal: dict) -> dict[str, dict]:
+    return {c["target"]: c for c in principal["cells"] if c["check"] == "chain"}
+
+
+def failed(document: dict) -> list[tuple[str, dict]]:
+    """(principal name, cell) of every mismatching cell."""
+    return [(p["name"], c) for p in document["principals"] for c in p["cells"] if not c["match"]]
 
 
 def test_article_end_to_end(lab: Lab):
@@ -56,7 +66,7 @@ def test_article_end_to_end(lab: Lab):
     setup = run(lab, "setup", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT,
                 "--only", "aws,kube", "--yes")
     assert setup.stdout.index("rbacbridge setup plan") < setup.stdout.index("change(s) made")
-    assert {r["RoleName"] for r in iam.list_roles()["Roles"]} >= {NODE_ROLE, POD_ROLE}
+    assert {r["RoleName"] for r in iam.list_roles()["Roles"]} >= {NODE_ROLE, POD_ROLE, DEFAULT_ROLE}
     for n in lab.nodes:
         associations = ec2.describe_iam_instance_profile_associations(Filters=[
             {"Name": "instance-id", "Values": [n.instance_id]}, {"Name": "state", "Values": ["associated"]}])
@@ -97,14 +107,23 @@ def test_article_end_to_end(lab: Lab):
     # Step 15: the article's matrix, every cell observed as expected, on both nodes.
     after = verify(lab, expect=0)
     assert after["ok"] and {p["node"] for p in after["principals"]} == {"node-a", "node-b"}
+    # drift check: 9 AWS steps (3 policies, 3 roles, the profile, 2 associations) + 7 Kubernetes objects, none differs
+    assert after["drift"] == {"checked": True, "steps": 16, "differences": 0} and after["findings"] == []
+    assert not [n for n in after["notes"] if "not rbacbridge's" in n]
     for p in after["principals"]:
         app = "host" if p["kind"] == "host" else p["name"].split("@")[0]
         if app == "nginx-annotated":
             assert p["observed_role"] == POD_ROLE
             assert access(p) == {(SHARED, "read"): True, (SHARED, "write"): False, (TENANT, "read"): True, (TENANT, "write"): True}
         else:
-            assert p["observed_role"] == NODE_ROLE, p
+            # the same access as the article's, through the dedicated default role for the vanilla pod
+            assert p["observed_role"] == (NODE_ROLE if app == "host" else DEFAULT_ROLE), p
             assert access(p) == {(SHARED, "read"): True, (SHARED, "write"): False, (TENANT, "read"): False, (TENANT, "write"): False}
+        # no pod can chain into a managed role by calling sts:AssumeRole itself (really tried, really denied)
+        assert set(chains(p)) == (set() if app == "host" else {POD_ROLE, DEFAULT_ROLE, NODE_ROLE})
+        assert all(c["observed"] is False and c["match"] for c in chains(p).values())
+
+    isolation_faults(lab)
 
     # Tenant isolation: a pod in another namespace asks for the read-write role its namespace does not allow.
     lab.add_tenant_pod("node-a", "tenant-b", "intruder", role=POD_ROLE, allowed_roles=["tenant-b-*"])
@@ -141,3 +160,80 @@ def test_article_end_to_end(lab: Lab):
     assert json.loads(again.stdout)["applied"] == []
     print(f"\nlab start-up {lab.timings['start']:.1f}s, scenario {time.monotonic() - began:.1f}s")
     assert node_a.instance_id != node_b.instance_id
+
+
+def isolation_faults(lab: Lab) -> None:
+    """Issue 9, planted one by one in the running lab (after step 15 passed): each must fail verify with the
+    right layer and node, then the lab is put back."""
+    from rbacbridge.kube import KubeGateway
+
+    common = ("--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts, "--ssh-key", lab.ssh_key)
+    store = lab.api.store
+
+    # 1. kube2iam.default_role: node — the article's mechanism: unannotated pods get the node role, which may
+    #    assume the pod role. The escalation is observed for real (aws sts assume-role in the pod) and fails.
+    node_default = lab.write_config("node-default.yaml", kube2iam={"default_role": "node"})
+    plan = run(lab, "setup", "-c", node_default, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT, "--only", "aws,kube", "--yes")
+    assert "sts:AssumeRole" in plan.stderr + plan.stdout  # the plan's warning names the escalation path
+    summary = lab.workdir / "step-summary.md"
+    done = lab.cli("verify", "-c", node_default, *common, "-o", "json",
+                   env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)})
+    assert done.returncode == 1, done.stderr[-2000:]
+    escalated = json.loads(done.stdout)
+    assert escalated["drift"]["differences"] == 0  # this configuration is what is installed: only the cells fail
+    bad = failed(escalated)
+    assert bad and {c["blame"]["layer"] for _, c in bad} == {"escalation"}
+    assert {name.split("@")[0] for name, _ in bad} == {"nginx-vanilla"}
+    for node in ("node-a", "node-b"):
+        cell = chains(next(p for p in escalated["principals"] if p["name"] == f"nginx-vanilla@{node}"))[POD_ROLE]
+        assert cell["observed"] is True and cell["predicted"] is True
+        assert f"nginx-vanilla@{node} → {NODE_ROLE} → sts:AssumeRole → {POD_ROLE}" in cell["blame"]["message"]
+    annotations = [line for line in done.stderr.splitlines() if line.startswith("::error ")]
+    assert len(annotations) == len(bad) and all("[escalation]" in line for line in annotations)
+    assert "sts:AssumeRole" in summary.read_text() and "| nginx-vanilla@node-a |" in summary.read_text()
+    run(lab, "setup", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT, "--only", "aws,kube", "--yes")
+
+    # 2. Trust drift while kube2iam's credentials are cached: every cell still matches, the drift check fails.
+    iam = lab.client("iam")
+    iam.update_assume_role_policy(RoleName=POD_ROLE, PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/somebody-else"}}]}))
+    cached = verify(lab, expect=1)
+    assert cached["summary"]["mismatched"] == 0, failed(cached)  # the cached session hides it from the cells
+    assert [(f["kind"], f["subject"], f["layer"]) for f in cached["findings"]] == [("drift", f"aws iam-role {POD_ROLE}", "trust")]
+    assert "somebody-else" in cached["findings"][0]["reason"]
+    plan = run(lab, "plan", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT, "--only", "aws", "-o", "json")
+    steps = [(f"{st['action']}: {st['message']}", st.get("reason", "")) for st in json.loads(plan.stdout)["steps"]
+             if st["action"] != "unchanged"]
+    assert steps == [(f["message"], f["reason"]) for f in cached["findings"]]  # the same words `plan` prints
+    run(lab, "setup", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT, "--only", "aws", "--yes")
+
+    # 3. Planted together, each caught with its own layer and node: the annotated Deployment's annotation
+    #    changed (rolled out), node-b tainted and without kube2iam, a hostNetwork pod in a restricted namespace.
+    KubeGateway(lab.kubeconfig).merge_patch("Deployment", "nginx-annotated", {"spec": {"template": {"metadata": {
+        "annotations": {"iam.amazonaws.com/role": DEFAULT_ROLE}}}}}, "default")
+    lab.play_controllers()
+    lab.taint("node-b", [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])
+    lab.kube2iam_stop("node-b")
+    lab.add_host_network_pod("node-a", "default", "debug-hostnet")
+    planted = verify(lab, expect=1)
+    by_name = {p["name"]: p for p in planted["principals"]}
+    for node in ("node-a", "node-b"):  # annotation drift: kube2iam, naming both values
+        identity = by_name[f"nginx-annotated@{node}"]["cells"][0]
+        assert identity["blame"]["layer"] == "kube2iam", identity
+        assert f"iam.amazonaws.com/role: {DEFAULT_ROLE}" in identity["blame"]["message"] and POD_ROLE in identity["blame"]["message"]
+    identity = by_name["nginx-vanilla@node-b"]["cells"][0]  # the node without kube2iam: interception on node-b
+    assert identity["observed"] == NODE_ROLE and identity["blame"]["layer"] == "interception"
+    assert "no kube2iam pod runs on node node-b" in identity["blame"]["message"] and "dedicated=gpu:NoSchedule" in identity["blame"]["message"]
+    assert all(c["match"] for c in by_name["nginx-vanilla@node-a"]["cells"])  # node-a is fine
+    assert all(c["match"] for c in by_name["host@node-a"]["cells"]) and all(c["match"] for c in by_name["host@node-b"]["cells"])
+    findings = {(f["kind"], f["subject"]): f for f in planted["findings"]}
+    hostnet = findings[("hostNetwork", "pod default/debug-hostnet")]
+    assert hostnet["layer"] == "interception" and hostnet["node"] == "node-a"
+    assert findings[("drift", "kube Deployment default/nginx-annotated")]["layer"] == "kube2iam"
+
+    # put the lab back: setup converges the Deployment, the controllers and kube2iam run everywhere again
+    store.delete("Pod", "debug-hostnet", "default")
+    lab.taint("node-b", [])
+    run(lab, "setup", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT, "--only", "kube", "--yes")
+    lab.play_controllers()
+    lab.kube2iam_start("node-b")

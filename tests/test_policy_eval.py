@@ -103,7 +103,26 @@ def test_rendered_documents_give_the_spec_matrix():
     assert pe.can_write(pod, "lanre.k8s.dev", "k") and not pe.can_write(pod, "nettech-helm-test", "k")
     node_arn = config.role_arn(ACCT, config.node_role)
     assert pe.trust_allows(docs.trust[config.pod_role], node_arn)
-    assert pe.trust_allows(docs.trust[config.node_role], node_arn)  # default role = node role: self trust
+    assert not pe.trust_allows(docs.trust[config.node_role], node_arn)  # pods never get the node role: no self trust
     assert pe.trust_allows_service(docs.trust[config.node_role], "ec2.amazonaws.com")
     assert pe.is_allowed(node, "sts:AssumeRole", config.role_arn(ACCT, config.pod_role))
+    assert pe.is_allowed(node, "sts:AssumeRole", config.role_arn(ACCT, config.pod_default_role))
+    assert not pe.is_allowed(node, "sts:AssumeRole", node_arn)
     assert not pe.is_allowed(node, "sts:AssumeRole", config.role_arn(ACCT, "someone-else"))
+    # The dedicated default role: the node role's S3 access, trusted by the node role only, no sts at all.
+    default = docs.policies[config.pod_default_role]
+    assert pe.can_read(default, "nettech-helm-test") and not pe.can_read(default, "lanre.k8s.dev")
+    assert not pe.can_write(default, "nettech-helm-test", "k") and not pe.can_write(default, "lanre.k8s.dev", "k")
+    for target in (config.pod_role, config.node_role, config.pod_default_role):
+        assert not pe.is_allowed(default, "sts:AssumeRole", config.role_arn(ACCT, target))
+    assert pe.trust_allows(docs.trust[config.pod_default_role], node_arn)
+    assert not pe.trust_allows(docs.trust[config.pod_default_role], config.role_arn(ACCT, config.pod_role))
+
+
+def test_node_default_role_documents_trust_itself():
+    config = Config(default_role="node")
+    docs = managed_documents(config, ACCT)
+    node_arn = config.role_arn(ACCT, config.node_role)
+    assert pe.trust_allows(docs.trust[config.node_role], node_arn)
+    assert pe.is_allowed(docs.policies[config.node_role], "sts:AssumeRole", node_arn)
+    assert config.pod_default_role not in docs.trust

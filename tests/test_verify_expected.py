@@ -17,7 +17,7 @@ def rows(expected):
 def test_default_config_after_kube2iam_is_the_spec_table():
     assert rows(expected_matrix(Config(), ACCT, "after")) == {
         HOST: ("nettech-s3-read-only", (True, False, False, False)),
-        VANILLA: ("nettech-s3-read-only", (True, False, False, False)),
+        VANILLA: ("nettech-pod-default", (True, False, False, False)),  # the dedicated default role, same access
         ANNOTATED: ("nettech-s3-read-write", (True, False, True, True)),
     }
 

@@ -9,7 +9,11 @@ from tests.fixtures_verify import ACCOUNT, DUMMY, bucket_keys, moto_url, sandbox
 
 
 def layers(result):
-    return {(c.principal, c.check, c.bucket): c.blame.layer for c in result.mismatches}
+    return {(c.principal, c.check, c.bucket or c.target): c.blame.layer for c in result.mismatches}
+
+
+def chains(result, principal):
+    return {c.target: c for p in result.principals if p.principal.name == principal for c in p.cells if c.check == v.CHAIN}
 
 
 def assert_buckets_empty(url, config):
@@ -24,11 +28,17 @@ def test_default_config_all_match_and_identities(sandbox):
     roles = {p.principal.name: p.observed.arn for p in result.principals}
     assert roles[v.ANNOTATED].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-s3-read-write/")
     assert roles[v.HOST].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-s3-read-only/")
+    assert roles[v.VANILLA].startswith(f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-pod-default/")  # never the node role
     annotated = next(p for p in result.principals if p.principal.name == v.ANNOTATED)
-    assert {(c.bucket, c.check): c.observed for c in annotated.cells} == {
+    assert {(c.bucket, c.check): c.observed for c in annotated.cells if c.check != v.CHAIN} == {
         ("nettech-helm-test", "read"): True, ("nettech-helm-test", "write"): False,
         ("lanre.k8s.dev", "read"): True, ("lanre.k8s.dev", "write"): True}
-    assert len(result.all_cells) == 15
+    # 3 principals x (identity + 2 buckets x read/write), plus a chain cell per managed role for each pod
+    assert len(result.all_cells) == 3 * 5 + 2 * 3
+    for pod in (v.VANILLA, v.ANNOTATED):
+        cells = chains(result, pod)
+        assert set(cells) == {"nettech-s3-read-write", "nettech-pod-default", "nettech-s3-read-only"}
+        assert all(c.observed is False and c.predicted is False and c.match for c in cells.values())
     assert_buckets_empty(url, config)
 
 
@@ -62,10 +72,46 @@ def test_iptables_fault_is_blamed_on_interception(sandbox):
     url, config = sandbox
     result = sandbox_matrix(url, config, ACCOUNT, "after", fault="iptables")
     got = layers(result)
+    # holding the node role, the pod can also chain into the roles kube2iam hands out: observed, not predicted
     assert got == {(v.ANNOTATED, "identity", None): "interception", (v.ANNOTATED, "read", "lanre.k8s.dev"): "interception",
-                   (v.ANNOTATED, "write", "lanre.k8s.dev"): "interception"}
+                   (v.ANNOTATED, "write", "lanre.k8s.dev"): "interception",
+                   (v.ANNOTATED, "chain", "nettech-s3-read-write"): "escalation",
+                   (v.ANNOTATED, "chain", "nettech-pod-default"): "escalation"}
     annotated = next(p for p in result.principals if p.principal.name == v.ANNOTATED)
     assert annotated.observed.role == config.node_role
+    cell = chains(result, v.ANNOTATED)["nettech-s3-read-write"]
+    assert cell.observed is True and cell.predicted is False
+    assert "nginx-annotated → nettech-s3-read-only → sts:AssumeRole → nettech-s3-read-write" in cell.blame.message
+
+
+def test_node_role_as_default_the_escalation_is_observed_and_fails(sandbox):
+    """kube2iam.default_role: node hands unannotated pods the node role, which may assume the pod role."""
+    from dataclasses import replace
+
+    from rbacbridge import policy_eval as pe
+    from rbacbridge.sandbox import live_documents
+
+    url, config = sandbox
+    config = replace(config, default_role="node")
+    from tests.fixtures_verify import create_managed_resources
+
+    create_managed_resources(url, config)  # converge IAM to the node-role default (self-trust, no default role use)
+    result = sandbox_matrix(url, config, ACCOUNT, "after")
+    assert not result.ok and result.exit_code == 1
+    cells = chains(result, v.VANILLA)
+    granted = cells["nettech-s3-read-write"]
+    # observed for real: moto granted the node role's session sts:AssumeRole on the pod role (identity side) ...
+    assert granted.observed is True and granted.predicted is True and not granted.match
+    assert granted.blame.layer == "escalation"
+    assert "nginx-vanilla → nettech-s3-read-only → sts:AssumeRole → nettech-s3-read-write" in granted.blame.message
+    # ... and the trust side, which moto versions differ on, holds by the evaluator over the live trust policy
+    boto = boto3.client("iam", endpoint_url=url, region_name="us-east-1", **DUMMY)
+    live = live_documents(boto, [config.pod_role])
+    session = f"arn:aws:sts::{ACCOUNT}:assumed-role/{config.node_role}/rbacbridge-verify-chain"
+    assert pe.trust_allows(live.trust[config.pod_role], session)
+    assert {c.target for c in cells.values() if not c.match} == {"nettech-s3-read-write", "nettech-s3-read-only"}
+    assert all(c.match for c in chains(result, v.ANNOTATED).values())  # the pod role holds no sts:*
+    assert {c.blame.layer for c in result.mismatches} == {"escalation"}
 
 
 def test_namespace_fault_is_blamed_on_kube2iam(sandbox):
