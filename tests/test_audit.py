@@ -133,15 +133,16 @@ def test_only_aws_with_a_config_audits_the_iam_side_it_names(field):
 
 # --- a clean rbacbridge setup audits clean --------------------------------------------------------
 
-# What the audit still finds right after `rbacbridge setup` with today's defaults. Each line goes away
-# when the change named on it lands (then delete the line: the set must end up empty).
-EXPECTED_AFTER_SETUP = {
-    "default-role-escalation",  # kube2iam.default_role: auto = the node role (iso-setup: dedicated default role)
-    "debug-enabled",  # the DaemonSet always passes --debug (iso-setup: --debug opt-in)
-}
+# What the audit finds right after `rbacbridge setup`, per kube2iam.default_role: the default
+# (dedicated) audits clean; `auto` (the node role, the article's way) is the escalation, warned about.
+AFTER_SETUP = [
+    ("dedicated", set()),
+    ("auto", {"default-role-escalation"}),
+]
 
 
-def test_a_clean_rbacbridge_setup_audits_clean(kube_api, sandbox):
+@pytest.mark.parametrize("default_role,expected", AFTER_SETUP, ids=[d for d, _ in AFTER_SETUP])
+def test_a_clean_rbacbridge_setup_audits_clean(kube_api, sandbox, default_role, expected):
     from rbacbridge import planner
     from rbacbridge.audit import run_audit
     from rbacbridge.aws import AwsGateway
@@ -152,7 +153,8 @@ def test_a_clean_rbacbridge_setup_audits_clean(kube_api, sandbox):
     for name, ip in (("n1", "10.0.0.11"), ("n2", "10.0.0.12")):
         instance = sandbox.new_instance()
         store.add_node(name, ip, provider_id=f"aws:///us-east-1a/{instance}", labels={"kubernetes.io/os": "linux"})
-    config = Config(account_id="123456789012", kubeconfig=kube_api.kubeconfig, endpoint_url=sandbox.url, rollout_timeout=5)
+    config = Config(account_id="123456789012", kubeconfig=kube_api.kubeconfig, endpoint_url=sandbox.url, rollout_timeout=5,
+                    default_role=default_role)
     ctx = Context(config=config, parts=("aws", "kube"), gateways={"aws": AwsGateway(config, session=sandbox.session(record=False))})
     outcome = planner.run(ctx, planner.plan_setup(ctx))
     assert outcome.ok, outcome.failure and outcome.failure.error
@@ -175,7 +177,7 @@ def test_a_clean_rbacbridge_setup_audits_clean(kube_api, sandbox):
         audit_ctx = Context(config=config, parts=("aws", "kube"), gateways={"aws": AwsGateway(config, session=sandbox.session())})
         result = run_audit(audit_ctx, config_given=config_given)
         assert result.complete, result.errors
-        assert result.ids() == {"kube2iam-daemonset"} | EXPECTED_AFTER_SETUP, [f.to_dict() for f in result.findings]
+        assert result.ids() == {"kube2iam-daemonset"} | expected, [f.to_dict() for f in result.findings]
     assert sandbox.mutating_calls == []
     assert {r.method for r in store.requests} == {"GET"}
 
