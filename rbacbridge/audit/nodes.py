@@ -1,0 +1,101 @@
+"""The audit's node part: each node's nat PREROUTING over SSH (one `iptables -S`, nothing else),
+classified exactly as `rbacbridge iptables status` classifies it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from rbacbridge import iptables
+from rbacbridge.audit.findings import Finding
+from rbacbridge.errors import RbacbridgeError, UsageError
+
+
+def classify_rules(rules: list[iptables.ListedRule], desired: iptables.Desired) -> iptables.Classification:
+    """The one place the audit classifies a node's rules (the lead switches it with iptables ownership)."""
+    return iptables.classify(rules, desired)
+
+
+@dataclass
+class NodeRules:
+    node: str
+    desired: iptables.Desired | None = None
+    rules: list[iptables.ListedRule] | None = None
+    error: str | None = None
+
+
+def desired_settings(config, kube2iams: list[Any], kube_state: Any = None) -> tuple[str | None, int, str]:
+    """(interface or None for the config's, port, where they came from): kube2iam's own flags first,
+    else the configuration (`auto`: the network plugin in the DaemonSets already read, if any)."""
+    if kube2iams:
+        first = kube2iams[0]
+        iptables.check_interface(first.interface)  # UsageError: judged by the caller, not the user's input
+        return first.interface, first.port, f"{first.ref} (--host-interface={first.interface}, --app-port={first.port})"
+    interface = None if config.host_interface == "auto" else config.host_interface
+    if interface is None and kube_state is not None:
+        from rbacbridge.kube import detect_interface
+
+        interface, _ = detect_interface(kube_state.daemonsets, [p for p in kube_state.pods
+                                                                 if (p.get("metadata") or {}).get("namespace") == "kube-system"])
+    return interface, config.kube2iam_port, "the configuration (no kube2iam DaemonSet seen)"
+
+
+def read_nodes(ctx, interface: str | None, port: int) -> list[NodeRules]:
+    from rbacbridge import nodes
+
+    refs = nodes.node_refs(ctx)
+    if not refs:
+        raise UsageError("no nodes to audit: give --node HOST[:PORT] (or nodes.hosts), or a cluster with nodes")
+    iface = interface or nodes.desired_interface(ctx)
+
+    def one(ref) -> NodeRules:
+        result = NodeRules(ref.name)
+        try:
+            session = nodes.session_for(ctx, ref)
+            host_ip = ctx.config.host_ip or ref.internal_ip or session.peer_address()
+            result.desired = iptables.Desired(iface, host_ip, port)
+            result.rules = nodes.list_rules(session)
+        except UsageError:
+            raise
+        except RbacbridgeError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one node's surprise must not stop the others
+            result.error = f"{ref.name}: {type(exc).__name__}: {exc}"
+        return result
+
+    workers = max(1, min(ctx.config.node_parallelism, len(refs)))
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit-node") as pool:
+            return list(pool.map(one, refs))
+    finally:
+        nodes.close_sessions(ctx)
+
+
+def check_node(state: NodeRules, source: str) -> list[Finding]:
+    if state.rules is None or state.desired is None:
+        return []
+    c = classify_rules(state.rules, state.desired)
+    node = f"Node {state.node}"
+    want = iptables.Kube2iamRule.of(state.desired).text()
+    out: list[Finding] = []
+    duplicates = c.of(iptables.DUPLICATE)
+    if duplicates:
+        out.append(Finding("iptables-duplicate", [node], f"{len(duplicates) + 1} copies of: {duplicates[0].rule.text}",
+                           f"{state.node}: {len(duplicates)} duplicate kube2iam rule(s)"))
+    for item in c.of(iptables.STALE):
+        out.append(Finding("iptables-stale", [node], f"rule {item.rule.position}: {item.rule.text} ({item.reason})",
+                           f"{state.node}: {item.reason}"))
+    for item in c.of(iptables.FOREIGN):
+        out.append(Finding("iptables-foreign", [node], f"rule {item.rule.position}: {item.rule.text}",
+                           f"{state.node}: {item.reason}"))
+    if c.missing:
+        out.append(Finding("iptables-missing", [node], f"no rule {want} (settings from {source})",
+                           f"{state.node}: kube2iam's rule is missing"))
+    kept = c.kept
+    if kept is not None:
+        before = [r for r in state.rules if r.metadata and r.position < kept.rule.position]
+        if before:
+            out.append(Finding("iptables-order", [node], f"rule {before[0].position}: {before[0].text} comes before rule "
+                               f"{kept.rule.position}: {kept.rule.text}", f"{state.node}: the first rule for 169.254.169.254 is not kube2iam's"))
+    return out
