@@ -21,7 +21,7 @@ from tests.fixtures_nodes import host_ruleset_unchanged, make_node, netns, node 
 
 pytestmark = [netns, pytest.mark.netns]
 REPO = Path(__file__).resolve().parents[1]
-IPTABLES_KINDS = {"iptables-duplicate", "iptables-stale", "iptables-foreign", "iptables-missing", "iptables-order"}
+IPTABLES_KINDS = {"iptables-duplicate", "iptables-stale", "iptables-conflict", "iptables-foreign", "iptables-missing", "iptables-order"}
 
 
 def rule(node, port: int = 8181, iface: str = "cni0") -> list[str]:
@@ -83,6 +83,26 @@ def test_each_rule_finding_appears_exactly_when_planted_and_nothing_changes(kube
     assert {r.method for r in kube_api.store.requests} == {"GET"}
     nodes_lists = [r for r in kube_api.store.requests if r.path == "/api/v1/nodes"]
     assert len(nodes_lists) == len(CASES)  # the nodes part reuses the audit's one node list
+
+
+def test_a_rule_to_a_port_something_listens_on_is_a_conflict_not_stale(kube_api, node, tmp_path):
+    from tests.test_nodes_netns import listen
+
+    seed_cluster(kube_api.store, node)
+    config = ssh_config(kube_api, node, tmp_path)
+    node.iptables("-t", "nat", "-F", "PREROUTING")
+    node.iptables("-t", "nat", "-A", "PREROUTING", *rule(node))
+    node.iptables("-t", "nat", "-A", "PREROUTING", *rule(node, port=9000))
+    listener = listen(node, 9000)
+    try:
+        result = run_audit(Context(config=config, parts=("kube", "nodes")))
+    finally:
+        listener.kill()
+        listener.wait()
+    assert result.ids() & IPTABLES_KINDS == {"iptables-conflict"}
+    conflict = next(f for f in result.findings if f.kind == "iptables-conflict")
+    assert ":9000" in conflict.evidence and "listen" in conflict.message
+    node.iptables("-t", "nat", "-F", "PREROUTING")
 
 
 def test_cli_stale_rule_fails_a_foreign_rule_alone_does_not_and_an_unreachable_node_is_incomplete(kube_api, node, tmp_path):

@@ -107,9 +107,10 @@ def _audit_nodes(ctx, kube2iams, kube_state, result: AuditResult, out) -> None:
         return
     if len(kube2iams) > 1:
         out.notes.append(f"node rules judged against {source}, the first of {len(kube2iams)} kube2iam DaemonSets")
-    out.checked += ["iptables-duplicate", "iptables-stale", "iptables-foreign", "iptables-missing", "iptables-order"]
+    out.checked += ["iptables-duplicate", "iptables-stale", "iptables-conflict", "iptables-foreign", "iptables-missing",
+                    "iptables-order"]
     try:
-        states = read_nodes(ctx, interface, port)
+        states = read_nodes(ctx, interface, port, kube2iams)
     except UsageError:
         raise
     except RbacbridgeError as exc:

@@ -57,6 +57,8 @@ KINDS: tuple[Kind, ...] = (
          "`rbacbridge iptables fix`", "#44 #141"),
     Kind("iptables-stale", "nodes", HIGH, "stale kube2iam rule (old interface, host IP or port)",
          "`rbacbridge iptables fix`", "#194 #370"),
+    Kind("iptables-conflict", "nodes", HIGH, "a rule to this node on a port another running interceptor uses (two interceptors)",
+         "remove one interceptor; `rbacbridge iptables fix --force` deletes the rule", "#44"),
     Kind("iptables-foreign", "nodes", MEDIUM, "another tool's rule for 169.254.169.254",
          "find the tool that owns it; rbacbridge never deletes it"),
     Kind("iptables-missing", "nodes", HIGH, "no kube2iam rule on a node: pods reach the real metadata service",

@@ -1,5 +1,5 @@
-"""The audit's node part: each node's nat PREROUTING over SSH (one `iptables -S`, nothing else),
-classified exactly as `rbacbridge iptables status` classifies it."""
+"""The audit's node part: each node's nat PREROUTING and listening ports over SSH (one read-only exec,
+the same `nodes.look` that `rbacbridge iptables status` uses), classified exactly as it classifies them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from rbacbridge.audit.findings import Finding
 from rbacbridge.errors import RbacbridgeError, UsageError
 
 
-def classify_rules(rules: list[iptables.ListedRule], desired: iptables.Desired) -> iptables.Classification:
-    """The one place the audit classifies a node's rules (the lead switches it with iptables ownership)."""
-    return iptables.classify(rules, desired)
+def classify_rules(rules: list[iptables.ListedRule], desired: iptables.Desired,
+                   in_use: dict[int, str] | None = None) -> iptables.Classification:
+    """The one place the audit classifies a node's rules: iptables ownership, as `iptables status`."""
+    return iptables.classify(rules, desired, in_use=in_use)
 
 
 @dataclass
@@ -23,6 +24,25 @@ class NodeRules:
     desired: iptables.Desired | None = None
     rules: list[iptables.ListedRule] | None = None
     error: str | None = None
+    in_use: dict[int, str] | None = None  # port -> who uses it (listener, kube2iam DaemonSet); None: unknown
+
+
+def ports_in_use(rules: list[iptables.ListedRule], desired: iptables.Desired, listeners: dict[int, str] | None,
+                 kube2iams: list[Any]) -> dict[int, str] | None:
+    """Who uses each other port a rule to this node points at: a kube2iam DaemonSet's --app-port or a
+    listening process. None when the listeners could not be read and a port is left unexplained."""
+    ports = {r.kube2iam.port for r in rules
+             if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
+    in_use: dict[int, str] = {}
+    for port in ports:
+        users = [f"kube2iam DaemonSet {k.ref}" for k in kube2iams if k.port == port]
+        if listeners is not None and port in listeners:
+            users.append(listeners[port])
+        if users:
+            in_use[port] = " and ".join(users)
+    if listeners is None and any(p not in in_use for p in ports):
+        return None
+    return in_use
 
 
 def desired_settings(config, kube2iams: list[Any], kube_state: Any = None) -> tuple[str | None, int, str]:
@@ -41,7 +61,7 @@ def desired_settings(config, kube2iams: list[Any], kube_state: Any = None) -> tu
     return interface, config.kube2iam_port, "the configuration (no kube2iam DaemonSet seen)"
 
 
-def read_nodes(ctx, interface: str | None, port: int) -> list[NodeRules]:
+def read_nodes(ctx, interface: str | None, port: int, kube2iams: list[Any] = ()) -> list[NodeRules]:
     from rbacbridge import nodes
 
     refs = nodes.node_refs(ctx)
@@ -55,7 +75,8 @@ def read_nodes(ctx, interface: str | None, port: int) -> list[NodeRules]:
             session = nodes.session_for(ctx, ref)
             host_ip = ctx.config.host_ip or ref.internal_ip or session.peer_address()
             result.desired = iptables.Desired(iface, host_ip, port)
-            result.rules = nodes.list_rules(session)
+            _, result.rules, listeners, _ = nodes.look(session)
+            result.in_use = ports_in_use(result.rules, result.desired, listeners, list(kube2iams))
         except UsageError:
             raise
         except RbacbridgeError as exc:
@@ -75,7 +96,7 @@ def read_nodes(ctx, interface: str | None, port: int) -> list[NodeRules]:
 def check_node(state: NodeRules, source: str) -> list[Finding]:
     if state.rules is None or state.desired is None:
         return []
-    c = classify_rules(state.rules, state.desired)
+    c = classify_rules(state.rules, state.desired, state.in_use)
     node = f"Node {state.node}"
     want = iptables.Kube2iamRule.of(state.desired).text()
     out: list[Finding] = []
@@ -85,6 +106,9 @@ def check_node(state: NodeRules, source: str) -> list[Finding]:
                            f"{state.node}: {len(duplicates)} duplicate kube2iam rule(s)"))
     for item in c.of(iptables.STALE):
         out.append(Finding("iptables-stale", [node], f"rule {item.rule.position}: {item.rule.text} ({item.reason})",
+                           f"{state.node}: {item.reason}"))
+    for item in c.of(iptables.CONFLICT):
+        out.append(Finding("iptables-conflict", [node], f"rule {item.rule.position}: {item.rule.text} ({item.reason})",
                            f"{state.node}: {item.reason}"))
     for item in c.of(iptables.FOREIGN):
         out.append(Finding("iptables-foreign", [node], f"rule {item.rule.position}: {item.rule.text}",
