@@ -1,9 +1,19 @@
-"""Benchmark: `rbacbridge setup` (AWS part, whole process) vs the article's AWS steps typed as AWS CLI
-commands, one process each, against the same moto server; a no-op re-run; `--help` start-up.
+"""Benchmark: `rbacbridge setup --only aws` as users run it (whole process), N=1 vs N=50 instances.
 
-    python bench/bench_aws_setup.py [--rounds 3]
+Every request goes through bench_verify's LatencyProxy (50 ms per request by default: the round
+trip a real AWS endpoint costs, which loopback does not have). moto runs as its own process with
+request recording on; the recording file lives in a temporary directory (never in the cwd).
+A/B interleaved (the order flips every round), median of --rounds (>= 5), wall and CPU time of the
+rbacbridge process, the load average printed before and after. Half the instances start with
+another profile associated (setup replaces it and records it), half with none.
 
-Prints a small table; figures go in docs/benchmarks.md. Not a test.
+    python bench/bench_aws_setup.py [--rounds 5] [--latency-ms 50] [--instances 50] [--article] [--code DIR]
+
+Rows: fresh setup (record + associations), the same setup again (no-op: reads only, counted).
+Targets (issue 14): fresh N=50 <= 1.5x N=1; no-op reads independent of N (<= 16 calls).
+--article adds the older rows: the article's steps typed as AWS CLI commands (no proxy), and
+`rbacbridge --help` vs `import typer, rich` (both interleaved too).
+Figures go in docs/aws.md (the --article rows in docs/benchmarks.md). Not a test.
 """
 
 from __future__ import annotations
@@ -22,38 +32,129 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 ACCOUNT = "123456789012"
-
-
-def start_moto():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
+MUTATING = ("Create", "Delete", "Update", "Attach", "Detach", "Put", "Add", "Remove", "Tag", "Untag",
+            "Associate", "Disassociate", "Replace")
 
 
 def post(url: str, body: bytes = b"") -> bytes:
     return urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST")).read()
 
 
+CODE = ROOT  # the checkout whose rbacbridge is timed (--code: compare with another one, e.g. main)
+
+
 def env_for(url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
     env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-               AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=str(ROOT))
+               AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
+               AWS_SHARED_CREDENTIALS_FILE=os.devnull, PYTHONPATH=str(CODE))
     return env
 
 
-def new_instance(url: str) -> str:
+def client(url: str, service: str):
     import boto3
 
-    ec2 = boto3.client("ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench")
-    return ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench",
+                        aws_secret_access_key="bench")
+
+
+def new_instances(url: str, count: int) -> list[str]:
+    """`count` instances straight on moto (not through the proxy); every second one has a profile."""
+    ec2, iam = client(url, "ec2"), client(url, "iam")
+    ids = sorted(i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12345678", MinCount=count, MaxCount=count)["Instances"])
+    iam.create_instance_profile(InstanceProfileName="legacy")
+    for instance in ids[1::2]:
+        ec2.associate_iam_instance_profile(InstanceId=instance, IamInstanceProfile={"Name": "legacy"})
+    return ids
+
+
+def timed_child(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one whole process; CPU is the child's user + system time."""
+    before, start = os.times(), time.perf_counter()
+    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    wall, after = time.perf_counter() - start, os.times()
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:6])} ... failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def recorded_actions(url: str) -> list[str]:
+    text = urllib.request.urlopen(f"{url}/moto-api/recorder/download-recording").read().decode()
+    actions = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        body = record.get("body") or ""
+        if record.get("body_encoded"):
+            body = base64.b64decode(body).decode(errors="replace")
+        action = next((p.split("=", 1)[1] for p in str(body).split("&") if p.startswith("Action=")), "")
+        if action:
+            actions.append(action)
+    return actions
+
+
+def recording(url: str, argv: list[str], env: dict[str, str]) -> tuple[float, float, list[str]]:
+    post(f"{url}/moto-api/recorder/reset-recording")
+    post(f"{url}/moto-api/recorder/start-recording")
+    wall, cpu = timed_child(argv, env)
+    post(f"{url}/moto-api/recorder/stop-recording")
+    return wall, cpu, recorded_actions(url)
+
+
+def scaling(args) -> None:
+    from bench_verify import LatencyProxy, start_moto
+
+    workdir = tempfile.mkdtemp(prefix="rbb-bench-aws-")
+    os.environ["MOTO_ENABLE_RECORDING"] = "True"
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(Path(workdir) / "moto_recording")
+    proc, url = start_moto()
+    proxy = LatencyProxy(int(url.rsplit(":", 1)[1]), args.latency_ms / 1000)
+    env = env_for(f"http://127.0.0.1:{proxy.port}")
+    rb = [sys.executable, "-m", "rbacbridge", "setup", "--only", "aws", "--yes", "--account-id", ACCOUNT]
+    sizes = [1, args.instances]
+    samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    calls: dict[tuple[int, str], list[str]] = {}
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  ({os.cpu_count()} CPUs, "
+          f"{args.latency_ms:.0f} ms per request through the proxy, {args.rounds} rounds, A/B interleaved)")
+    try:
+        for round_no in range(args.rounds):
+            for size in (sizes if round_no % 2 == 0 else sizes[::-1]):
+                post(f"{url}/moto-api/reset")
+                ids = new_instances(url, size)
+                argv = rb + [a for i in ids for a in ("--instance-id", i)]
+                for kind in ("fresh", "no-op"):
+                    wall, cpu, actions = recording(url, argv, env)
+                    samples.setdefault((size, kind), []).append((wall, cpu))
+                    calls[(size, kind)] = actions
+                check = client(url, "ec2").describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+                assert sorted(a["InstanceId"] for a in check if a["IamInstanceProfile"]["Arn"].endswith("/nettech-instance-profile")) == ids
+    finally:
+        proxy.close()
+        proc.terminate()
+        proc.wait(10)
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{'run':22} {'wall (median)':>14} {'CPU (median)':>13} {'calls':>6} {'mutating':>9}")
+    for kind in ("fresh", "no-op"):
+        for size in sizes:
+            wall = statistics.median(w for w, _ in samples[(size, kind)])
+            cpu = statistics.median(c for _, c in samples[(size, kind)])
+            actions = calls[(size, kind)]
+            mutating = sum(a.startswith(MUTATING) for a in actions)
+            print(f"{kind + f' N={size}':22} {wall:12.2f} s {cpu:11.2f} s {len(actions):6d} {mutating:9d}")
+    for kind in ("fresh", "no-op"):
+        a = statistics.median(w for w, _ in samples[(1, kind)])
+        b = statistics.median(w for w, _ in samples[(args.instances, kind)])
+        ca = statistics.median(c for _, c in samples[(1, kind)])
+        cb = statistics.median(c for _, c in samples[(args.instances, kind)])
+        target = "target <= 1.5x" if kind == "fresh" else f"reads {len(calls[(args.instances, kind)])} (target <= 16)"
+        print(f"{kind}: N={args.instances} / N=1 = {b / a:.2f}x wall, {cb / ca:.2f}x CPU ({target})")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def article_cli_commands(instance: str, docs: Path) -> list[list[str]]:
@@ -83,77 +184,63 @@ def article_cli_commands(instance: str, docs: Path) -> list[list[str]]:
     return commands
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {result.stderr.strip()}")
-    return elapsed
+def article(args) -> None:
+    """rbacbridge (whole process) vs the article's steps as AWS CLI processes, interleaved, no proxy."""
+    from bench_verify import start_moto
 
+    workdir = Path(tempfile.mkdtemp(prefix="rbb-bench-aws-"))
+    os.environ["MOTO_ENABLE_RECORDING"] = "True"
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(workdir / "moto_recording")
+    proc, url = start_moto()
+    env = env_for(url)
+    rb = [sys.executable, "-m", "rbacbridge", "setup", "--only", "aws", "--yes", "--account-id", ACCOUNT]
+    cli_times, rb_times = [], []
+    try:
+        for round_no in range(args.rounds):
+            for which in (("cli", "rb") if round_no % 2 == 0 else ("rb", "cli")):
+                post(f"{url}/moto-api/reset")
+                instance = client(url, "ec2").run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+                if which == "cli":
+                    commands = article_cli_commands(instance, workdir)
+                    cli_times.append(sum(timed_child(["aws", *c], env)[0] for c in commands))
+                else:
+                    rb_times.append(timed_child(rb + ["--instance-id", instance], env)[0])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        import shutil
 
-def mutating_requests(url: str) -> int:
-    text = urllib.request.urlopen(f"{url}/moto-api/recorder/download-recording").read().decode()
-    count = 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        body = record.get("body") or ""
-        if record.get("body_encoded"):
-            body = base64.b64decode(body).decode(errors="replace")
-        action = next((p.split("=", 1)[1] for p in str(body).split("&") if p.startswith("Action=")), "")
-        if action.startswith(("Create", "Delete", "Update", "Attach", "Detach", "Put", "Add", "Remove", "Tag",
-                              "Untag", "Associate", "Disassociate", "Replace")):
-            count += 1
-    return count
+        shutil.rmtree(workdir, ignore_errors=True)
+    cli, rbt = statistics.median(cli_times), statistics.median(rb_times)
+    print(f"article AWS steps as {len(commands)} AWS CLI processes : {cli:6.2f} s (median of {args.rounds})")
+    print(f"rbacbridge setup --only aws (fresh, whole process) : {rbt:6.2f} s  -> {rbt / cli:.2f}x the CLI")
+    help_times, import_times = [], []
+    for round_no in range(max(args.rounds, 10)):
+        for which in (("help", "import") if round_no % 2 == 0 else ("import", "help")):
+            if which == "help":
+                help_times.append(timed_child([sys.executable, "-m", "rbacbridge", "--help"], env)[0])
+            else:
+                import_times.append(timed_child([sys.executable, "-c", "import typer, rich"], env)[0])
+    h, i = statistics.median(help_times), statistics.median(import_times)
+    print(f"rbacbridge --help                                  : {h * 1000:6.0f} ms vs import typer, rich {i * 1000:.0f} ms "
+          f"-> {h / i:.2f}x (target <= 1.5x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--instances", type=int, default=50)
+    parser.add_argument("--article", action="store_true", help="also compare with the article's AWS CLI commands")
+    parser.add_argument("--code", default=str(ROOT), help="checkout whose rbacbridge is timed [default: this one]")
     args = parser.parse_args()
-    os.environ["MOTO_ENABLE_RECORDING"] = "True"
-    server, url = start_moto()
-    env = env_for(url)
-    rb = [sys.executable, "-m", "rbacbridge"]
-    cli_times, rb_times, noop_times, noop_mutating = [], [], [], []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for _ in range(args.rounds):
-                post(f"{url}/moto-api/reset")
-                instance = new_instance(url)
-                commands = article_cli_commands(instance, Path(tmp))
-                cli_times.append(sum(timed(["aws", *c], env) for c in commands))
-
-                post(f"{url}/moto-api/reset")
-                instance = new_instance(url)
-                post(f"{url}/moto-api/recorder/reset-recording")
-                post(f"{url}/moto-api/recorder/start-recording")
-                rb_times.append(timed([*rb, "setup", "--only", "aws", "--yes", "--account-id", ACCOUNT,
-                                       "--instance-id", instance], env))
-                post(f"{url}/moto-api/recorder/stop-recording")
-                fresh_mutating = mutating_requests(url)
-                post(f"{url}/moto-api/recorder/reset-recording")
-                post(f"{url}/moto-api/recorder/start-recording")
-                noop_times.append(timed([*rb, "setup", "--only", "aws", "--yes", "--account-id", ACCOUNT,
-                                         "--instance-id", instance], env))
-                post(f"{url}/moto-api/recorder/stop-recording")
-                noop_mutating.append(mutating_requests(url))
-        help_times = [timed([*rb, "--help"], env) for _ in range(10)]
-        import_times = [timed([sys.executable, "-c", "import typer, rich"], env) for _ in range(10)]
-    finally:
-        server.stop()
-
-    cli, rbt = statistics.median(cli_times), statistics.median(rb_times)
-    print(f"article AWS steps as {len(commands)} AWS CLI processes : {cli:6.2f} s (median of {args.rounds})")
-    print(f"rbacbridge setup --only aws (fresh, whole process) : {rbt:6.2f} s  -> {rbt / cli:.2f}x the CLI (target <= 0.15x), "
-          f"{fresh_mutating} mutating calls")
-    print(f"rbacbridge setup again (no-op)                      : {statistics.median(noop_times):6.2f} s, "
-          f"mutating calls: {max(noop_mutating)} (target 0)")
-    h, i = statistics.median(help_times), statistics.median(import_times)
-    print(f"rbacbridge --help                                   : {h * 1000:6.0f} ms vs import typer, rich {i * 1000:.0f} ms "
-          f"-> {h / i:.2f}x (target <= 1.5x)")
+    global CODE
+    CODE = Path(args.code).resolve()
+    if args.rounds < 5:
+        parser.error("--rounds must be at least 5 (medians of fewer runs swing with load)")
+    scaling(args)
+    if args.article:
+        article(args)
 
 
 if __name__ == "__main__":

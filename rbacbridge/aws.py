@@ -9,22 +9,28 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from rbacbridge.config import Config
 from rbacbridge.errors import RbacbridgeError, UsageError
-from rbacbridge.plan import CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Step
+from rbacbridge.plan import (CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Execution, Step,
+                             execute_in_parallel)
 from rbacbridge.templating import render_json
 
 SYSTEM = "aws"
 OWNED_TAG = {"Key": MANAGED_BY_KEY, "Value": MANAGED_BY_VALUE}
-# Recorded on an instance before rbacbridge associates its profile: the profile ARN that was
-# there (or "none"), so teardown can put it back.
+# Versions up to 0.1 recorded the replaced profile in this EC2 tag on the instance. Anyone with
+# ec2:CreateTags can write it, so it is no longer trusted: "none" is migrated (it can only ever
+# lead to a disassociation), a profile ARN is refused and reported (see docs/aws.md).
 PREVIOUS_PROFILE_TAG = "rbacbridge:previous-instance-profile"
 NO_PREVIOUS_PROFILE = "none"
+ASSOCIATED_STATES = ("associating", "associated")
+# Associations are independent per instance: this many run at once (each with its own retries).
+ASSOCIATION_WORKERS = 16
 
 
 # --- talking to AWS ---------------------------------------------------------------------------
@@ -65,7 +71,8 @@ class AwsGateway:
             retries = {"mode": os.environ.get("AWS_RETRY_MODE", "standard"), "max_attempts": 10}
             kwargs: dict[str, Any] = {
                 "region_name": self.config.region,
-                "config": BotoConfig(retries=retries, connect_timeout=10, read_timeout=60),
+                "config": BotoConfig(retries=retries, connect_timeout=10, read_timeout=60,
+                                     max_pool_connections=ASSOCIATION_WORKERS + 4),
             }
             if self.config.endpoint_url:
                 kwargs["endpoint_url"] = self.config.endpoint_url
@@ -395,8 +402,7 @@ def _attached_policies(gw: AwsGateway, role: str) -> list[dict]:
         marker = page["Marker"]
 
 
-def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile) -> list[Step]:
-    live = gw.get_or_none("iam", "get_instance_profile", ("NoSuchEntity",), InstanceProfileName=profile.name)
+def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None) -> list[Step]:
     add_role = lambda: gw.call("iam", "add_role_to_instance_profile",  # noqa: E731
                                InstanceProfileName=profile.name, RoleName=profile.role)
     if live is None:
@@ -406,8 +412,14 @@ def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile) -> list[Step]:
             _step(CREATE, profile, f"put role {profile.role} in instance profile {profile.name}", run=add_role),
         ]
     steps: list[Step] = []
-    conflict = _ownership(ctx, profile, live["InstanceProfile"].get("Tags"), lambda: gw.call(
-        "iam", "tag_instance_profile", InstanceProfileName=profile.name, Tags=[OWNED_TAG]))
+    foreign_record = [t["Key"] for t in live["InstanceProfile"].get("Tags", []) if t["Key"].startswith(_RECORD_KEYS)]
+
+    def adopt() -> None:
+        gw.call("iam", "tag_instance_profile", InstanceProfileName=profile.name, Tags=[OWNED_TAG])
+        if foreign_record:  # written while it was not ours: never trusted as rbacbridge's record
+            gw.call("iam", "untag_instance_profile", InstanceProfileName=profile.name, TagKeys=foreign_record)
+
+    conflict = _ownership(ctx, profile, live["InstanceProfile"].get("Tags"), adopt)
     if conflict:
         steps.append(conflict)
         if conflict.action == CONFLICT:
@@ -424,34 +436,172 @@ def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile) -> list[Step]:
     return steps or [_step(UNCHANGED, profile, f"instance profile {profile.name} holds role {profile.role}")]
 
 
-def _association(gw: AwsGateway, instance_id: str) -> dict | None:
-    found = gw.call("ec2", "describe_iam_instance_profile_associations",
-                    Filters=[{"Name": "instance-id", "Values": [instance_id]},
-                             {"Name": "state", "Values": ["associating", "associated"]}])
-    associations = found.get("IamInstanceProfileAssociations", [])
-    return associations[0] if associations else None
+# --- the restore record -----------------------------------------------------------------------
+#
+# What setup replaced on each instance lives in IAM tags on rbacbridge's own instance profile:
+# writing them needs iam:TagInstanceProfile on that profile (EC2 tags would need only
+# ec2:CreateTags on the instance). Two kinds of tag (IAM allows 50 per profile, 256 characters a value):
+#   rbacbridge:record:<n>          "<instance>=<association id>=<profile id> <instance>=none ..." (3 entries a tag)
+#   rbacbridge:profile:<profile id> the ARN of that previous profile (one tag per distinct profile)
+# An entry is written before the association changes, from the association EC2 reported.
+
+RECORD_PREFIX = "rbacbridge:record:"
+PROFILE_PREFIX = "rbacbridge:profile:"
+_RECORD_KEYS = (RECORD_PREFIX, PROFILE_PREFIX)
+TAG_VALUE_MAX = 256
+TAGS_PER_RESOURCE = 50
+_ENTRY = re.compile(r"(i-[0-9a-f]{8,17})=(?:none|(iip-assoc-[0-9a-f]{8,17})=([A-Za-z0-9]{16,32}))")
+_ENTRY_INSTANCE = re.compile(r"(i-[0-9a-f]{8,17})=")
+_PROFILE_ID = re.compile(r"[A-Za-z0-9]{16,32}")
+_PROFILE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):instance-profile/(?:[\w+=.@-]+/)*([\w+=.@-]{1,128})")
+_RECORD_INDEX = re.compile(r"[1-9][0-9]{0,2}")
 
 
-def _instance_tags(gw: AwsGateway, instance_ids: list[str]) -> dict[str, dict[str, str]]:
-    return {i: _tags_of(instance) for i, instance in _describe_instances(gw, instance_ids).items()}
+@dataclass(frozen=True)
+class Previous:
+    """One instance's entry: the association setup replaced, or none."""
+
+    instance_id: str
+    association_id: str | None = None
+    profile_id: str | None = None
+    profile_arn: str | None = None
+
+    @property
+    def token(self) -> str:
+        if self.association_id is None:
+            return f"{self.instance_id}={NO_PREVIOUS_PROFILE}"
+        return f"{self.instance_id}={self.association_id}={self.profile_id}"
+
+    @property
+    def profile_name(self) -> str:
+        return _profile_name(self.profile_arn) if self.profile_arn else NO_PREVIOUS_PROFILE
+
+    def storable(self) -> bool:
+        if self.association_id is None:
+            return True
+        return (len(self.profile_arn or "") <= TAG_VALUE_MAX and _PROFILE_ARN.fullmatch(self.profile_arn or "") is not None
+                and _ENTRY.fullmatch(self.token) is not None)
 
 
-def _tags_of(instance: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+class RecordFull(RbacbridgeError):
+    pass
 
 
-def _describe_instances(gw: AwsGateway, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
-    if not instance_ids:
-        return {}
-    try:
-        found = gw.call("ec2", "describe_instances", InstanceIds=instance_ids)
-    except AwsError as exc:
-        if exc.code == "InvalidInstanceID.NotFound":
-            raise UsageError(f"{exc} (region {gw.config.region})") from None
-        if exc.code == "InvalidInstanceID.Malformed":
-            raise UsageError(str(exc)) from None
-        raise
-    return {instance["InstanceId"]: instance for reservation in found["Reservations"] for instance in reservation["Instances"]}
+@dataclass
+class Record:
+    """rbacbridge's restore record as read from its instance profile's tags."""
+
+    tags: dict[str, str] = field(default_factory=dict)  # the record's own tags, as read
+    other_tags: int = 0  # tags on the profile that are not the record's (managed-by, the user's)
+    entries: dict[str, Previous] = field(default_factory=dict)  # consistent entries
+    tampered: dict[str, str] = field(default_factory=dict)  # instance -> why its entry is not trusted
+    unreadable: list[str] = field(default_factory=list)  # problems that name no instance
+
+    def distrust(self, instance_id: str, why: str) -> None:
+        self.entries.pop(instance_id, None)
+        self.tampered.setdefault(instance_id, why)
+
+
+def parse_record(tags: list[dict] | None, account: str) -> Record:
+    """Read the record; every inconsistency puts the instance it names in `tampered`."""
+    record = Record()
+    for tag in tags or []:
+        if tag["Key"].startswith(_RECORD_KEYS):
+            record.tags[tag["Key"]] = tag["Value"]
+        else:
+            record.other_tags += 1
+    profiles: dict[str, str | None] = {}  # id -> ARN, or None when the ARN cannot be trusted
+    for key, value in record.tags.items():
+        if key.startswith(PROFILE_PREFIX):
+            profile_id = key[len(PROFILE_PREFIX):]
+            match = _PROFILE_ARN.fullmatch(value)
+            good = _PROFILE_ID.fullmatch(profile_id) and match and match.group(1) == account
+            profiles[profile_id] = value if good else None
+            if not good:
+                record.unreadable.append(f"tag {key} = {value!r} is not an instance profile ARN of account {account}")
+        elif not _RECORD_INDEX.fullmatch(key[len(RECORD_PREFIX):]):
+            record.unreadable.append(f"unexpected record tag {key}")
+    seen: set[str] = set()
+    for key in sorted(k for k in record.tags if k.startswith(RECORD_PREFIX)):
+        for token in record.tags[key].split(" "):
+            if not token:
+                continue
+            match = _ENTRY.fullmatch(token)
+            if match is None:
+                named = _ENTRY_INSTANCE.match(token)
+                if named:
+                    seen.add(named.group(1))
+                    record.distrust(named.group(1), f"malformed entry {token!r} in tag {key}")
+                else:
+                    record.unreadable.append(f"tag {key}: entry {token!r} names no instance")
+                continue
+            instance_id, association_id, profile_id = match.groups()
+            if instance_id in seen:
+                record.distrust(instance_id, "the record names it more than once")
+                continue
+            seen.add(instance_id)
+            if association_id is None:
+                record.entries[instance_id] = Previous(instance_id)
+            elif profile_id not in profiles:
+                record.distrust(instance_id, f"entry {token!r} names profile id {profile_id}, which the record does not list")
+            elif profiles[profile_id] is None:
+                record.distrust(instance_id, f"the record's ARN for profile id {profile_id} is not an instance profile ARN of this account")
+            else:
+                record.entries[instance_id] = Previous(instance_id, association_id, profile_id, profiles[profile_id])
+    return record
+
+
+def check_evidence(record: Record, history: dict[str, dict], own_arn: str) -> None:
+    """An association EC2 still lists under a recorded id must be that instance's, and hold the
+    recorded profile (replaced, kept as history) or rbacbridge's (EC2 kept the id on replace)."""
+    for instance_id, previous in list(record.entries.items()):
+        seen = history.get(previous.association_id or "")
+        if seen is None:
+            continue
+        if seen["InstanceId"] != instance_id:
+            record.distrust(instance_id, f"association {previous.association_id} belongs to instance {seen['InstanceId']}")
+        elif seen["IamInstanceProfile"]["Arn"] not in (previous.profile_arn, own_arn):
+            record.distrust(instance_id, f"association {previous.association_id} held {seen['IamInstanceProfile']['Arn']}, "
+                                         f"not the recorded {previous.profile_arn}")
+
+
+def record_changes(record: Record, updates: list[Previous]) -> dict[str, str]:
+    """The record tags to write so that each update replaces its instance's entry. Entries stay in
+    the tag they are in (one TagInstanceProfile call; an interrupted write leaves no duplicate)."""
+    values = {k: [t for t in v.split(" ") if t] for k, v in record.tags.items() if k.startswith(RECORD_PREFIX)}
+    changed: dict[str, str] = {}
+    for update in updates:
+        placed = False
+        for key, tokens in values.items():
+            mine = [n for n, t in enumerate(tokens) if t.startswith(update.instance_id + "=")]
+            if not mine:
+                continue
+            kept = [t for n, t in enumerate(tokens) if n not in mine[1:]]
+            kept[mine[0]] = update.token if not placed else None
+            values[key] = [t for t in kept if t]
+            placed, changed[key] = True, ""
+        if not placed:
+            key = next((k for k, t in values.items() if len(" ".join(t + [update.token])) <= TAG_VALUE_MAX), None)
+            if key is None:
+                used = {int(k[len(RECORD_PREFIX):]) for k in values if _RECORD_INDEX.fullmatch(k[len(RECORD_PREFIX):])}
+                key = RECORD_PREFIX + str(next(n for n in range(1, 1000) if n not in used))
+                values[key] = []
+            values[key].append(update.token)
+            changed[key] = ""
+        if update.profile_id and record.tags.get(PROFILE_PREFIX + update.profile_id) != update.profile_arn:
+            changed[PROFILE_PREFIX + update.profile_id] = update.profile_arn or ""
+    for key in changed:
+        if key.startswith(RECORD_PREFIX):
+            changed[key] = " ".join(values[key])
+            if len(changed[key]) > TAG_VALUE_MAX:
+                raise RecordFull(f"record tag {key} would exceed {TAG_VALUE_MAX} characters")
+    total = record.other_tags + len(set(record.tags) | set(changed))
+    if total > TAGS_PER_RESOURCE:
+        raise RecordFull(f"the record needs {total} tags on the instance profile, IAM allows {TAGS_PER_RESOURCE}")
+    return changed
+
+
+# --- planning: associations (setup) -------------------------------------------------------------
 
 
 # --- what the instances' metadata options mean for kube2iam ------------------------------------
@@ -489,8 +639,6 @@ def metadata_finding(instance_id: str, options: dict[str, Any]) -> dict[str, Any
 
 def _image_without_imdsv2(image: str) -> bool:
     """Upstream kube2iam images before 0.13.0 have no IMDSv2 support (0.12.0 was never published)."""
-    import re
-
     match = re.fullmatch(r"(?:docker\.io/)?jtblin/kube2iam:v?(\d+)\.(\d+)(?:\.\d+)?", image)
     return bool(match) and (int(match.group(1)), int(match.group(2))) < (0, 13)
 
@@ -515,31 +663,151 @@ def _profile_name(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
-def _plan_association(ctx, gw: AwsGateway, assoc: ProfileAssociation, tags: dict[str, str]) -> list[Step]:
-    current = _association(gw, assoc.instance_id)
-    current_arn = current["IamInstanceProfile"]["Arn"] if current else None
-    if current_arn and _profile_name(current_arn) == assoc.profile:
-        return [_step(UNCHANGED, assoc, f"instance {assoc.instance_id} uses instance profile {assoc.profile}")]
+def _live_profile(gw: AwsGateway, name: str) -> dict | None:
+    return gw.get_or_none("iam", "get_instance_profile", ("NoSuchEntity",), InstanceProfileName=name)
+
+
+def _describe_instances(gw: AwsGateway, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The given instances, one call (paginated); a missing instance is bad input."""
+    if not instance_ids:
+        return {}
+    instances: dict[str, dict[str, Any]] = {}
+    try:
+        for chunk in _chunks(instance_ids, 1000):
+            for page in _pages(gw, "ec2", "describe_instances", "NextToken", InstanceIds=chunk):
+                for reservation in page["Reservations"]:
+                    for instance in reservation["Instances"]:
+                        instances[instance["InstanceId"]] = instance
+    except AwsError as exc:
+        if exc.code == "InvalidInstanceID.NotFound":
+            raise UsageError(f"{exc} (region {gw.config.region})") from None
+        if exc.code == "InvalidInstanceID.Malformed":
+            raise UsageError(str(exc)) from None
+        raise
+    return instances
+
+
+def _tags_of(instance: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[n:n + size] for n in range(0, len(items), size)]
+
+
+def _pages(gw: AwsGateway, service: str, operation: str, token: str, **params: Any):
+    """Every page of a paginated read, each through gw.call (same error handling)."""
+    while True:
+        page = gw.call(service, operation, **params)
+        yield page
+        if not page.get(token):
+            return
+        params[token] = page[token]
+
+
+def _associations(gw: AwsGateway, instance_ids: list[str] | None = None, states: tuple[str, ...] | None = ASSOCIATED_STATES) -> list[dict]:
+    """Instance profile associations, for the given instances (else all), in one call per 200 ids."""
+    filters = [{"Name": "state", "Values": list(states)}] if states else []
+    groups = _chunks(instance_ids, 200) if instance_ids is not None else [None]
+    found: list[dict] = []
+    for group in groups:
+        extra = [{"Name": "instance-id", "Values": group}] if group is not None else []
+        params: dict[str, Any] = {"Filters": filters + extra} if filters + extra else {}
+        for page in _pages(gw, "ec2", "describe_iam_instance_profile_associations", "NextToken", **params):
+            found += page.get("IamInstanceProfileAssociations", [])
+    return found
+
+
+def _describe_previous(previous: Previous) -> str:
+    if previous.association_id is None:
+        return f"{previous.instance_id} had none"
+    return f"{previous.instance_id} had {previous.profile_name} ({previous.association_id})"
+
+
+def _record_step(gw: AwsGateway, profile: str, record: Record, updates: list[Previous]) -> Step:
+    resource = InstanceProfile(profile, "")
+    try:
+        changes = record_changes(record, updates)
+    except RecordFull as exc:
+        return Step(SYSTEM, CONFLICT, "restore-record", profile, f"cannot record what setup replaces: {exc}",
+                    "associate these instances in smaller batches after a teardown, or use fewer distinct previous profiles")
+    tags = [{"Key": k, "Value": v} for k, v in sorted(changes.items())]
+    return Step(SYSTEM, UPDATE if record.tags else CREATE, "restore-record", resource.name,
+                f"record on instance profile {profile} what setup replaces: " + "; ".join(_describe_previous(u) for u in updates),
+                "IAM tags on rbacbridge's own profile (iam:TagInstanceProfile), written before any association changes",
+                lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=profile, Tags=tags),
+                {"record": {u.instance_id: u.profile_arn or NO_PREVIOUS_PROFILE for u in updates}})
+
+
+def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_profile: dict | None,
+                       instances: dict[str, dict[str, Any]]) -> list[Step]:
+    """Associate rbacbridge's profile with each instance, recording first what it replaces."""
+    if not ids:
+        return []
+    name = ctx.config.instance_profile
+    tags = {i: _tags_of(instance) for i, instance in instances.items()}
+    info = live_profile["InstanceProfile"] if live_profile else None
+    owned = info is not None and _owned(info.get("Tags"))
+    if info is not None and not owned and not ctx.adopt:
+        return []  # the profile's conflict blocks the run; nothing to associate
+    own_arn = info["Arn"] if info else f"arn:aws:iam::{account}:instance-profile/{name}"
+    tags_now = (info.get("Tags") or []) if info else []
+    record = parse_record(tags_now if owned else [t for t in tags_now if not t["Key"].startswith(_RECORD_KEYS)], account)
+    current = {a["InstanceId"]: a for a in _associations(gw, ids)}
+    updates: list[Previous] = []
+    migrated: list[str] = []
     steps: list[Step] = []
-    previous = current_arn or NO_PREVIOUS_PROFILE
-    if tags.get(PREVIOUS_PROFILE_TAG) != previous:
-        steps.append(_step(CREATE, assoc, f"record on instance {assoc.instance_id} its current profile ({_profile_name(previous)})",
-                           "so that teardown can restore it", lambda: gw.call(
-                               "ec2", "create_tags", Resources=[assoc.instance_id],
-                               Tags=[{"Key": PREVIOUS_PROFILE_TAG, "Value": previous}])))
-    spec = {"Name": assoc.profile}
-    if current is None:
-        steps.append(_step(CREATE, assoc, f"associate instance profile {assoc.profile} with instance {assoc.instance_id}",
-                           run=lambda: retry_eventual_consistency(lambda: gw.call(
-                               "ec2", "associate_iam_instance_profile", IamInstanceProfile=spec, InstanceId=assoc.instance_id))))
-    else:
-        association_id = current["AssociationId"]
-        steps.append(_step(UPDATE, assoc, f"replace instance profile {_profile_name(current_arn)} with {assoc.profile} on instance {assoc.instance_id}",
-                           f"{_profile_name(current_arn)} is recorded and comes back on teardown",
-                           lambda: retry_eventual_consistency(lambda: gw.call(
-                               "ec2", "replace_iam_instance_profile_association", IamInstanceProfile=spec,
-                               AssociationId=association_id))))
-    return steps
+    for instance_id in ids:
+        assoc = ProfileAssociation(instance_id, name)
+        live = current.get(instance_id)
+        old_tag = tags.get(instance_id, {}).get(PREVIOUS_PROFILE_TAG)
+        if live and live["IamInstanceProfile"]["Arn"] == own_arn:
+            if instance_id in record.entries:
+                steps.append(_step(UNCHANGED, assoc, f"instance {instance_id} uses instance profile {name} "
+                                   f"(recorded: it had {record.entries[instance_id].profile_name})"))
+                if old_tag == NO_PREVIOUS_PROFILE:
+                    migrated.append(instance_id)  # an interrupted migration: finish it
+            elif instance_id in record.tampered:
+                steps.append(_step(LEFT_ALONE, assoc, f"record for instance {instance_id} looks tampered with: "
+                                   f"{record.tampered[instance_id]}", "teardown will restore nothing on it"))
+            elif old_tag == NO_PREVIOUS_PROFILE:
+                updates.append(Previous(instance_id))
+                migrated.append(instance_id)
+            elif old_tag is not None:
+                steps.append(_step(LEFT_ALONE, assoc, f"old-style record on instance {instance_id} (EC2 tag {PREVIOUS_PROFILE_TAG}"
+                                   f"={old_tag}) is not trusted and not migrated",
+                                   "anyone with ec2:CreateTags can write it: teardown will restore nothing on this instance"))
+            else:
+                steps.append(_step(LEFT_ALONE, assoc, f"instance {instance_id} holds instance profile {name} but rbacbridge has no record of it",
+                                   "associated outside rbacbridge: teardown leaves it (--force disassociates)"))
+            continue
+        previous = Previous(instance_id, live["AssociationId"], live["IamInstanceProfile"]["Id"],
+                            live["IamInstanceProfile"]["Arn"]) if live else Previous(instance_id)
+        if not previous.storable():
+            steps.append(_step(CONFLICT, assoc, f"cannot record instance {instance_id}'s profile {previous.profile_arn}",
+                               "its ARN does not fit an IAM tag value (length or characters): associate it by hand"))
+            continue
+        if record.entries.get(instance_id) != previous:
+            updates.append(previous)
+        if old_tag is not None:
+            migrated.append(instance_id)  # superseded by the record written just before
+        spec = {"Name": name}
+        if live is None:
+            steps.append(_step(CREATE, assoc, f"associate instance profile {name} with instance {instance_id}",
+                               run=lambda i=instance_id: retry_eventual_consistency(lambda: gw.call(
+                                   "ec2", "associate_iam_instance_profile", IamInstanceProfile=spec, InstanceId=i))))
+        else:
+            steps.append(_step(UPDATE, assoc, f"replace instance profile {previous.profile_name} with {name} on instance {instance_id}",
+                               f"{previous.profile_name} is recorded and comes back on teardown",
+                               lambda a=live["AssociationId"]: retry_eventual_consistency(lambda: gw.call(
+                                   "ec2", "replace_iam_instance_profile_association", IamInstanceProfile=spec, AssociationId=a))))
+    first: list[Step] = [_record_step(gw, name, record, updates)] if updates else []
+    if migrated:
+        first.append(Step(SYSTEM, DELETE, "old-style-record", ", ".join(migrated),
+                          f"remove the old-style record tag {PREVIOUS_PROFILE_TAG} from instance(s) {', '.join(migrated)}",
+                          "superseded by the record on the instance profile (written first)",
+                          run=lambda: gw.call("ec2", "delete_tags", Resources=migrated, Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
+    return first + steps
 
 
 def instance_ids(ctx) -> list[str]:
@@ -576,19 +844,19 @@ def plan_setup(ctx) -> list[Step]:
     gw = gateway(ctx)
     account = _checked_account(ctx, gw)
     ids = instance_ids(ctx)
-    instances = _describe_instances(gw, ids)
+    instances = _describe_instances(gw, ids)  # one describe: validation, metadata options, old-style tags
     _note_metadata_options(ctx, instances)
-    tags = {i: _tags_of(instance) for i, instance in instances.items()}
     steps: list[Step] = []
-    for resource in desired_resources(ctx.config, account, ids):
+    live_profile = None
+    for resource in desired_resources(ctx.config, account, []):
         if isinstance(resource, ManagedPolicy):
             steps += _plan_policy(ctx, gw, account, resource)
         elif isinstance(resource, Role):
             steps += _plan_role(ctx, gw, account, resource)
         elif isinstance(resource, InstanceProfile):
-            steps += _plan_profile(ctx, gw, resource)
-        else:
-            steps += _plan_association(ctx, gw, resource, tags.get(resource.instance_id, {}))
+            live_profile = _live_profile(gw, resource.name)
+            steps += _plan_profile(ctx, gw, resource, live_profile)
+    steps += _plan_associations(ctx, gw, account, ids, live_profile, instances)
     return steps
 
 
@@ -599,53 +867,110 @@ def _left_alone(resource: Any, why: str = "not tagged managed-by=rbacbridge (--f
     return _step(LEFT_ALONE, resource, f"leave {resource.kind} {resource.name}: not rbacbridge's", why)
 
 
-def _teardown_instances(ctx, gw: AwsGateway, profile: str) -> list[str]:
-    """Instances rbacbridge may have touched: configured, tagged by it, or using its profile."""
-    ids = set(ctx.config.instance_ids)
-    tagged = gw.call("ec2", "describe_instances", Filters=[{"Name": "tag-key", "Values": [PREVIOUS_PROFILE_TAG]}])
-    ids |= {i["InstanceId"] for r in tagged["Reservations"] for i in r["Instances"]}
-    paginator = gw.client("ec2").get_paginator("describe_iam_instance_profile_associations")
-    try:
-        for page in paginator.paginate(Filters=[{"Name": "state", "Values": ["associating", "associated"]}]):
-            ids |= {a["InstanceId"] for a in page["IamInstanceProfileAssociations"]
-                    if _profile_name(a["IamInstanceProfile"]["Arn"]) == profile}
-    except Exception as exc:  # noqa: BLE001 - same one-line conversion as gw.call
-        raise RbacbridgeError(f"AWS describe_iam_instance_profile_associations: {exc}") from None
-    return sorted(ids)
-
-
-def _plan_association_teardown(gw: AwsGateway, assoc: ProfileAssociation, tags: dict[str, str]) -> list[Step]:
-    current = _association(gw, assoc.instance_id)
-    current_arn = current["IamInstanceProfile"]["Arn"] if current else None
-    recorded = tags.get(PREVIOUS_PROFILE_TAG)
+def _plan_associations_teardown(ctx, gw: AwsGateway, account: str, live_profile: dict | None) -> tuple[list[Step], str | None]:
+    """Give each instance rbacbridge recorded back what setup replaced, while it still holds
+    rbacbridge's profile. Returns the steps and, when the profile must stay (instances hold it
+    without a record), why."""
+    if live_profile is None:
+        return [], None
+    info = live_profile["InstanceProfile"]
+    name, own_arn = info["InstanceProfileName"], info["Arn"]
+    owned = _owned(info.get("Tags"))
+    history = _associations(gw, states=None)
+    holders = {a["InstanceId"]: a for a in history
+               if a["State"] in ASSOCIATED_STATES and a["IamInstanceProfile"]["Arn"] == own_arn}
     steps: list[Step] = []
-    if current_arn and _profile_name(current_arn) == assoc.profile:
-        association_id = current["AssociationId"]
-        previous_exists = recorded not in (None, NO_PREVIOUS_PROFILE) and gw.get_or_none(
-            "iam", "get_instance_profile", ("NoSuchEntity",), InstanceProfileName=_profile_name(recorded)) is not None
-        if previous_exists:
-            spec = {"Arn": recorded}
-            steps.append(_step(RESTORE, assoc, f"give instance {assoc.instance_id} back its instance profile {_profile_name(recorded)}",
-                               run=lambda: retry_eventual_consistency(lambda: gw.call(
-                                   "ec2", "replace_iam_instance_profile_association",
-                                   IamInstanceProfile=spec, AssociationId=association_id))))
+    if not owned and not ctx.force:
+        for instance_id in sorted(holders):
+            steps.append(_step(LEFT_ALONE, ProfileAssociation(instance_id, name),
+                               f"leave instance {instance_id} with instance profile {name}: the profile is not rbacbridge's",
+                               "rbacbridge has no record of this association (--force disassociates and deletes the profile)"))
+        return steps, None
+    record = parse_record(info.get("Tags") if owned else [], account)
+    check_evidence(record, {a["AssociationId"]: a for a in history}, own_arn)
+    for problem in record.unreadable:
+        steps.append(Step(SYSTEM, LEFT_ALONE, "restore-record", name, f"record on instance profile {name} looks tampered with: {problem}",
+                          "no instance is restored from this part of the record"))
+    old_tags = {i["InstanceId"]: t["Value"]
+                for page in _pages(gw, "ec2", "describe_instances", "NextToken",
+                                   Filters=[{"Name": "tag-key", "Values": [PREVIOUS_PROFILE_TAG]}])
+                for r in page["Reservations"] for i in r["Instances"]
+                for t in i.get("Tags", []) if t["Key"] == PREVIOUS_PROFILE_TAG}
+    unrecorded: list[str] = []
+    previous_profiles: dict[str, dict | None] = {}
+    for instance_id in sorted(set(holders) | set(record.tampered)):
+        assoc = ProfileAssociation(instance_id, name)
+        if instance_id not in holders:
+            steps.append(_step(LEFT_ALONE, assoc, f"record for instance {instance_id} looks tampered with: {record.tampered[instance_id]}",
+                               f"it does not hold {name}: nothing to undo there"))
+            continue
+        association_id = holders[instance_id]["AssociationId"]
+        disassociate = lambda a=association_id: gw.call("ec2", "disassociate_iam_instance_profile", AssociationId=a)  # noqa: E731
+        remove = f"disassociate instance profile {name} from instance {instance_id}"
+        previous = record.entries.get(instance_id)
+        if previous is not None:
+            if old_tags.get(instance_id) == NO_PREVIOUS_PROFILE:
+                steps.append(_step(DELETE, assoc, f"remove the old-style record tag from instance {instance_id}", "superseded by the record",
+                                   run=lambda i=instance_id: gw.call("ec2", "delete_tags", Resources=[i], Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
+            elif instance_id in old_tags:
+                steps.append(_step(LEFT_ALONE, assoc, f"ignore EC2 tag {PREVIOUS_PROFILE_TAG}={old_tags[instance_id]} on instance {instance_id}",
+                                   "not rbacbridge's record (anyone with ec2:CreateTags can write it); the IAM record decides"))
+            if previous.association_id is None:
+                steps.append(_step(DELETE, assoc, remove, "recorded: it had no instance profile before setup", disassociate))
+                continue
+            pname = previous.profile_name
+            if pname not in previous_profiles:
+                previous_profiles[pname] = _live_profile(gw, pname)
+            live = previous_profiles[pname]
+            if live is None:
+                steps.append(_step(DELETE, assoc, remove, f"its recorded previous profile {pname} no longer exists", disassociate))
+            elif (live["InstanceProfile"]["InstanceProfileId"], live["InstanceProfile"]["Arn"]) != (previous.profile_id, previous.profile_arn):
+                steps.append(_step(LEFT_ALONE, assoc, f"do not give instance {instance_id} the profile now named {pname}",
+                                   f"it is not the recorded one (id {previous.profile_id}, {previous.profile_arn}): nothing restored"))
+                steps.append(_step(DELETE, assoc, remove, "its recorded previous profile was deleted and re-created", disassociate))
+            else:
+                spec = {"Arn": previous.profile_arn}
+                steps.append(_step(RESTORE, assoc, f"give instance {instance_id} back its instance profile {pname} ({previous.profile_arn})",
+                                   f"recorded by setup: association {previous.association_id} of profile id {previous.profile_id}",
+                                   lambda a=association_id, spec=spec: retry_eventual_consistency(lambda: gw.call(
+                                       "ec2", "replace_iam_instance_profile_association", IamInstanceProfile=spec, AssociationId=a)),
+                                   restore=previous.profile_arn))
+        elif instance_id in record.tampered:
+            steps.append(_step(LEFT_ALONE, assoc, f"record for instance {instance_id} looks tampered with: {record.tampered[instance_id]}",
+                               "nothing is restored on it; the profile it had (if any) must be given back by hand"))
+            steps.append(_step(DELETE, assoc, remove, "rbacbridge's own association; its record is not trusted", disassociate))
+        elif old_tags.get(instance_id) == NO_PREVIOUS_PROFILE:
+            steps.append(_step(DELETE, assoc, remove, "old-style record (EC2 tag, migrated): it had no instance profile", disassociate))
+            steps.append(_step(DELETE, assoc, f"remove the old-style record tag from instance {instance_id}",
+                               run=lambda i=instance_id: gw.call("ec2", "delete_tags", Resources=[i], Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
+        elif instance_id in old_tags:
+            steps.append(_step(LEFT_ALONE, assoc, f"refuse the old-style record on instance {instance_id}: "
+                               f"EC2 tag {PREVIOUS_PROFILE_TAG}={old_tags[instance_id]}",
+                               "anyone with ec2:CreateTags can write it, so nothing is restored; if you trust it, associate "
+                               "that profile by hand after teardown (the tag is left in place)"))
+            steps.append(_step(DELETE, assoc, remove, "rbacbridge's own association (old-style record)", disassociate))
+        elif ctx.force:
+            steps.append(_step(DELETE, assoc, remove, "--force: associated without a record of rbacbridge's", disassociate))
         else:
-            reason = f"its previous profile {_profile_name(recorded)} no longer exists" if recorded not in (None, NO_PREVIOUS_PROFILE) else "it had none before"
-            steps.append(_step(DELETE, assoc, f"disassociate instance profile {assoc.profile} from instance {assoc.instance_id}",
-                               reason, lambda: gw.call("ec2", "disassociate_iam_instance_profile", AssociationId=association_id)))
-    if recorded is not None:
-        steps.append(_step(DELETE, assoc, f"remove rbacbridge's record tag from instance {assoc.instance_id}",
-                           run=lambda: gw.call("ec2", "delete_tags", Resources=[assoc.instance_id],
-                                               Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
-    return steps
+            unrecorded.append(instance_id)
+            steps.append(_step(LEFT_ALONE, assoc, f"leave instance {instance_id} with instance profile {name}: rbacbridge has no record of associating it",
+                               "--force disassociates it"))
+    keep = None
+    if unrecorded:
+        keep = f"still associated with {', '.join(unrecorded)} without rbacbridge's record (--force disassociates and deletes)"
+    return steps, keep
 
 
-def _plan_role_teardown(ctx, gw: AwsGateway, role: Role, own_profiles: set[str]) -> list[Step]:
+def _plan_role_teardown(ctx, gw: AwsGateway, role: Role, own_profiles: set[str], kept_profiles: set[str]) -> list[Step]:
     live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=role.name)
     if live is None:
         return []
     if not _owned(live["Role"].get("Tags")) and not ctx.force:
         return [_left_alone(role)]
+    profiles = gw.call("iam", "list_instance_profiles_for_role", RoleName=role.name)["InstanceProfiles"]
+    kept = [p["InstanceProfileName"] for p in profiles if p["InstanceProfileName"] in kept_profiles]
+    if kept:
+        return [_left_alone(role, f"still in instance profile {', '.join(kept)}, which stays (see above)")]
     steps = []
     for policy in _attached_policies(gw, role.name):
         steps.append(Step(SYSTEM, DELETE, "iam-attachment", f"{role.name}/{policy['PolicyName']}",
@@ -654,7 +979,7 @@ def _plan_role_teardown(ctx, gw: AwsGateway, role: Role, own_profiles: set[str])
     for name in gw.call("iam", "list_role_policies", RoleName=role.name)["PolicyNames"]:
         steps.append(_step(DELETE, role, f"delete inline policy {name} of role {role.name}",
                            run=lambda name=name: gw.call("iam", "delete_role_policy", RoleName=role.name, PolicyName=name)))
-    for profile in gw.call("iam", "list_instance_profiles_for_role", RoleName=role.name)["InstanceProfiles"]:
+    for profile in profiles:
         if profile["InstanceProfileName"] in own_profiles:
             continue  # the profile's own teardown takes the role out
         steps.append(_step(DELETE, role, f"take role {role.name} out of instance profile {profile['InstanceProfileName']}",
@@ -694,12 +1019,13 @@ def _plan_policy_teardown(ctx, gw: AwsGateway, account: str, policy: ManagedPoli
     return steps
 
 
-def _plan_profile_teardown(ctx, gw: AwsGateway, profile: InstanceProfile) -> list[Step]:
-    live = gw.get_or_none("iam", "get_instance_profile", ("NoSuchEntity",), InstanceProfileName=profile.name)
+def _plan_profile_teardown(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None, keep: str | None) -> list[Step]:
     if live is None:
         return []
     if not _owned(live["InstanceProfile"].get("Tags")) and not ctx.force:
         return [_left_alone(profile)]
+    if keep:
+        return [_left_alone(profile, keep)]
     steps = [_step(DELETE, profile, f"take role {r['RoleName']} out of instance profile {profile.name}",
                    run=lambda r=r["RoleName"]: gw.call("iam", "remove_role_from_instance_profile",
                                                       InstanceProfileName=profile.name, RoleName=r))
@@ -712,24 +1038,66 @@ def _plan_profile_teardown(ctx, gw: AwsGateway, profile: InstanceProfile) -> lis
 def plan_teardown(ctx) -> list[Step]:
     gw = gateway(ctx)
     account = _checked_account(ctx, gw)
-    ids = _teardown_instances(ctx, gw, ctx.config.instance_profile)
-    tags = _instance_tags(gw, ids)
-    resources = desired_resources(ctx.config, account, ids, teardown=True)
-    own_profiles = {r.name for r in resources if isinstance(r, InstanceProfile)}
+    resources = desired_resources(ctx.config, account, [], teardown=True)
+    profiles = {r.name: _live_profile(gw, r.name) for r in resources if isinstance(r, InstanceProfile)}
     steps: list[Step] = []
+    keep: dict[str, str | None] = {}
+    for name, live in profiles.items():
+        association_steps, keep[name] = _plan_associations_teardown(ctx, gw, account, live)
+        steps += association_steps
+    # A profile that is not deleted keeps its role (taking the role out would break its instances).
+    kept_profiles = {n for n, live in profiles.items() if live is not None and (keep[n] or not (
+        ctx.force or _owned(live["InstanceProfile"].get("Tags"))))}
+    own_profiles = set(profiles) - kept_profiles
     roles_deleted: set[str] = set()
     for resource in reversed(resources):
-        if isinstance(resource, ProfileAssociation):
-            steps += _plan_association_teardown(gw, resource, tags.get(resource.instance_id, {}))
-        elif isinstance(resource, Role):
-            role_steps = _plan_role_teardown(ctx, gw, resource, own_profiles)
+        if isinstance(resource, Role):
+            role_steps = _plan_role_teardown(ctx, gw, resource, own_profiles, kept_profiles)
             if role_steps and role_steps[-1].action == DELETE:
                 roles_deleted.add(resource.name)
             steps += role_steps
         elif isinstance(resource, ManagedPolicy):
             # Each policy comes after its roles in this reversed walk; their detach steps run first.
             steps += _plan_policy_teardown(ctx, gw, account, resource, roles_deleted)
-        else:
-            steps += _plan_profile_teardown(ctx, gw, resource)
+        elif isinstance(resource, InstanceProfile):
+            steps += _plan_profile_teardown(ctx, gw, resource, profiles[resource.name], keep[resource.name])
     return steps
 
+
+# --- running the steps -------------------------------------------------------------------------
+
+
+def execute(ctx, steps: list[Step]) -> Execution:
+    """Run the AWS steps in plan order, except that a run of consecutive association steps (one
+    group per instance; the record is written before them) goes through a bounded pool. Stops at
+    the first failure, after the other instances of that batch have finished."""
+    reporter = ctx.reporter
+    result = Execution()
+    batch: list[Step] = []
+
+    def run(part: Execution) -> bool:
+        result.done += part.done
+        if not part.ok:
+            result.failed, result.error = part.failed, part.error
+        return part.ok
+
+    def flush() -> bool:
+        if not batch:
+            return True
+        part = execute_in_parallel(list(batch), lambda step: step.name, ASSOCIATION_WORKERS,
+                                   reporter.step_started, reporter.step_done)
+        batch.clear()
+        return run(part)
+
+    from rbacbridge.plan import execute as in_order
+
+    for step in steps:
+        if not step.changes or step.run is None:
+            continue
+        if step.kind == ProfileAssociation.kind:
+            batch.append(step)
+            continue
+        if not flush() or not run(in_order([step], reporter.step_started, reporter.step_done)):
+            return result
+    flush()
+    return result

@@ -327,15 +327,18 @@ def permissions(
 @with_config(_ACCOUNT, _INTERFACE, _KUBE)
 def render(
     cfg,
-    output_dir: Annotated[str, typer.Option("--output", "-o", help="directory for one file per object, or - for multi-document YAML on stdout")] = "-",
+    output: Annotated[str, typer.Option("--output", "-o", help="yaml (a multi-document stream) or json (one List)")] = "yaml",
+    out_dir: Annotated[Optional[str], typer.Option("--out-dir", help="write one file per object into this directory (the whole set or nothing; symlinks refused) instead of stdout", show_default=False)] = None,
 ) -> None:
     """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
     for `kubectl apply -f -` or GitOps. Offline unless --kubeconfig/--context is given (then
     --host-interface auto is detected from that cluster; offline it falls back to docker0)."""
-    from pathlib import Path
-
     from rbacbridge import kube
 
+    if output not in kube.RENDER_FORMATS:
+        raise UsageError(f"invalid --output {output!r}: choose from {', '.join(kube.RENDER_FORMATS)}")
+    if out_dir is not None and not out_dir.strip():
+        raise UsageError("--out-dir must name a directory (got an empty string)")
     if not cfg.account_id:
         raise UsageError("render needs --account-id (or account_id in the config) for kube2iam's --base-role-arn")
     err = sys.stderr
@@ -349,17 +352,12 @@ def render(
     else:
         interface = kube.FALLBACK_INTERFACE
         print(f"note: host interface {interface} (offline; pass --host-interface, or --kubeconfig/--context to detect it)", file=err)
-    documents = kube.render_documents(kube.desired_objects(cfg, interface))
-    if output_dir == "-":
-        sys.stdout.write("".join(f"---\n{text}" for _, text in documents))
+    objects = kube.desired_objects(cfg, interface)
+    if out_dir is None:
+        sys.stdout.write(kube.render_stream(objects, output))
         return
-    directory = Path(output_dir)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, text in documents:
-            (directory / name).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write manifests to {output_dir}: {exc.strerror or exc}") from None
+    documents = kube.render_documents(objects, output)
+    directory = kube.write_manifests(out_dir, documents)
     print(f"wrote {len(documents)} manifests to {directory}", file=err)
 # --- rbacbridge iptables status|fix|remove -----------------------------------------------------
 

@@ -742,16 +742,83 @@ def after_teardown(ctx) -> None:
 # --- render -----------------------------------------------------------------------------------
 
 
-def render_documents(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(file name, YAML text) per object, e.g. `03-daemonset-kube2iam.yaml`."""
+RENDER_FORMATS = ("yaml", "json")
+
+
+def render_documents(objects: list[dict[str, Any]], fmt: str = "yaml") -> list[tuple[str, str]]:
+    """(file name, text) per object, e.g. `03-daemonset-kube2iam.yaml` (or `.json`)."""
     import yaml
 
     out = []
     for index, obj in enumerate(objects, start=1):
-        name = f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        name = f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.{fmt}"
+        if fmt == "json":
+            out.append((name, json.dumps(obj, indent=2) + "\n"))
+            continue
         text = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
         if obj["kind"] == "Namespace":
             text = ("# Partial Namespace: only this annotation is rbacbridge's (apply it with --server-side);\n"
                     "# the namespace itself is never created or deleted by rbacbridge.\n") + text
         out.append((name, text))
     return out
+
+
+def render_stream(objects: list[dict[str, Any]], fmt: str = "yaml") -> str:
+    """All objects as one text for `kubectl apply -f -`: a multi-document YAML stream, or one
+    JSON `List` (kubectl's own form for several objects in one JSON document)."""
+    if fmt == "json":
+        return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n"
+    return "".join(f"---\n{text}" for _, text in render_documents(objects, fmt))
+
+
+def write_manifests(target: str, documents: list[tuple[str, str]]) -> Path:
+    """Write the whole set into directory `target`, or nothing.
+
+    Never follows a symbolic link: the target itself and every file name of the set must not be
+    links (else refused, exit 2, nothing written). The files are written into a new temporary
+    directory next to the target, then renamed into place (rename replaces a directory entry and
+    never writes through it); a target that does not exist yet is the renamed temporary directory.
+    """
+    import tempfile
+
+    if not target.strip():
+        raise UsageError("--out-dir must name a directory (got an empty string)")
+    path = Path(target)
+    if path.is_symlink():
+        raise UsageError(f"refusing --out-dir {target}: it is a symbolic link (rbacbridge never writes through links)")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out-dir {target} exists and is not a directory")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"--out-dir {target}: parent directory {parent} does not exist")
+    if path.exists():
+        for name, _ in documents:
+            entry = path / name
+            if entry.is_symlink():
+                raise UsageError(f"refusing to write {entry}: it is a symbolic link (rbacbridge never writes through links)")
+            if entry.exists() and not entry.is_file():
+                raise UsageError(f"refusing to write {entry}: it exists and is not a regular file")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name or 'manifests'}.rbacbridge-", dir=parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write manifests next to {target}: {exc.strerror or exc}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        for name, text in documents:
+            fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666 & ~umask)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        if not path.exists():
+            os.chmod(staging, 0o777 & ~umask)
+            os.rename(staging, path)  # the whole set appears at once
+            return path
+        for name, _ in documents:
+            os.rename(staging / name, path / name)  # replaces the entry; a link there is not followed
+        staging.rmdir()
+        return path
+    except OSError as exc:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UsageError(f"cannot write manifests to {target}: {exc.strerror or exc}") from None

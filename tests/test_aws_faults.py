@@ -136,3 +136,86 @@ def test_interrupted_teardown_converges(sandbox, moto_url):
         ctx = sandbox.context(sandbox.config())
         assert planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
         assert sandbox.snapshot() == baseline, k
+
+
+def _instances(sandbox, count: int, previous_every: int = 2) -> list[str]:
+    ec2, iam = sandbox.client("ec2"), sandbox.client("iam")
+    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12345678", MinCount=count, MaxCount=count)["Instances"]]
+    iam.create_instance_profile(InstanceProfileName="legacy")
+    for instance in ids[::previous_every]:
+        ec2.associate_iam_instance_profile(InstanceId=instance, IamInstanceProfile={"Name": "legacy"})
+    return sorted(ids)
+
+
+class NotYetVisible:
+    """EC2 rejects each instance's first association with the profile (IAM not propagated yet)."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.in_flight = self.max_in_flight = 0
+
+    def before(self, request, **_):
+        body = request.body or b""
+        body = body.decode() if isinstance(body, bytes) else body
+        if "Action=AssociateIamInstanceProfile" not in body and "Action=ReplaceIamInstanceProfileAssociation" not in body:
+            return None
+        key = next(p for p in body.split("&") if p.startswith(("InstanceId=", "AssociationId=")))
+        with self.lock:
+            if key not in self.seen:
+                self.seen.add(key)
+                return AWSResponse(request.url, 400, {}, _Raw(EC2_PROFILE_NOT_YET))
+        return None
+
+    def started(self, model, **_):
+        if model.name in ("AssociateIamInstanceProfile", "ReplaceIamInstanceProfileAssociation"):
+            with self.lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            import time
+
+            time.sleep(0.02)  # hold the slot a moment so that overlap, if any, shows
+
+    def finished(self, model, **_):
+        if model.name in ("AssociateIamInstanceProfile", "ReplaceIamInstanceProfileAssociation"):
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_association_work_is_batched_and_parallel_with_retries(sandbox):
+    ids = _instances(sandbox, 40)
+    baseline = sandbox.snapshot()
+    session = sandbox.session()
+    faults = NotYetVisible()
+    session.events.register("before-send", faults.before)
+    session.events.register("before-call", faults.started)
+    session.events.register("after-call", faults.finished)
+    ctx = sandbox.context(sandbox.config(instance_ids=tuple(ids)), session=session)
+    outcome = planner.run(ctx, planner.plan_setup(ctx))
+    assert outcome.ok, outcome.failure and outcome.failure.error
+    assert len(faults.seen) == 40  # every instance was refused once and retried
+    assert 1 < faults.max_in_flight <= 16
+    ops = [op for _, op, _ in sandbox.calls]
+    assert ops.count("DescribeInstances") == 1 and ops.count("DescribeIamInstanceProfileAssociations") == 1
+    assert ops.count("TagInstanceProfile") == 1  # one record write for all 40, before any association
+    changes = [n for n, op in enumerate(ops) if op in ("AssociateIamInstanceProfile", "ReplaceIamInstanceProfileAssociation")]
+    assert ops.index("TagInstanceProfile") < min(changes)
+    live = {(i, arn.rsplit("/", 1)[1]) for i, arn in sandbox.snapshot()["associations"]}
+    assert live == {(i, "nettech-instance-profile") for i in ids}
+    ctx = sandbox.context(sandbox.config())
+    assert planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
+    assert sandbox.snapshot() == baseline
+
+
+@pytest.mark.parametrize("count", [1, 50])
+def test_no_op_setup_reads_do_not_grow_with_instances(sandbox, count):
+    ids = _instances(sandbox, count)
+    config = sandbox.config(instance_ids=tuple(ids))
+    ctx = sandbox.context(config)
+    assert planner.run(ctx, planner.plan_setup(ctx)).ok
+    sandbox.calls.clear()
+    plan = planner.plan_setup(sandbox.context(config))
+    assert not plan.changes
+    assert len(sandbox.calls) <= 16, [op for _, op, _ in sandbox.calls]

@@ -117,10 +117,25 @@ def assert_article_state(sandbox, instance_id, previous_profile=None):
         Filters=[{"Name": "instance-id", "Values": [instance_id]}])["IamInstanceProfileAssociations"]
     live = [a for a in association if a["State"] == "associated"]
     assert [a["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1] for a in live] == [PROFILE]
+    # The record lives in IAM tags on rbacbridge's own profile, never on the instance.
     tags = {t["Key"]: t["Value"] for r in ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
             for i in r["Instances"] for t in i.get("Tags", [])}
-    expected = f"arn:aws:iam::{ACCOUNT}:instance-profile/{previous_profile}" if previous_profile else "none"
-    assert tags["rbacbridge:previous-instance-profile"] == expected
+    assert not any(k.startswith("rbacbridge") for k in tags)
+    assert recorded(sandbox)[instance_id] == (f"arn:aws:iam::{ACCOUNT}:instance-profile/{previous_profile}"
+                                               if previous_profile else "none")
+
+
+def recorded(sandbox) -> dict[str, str]:
+    """The restore record, read the way an operator would (aws iam get-instance-profile): instance -> previous ARN."""
+    tags = {t["Key"]: t["Value"] for t in
+            sandbox.client("iam").get_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"].get("Tags", [])}
+    out = {}
+    for key, value in tags.items():
+        if key.startswith("rbacbridge:record:"):
+            for entry in value.split():
+                parts = entry.split("=")
+                out[parts[0]] = "none" if parts[1] == "none" else tags[f"rbacbridge:profile:{parts[2]}"]
+    return out
 
 
 def test_setup_creates_the_article_state(sandbox):
@@ -135,7 +150,7 @@ def test_setup_calls_in_dependency_order(sandbox):
     calls = sandbox.mutating_calls
     order = [op for _, op, _ in calls]
     # Each policy exists before it is attached; the node role before the roles that trust it;
-    # the role is in the profile before the profile is associated; the record tag before replacing.
+    # the role is in the profile before the profile is associated; the record before associating.
     assert order.count("CreatePolicy") == 3 and order.count("AttachRolePolicy") == 4
     created = [p["RoleName"] for _, op, p in calls if op == "CreateRole"]
     assert created == [RO, RW, DEFAULT]
@@ -145,7 +160,8 @@ def test_setup_calls_in_dependency_order(sandbox):
             assert any(o == "CreatePolicy" and p["PolicyName"] == policy for _, o, p in calls[:index])
             assert any(o == "CreateRole" and p["RoleName"] == params["RoleName"] for _, o, p in calls[:index])
     assert order.index("AddRoleToInstanceProfile") < order.index("AssociateIamInstanceProfile")
-    assert order.index("CreateTags") < order.index("AssociateIamInstanceProfile")
+    assert order.index("TagInstanceProfile") < order.index("AssociateIamInstanceProfile")
+    assert "CreateTags" not in order
     assert "UpdateAssumeRolePolicy" not in order  # no self-trust: pods never get the node role
 
 

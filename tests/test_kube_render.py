@@ -145,7 +145,7 @@ def test_bad_tolerations_are_one_line_exit_2(tmp_path, value, why):
 
 
 def test_render_to_stdout_is_a_yaml_stream_for_kubectl():
-    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", "-o", "-")
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0")
     assert result.returncode == 0, result.stderr
     documents = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert [(d["kind"], d["metadata"]["name"]) for d in documents] == [
@@ -158,7 +158,7 @@ def test_render_to_stdout_is_a_yaml_stream_for_kubectl():
 def test_render_to_directory_and_config_file(tmp_path):
     config = tmp_path / "rbacbridge.yaml"
     config.write_text("account_id: '123456789012'\nkubernetes:\n  nginx_image: nginx:1.27.3\nkube2iam:\n  namespace_restrictions: false\n")
-    result = _cli("render", "-c", str(config), "-o", str(tmp_path / "out"))
+    result = _cli("render", "-c", str(config), "--out-dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["01-serviceaccount-kube2iam.yaml", "02-clusterrole-kube2iam.yaml", "03-clusterrolebinding-kube2iam.yaml",
@@ -177,7 +177,7 @@ def test_render_without_account_is_one_line_exit_2():
 
 
 def test_render_rejects_a_bad_interface_before_writing(tmp_path):
-    result = _cli("render", "--account-id", "123456789012", "--host-interface", "eth0; rm -rf /", "-o", str(tmp_path / "x"))
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "eth0; rm -rf /", "--out-dir", str(tmp_path / "x"))
     assert result.returncode == 2 and "invalid --host-interface" in result.stderr
     assert not (tmp_path / "x").exists()
 
@@ -199,3 +199,89 @@ def test_render_documents_round_trip():
         assert yaml.safe_load(text) == obj
         assert name.endswith(f"-{obj['metadata']['name']}.yaml")
     assert json.loads(objects[4]["metadata"]["annotations"]["iam.amazonaws.com/allowed-roles"]) == ["nettech-s3-read-write"]
+
+
+def test_render_json_is_one_list_for_kubectl():
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert (document["apiVersion"], document["kind"]) == ("v1", "List")
+    assert document["items"] == desired_objects(Config(account_id="123456789012"), "cni0")
+
+
+def test_render_json_files(tmp_path):
+    result = _cli("render", "--account-id", "123456789012", "-o", "json", "--out-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "out").iterdir())
+    assert [p.suffix for p in files] == [".json"] * 7
+    assert json.loads(files[3].read_text())["kind"] == "DaemonSet"
+
+
+DAEMONSET_FILE = "04-daemonset-kube2iam.yaml"
+
+
+def test_render_never_follows_a_symlink_in_the_target(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    outside.write_text("not rbacbridge's\n")
+    (out / "01-serviceaccount-kube2iam.yaml").write_text("old\n")
+    (out / DAEMONSET_FILE).symlink_to(outside)
+    result = _cli("render", "--account-id", "123456789012", "--out-dir", str(out))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 2  # the offline-interface note, then the one error line
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: refusing to write {out / DAEMONSET_FILE}: it is a symbolic link")
+    assert outside.read_text() == "not rbacbridge's\n"
+    # nothing of the set was written: the whole set or nothing
+    assert sorted(p.name for p in out.iterdir()) == ["01-serviceaccount-kube2iam.yaml", DAEMONSET_FILE]
+    assert (out / "01-serviceaccount-kube2iam.yaml").read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_render_refuses_a_dangling_link_and_a_linked_target(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / DAEMONSET_FILE).symlink_to(tmp_path / "nowhere" / "x.yaml")
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", "--out-dir", str(out))
+    assert result.returncode == 2 and "symbolic link" in result.stderr
+    assert not (tmp_path / "nowhere").exists() and [p.name for p in out.iterdir()] == [DAEMONSET_FILE]
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", "--out-dir", str(tmp_path / "link"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: refusing --out-dir {tmp_path / 'link'}: it is a symbolic link (rbacbridge never writes through links)"]
+    assert list(real.iterdir()) == []
+
+
+def test_render_replaces_its_own_files_and_keeps_others(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README").write_text("mine\n")
+    (out / DAEMONSET_FILE).write_text("old\n")
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "README").read_text() == "mine\n"
+    assert yaml.safe_load((out / DAEMONSET_FILE).read_text())["kind"] == "DaemonSet"
+    assert len(list(out.iterdir())) == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out-dir", ""], "error: --out-dir must name a directory (got an empty string)"),
+    (["-o", "yml"], "error: invalid --output 'yml': choose from yaml, json"),
+])
+def test_render_bad_target_or_format_is_one_line_exit_2(tmp_path, args, message):
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [message]
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_render_refuses_a_file_as_target(tmp_path):
+    target = tmp_path / "file.yaml"
+    target.write_text("keep\n")
+    result = _cli("render", "--account-id", "123456789012", "--host-interface", "cni0", "--out-dir", str(target))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: --out-dir {target} exists and is not a directory"]
+    assert target.read_text() == "keep\n"
