@@ -92,8 +92,8 @@ def _render_section(out, config: Config) -> None:
     out.print(f"  unannotated pods (nginx-vanilla) get the dedicated role {config.effective_default_role}: the node role's "
               "read-only S3 access without its sts:AssumeRole on the pod roles, so no pod can chain into another role")
     out.print("  --debug is off (it serves /debug/store, the role map); the article's step 13 turns it on: kube2iam.debug: true")
-    out.print(f"  (no cluster in the sandbox: `rbacbridge render --account-id {SANDBOX_ACCOUNT} -o -` prints the manifests; "
-              "`setup` applies them)")
+    out.print(f"  (no cluster in the sandbox: `rbacbridge render --account-id {SANDBOX_ACCOUNT}` prints the manifests "
+              "(`-o json`, `--out-dir DIR`); `setup` applies them)")
 
 
 def _verify_section(out, config: Config, url: str, fault: str | None) -> bool:
