@@ -47,7 +47,9 @@ CODE = ROOT  # the checkout whose rbacbridge is timed (--code: compare with anot
 
 
 def env_for(url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+    # Bytecode is written and used as in any installed package (this environment sets PYTHONDONTWRITEBYTECODE,
+    # which would make rbacbridge compile its modules from source on every run, unlike boto3's).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_")) and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
                AWS_SHARED_CREDENTIALS_FILE=os.devnull, PYTHONPATH=str(CODE))
