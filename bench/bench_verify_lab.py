@@ -92,10 +92,39 @@ def set_workload_nodes(lab: Lab, count: int) -> None:
         lab.api.store.put(pod)
 
 
+PHASES = ("run_live", "drift_findings", "live_targets", "ensure_cli_all", "host_network_findings", "live_diagnostics",
+          "kube2iam_missing", "run_matrix", "observe", "compare", "interception_problems")
+
+
+def phases(lab: Lab, verify_argv: list[str], counts: tuple[int, ...]) -> None:
+    """Where verify's wall time goes: one extra run per node count under cProfile (its clock is wall time),
+    cumulative time of verify's phases (rbacbridge.verify), and of the imports."""
+    import pstats
+
+    for count in counts:
+        set_workload_nodes(lab, count)
+        profile = lab.workdir / f"verify-{count}.prof"
+        done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "rbacbridge", *verify_argv],
+                              capture_output=True, text=True, env=lab.env(), cwd=lab.workdir, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        stats = pstats.Stats(str(profile)).stats
+        cum: dict[str, float] = {}
+        for (path, _, name), (_, _, _, ct, _) in stats.items():
+            if path.endswith("rbacbridge/verify.py") and name in PHASES:
+                cum[name] = max(cum.get(name, 0.0), ct)
+        imports = max((ct for (path, _, name), (_, _, _, ct, _) in stats.items() if name == "_find_and_load" and "importlib" in path),
+                      default=0.0)
+        total = max((ct for (_, _, name), (_, _, _, ct, _) in stats.items() if name == "<module>"), default=0.0)
+        print(f"phases, {count} node(s), one run under cProfile (slower than the rows above): whole {total:.2f} s, "
+              f"imports {imports:.2f} s; " + ", ".join(f"{k} {cum[k]:.2f} s" for k in PHASES if k in cum), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the rounds, one profiled run per node count: where verify's time goes")
     parser.add_argument("--args", default="", help="extra verify arguments, e.g. --no-drift-check")
     args = parser.parse_args()
     why = available()
@@ -154,6 +183,8 @@ def main() -> int:
         print(f"\ntargets: verify@1 <= 3x probe: {one[0] / base[0]:.2f}x {'met' if one[0] <= 3 * base[0] else 'MISSED'}; "
               f"verify@{args.nodes} <= 1.5x verify@1: {many[0] / one[0]:.2f}x {'met' if many[0] <= 1.5 * one[0] else 'MISSED'}")
         print(f"principals probed: 1 node {outs[rows[1][0]]}, {args.nodes} nodes {outs[rows[2][0]]}")
+        if args.phases:
+            phases(lab, verify_argv, (1, args.nodes))
     finally:
         lab.close()
         left = lab.leftovers()
