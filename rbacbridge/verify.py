@@ -1088,16 +1088,9 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     account = config.account_id or _caller_account(config)
     findings: list[Finding] = []
     drift_steps = 0
-    drift_what = "drift check, planning as `rbacbridge plan --only aws,kube`"
-    if options.drift_check and options.probe == "exec" and not options.install_cli:
-        # Finding the principals only reads (pods, nodes, `command -v aws`), so it runs while the drift check
-        # plans (~1 s of API round trips); the drift check still decides first: its error wins, and no
-        # probe runs before it has finished.
-        findings, drift_steps, targets = _drift_while(ctx, drift_what, lambda: live_targets(ctx, options))
-    else:
-        if options.drift_check:  # before probing: cached credentials can hide drift from the cells
-            findings, drift_steps = _kube_step(drift_what, lambda: drift_findings(ctx))
-        targets = _kube_step("finding the principals", lambda: live_targets(ctx, options))
+    if options.drift_check:  # before probing: cached credentials can hide drift from the cells
+        findings, drift_steps = _kube_step("drift check, planning as `rbacbridge plan --only aws,kube`", lambda: drift_findings(ctx))
+    targets = _kube_step("finding the principals", lambda: live_targets(ctx, options))
     try:
         from rbacbridge import kube
 
@@ -1137,41 +1130,6 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
         result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
     result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)
     return result
-
-
-def _drift_while(ctx: Any, what: str, work: Callable[[], Any]) -> tuple[list[Finding], int, Any]:
-    """drift_findings on its own Context (its own facts; the gateways given so far shared) in a thread while
-    `work` runs here. Then as if the drift check had run first: its error is raised before work's, and its
-    facts come first (notes and warnings in the same order as a serial run)."""
-    import dataclasses
-    from concurrent.futures import ThreadPoolExecutor
-
-    drift_ctx = dataclasses.replace(ctx, gateways=dict(ctx.gateways), facts={})
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rbv-drift") as pool:
-        drift = pool.submit(_kube_step, what, lambda: drift_findings(drift_ctx))
-        try:
-            done = _kube_step("finding the principals", work)
-        except BaseException:
-            drift.result()  # the drift check's error first, as in a serial run
-            raise
-        try:
-            found, steps = drift.result()
-        except BaseException:
-            _close_runners(done)
-            raise
-    for key, value in drift_ctx.facts.items():
-        if key in ("notes", "warnings"):
-            ctx.facts[key] = list(value) + ctx.facts.get(key, [])
-        else:
-            ctx.facts.setdefault(key, value)
-    return found, steps, done
-
-
-def _close_runners(targets: list[tuple[Principal, ProbeBackend]]) -> None:
-    for _, backend in targets:
-        close = getattr(getattr(backend, "runner", None), "close", None)
-        if close:
-            close()
 
 
 def _caller_account(config: Config) -> str:
