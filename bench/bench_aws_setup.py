@@ -47,7 +47,9 @@ CODE = ROOT  # the checkout whose rbacbridge is timed (--code: compare with anot
 
 
 def env_for(url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+    # Bytecode is written and used as in any installed package (this environment sets PYTHONDONTWRITEBYTECODE,
+    # which would make rbacbridge compile its modules from source on every run, unlike boto3's).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_")) and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
                AWS_SHARED_CREDENTIALS_FILE=os.devnull, PYTHONPATH=str(CODE))
@@ -226,18 +228,77 @@ def article(args) -> None:
           f"-> {h / i:.2f}x (target <= 1.5x)")
 
 
+def floor(args) -> None:
+    """rbacbridge setup --only aws (whole process) vs a whole-process boto3 floor making the same calls
+    (bench/aws_floor.py: recorded from rbacbridge with a botocore hook, replayed by a script that only imports
+    boto3), fresh and no-op, N=1, straight to moto (no proxy: what is left is the processes' own cost)."""
+    import shutil
+
+    from bench_verify import start_moto
+
+    workdir = Path(tempfile.mkdtemp(prefix="rbb-bench-aws-"))
+    os.environ.pop("MOTO_ENABLE_RECORDING", None)
+    proc, url = start_moto()
+    env = env_for(url)
+    tool = str(ROOT / "bench" / "aws_floor.py")
+    rb = ["setup", "--only", "aws", "--yes", "--account-id", ACCOUNT]
+    samples: dict[str, list[tuple[float, float]]] = {}
+    counts: dict[str, int] = {}
+
+    def instance() -> str:
+        post(f"{url}/moto-api/reset")
+        return client(url, "ec2").run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  ({os.cpu_count()} CPUs, no proxy, "
+          f"{args.rounds} rounds, A/B interleaved)")
+    try:
+        recorded = instance()
+        for kind in ("fresh", "no-op"):
+            timed_child([sys.executable, tool, "record", str(workdir / f"{kind}.json"), "--", *rb, "--instance-id", recorded], env)
+            counts[kind] = len(json.loads((workdir / f"{kind}.json").read_text()))
+        for round_no in range(args.rounds):
+            for which in (("rbacbridge", "floor") if round_no % 2 == 0 else ("floor", "rbacbridge")):
+                iid = instance()
+                for kind in ("fresh", "no-op"):
+                    if which == "rbacbridge":
+                        argv = [sys.executable, "-m", "rbacbridge", *rb, "--instance-id", iid]
+                    else:
+                        argv = [sys.executable, tool, "replay", str(workdir / f"{kind}.json"), f"{recorded}={iid}"]
+                    samples.setdefault(f"{which} {kind}", []).append(timed_child(argv, env))
+                done = client(url, "ec2").describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+                assert [a["InstanceId"] for a in done] == [iid], f"{which} did not associate the profile"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{'run (whole process)':26} {'wall (median)':>14} {'CPU (median)':>13} {'calls':>6}")
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in samples.items()}
+    for kind in ("fresh", "no-op"):
+        for which in ("rbacbridge", "floor"):
+            wall, cpu = med[f"{which} {kind}"]
+            print(f"{which + ' ' + kind:26} {wall:12.3f} s {cpu:11.3f} s {counts[kind]:6d}")
+    for kind in ("fresh", "no-op"):
+        (w, c), (fw, fc) = med[f"rbacbridge {kind}"], med[f"floor {kind}"]
+        print(f"{kind}: rbacbridge / floor = {w / fw:.2f}x wall, {c / fc:.2f}x CPU (target <= 1.2x)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--instances", type=int, default=50)
     parser.add_argument("--article", action="store_true", help="also compare with the article's AWS CLI commands")
+    parser.add_argument("--floor", action="store_true", help="only the whole-process boto3 floor rows (same calls, N=1)")
     parser.add_argument("--code", default=str(ROOT), help="checkout whose rbacbridge is timed [default: this one]")
     args = parser.parse_args()
     global CODE
     CODE = Path(args.code).resolve()
     if args.rounds < 5:
         parser.error("--rounds must be at least 5 (medians of fewer runs swing with load)")
+    if args.floor:
+        floor(args)
+        return
     scaling(args)
     if args.article:
         article(args)

@@ -49,13 +49,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--principals", type=int, default=6)
     args = parser.parse_args()
+    if args.rounds < 5:
+        parser.error("--rounds must be at least 5")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     runners = [v.LocalRunner() for _ in range(args.principals)]
     results: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
-    for _ in range(args.rounds):  # interleaved: A, B, A, B, ...
-        results["old"].append(_timed(_old, runners))
-        results["new"].append(_timed(_new, runners))
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.principals} principals, "
-          f"median of {args.rounds}")
+    for round_no in range(args.rounds):  # interleaved, the order flipping every round: A B, B A, A B, ...
+        for name in (("old", "new") if round_no % 2 == 0 else ("new", "old")):
+            results[name].append(_timed(_old if name == "old" else _new, runners))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.principals} principals, "
+          f"median of {args.rounds} (nothing written, no temporary files)")
     medians = {}
     for name, rows in results.items():
         wall = statistics.median(r[0] for r in rows)

@@ -30,7 +30,42 @@ class _Group(typer.core.TyperGroup):
         for param in params:
             if getattr(param, "is_flag", False) and param.default is None:
                 param.default = False
+            _plain_strings(param)
         return params
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        help_option = command.get_help_option(ctx) if command is not None else None
+        for param in [*getattr(command, "params", ()), *([help_option] if help_option else [])]:
+            _plain_strings(param)
+        return command
+
+
+def _plain_strings(param) -> None:
+    """typer >= 0.28 coerces every option's value through a pydantic TypeAdapter it builds on first use,
+    for unset options too: importing pydantic and building the adapters costs ~50 ms of every command
+    (bench/bench_aws_setup.py --floor). Here an unset option stays unset without an adapter, and a `str` /
+    `list[str]` option takes the strings click parsed as they are (what the adapter returns: a list for
+    `list[str]`); anything else goes through typer's own coercion, built when first needed. A typer
+    without this internal (`_runtime_param`) is left alone."""
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None or getattr(param, "_runtime_param", False) is not None:
+        return
+    try:
+        from typer._coercion import RuntimeParam, build_runtime_param
+    except ImportError:
+        return
+    annotation = descriptor.annotation
+
+    class Lazy(RuntimeParam):
+        def _coerce_value(self, value, param, ctx):
+            if annotation is str and isinstance(value, str):
+                return value
+            if annotation == list[str] and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return list(value)
+            return build_runtime_param(descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+    param._runtime_param = Lazy(parameter_info=descriptor.parameter_info, annotation=annotation)
 
 
 app = typer.Typer(
@@ -202,10 +237,17 @@ class _CliReporter:
     """Progress to stderr, so stdout stays clean for `-o json` and pipes."""
 
     def __init__(self, output: str):
-        from rbacbridge.output import console
-
-        self.err = console(stderr=True)
+        self._err = None
         self.output = output
+
+    @property
+    def err(self):
+        """rich's console, made when there is something to say (`-o json` with nothing to report never loads rich)."""
+        if self._err is None:
+            from rbacbridge.output import console
+
+            self._err = console(stderr=True)
+        return self._err
 
     def progress(self, message: str) -> None:
         self.err.print(f"[dim]...[/dim] {message}")
@@ -542,6 +584,42 @@ def verify(
         raise
     _render_verify(result, output, junit_file)
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@with_config(_AWS, _KUBE, _INTERFACE, _NODES, _SSH, _RULE[:2])
+def audit(
+    cfg,
+    click_ctx: typer.Context,
+    only: OnlyOpt = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, json or junit")] = "table",
+    fail_on: Annotated[str, typer.Option("--fail-on", help="exit 1 when a finding reaches this severity: high, medium or low")] = "high",
+    junit_file: Annotated[Optional[str], typer.Option("--junit-file", help="also write a JUnit XML report here", show_default=False)] = None,
+) -> None:
+    """Read-only health check of any kube2iam installation (Helm, by hand or rbacbridge's): findings with
+    severity, evidence and fix. Needs no config. Exit 0 clean, 1 a finding reaches --fail-on, 3 incomplete."""
+    from rbacbridge.audit import FAIL_ON, exit_code, run_audit
+    from rbacbridge.audit import render
+
+    if output not in render.FORMATS:
+        raise UsageError(f"invalid --output {output!r}: choose from {', '.join(render.FORMATS)}")
+    if fail_on not in FAIL_ON:
+        raise UsageError(f"invalid --fail-on {fail_on!r}: choose from {', '.join(FAIL_ON)}")
+    ctx = _context(cfg, only, "json" if output != "table" else "table")
+    result = run_audit(ctx, config_given=click_ctx.params.get("config") is not None, explicit_parts=only is not None)
+    if junit_file:
+        try:
+            with open(junit_file, "w", encoding="utf-8") as fh:
+                fh.write(render.to_junit(result, fail_on))
+        except OSError as exc:
+            raise RbacbridgeError(f"cannot write --junit-file {junit_file}: {exc.strerror or exc}") from None
+    if output == "json":
+        sys.stdout.write(render.to_json(result, fail_on))
+    elif output == "junit":
+        sys.stdout.write(render.to_junit(result, fail_on))
+    else:
+        render.print_table(result, fail_on)
+    raise typer.Exit(exit_code(result, fail_on))
 
 
 def _render_verify(result, output: str, junit_file: str | None) -> None:

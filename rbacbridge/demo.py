@@ -173,7 +173,13 @@ def run_demo(keep: bool = False, fault: str | None = None) -> int:
         out.print(f"rbacbridge-owned resources left: {len(owned)}" + (f" ({', '.join(owned)})" if owned else ""))
         out.print(f"instance {instance} uses instance profile: {profile} (restored)")
         if keep:
-            out.print(f"\nSandbox still running at {url} (AWS_ENDPOINT_URL={url}); Ctrl-C ends it.")
+            out.print(f"\nSandbox still running at {url}; Ctrl-C ends it. In another shell (moto takes any key;\n"
+                      "these are placeholders, not credentials):\n")
+            out.print(f"  export AWS_ENDPOINT_URL={url} AWS_REGION=us-east-1 "
+                      "AWS_ACCESS_KEY_ID=sandbox AWS_SECRET_ACCESS_KEY=sandbox", soft_wrap=True)
+            out.print(f"  rbacbridge plan --account-id {SANDBOX_ACCOUNT} --only aws --instance-id {instance}", soft_wrap=True)
+            out.print(f"  rbacbridge setup --account-id {SANDBOX_ACCOUNT} --only aws --instance-id {instance} --yes", soft_wrap=True)
+            out.print(f"  rbacbridge teardown --only aws --yes", soft_wrap=True)
             import time
 
             try:

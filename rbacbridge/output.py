@@ -76,6 +76,8 @@ def print_plan(plan: Plan, title: str, to_stderr: bool = False, notes_to=None) -
 def print_notes(plan: Plan, notes: bool = True, to=None) -> None:
     """Warnings (and notes) go to stderr, so stdout keeps only the plan: `plan | tee` and CI logs show both.
     `to`: another rich console (the demo keeps its whole story on stdout)."""
+    if not plan.warnings and not (notes and plan.notes):
+        return  # nothing to say: no console (rich stays unloaded for `-o json`)
     from rich.markup import escape
 
     err = to or console(stderr=True)

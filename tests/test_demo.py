@@ -42,3 +42,30 @@ def test_demo_break_is_caught_and_blamed(fault, layer):
 def test_demo_rejects_unknown_fault():
     result = _demo("--break", "dns")
     assert result.returncode == 2 and result.stderr.startswith("error: invalid --break")
+
+
+def test_demo_keep_prints_commands_that_work_against_the_kept_sandbox():
+    import shlex
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    demo = subprocess.Popen([sys.executable, "-m", "rbacbridge", "demo", "--keep"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=env)
+    try:
+        lines: list[str] = []
+        for line in demo.stdout:
+            lines.append(line.strip())
+            if line.strip().startswith("rbacbridge teardown"):
+                break
+        at = next(i for i, line in enumerate(lines) if line.startswith("export "))
+        shown_env = dict(item.split("=", 1) for item in shlex.split(lines[at])[1:])
+        commands = [line for line in lines[at:] if line.startswith("rbacbridge ")]
+        assert [c.split()[1] for c in commands] == ["plan", "setup", "teardown"]
+        for command in commands:
+            run = subprocess.run([sys.executable, "-m", *shlex.split(command)], capture_output=True, text=True,
+                                 env={**env, **shown_env}, timeout=120, stdin=subprocess.DEVNULL)
+            assert run.returncode == 0, (command, run.stderr)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=30)

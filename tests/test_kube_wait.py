@@ -133,12 +133,23 @@ def test_after_teardown_waits_for_kube2iam_pods_to_go(kube_api):
     labels = {"app.kubernetes.io/name": "kube2iam", "app.kubernetes.io/managed-by": "rbacbridge"}
     store.add_pod("kube-system", "kube2iam-terminating", labels)  # no owner: the GC will not take it
     store.add_pod("kube-system", "coredns-1", {"k8s-app": "kube-dns"})
-    timer = threading.Timer(0.3, store.delete, args=("Pod", "kube2iam-terminating", "kube-system"))
-    timer.start()
+    # the pod goes 0.3 s after teardown starts waiting for it (not after a fixed time: a loaded machine
+    # could finish the deletes later than that and the wait would never be seen)
+    timers: list[threading.Timer] = []
+    record = ctx.reporter.progress
+
+    def progress(message: str) -> None:
+        record(message)
+        if "kube2iam pod(s) to terminate" in message and not timers:
+            timers.append(threading.Timer(0.3, store.delete, args=("Pod", "kube2iam-terminating", "kube-system")))
+            timers[0].start()
+
+    ctx.reporter.progress = progress
     try:
         outcome = planner.run(ctx, planner.plan_teardown(ctx), teardown=True)
     finally:
-        timer.cancel()
+        for timer in timers:
+            timer.cancel()
     assert outcome.ok
     assert store.get("Pod", "kube2iam-terminating", "kube-system") is None
     assert store.get("Pod", "coredns-1", "kube-system") is not None

@@ -1,0 +1,196 @@
+"""`rbacbridge verify` — the real command, whole process — in the lab (tests/lab.py), vs one read probe in a pod.
+
+Rows, interleaved round by round (probe, verify on 1 node, verify on every node, ...):
+  probe    one `aws s3api list-objects-v2` in the pod nginx-vanilla on node-a (its network namespace; credentials
+           through kube2iam's DNAT rule), whole process: the floor verify is measured against
+  verify@1 `rbacbridge verify -o json` with workloads on 1 node (the other nodes' nginx pods marked Pending in
+           the lab's API server, so verify probes one node's pods and host)
+  verify@N the same with workloads on every node of the lab (N = --nodes, default 4)
+Wall time, and CPU time split: the rbacbridge process itself (wait4), the pod execs (processes this bench
+reaps: the lab's API server runs them), the lab namespaces' processes (moto, sshd and the `aws` processes SSH
+runs on the nodes) and the lab's own threads (this process: API server, metadata and kube2iam stand-ins).
+All "nodes" share this machine's cores, so the probes' CPU adds up here where a real cluster's nodes each
+spend their own. Targets (issue 14): verify@1 <= 3x probe, verify@N <= 1.5x
+verify@1. Run it under the lab lock:
+
+    flock /tmp/rbb-netns.lock python bench/bench_verify_lab.py [--rounds 5] [--nodes 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.lab import ACCOUNT, Lab, available  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def namespace_cpu(namespaces: list[str]) -> float:
+    """CPU seconds (own + reaped children) of every process now in these network namespaces."""
+    total = 0
+    for ns in namespaces:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / TICK
+
+
+def measure(fn, namespaces: list[str]) -> tuple[float, dict[str, float], object]:
+    """Wall time and CPU split: `cli` the rbacbridge process itself (when fn reports it), `pods` the processes
+    this process reaped (pod execs, the probe), `nodes` the lab namespaces' processes (sshd and what SSH runs,
+    moto), `lab` this process's threads (API server, metadata and kube2iam stand-ins)."""
+    c0, s0, n0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF), namespace_cpu(namespaces)
+    t0 = time.perf_counter()
+    out, cli_cpu = fn()
+    wall = time.perf_counter() - t0
+    c1, s1, n1 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF), namespace_cpu(namespaces)
+    children = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
+    cpu = {"cli": cli_cpu, "pods": max(0.0, children - cli_cpu), "nodes": max(0.0, n1 - n0),
+           "lab": (s1.ru_utime + s1.ru_stime - s0.ru_utime - s0.ru_stime)}
+    cpu["total"] = sum(cpu.values())
+    return wall, cpu, out
+
+
+def run_cli(lab: Lab, argv: list[str], timeout: float = 600) -> tuple[int, str, str, float]:
+    """The CLI as lab.cli runs it, reaped with wait4 so its own CPU time is known: (rc, stdout, stderr, cpu)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "rbacbridge", *argv], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=lab.env(), cwd=lab.workdir)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.01)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        return proc.returncode, out.read().decode(), err.read().decode(), usage.ru_utime + usage.ru_stime
+
+
+def set_workload_nodes(lab: Lab, count: int) -> None:
+    """nginx pods Running on the first `count` nodes, Pending elsewhere (verify probes running pods only)."""
+    active = {n.name for n in lab.nodes[:count]}
+    for pod in lab.api.store.objects_of("Pod", "default"):
+        pod["status"]["phase"] = "Running" if pod["spec"]["nodeName"] in active else "Pending"
+        lab.api.store.put(pod)
+
+
+PHASES = ("run_live", "drift_findings", "live_targets", "ensure_cli_all", "host_network_findings", "live_diagnostics",
+          "kube2iam_missing", "run_matrix", "observe", "compare", "interception_problems")
+
+
+def phases(lab: Lab, verify_argv: list[str], counts: tuple[int, ...]) -> None:
+    """Where verify's wall time goes: one extra run per node count under cProfile (its clock is wall time),
+    cumulative time of verify's phases (rbacbridge.verify), and of the imports."""
+    import pstats
+
+    for count in counts:
+        set_workload_nodes(lab, count)
+        profile = lab.workdir / f"verify-{count}.prof"
+        done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "rbacbridge", *verify_argv],
+                              capture_output=True, text=True, env=lab.env(), cwd=lab.workdir, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        stats = pstats.Stats(str(profile)).stats
+        cum: dict[str, float] = {}
+        for (path, _, name), (_, _, _, ct, _) in stats.items():
+            if path.endswith("rbacbridge/verify.py") and name in PHASES:
+                cum[name] = max(cum.get(name, 0.0), ct)
+        imports = max((ct for (path, _, name), (_, _, _, ct, _) in stats.items() if name == "_find_and_load" and "importlib" in path),
+                      default=0.0)
+        total = max((ct for (_, _, name), (_, _, _, ct, _) in stats.items() if name == "<module>"), default=0.0)
+        print(f"phases, {count} node(s), one run under cProfile (slower than the rows above): whole {total:.2f} s, "
+              f"imports {imports:.2f} s; " + ", ".join(f"{k} {cum[k]:.2f} s" for k in PHASES if k in cum), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the rounds, one profiled run per node count: where verify's time goes")
+    parser.add_argument("--args", default="", help="extra verify arguments, e.g. --no-drift-check")
+    args = parser.parse_args()
+    why = available()
+    if why:
+        print(f"the lab cannot run here: {why}")
+        return 1
+    print(f"load average before: {os.getloadavg()}")
+    names = tuple(f"node-{chr(ord('a') + i)}" for i in range(args.nodes))
+    lab = Lab.start(names)
+    try:
+        print(f"lab with {args.nodes} nodes started in {lab.timings['start']:.1f} s")
+        done = lab.cli("setup", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT,
+                       "--only", "aws,kube", "--yes")
+        assert done.returncode == 0, done.stderr[-2000:]
+        lab.play_controllers()
+        for n in lab.nodes:
+            lab.kube2iam_start(n.name)
+        namespaces = [lab.aws.namespace] + [n.node.namespace for n in lab.nodes]
+        verify_argv = ["verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
+                       "--ssh-key", lab.ssh_key, "-o", "json", *args.args.split()]
+
+        def probe():
+            done = lab.pod_exec("default", "nginx-vanilla-node-a", ["aws", "s3api", "list-objects-v2", "--bucket", "nettech-helm-test"])
+            assert done.returncode == 0, done.stderr[-1000:]
+            return None, 0.0
+
+        def verify(count: int):
+            def run():
+                set_workload_nodes(lab, count)
+                rc, stdout, stderr, cpu = run_cli(lab, verify_argv)
+                assert rc == 0, (rc, stdout[-2000:], stderr[-2000:])
+                document = json.loads(stdout)
+                assert len({p["node"] for p in document["principals"]}) == count, document["principals"]
+                return len(document["principals"]), cpu
+            return run
+
+        rows = [("probe: one list-objects-v2 in a pod", probe), ("verify, 1 node", verify(1)),
+                (f"verify, {args.nodes} nodes", verify(args.nodes))]
+        probe()  # warm: page cache, moto's S3 and STS, kube2iam's first answers
+        results: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name, _ in rows}
+        outs: dict[str, object] = {}
+        for r in range(args.rounds):
+            for name, fn in (rows if r % 2 == 0 else rows[::-1]):  # interleaved, the order flipping every round
+                wall, cpu, outs[name] = measure(fn, namespaces)
+                results[name].append((wall, cpu))
+            print(f"round {r + 1}: " + ", ".join(f"{name.split(':')[0]} {results[name][-1][0]:.2f} s" for name, _ in rows),
+                  flush=True)
+        med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
+               for name, v in results.items()}
+        base, one, many = (med[name] for name, _ in rows)
+        print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {os.getloadavg()}")
+        print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
+        for (name, _), (wall, cpu), ref in zip(rows, (base, one, many), (base, base, one)):
+            print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
+                  f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
+        print(f"\ntargets: verify@1 <= 3x probe: {one[0] / base[0]:.2f}x {'met' if one[0] <= 3 * base[0] else 'MISSED'}; "
+              f"verify@{args.nodes} <= 1.5x verify@1: {many[0] / one[0]:.2f}x {'met' if many[0] <= 1.5 * one[0] else 'MISSED'}")
+        print(f"principals probed: 1 node {outs[rows[1][0]]}, {args.nodes} nodes {outs[rows[2][0]]}")
+        if args.phases:
+            phases(lab, verify_argv, (1, args.nodes))
+    finally:
+        lab.close()
+        left = lab.leftovers()
+        print(f"left behind: {left or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
