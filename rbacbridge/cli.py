@@ -448,7 +448,7 @@ def permissions(
 @with_config(_ACCOUNT, _INTERFACE, _KUBE, _NAMESPACE)
 def render(
     cfg,
-    output: Annotated[str, typer.Option("--output", "-o", help="yaml (a multi-document stream) or json (one List)")] = "yaml",
+    output: Annotated[str, typer.Option("--output", "-o", metavar="[yaml|json]", help="yaml (a multi-document stream) or json (one List)")] = "yaml",
     out_dir: Annotated[Optional[str], typer.Option("--out-dir", help="write one file per object into this directory (the whole set or nothing; symlinks refused) instead of stdout", show_default=False)] = None,
 ) -> None:
     """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
@@ -538,7 +538,7 @@ def iptables_status(cfg, output: OutputOpt = "table") -> None:
 
 
 _iptables_cmd("fix", "Keep exactly one rule matching the kube2iam settings on each node; delete duplicates and stale rules.")
-_iptables_cmd("remove", "Delete every kube2iam rule on each node (teardown: no pod's metadata call goes to a dead port).")
+_iptables_cmd("remove", "Delete kube2iam's rules to this node on each node (teardown: no pod's metadata call goes to a dead port); other tools' and other interceptors' rules are left alone.")
 
 
 @app.command()
@@ -592,8 +592,8 @@ def audit(
     cfg,
     click_ctx: typer.Context,
     only: OnlyOpt = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="table, json or junit")] = "table",
-    fail_on: Annotated[str, typer.Option("--fail-on", help="exit 1 when a finding reaches this severity: high, medium or low")] = "high",
+    output: Annotated[str, typer.Option("--output", "-o", metavar="[table|json|junit]", help="output format")] = "table",
+    fail_on: Annotated[str, typer.Option("--fail-on", metavar="[high|medium|low]", help="exit 1 when a finding reaches this severity")] = "high",
     junit_file: Annotated[Optional[str], typer.Option("--junit-file", help="also write a JUnit XML report here", show_default=False)] = None,
 ) -> None:
     """Read-only health check of any kube2iam installation (Helm, by hand or rbacbridge's): findings with
