@@ -512,8 +512,9 @@ def _iptables_run(cfg, command: str, dry_run: bool, yes: bool, output: str, forc
     else:
         out.print_iptables(result)
     if not result.ok:
-        failed = [r.node for r in result.reports if r.error]
-        raise RbacbridgeError(f"{len(failed)} of {len(result.reports)} node(s) failed: {', '.join(failed)}")
+        failed = [r for r in result.reports if r.error]
+        reasons = "; ".join(r.error if r.error.startswith(r.node) else f"{r.node}: {r.error}" for r in failed)
+        raise RbacbridgeError(one_line(f"{len(failed)} of {len(result.reports)} node(s) failed: {reasons}"))
     if result.conflicted and command != "status":
         names = ", ".join(r.node for r in result.conflicted)
         raise RbacbridgeError(f"{len(result.conflicted)} of {len(result.reports)} node(s) left unchanged because of a conflict: "

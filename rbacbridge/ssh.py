@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import logging
 import os
 import re
 import select
@@ -37,6 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from rbacbridge.errors import RbacbridgeError, UsageError
+
+# paramiko's transport thread logs its own failures (with a traceback) at ERROR; with no handler
+# configured Python would print them on stderr. rbacbridge reports each failure in one line itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 60.0
