@@ -427,6 +427,7 @@ class Observation:
     result: CallResult
     key: str | None = None
     left_behind: bool = False  # a probe object we could not delete
+    probed_by: str | None = None  # another principal observed it for this one: same workload, same observed role
 
 
 def probe_read(backend: ProbeBackend, bucket: str) -> Observation:
@@ -477,38 +478,91 @@ def probe_chain(backend: ProbeBackend, role_arn: str) -> Observation:
     return Observation(_allowed(result), result)
 
 
+def workload_of(principal: Principal) -> tuple[Any, ...]:
+    """What a principal is apart from the node it runs on: the host, or a workload's pods (namespace, name,
+    configured annotation). Pods of one workload on different nodes share it."""
+    return (principal.kind, principal.namespace, principal.role_annotation, principal.host_network, principal.name.split("@")[0])
+
+
 def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16,
-            chains: dict[str, list[tuple[str, str]]] | None = None) -> list[Observed]:
+            chains: dict[str, list[tuple[str, str]]] | None = None, share: bool = True) -> list[Observed]:
     """Every identity, read, write and chain probe of every principal, concurrently.
 
-    `chains`: principal name -> [(target role, its ARN)] to try sts:AssumeRole on."""
+    `chains`: principal name -> [(target role, its ARN)] to try sts:AssumeRole on.
+
+    `share` (verify's default): what depends on the node — the identity each principal gets there — is
+    probed for every principal; the bucket and chain cells, which IAM decides from the role's policies,
+    the bucket's and the target's trust alone, are probed once per workload and OBSERVED role: the first
+    principal of a workload probes them at once (alongside the identities), every other principal of that
+    workload copies them only if its own identity call returned that same role, else (another role, or no
+    credentials on either side) it probes its own. Copies name the principal that probed them."""
     jobs: dict[tuple[str, str, str | None], Any] = {}
     chains = chains or {}
+
+    def submit_cells(pool: ThreadPoolExecutor, principal: Principal, backend: ProbeBackend) -> None:
+        for bucket in buckets:
+            jobs[(principal.name, READ, bucket)] = pool.submit(probe_read, backend, bucket)
+            jobs[(principal.name, WRITE, bucket)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name))
+        for target, arn in chains.get(principal.name, []):
+            jobs[(principal.name, CHAIN, target)] = pool.submit(probe_chain, backend, arn)
+
+    probed_by: dict[str, str] = {}  # principal name -> the principal whose cells it copies
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
+        first: dict[tuple[Any, ...], list[Principal]] = {}  # workload -> principals probing their own cells
         for principal, backend in targets:
             jobs[(principal.name, IDENTITY, None)] = pool.submit(_guard, backend.identity)
-            for bucket in buckets:
-                jobs[(principal.name, READ, bucket)] = pool.submit(probe_read, backend, bucket)
-                jobs[(principal.name, WRITE, bucket)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name))
-            for target, arn in chains.get(principal.name, []):
-                jobs[(principal.name, CHAIN, target)] = pool.submit(probe_chain, backend, arn)
+        for principal, backend in targets:
+            if not share or workload_of(principal) not in first:
+                first.setdefault(workload_of(principal), []).append(principal)
+                submit_cells(pool, principal, backend)
+        if share:
+            def role_of(name: str) -> str | None:
+                ident = jobs[(name, IDENTITY, None)].result()
+                return pe.role_name_of(ident.value) if ident.ok and ident.value else None
+
+            for principal, backend in targets:
+                probers = first[workload_of(principal)]
+                if principal in probers:
+                    continue
+                role = role_of(principal.name)
+                same = next((p for p in probers if role is not None and role_of(p.name) == role), None)
+                if same is None:
+                    probers.append(principal)
+                    submit_cells(pool, principal, backend)
+                else:
+                    probed_by[principal.name] = same.name
     out = []
     for principal, _ in targets:
         ident = jobs[(principal.name, IDENTITY, None)].result()
+        source = probed_by.get(principal.name, principal.name)
         cells = {}
         for bucket in buckets:
             for op in (READ, WRITE):
-                future = jobs[(principal.name, op, bucket)]
-                exc = future.exception()
-                cells[(bucket, op)] = future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
+                cells[(bucket, op)] = _copy(_outcome(jobs[(source, op, bucket)]), source, principal.name)
         chained = {}
         for target, _ in chains.get(principal.name, []):
-            future = jobs[(principal.name, CHAIN, target)]
-            exc = future.exception()
-            chained[target] = future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
+            future = jobs.get((source, CHAIN, target))
+            chained[target] = _copy(_outcome(future), source, principal.name) if future else \
+                Observation(None, CallResult(False, ERROR, "not probed"))
         arn = ident.value if ident.ok else None
         out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells, chained))
     return out
+
+
+def _outcome(future: Any) -> Observation:
+    exc = future.exception()
+    return future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def shared_note(seen: Observation) -> str:
+    return f" (probed by {seen.probed_by}: same workload, same role)" if seen.probed_by else ""
+
+
+def _copy(seen: Observation, source: str, name: str) -> Observation:
+    """The observation as `name` reports it: its own, or a copy of `source`'s (left-behind objects counted once)."""
+    if source == name:
+        return seen
+    return Observation(seen.allowed, seen.result, seen.key, left_behind=False, probed_by=source)
 
 
 def _guard(call: Callable[[], CallResult]) -> CallResult:
@@ -630,7 +684,7 @@ def compare(config: Config, account: str, stage: str, expected: list[Expected], 
             seen = obs.cells[(bucket, op)]
             match = want is None or seen.allowed == want
             cell = Cell(exp.principal.name, op, bucket, want, seen.allowed, match, seen.result.category if not seen.result.ok else None,
-                        seen.result.detail)
+                        seen.result.detail + shared_note(seen))
             if not match:
                 cell.blame = ident.blame or _cell_blame(config, account, exp, obs, bucket, op, seen, diagnostics)
             cells.append(cell)
@@ -684,7 +738,7 @@ def _chain_cell(config: Config, account: str, exp: Expected, obs: Observed, targ
     path = chain_path(principal.name, held, target)
     result = seen.result
     match = seen.allowed is False and not predicted
-    detail = path + (": denied" if seen.allowed is False else ": GRANTED" if seen.allowed else f": {result.detail}")
+    detail = path + (": denied" if seen.allowed is False else ": GRANTED" if seen.allowed else f": {result.detail}") + shared_note(seen)
     cell = Cell(principal.name, CHAIN, None, False, seen.allowed, match, None if result.ok else result.category, detail,
                 target=target, predicted=predicted)
     if match:
