@@ -415,7 +415,7 @@ def demo(
 @app.command("config-reference")
 def config_reference() -> None:
     """Every setting of rbacbridge.yaml with its default."""
-    from rbacbridge.config import SCHEMA
+    from rbacbridge.config import SCHEMA, TENANT_REFERENCE
 
     for option in SCHEMA:
         default = option.default
@@ -426,6 +426,8 @@ def config_reference() -> None:
 
             default = json.dumps(list(default)).replace('"', "")
         typer.echo(f"{option.path:32} {str(default):28} {option.help}")
+    for path, default, text in TENANT_REFERENCE:
+        typer.echo(f"{path:32} {default:28} {text}")
 
 
 @app.command()

@@ -386,6 +386,160 @@ _BY_PATH = {o.path: o for o in SCHEMA}
 _BY_FIELD = {o.field: o for o in SCHEMA}
 
 
+# --- tenants ----------------------------------------------------------------------------------
+#
+# `tenants:` is a list of mappings, not dotted settings: it is read by `tenants()` below. Without
+# the key the article's single tenant is built from the legacy keys (iam.pod_role, iam.pod_policy,
+# buckets.tenant, kubernetes.namespace), producing exactly the resources of earlier versions.
+
+# For `rbacbridge config-reference`: (path, default, help), after SCHEMA.
+TENANT_REFERENCE: tuple[tuple[str, str, str], ...] = (
+    ("tenants", "(the article's one)", "list of tenants; without it: one tenant nginx-annotated from iam.pod_role, iam.pod_policy, buckets.tenant, kubernetes.namespace"),
+    ("tenants[].name", "required", "tenant name (Kubernetes name rules), unique; in messages, tags rbacbridge:tenant, labels"),
+    ("tenants[].namespaces", "required", "its namespaces (one or more); a namespace belongs to one tenant (allowed-roles is per namespace)"),
+    ("tenants[].role", "required", "role NAME rbacbridge creates, or {existing: ARN}: a role rbacbridge only links, never changes"),
+    ("tenants[].policy", "the role name", "name of the created role's S3 policy (only with read or write)"),
+    ("tenants[].read", "-", "buckets (bucket or bucket/prefix/*) it may list and read"),
+    ("tenants[].write", "-", "buckets (bucket or bucket/prefix/*) it may list, read, write and delete in"),
+    ("tenants[].workloads", "-", "nginx Deployments setup creates in its first namespace, annotated with its role (for verify)"),
+)
+LEGACY_TENANT = "nginx-annotated"
+LEGACY_KEYS = ("iam.pod_role", "iam.pod_policy", "buckets.tenant")
+TENANT_KEYS = ("name", "namespaces", "role", "policy", "read", "write", "workloads")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::([0-9]{12}):role/(?:[A-Za-z0-9_+=,.@-]+/)*([A-Za-z0-9_+=,.@-]{1,64})")
+_S3_KEY_PART = re.compile(r"[A-Za-z0-9!_.'()-]+")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One tenant: its namespaces, the role kube2iam hands its pods, what that role may do in S3."""
+
+    name: str  # DNS label, unique among tenants; used in messages, tags, JSON keys
+    namespaces: tuple[str, ...]  # >= 1; a namespace belongs to at most one tenant
+    role: str  # IAM role name kube2iam hands this tenant's pods
+    existing_role_arn: str | None = None  # `role: {existing: ARN}`: linked only, never created/changed/deleted
+    policy: str | None = None  # policy of a created role (default: the role name); None: existing role or no grants
+    read: tuple[str, ...] = ()  # "bucket" or "bucket/prefix/*"
+    write: tuple[str, ...] = ()  # same forms; write includes read
+    workloads: tuple[str, ...] = ()  # nginx Deployments setup creates in namespaces[0], annotated with the role
+    legacy: bool = field(default=False, compare=False)  # built from the legacy keys (no `tenants:` in the file)
+
+    @property
+    def managed(self) -> bool:
+        """rbacbridge creates, updates and deletes this tenant's role (and policy)."""
+        return self.existing_role_arn is None
+
+    @property
+    def namespace(self) -> str:
+        """Where the tenant's workloads run."""
+        return self.namespaces[0]
+
+    def role_arn(self, account: str) -> str:
+        return self.existing_role_arn or f"arn:aws:iam::{account}:role/{self.role}"
+
+
+def bucket_grant(key: str, value: Any) -> str:
+    """"bucket" or "bucket/prefix/*" (object keys under the prefix); "bucket/*" is the bucket."""
+    text = _text(key, value)
+    bucket, slash, rest = text.partition("/")
+    bucket_name(key, bucket)
+    if not slash or rest == "*":
+        return bucket
+    if not rest.endswith("/*") or not all(_S3_KEY_PART.fullmatch(p) for p in rest[:-2].split("/")):
+        raise _fail(key, value, "expected a bucket name or bucket/prefix/* (prefix parts of letters, digits and !_.'()-)")
+    return text
+
+
+def grant_bucket(grant: str) -> str:
+    return grant.split("/", 1)[0]
+
+
+def grant_objects_arn(grant: str) -> str:
+    """The object ARN a grant covers: arn:aws:s3:::bucket/* or arn:aws:s3:::bucket/prefix/*."""
+    return f"arn:aws:s3:::{grant}" if "/" in grant else f"arn:aws:s3:::{grant}/*"
+
+
+def _tenant_list(key: str, value: Any, check: Callable[[str, Any], Any], minimum: int = 0) -> tuple:
+    if _is_null(value):
+        value = []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise UsageError(f"invalid {key}: expected a list, not {_kind(value)}")
+    items = tuple(check(key, item) for item in value)
+    if len(items) < minimum:
+        raise UsageError(f"invalid {key}: at least one entry")
+    seen: set = set()
+    for item in items:
+        if item in seen:
+            raise _fail(key, item, "listed twice")
+        seen.add(item)
+    return items
+
+
+def _tenant_role(key: str, value: Any) -> tuple[str, str | None]:
+    """`role: NAME` (rbacbridge's) or `role: {existing: ARN}` (linked only)."""
+    if isinstance(value, dict):
+        if set(map(str, value)) != {"existing"}:
+            raise UsageError(f"invalid {key}: a mapping here is {{existing: ARN}} only, not {', '.join(map(shown, map(str, value)))}")
+        arn = _text(f"{key}.existing", value["existing"])
+        match = _ROLE_ARN.fullmatch(arn)
+        if not match:
+            raise _fail(f"{key}.existing", arn, "an IAM role ARN looks like arn:aws:iam::111122223333:role/NAME")
+        return match.group(2), arn
+    return role_name(key, value), None
+
+
+def tenant(index: int, raw: Any) -> Tenant:
+    """One entry of `tenants:`, validated on its own (checks across tenants are in check_tenants)."""
+    where = f"tenants[{index}]"
+    if not isinstance(raw, dict):
+        raise UsageError(f"invalid {where}: expected a mapping ({', '.join(TENANT_KEYS)}), not {_kind(raw)}")
+    for key in raw:
+        if str(key) not in TENANT_KEYS:
+            raise UsageError(f"unknown setting {shown(f'{where}.{key}')} (a tenant has {', '.join(TENANT_KEYS)})")
+    values = {str(k): v for k, v in raw.items() if not _is_null(v) or str(k) in ("read", "write", "workloads")}
+    for required in ("name", "namespaces", "role"):
+        if required not in values:
+            raise UsageError(f"invalid {where}: {required} is required")
+    name = k8s_name(f"{where}.name", values["name"])
+    namespaces = _tenant_list(f"{where}.namespaces", values["namespaces"], k8s_name, minimum=1)
+    role, existing = _tenant_role(f"{where}.role", values["role"])
+    read = _tenant_list(f"{where}.read", values.get("read"), bucket_grant)
+    write = _tenant_list(f"{where}.write", values.get("write"), bucket_grant)
+    for grant in read:
+        if grant in write:
+            raise _fail(f"{where}.read", grant, "also under write, which includes read: list it once, under write")
+    workloads = _tenant_list(f"{where}.workloads", values.get("workloads"), k8s_name)
+    policy = None
+    if "policy" in values:
+        policy = policy_name(f"{where}.policy", values["policy"])
+        if existing:
+            raise _fail(f"{where}.policy", policy, "an existing role is never changed: rbacbridge attaches no policy to it")
+        if not (read or write):
+            raise _fail(f"{where}.policy", policy, "the tenant has no read or write grants, so there is no policy")
+    elif not existing and (read or write):
+        policy = role
+    for label, text in ((f"{where}.role", role if not existing else ""), (f"{where}.policy", policy or "")):
+        if "," in text:
+            raise _fail(label, text, "rbacbridge records the names it creates in IAM tags, which cannot hold ','")
+    return Tenant(name, namespaces, role, existing, policy, read, write, workloads)
+
+
+def tenants(value: Any) -> tuple[Tenant, ...]:
+    if _is_null(value):
+        raise UsageError("invalid tenants: empty (write `tenants: []` for no tenants, or remove the key for the article's one)")
+    if not isinstance(value, (list, tuple)):
+        raise UsageError(f"invalid tenants: expected a list of tenants, not {_kind(value)}")
+    return tuple(tenant(i, raw) for i, raw in enumerate(value))
+
+
+def legacy_tenant(config: "Config") -> Tenant:
+    """The article's one tenant, from iam.pod_role / iam.pod_policy / buckets / kubernetes.namespace."""
+    return Tenant(LEGACY_TENANT, (config.namespace,), config.pod_role, None, config.pod_policy,
+                  (config.shared_bucket,), (config.tenant_bucket,), (LEGACY_TENANT,), legacy=True)
+
+
 @dataclass(frozen=True)
 class Config:
     account_id: str | None = None
@@ -429,10 +583,37 @@ class Config:
     ssh_command_timeout: float = 60.0
     node_parallelism: int = 64
     probe_image: str = "amazon/aws-cli:2.22.0"
+    # None: no `tenants:` in the file, the article's one tenant from the legacy keys (recomputed on
+    # every replace(), so --namespace and friends reach it).
+    tenants: tuple[Tenant, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     # Fields set by the config file or a flag (not defaults): the region falls back to the
     # environment and the AWS profile only when it is not set here.
     explicit: frozenset = field(default=frozenset(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.tenants is None or (len(self.tenants) == 1 and self.tenants[0].legacy):
+            object.__setattr__(self, "tenants", (legacy_tenant(self),))
+        else:
+            object.__setattr__(self, "tenants", tuple(self.tenants))
+
+    @property
+    def legacy_tenants(self) -> bool:
+        """No `tenants:` in the file: the one tenant comes from iam.pod_role, iam.pod_policy, buckets.tenant."""
+        return len(self.tenants) == 1 and self.tenants[0].legacy
+
+    def tenant(self, name: str) -> Tenant:
+        for candidate in self.tenants:
+            if candidate.name == name:
+                return candidate
+        known = ", ".join(t.name for t in self.tenants) or "none"
+        raise UsageError(f"unknown tenant {shown(name)} (tenants: {known})")
+
+    def tenant_of_namespace(self, namespace: str) -> Tenant | None:
+        for candidate in self.tenants:
+            if namespace in candidate.namespaces:
+                return candidate
+        return None
 
     @property
     def effective_default_role(self) -> str:
@@ -457,8 +638,9 @@ class Config:
         """The escalation path of handing pods the node role, in one line (None when pods do not get it)."""
         if not self.default_is_node_role:
             return None
+        roles = ", ".join(t.role for t in self.tenants) or "no tenant role"
         return (f"kube2iam.default_role={self.default_role} hands every unannotated pod the node role {self.node_role}, "
-                f"which may sts:AssumeRole {self.pod_role}: any pod can chain into it "
+                f"which may sts:AssumeRole {roles}: any pod can chain into it "
                 f"(the default, kube2iam.default_role=dedicated, gives them {self.pod_default_role} instead)")
 
     def role_arn(self, account: str, name: str) -> str:
@@ -476,11 +658,23 @@ class Config:
             option = _BY_FIELD[name]
             label = (flags or {}).get(name) or option.path
             cleaned[name] = option.check(label, value)
+        if not self.legacy_tenants:
+            for name in cleaned:
+                if _BY_FIELD[name].path in LEGACY_KEYS:
+                    label = (flags or {}).get(name) or _BY_FIELD[name].path
+                    raise UsageError(f"{label} is a legacy setting and the config has tenants: set the tenant's role, "
+                                     "policy or write in tenants: instead")
         config = replace(self, explicit=self.explicit | frozenset(cleaned), **cleaned)
         config.check_consistency()
         return config
 
     def check_consistency(self) -> None:
+        if self.legacy_tenants:
+            self._check_legacy()
+        else:
+            check_tenants(self)
+
+    def _check_legacy(self) -> None:
         if self.node_role == self.pod_role:
             raise UsageError(f"invalid iam.pod_role {shown(self.pod_role)}: the pod role must differ from the node role")
         if self.pod_default_role in (self.node_role, self.pod_role):
@@ -494,6 +688,48 @@ class Config:
         names = [self.node_policy, self.kube2iam_policy, self.pod_policy]
         if len(set(names)) != len(names):
             raise UsageError("invalid iam policies: node_policy, kube2iam_policy and pod_policy must differ")
+
+
+def check_tenants(config: Config) -> None:
+    """What no single tenant entry shows: names, namespaces, roles, policies and workloads that collide."""
+    names: dict[str, int] = {}
+    namespaces: dict[str, str] = {}
+    roles: dict[str, str] = {}
+    policies: dict[str, str] = {}
+    workloads: dict[tuple[str, str], str] = {("nginx-vanilla", config.namespace): "rbacbridge's nginx-vanilla"}
+    reserved_roles = {config.node_role: "the node role (iam.node_role)"}
+    if config.manages_default_role:
+        reserved_roles[config.pod_default_role] = "the pods' default role (iam.default_role)"
+    elif config.default_role not in (NODE, AUTO):
+        reserved_roles[config.default_role] = "the role unannotated pods get (kube2iam.default_role)"
+    reserved_policies = {config.node_policy: "iam.node_policy", config.kube2iam_policy: "iam.kube2iam_policy"}
+    for index, item in enumerate(config.tenants):
+        where = f"tenants[{index}]"
+        if item.name in names:
+            raise _fail(f"{where}.name", item.name, f"tenants[{names[item.name]}] has the same name (names are unique)")
+        names[item.name] = index
+        for namespace in item.namespaces:
+            if namespace in namespaces:
+                raise _fail(f"{where}.namespaces", namespace, f"already a namespace of tenant {namespaces[namespace]}: kube2iam's "
+                            "iam.amazonaws.com/allowed-roles is per namespace, so two tenants there could take each other's roles")
+            namespaces[namespace] = item.name
+        same_account = item.existing_role_arn is None or config.account_id in (None, item.existing_role_arn.split(":")[4])
+        if same_account and item.role in reserved_roles:
+            raise _fail(f"{where}.role", item.role, f"that is {reserved_roles[item.role]}; a tenant needs a role of its own")
+        if item.role in roles:
+            raise _fail(f"{where}.role", item.role, f"already the role of tenant {roles[item.role]} (a role serves one tenant)")
+        roles[item.role] = item.name
+        if item.policy is not None:
+            if item.policy in reserved_policies:
+                raise _fail(f"{where}.policy", item.policy, f"that is {reserved_policies[item.policy]}")
+            if item.policy in policies:
+                raise _fail(f"{where}.policy", item.policy, f"already the policy of tenant {policies[item.policy]}")
+            policies[item.policy] = item.name
+        for workload in item.workloads:
+            key = (workload, item.namespace)
+            if key in workloads:
+                raise _fail(f"{where}.workloads", workload, f"{workloads[key]} has that name in namespace {item.namespace}")
+            workloads[key] = f"tenant {item.name}"
 
 
 _SECTIONS = {o.path.rsplit(".", 1)[0] for o in SCHEMA if "." in o.path}
@@ -595,6 +831,10 @@ def load(path: str | Path | None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise UsageError(f"config {where} must be a mapping of settings, not {_kind(data)}")
+    declared = None
+    if "tenants" in data:
+        data = dict(data)
+        declared = tenants(data.pop("tenants"))
     values: dict[str, Any] = {}
     for key, value in _flatten(data).items():
         option = _BY_PATH.get(key)
@@ -605,6 +845,13 @@ def load(path: str | Path | None) -> Config:
                 continue
             raise UsageError(f"invalid {key}: empty (remove the line to use the default, {option.default})")
         values[option.field] = option.check(key, value)
-    config = Config(**values, explicit=frozenset(values))
+    if declared is not None:
+        legacy = [o.path for o in SCHEMA if o.path in LEGACY_KEYS and o.field in values]
+        if legacy:
+            raise UsageError(f"config {where} has tenants: and the legacy {', '.join(legacy)}: move "
+                             f"{'them' if len(legacy) > 1 else 'it'} into a tenant (role, policy, write) and remove the legacy key")
+        config = Config(**values, tenants=declared, explicit=frozenset(values) | {"tenants"})
+    else:
+        config = Config(**values, explicit=frozenset(values))
     config.check_consistency()
     return config

@@ -71,6 +71,12 @@ CONFIGS = {
     "default-role-is-node-role": "iam:\n  default_role: nettech-s3-read-only\n",
     "pods-default-to-pod-role": "kube2iam:\n  default_role: nettech-s3-read-write\n",
     "bad-debug": "kube2iam:\n  debug: sometimes\n",
+    "tenants-unknown-key": "tenants:\n  - {name: a, namespaces: [a], role: r, polcy: p}\n",
+    "tenants-bad-read": "tenants:\n  - {name: a, namespaces: [a], role: r, read: [x]}\n",
+    "tenants-shared-namespace": "tenants:\n  - {name: a, namespaces: [x], role: r}\n  - {name: b, namespaces: [x], role: s}\n",
+    "tenants-duplicate-name": "tenants:\n  - {name: a, namespaces: [a], role: r}\n  - {name: a, namespaces: [b], role: s}\n",
+    "tenants-node-role": "tenants:\n  - {name: a, namespaces: [a], role: nettech-s3-read-only}\n",
+    "tenants-and-legacy": "iam:\n  pod_role: x\ntenants:\n  - {name: a, namespaces: [a], role: r}\n",
 }
 FILES = {
     "non-utf8-config": b"iam:\n  node_role: \xff\xfe\n",
@@ -151,7 +157,9 @@ EXPECTED_IN_CONFIG_ERRORS = {
     "duplicate-key": "duplicate key 'node_role'", "duplicate-section": "duplicate key 'iam'", "buckets-list": "invalid buckets",
     "role-non-ascii": "iam.pod_role", "role-long": "iam.node_role", "timeout-too-long": "kubernetes.rollout_timeout",
     "region-non-ascii": "aws.region", "role-empty": "iam.node_role", "role-mapping": "iam.node_role",
-    "instances-mapping": "instances", "boolean-as-number": "kube2iam.namespace_restrictions", "port-mapping": "kube2iam.port",
+    "instances-mapping": "instances", "tenants-unknown-key": "tenants[0].polcy", "tenants-bad-read": "tenants[0].read",
+    "tenants-shared-namespace": "tenants[1].namespaces", "tenants-duplicate-name": "tenants[1].name",
+    "tenants-node-role": "tenants[0].role", "tenants-and-legacy": "move it into a tenant", "boolean-as-number": "kube2iam.namespace_restrictions", "port-mapping": "kube2iam.port",
 }
 
 
