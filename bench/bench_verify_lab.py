@@ -115,7 +115,7 @@ def phases(lab: Lab, verify_argv: list[str], counts: tuple[int, ...]) -> None:
         stats = pstats.Stats(str(profile)).stats
         cum: dict[str, float] = {}
         for (path, _, name), (_, _, _, ct, _) in stats.items():
-            if path.endswith("rbacbridge/verify.py") and name in PHASES:
+            if "rbacbridge/verify/" in path and name in PHASES:
                 cum[name] = max(cum.get(name, 0.0), ct)
         imports = max((ct for (path, _, name), (_, _, _, ct, _) in stats.items() if name == "_find_and_load" and "importlib" in path),
                       default=0.0)

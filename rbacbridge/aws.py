@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
-from rbacbridge.config import Config
+from rbacbridge.config import Config, Tenant, grant_bucket, grant_objects_arn
 from rbacbridge.errors import RbacbridgeError, UsageError, one_line, shown
 from rbacbridge.plan import (CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Execution, Step,
                              execute_in_parallel)
@@ -23,6 +23,7 @@ from rbacbridge.templating import render_json
 
 SYSTEM = "aws"
 OWNED_TAG = {"Key": MANAGED_BY_KEY, "Value": MANAGED_BY_VALUE}
+TENANT_TAG = "rbacbridge:tenant"  # on a tenant's role and policy: which tenant they serve
 # Versions up to 0.1 recorded the replaced profile in this EC2 tag on the instance. Anyone with
 # ec2:CreateTags can write it, so it is no longer trusted: "none" is migrated (it can only ever
 # lead to a disassociation), a profile ARN is refused and reported (see docs/aws.md).
@@ -254,6 +255,7 @@ class ManagedPolicy:
     name: str
     document: dict
     description: str
+    tenant: str | None = None  # the tenant it serves (tagged rbacbridge:tenant=<name>)
     kind = "iam-policy"
 
 
@@ -264,7 +266,14 @@ class Role:
     policies: tuple[str, ...]  # managed policy names to attach
     description: str
     trusts_itself: bool = False  # must be created first, then trust its own ARN
+    tenant: str | None = None  # the tenant it serves (tagged rbacbridge:tenant=<name>)
     kind = "iam-role"
+
+
+def resource_tags(resource: Any) -> list[dict[str, str]]:
+    """The tags setup gives a resource: managed-by, and the tenant of a tenant's role or policy."""
+    tenant = getattr(resource, "tenant", None)
+    return [OWNED_TAG] + ([{"Key": TENANT_TAG, "Value": tenant}] if tenant else [])
 
 
 @dataclass(frozen=True)
@@ -286,10 +295,40 @@ class ProfileAssociation:
 
 
 def assumable_role_arns(config: Config, account: str) -> list[str]:
-    """The roles kube2iam (the node role) may assume: the pod role and the role unannotated pods get.
-    The node role's own ARN only when that default is the node role (kube2iam.default_role node/auto)."""
-    arns = {config.role_arn(account, config.pod_role), config.role_arn(account, config.effective_default_role)}
+    """The roles kube2iam (the node role) may assume: every tenant's role (existing ones included) and
+    the role unannotated pods get. The node role's own ARN only when that default is the node role
+    (kube2iam.default_role node/auto)."""
+    arns = {t.role_arn(account) for t in config.tenants} | {config.role_arn(account, config.effective_default_role)}
     return sorted(arns)
+
+
+def tenant_policy_document(tenant: Tenant) -> dict:
+    """Least privilege for a tenant's grants: s3:ListBucket on each bucket, GetObject on bucket/* or the
+    prefix, Put/DeleteObject on the write grants only. Order as configured (read first), no repeats."""
+    grants = tenant.read + tenant.write
+    return render_json("tenant-policy.json.j2",
+                       bucket_arns=list(dict.fromkeys(f"arn:aws:s3:::{grant_bucket(g)}" for g in grants)),
+                       read_arns=list(dict.fromkeys(grant_objects_arn(g) for g in grants)),
+                       write_arns=list(dict.fromkeys(grant_objects_arn(g) for g in tenant.write)))
+
+
+def tenant_resources(config: Config, account: str, tenant: Tenant) -> list[Any]:
+    """A managed tenant's policy (when it has grants) and role, trusting the node role's exact ARN."""
+    if not tenant.managed:
+        return []
+    node_role_arn = config.role_arn(account, config.node_role)
+    if tenant.legacy:  # the descriptions earlier versions gave (IAM cannot change them in place)
+        policy_text = "rbacbridge: pod role reads both buckets, writes the tenant bucket (step 4)"
+        role_text = "rbacbridge: role kube2iam hands annotated pods (steps 4-5)"
+    else:
+        policy_text = f"rbacbridge: S3 access of tenant {tenant.name}"
+        role_text = f"rbacbridge: role kube2iam hands the pods of tenant {tenant.name}"
+    out: list[Any] = []
+    if tenant.policy:
+        out.append(ManagedPolicy(tenant.policy, tenant_policy_document(tenant), policy_text, tenant.name))
+    out.append(Role(tenant.role, render_json("pod-trust.json.j2", node_role_arn=node_role_arn),
+                    (tenant.policy,) if tenant.policy else (), role_text, tenant=tenant.name))
+    return out
 
 
 def desired_resources(config: Config, account: str, instance_ids: list[str], teardown: bool = False) -> list[Any]:
@@ -300,7 +339,7 @@ def desired_resources(config: Config, account: str, instance_ids: list[str], tea
     (it is deleted only if it carries rbacbridge's tag)."""
     node_role_arn = config.role_arn(account, config.node_role)
     trusts_itself = config.default_is_node_role
-    buckets = {"shared_bucket": config.shared_bucket, "tenant_bucket": config.tenant_bucket}
+    buckets = {"shared_bucket": config.shared_bucket}
     resources: list[Any] = [
         ManagedPolicy(config.node_policy, render_json("node-policy.json.j2", **buckets),
                       "rbacbridge: node role reads the shared bucket (kube2iam article step 1)"),
@@ -312,11 +351,9 @@ def desired_resources(config: Config, account: str, instance_ids: list[str], tea
              (config.node_policy, config.kube2iam_policy),
              "rbacbridge: Kubernetes worker node role (kube2iam article step 2)", trusts_itself),
         InstanceProfile(config.instance_profile, config.node_role),
-        ManagedPolicy(config.pod_policy, render_json("pod-policy.json.j2", **buckets),
-                      "rbacbridge: pod role reads both buckets, writes the tenant bucket (step 4)"),
-        Role(config.pod_role, render_json("pod-trust.json.j2", node_role_arn=node_role_arn),
-             (config.pod_policy,), "rbacbridge: role kube2iam hands annotated pods (steps 4-5)"),
     ]
+    for tenant in config.tenants:
+        resources += tenant_resources(config, account, tenant)
     if config.manages_default_role or teardown:
         # Unannotated pods get this role, not the node role: the article's read-only access without
         # the node role's sts:AssumeRole on the pod roles (no sts:* at all).
@@ -406,6 +443,17 @@ def _ownership(ctx, resource, live_tags, tag: Callable[[], Any]) -> Step | None:
                  "not tagged managed-by=rbacbridge: rename it in the config, or pass --adopt to take it over")
 
 
+def _tenant_tag_step(resource: Any, live_tags: list[dict] | None, tag: Callable[[], Any]) -> list[Step]:
+    """An owned tenant resource without (or with another) rbacbridge:tenant tag gets its tenant's."""
+    if resource.tenant is None:
+        return []
+    current = next((t["Value"] for t in live_tags or [] if t["Key"] == TENANT_TAG), None)
+    if current == resource.tenant:
+        return []
+    why = "made by an earlier version, before tenants were tagged" if current is None else f"tagged for tenant {current}"
+    return [_step(UPDATE, resource, f"tag {resource.kind} {resource.name} {TENANT_TAG}={resource.tenant}", why, tag)]
+
+
 def _plan_policy(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy) -> list[Step]:
     arn = ctx.config.policy_arn(account, policy.name)
     live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
@@ -413,14 +461,16 @@ def _plan_policy(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy) -> li
     if live is None:
         return [_step(CREATE, policy, f"create policy {policy.name}", run=lambda: gw.call(
             "iam", "create_policy", PolicyName=policy.name, PolicyDocument=document,
-            Description=policy.description, Tags=[OWNED_TAG]))]
+            Description=policy.description, Tags=resource_tags(policy)))]
     steps: list[Step] = []
-    conflict = _ownership(ctx, policy, live["Policy"].get("Tags"),
-                          lambda: gw.call("iam", "tag_policy", PolicyArn=arn, Tags=[OWNED_TAG]))
+    tag = lambda: gw.call("iam", "tag_policy", PolicyArn=arn, Tags=resource_tags(policy))  # noqa: E731
+    conflict = _ownership(ctx, policy, live["Policy"].get("Tags"), tag)
     if conflict:
         steps.append(conflict)
         if conflict.action == CONFLICT:
             return steps
+    else:
+        steps += _tenant_tag_step(policy, live["Policy"].get("Tags"), tag)
     default = live["Policy"]["DefaultVersionId"]
     current = _decode(gw.call("iam", "get_policy_version", PolicyArn=arn, VersionId=default)["PolicyVersion"]["Document"])
     if documents_equal(policy.document, current):
@@ -458,18 +508,20 @@ def _plan_role(ctx, gw: AwsGateway, account: str, role: Role) -> list[Step]:
         first_trust = _trust_without_self(role, account, config) if role.trusts_itself else role.trust
         steps.append(_step(CREATE, role, f"create role {role.name} ({_principals(role.trust)})", run=lambda: retry_eventual_consistency(
             lambda: gw.call("iam", "create_role", RoleName=role.name, AssumeRolePolicyDocument=json.dumps(first_trust),
-                            Description=role.description, Tags=[OWNED_TAG]))))
+                            Description=role.description, Tags=resource_tags(role)))))
         if role.trusts_itself:
             steps.append(_step(UPDATE, role, f"let role {role.name} trust its own ARN",
                                "kube2iam's default role is the node role; a role can only name itself once it exists",
                                update_trust))
     else:
-        conflict = _ownership(ctx, role, live["Role"].get("Tags"),
-                              lambda: gw.call("iam", "tag_role", RoleName=role.name, Tags=[OWNED_TAG]))
+        tag = lambda: gw.call("iam", "tag_role", RoleName=role.name, Tags=resource_tags(role))  # noqa: E731
+        conflict = _ownership(ctx, role, live["Role"].get("Tags"), tag)
         if conflict:
             steps.append(conflict)
             if conflict.action == CONFLICT:
                 return steps
+        else:
+            steps += _tenant_tag_step(role, live["Role"].get("Tags"), tag)
         current = _decode(live["Role"]["AssumeRolePolicyDocument"])
         if not documents_equal(role.trust, current):
             steps.append(_step(UPDATE, role, f"update trust policy of role {role.name}",
@@ -505,6 +557,28 @@ def _attached_policies(gw: AwsGateway, role: str) -> list[dict]:
         marker = page["Marker"]
 
 
+def live_documents(iam, roles: list[str]):
+    """Trust, attached and inline policies of each role as IAM has them now (a boto3 IAM client; read-only).
+    Roles that do not exist are left out. Returns rbacbridge.policy_eval.Documents."""
+    from rbacbridge.policy_eval import Documents
+
+    docs = Documents()
+    for role in roles:
+        try:
+            docs.trust[role] = _decode(iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"])
+        except iam.exceptions.NoSuchEntityException:
+            continue
+        policies = []
+        for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+            arn = attached["PolicyArn"]
+            version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+            policies.append(_decode(iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]))
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            policies.append(_decode(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]))
+        docs.policies[role] = policies
+    return docs
+
+
 def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None) -> list[Step]:
     add_role = lambda: gw.call("iam", "add_role_to_instance_profile",  # noqa: E731
                                InstanceProfileName=profile.name, RoleName=profile.role)
@@ -515,7 +589,8 @@ def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | No
             _step(CREATE, profile, f"put role {profile.role} in instance profile {profile.name}", run=add_role),
         ]
     steps: list[Step] = []
-    foreign_record = [t["Key"] for t in live["InstanceProfile"].get("Tags", []) if t["Key"].startswith(_RECORD_KEYS)]
+    foreign_record = [t["Key"] for t in live["InstanceProfile"].get("Tags", [])
+                      if t["Key"].startswith(_RECORD_KEYS + (TENANT_RECORD_PREFIX,))]
 
     def adopt() -> None:
         gw.call("iam", "tag_instance_profile", InstanceProfileName=profile.name, Tags=[OWNED_TAG])
@@ -705,6 +780,206 @@ def record_changes(record: Record, updates: list[Previous]) -> dict[str, str]:
 
 
 # --- planning: associations (setup) -------------------------------------------------------------
+
+
+# --- the tenant record ------------------------------------------------------------------------
+#
+# Which tenants' roles and policies setup created, in IAM tags on rbacbridge's own instance profile
+# (like the restore record: writing them needs iam:TagInstanceProfile on that profile, which tenants
+# and most principals lack; a tag on the role itself could be written by anyone allowed to tag roles).
+#   rbacbridge:tenant:<tenant name>   "role=<role> policy=<policy>" (policy= absent without grants)
+# Written before a tenant's resources are created (with the old names too while they change); an
+# entry goes only after what it names is deleted. Removing a tenant from the config deletes what its
+# entry names, and only what also carries managed-by=rbacbridge and rbacbridge:tenant=<that tenant>.
+
+TENANT_RECORD_PREFIX = "rbacbridge:tenant:"
+_TENANT_TOKEN = re.compile(r"(role|policy)=([A-Za-z0-9_+=.@-]{1,128})")
+_TENANT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class TenantEntry:
+    tenant: str
+    roles: tuple[str, ...]
+    policies: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return TENANT_RECORD_PREFIX + self.tenant
+
+    @property
+    def value(self) -> str:
+        return " ".join([f"role={r}" for r in self.roles] + [f"policy={p}" for p in self.policies])
+
+    def union(self, other: "TenantEntry | None") -> "TenantEntry":
+        if other is None:
+            return self
+        return TenantEntry(self.tenant, tuple(dict.fromkeys(other.roles + self.roles)),
+                           tuple(dict.fromkeys(other.policies + self.policies)))
+
+    def describe(self) -> str:
+        parts = [f"role {', '.join(self.roles)}"] + ([f"policy {', '.join(self.policies)}"] if self.policies else [])
+        return f"{self.tenant} ({'; '.join(parts)})"
+
+
+def parse_tenant_record(tags: list[dict] | None) -> tuple[dict[str, TenantEntry], list[str]]:
+    """The entries of the tenant record, and what in it cannot be read (never acted on)."""
+    entries: dict[str, TenantEntry] = {}
+    problems: list[str] = []
+    for tag in tags or []:
+        key, value = tag["Key"], tag["Value"]
+        if not key.startswith(TENANT_RECORD_PREFIX):
+            continue
+        name = key[len(TENANT_RECORD_PREFIX):]
+        tokens = [_TENANT_TOKEN.fullmatch(t) for t in value.split(" ") if t]
+        if not _TENANT_NAME.fullmatch(name) or not tokens or None in tokens or not any(t.group(1) == "role" for t in tokens):
+            problems.append(f"tag {key} = {shown(value)} is not a tenant entry")
+            continue
+        entries[name] = TenantEntry(name, tuple(t.group(2) for t in tokens if t.group(1) == "role"),
+                                    tuple(t.group(2) for t in tokens if t.group(1) == "policy"))
+    return entries, problems
+
+
+def desired_tenant_record(config: Config) -> dict[str, TenantEntry]:
+    # IAM tag values hold no ','; IAM names may (iam.pod_role of the article's tenant): such a tenant is not
+    # recorded, so it is never removed as a tenant (teardown still removes it as configured).
+    return {t.name: TenantEntry(t.name, (t.role,), (t.policy,) if t.policy else ()) for t in config.tenants
+            if t.managed and "," not in t.role + (t.policy or "")}
+
+
+def _record_resource(profile: str) -> InstanceProfile:
+    return InstanceProfile(profile, "")
+
+
+def _tenant_record_start(ctx, gw: AwsGateway, live_profile: dict | None) -> tuple[list[Step], dict[str, TenantEntry]]:
+    """Before any tenant resource is created: record every configured managed tenant (old names kept
+    while they change). Returns the steps and the record as it will stand (the live entries, trusted)."""
+    config = ctx.config
+    info = live_profile["InstanceProfile"] if live_profile else None
+    owned = info is not None and _owned(info.get("Tags"))
+    if info is not None and not owned and not ctx.adopt:
+        return [], {}  # the profile's conflict blocks the run
+    tags = (info.get("Tags") or []) if owned else []
+    live, problems = parse_tenant_record(tags)
+    steps = [Step(SYSTEM, LEFT_ALONE, "tenant-record", config.instance_profile,
+                  f"tenant record on instance profile {config.instance_profile} looks tampered with: {p}",
+                  "nothing is deleted on the strength of this tag") for p in problems]
+    changes: dict[str, str] = {}
+    added: list[TenantEntry] = []
+    for name, wanted in desired_tenant_record(config).items():
+        entry = wanted.union(live.get(name))
+        if len(entry.value) > TAG_VALUE_MAX:
+            steps.append(Step(SYSTEM, CONFLICT, "tenant-record", config.instance_profile,
+                              f"cannot record tenant {name}: old and new role and policy names exceed {TAG_VALUE_MAX} characters",
+                              "rename in two runs (role first, then policy), or remove the tenant and add it again"))
+            continue
+        if live.get(name) is None or live[name].value != entry.value:
+            changes[entry.key] = entry.value
+            added.append(entry)
+    if changes:
+        total = len({t["Key"] for t in tags} | set(changes)) + (0 if owned else 1)
+        if total > TAGS_PER_RESOURCE:
+            steps.append(Step(SYSTEM, CONFLICT, "tenant-record", config.instance_profile,
+                              f"cannot record {len(added)} more tenant(s) on instance profile {config.instance_profile}",
+                              f"it would need {total} tags, IAM allows {TAGS_PER_RESOURCE} (the restore record shares them)"))
+        else:
+            items = [{"Key": k, "Value": v} for k, v in sorted(changes.items())]
+            steps.append(Step(SYSTEM, UPDATE if live else CREATE, "tenant-record", config.instance_profile,
+                              f"record on instance profile {config.instance_profile} the tenants whose resources setup manages: "
+                              + "; ".join(e.describe() for e in added),
+                              "IAM tags on rbacbridge's own profile: removing a tenant later deletes only what is recorded",
+                              lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=config.instance_profile, Tags=items),
+                              {"tenants": sorted(e.tenant for e in added)}))
+    return steps, live
+
+
+def _tenant_evidence(live_tags: list[dict] | None, tenant: str) -> str | None:
+    """Why a recorded tenant resource is not provably ours (None: it is)."""
+    tags = {t["Key"]: t["Value"] for t in live_tags or []}
+    if tags.get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
+        return "not tagged managed-by=rbacbridge"
+    if tags.get(TENANT_TAG) != tenant:
+        return f"not tagged {TENANT_TAG}={tenant}"
+    return None
+
+
+def _plan_removed_tenants(ctx, gw: AwsGateway, account: str, recorded: dict[str, TenantEntry],
+                          keep_roles: set[str], keep_policies: set[str], teardown: bool) -> tuple[list[Step], set[str]]:
+    """Delete the recorded tenant roles and policies the configuration no longer has (all of them on
+    teardown), on evidence: the record, plus rbacbridge's tags naming that tenant. Detach before delete.
+    Returns the steps and the tenants whose entry can go once they have run."""
+    steps: list[Step] = []
+    settled: set[str] = set()
+    why_gone = "teardown" if teardown else "no longer in the config"
+    for name, entry in sorted(recorded.items()):
+        label = f"tenant {name} ({why_gone})" if teardown or name not in desired_tenant_record(ctx.config) else f"tenant {name} (renamed resource)"
+        deleted_roles: set[str] = set()
+        for role_name in entry.roles:
+            if role_name in keep_roles:
+                continue
+            live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=role_name)
+            if live is None:
+                continue
+            role = Role(role_name, {}, (), "", tenant=name)
+            refused = _tenant_evidence(live["Role"].get("Tags"), name)
+            if refused:
+                steps.append(_step(LEFT_ALONE, role, f"{label}: leave role {role_name}, recorded for it", refused))
+                continue
+            part = _plan_role_teardown(ctx, gw, role, set(), set())
+            if part and part[-1].action == DELETE:
+                deleted_roles.add(role_name)
+            steps += [_named(s, label) for s in part]
+        for policy_name in entry.policies:
+            if policy_name in keep_policies:
+                continue
+            arn = ctx.config.policy_arn(account, policy_name)
+            live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
+            if live is None:
+                continue
+            policy = ManagedPolicy(policy_name, {}, "", name)
+            refused = _tenant_evidence(live["Policy"].get("Tags"), name)
+            if refused:
+                steps.append(_step(LEFT_ALONE, policy, f"{label}: leave policy {policy_name}, recorded for it", refused))
+                continue
+            part = _plan_policy_teardown(ctx, gw, account, policy, deleted_roles, detach_roles=set(entry.roles) & keep_roles)
+            steps += [_named(s, label) for s in part]
+        settled.add(name)
+    return steps, settled
+
+
+def _named(step: Step, label: str) -> Step:
+    step.message = f"{label}: {step.message}"
+    step.details = {**step.details, "tenant": label.split(" ")[1]}
+    return step
+
+
+def _tenant_record_end(ctx, gw: AwsGateway, recorded: dict[str, TenantEntry], settled: set[str]) -> list[Step]:
+    """After the removals: each settled entry back to what the config has, or gone."""
+    profile = ctx.config.instance_profile
+    desired = desired_tenant_record(ctx.config)
+    rewrite = {desired[n].key: desired[n].value for n in settled if n in desired and desired[n].value != recorded[n].value}
+    forget = sorted(recorded[n].key for n in settled if n not in desired)
+    steps: list[Step] = []
+    if rewrite:
+        items = [{"Key": k, "Value": v} for k, v in sorted(rewrite.items())]
+        steps.append(Step(SYSTEM, UPDATE, "tenant-record", profile,
+                          f"record on instance profile {profile} only the current names of tenant(s) "
+                          + ", ".join(k[len(TENANT_RECORD_PREFIX):] for k in sorted(rewrite)),
+                          run=lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=profile, Tags=items)))
+    if forget:
+        steps.append(Step(SYSTEM, DELETE, "tenant-record", profile,
+                          "forget " + ", ".join(f"tenant {k[len(TENANT_RECORD_PREFIX):]}" for k in forget)
+                          + f" in the record on instance profile {profile}",
+                          "their recorded resources are gone (or were not provably rbacbridge's)",
+                          lambda: gw.call("iam", "untag_instance_profile", InstanceProfileName=profile, TagKeys=forget)))
+    return steps
+
+
+def _kept_names(config: Config, account: str) -> tuple[set[str], set[str]]:
+    """Role and policy names the configuration still uses (never deleted as a removed tenant's)."""
+    roles = {t.role for t in config.tenants} | {config.node_role, config.pod_default_role, config.effective_default_role}
+    policies = {t.policy for t in config.tenants if t.policy} | {config.node_policy, config.kube2iam_policy}
+    return roles, policies
 
 
 # --- what the instances' metadata options mean for kube2iam ------------------------------------
@@ -951,6 +1226,7 @@ def plan_setup(ctx) -> list[Step]:
     _note_metadata_options(ctx, instances)
     steps: list[Step] = []
     live_profile = None
+    recorded: dict[str, TenantEntry] = {}
     for resource in desired_resources(ctx.config, account, []):
         if isinstance(resource, ManagedPolicy):
             steps += _plan_policy(ctx, gw, account, resource)
@@ -959,6 +1235,12 @@ def plan_setup(ctx) -> list[Step]:
         elif isinstance(resource, InstanceProfile):
             live_profile = _live_profile(gw, resource.name)
             steps += _plan_profile(ctx, gw, resource, live_profile)
+            record_steps, recorded = _tenant_record_start(ctx, gw, live_profile)
+            steps += record_steps  # before any tenant's role or policy is created
+    keep_roles, keep_policies = _kept_names(ctx.config, account)
+    removal, settled = _plan_removed_tenants(ctx, gw, account, recorded, keep_roles, keep_policies, teardown=False)
+    steps += removal
+    steps += _tenant_record_end(ctx, gw, recorded, settled)
     steps += _plan_associations(ctx, gw, account, ids, live_profile, instances)
     return steps
 
@@ -1092,7 +1374,10 @@ def _plan_role_teardown(ctx, gw: AwsGateway, role: Role, own_profiles: set[str],
     return steps
 
 
-def _plan_policy_teardown(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy, roles_deleted: set[str]) -> list[Step]:
+def _plan_policy_teardown(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy, roles_deleted: set[str],
+                          detach_roles: set[str] = frozenset()) -> list[Step]:
+    """Delete the policy. `roles_deleted` detach it themselves (their steps come first); `detach_roles`
+    are rbacbridge's roles that stay (a tenant's role keeps, its policy goes): detached here."""
     arn = ctx.config.policy_arn(account, policy.name)
     live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
     if live is None:
@@ -1100,10 +1385,14 @@ def _plan_policy_teardown(ctx, gw: AwsGateway, account: str, policy: ManagedPoli
     if not _owned(live["Policy"].get("Tags")) and not ctx.force:
         return [_left_alone(policy)]
     entities = gw.call("iam", "list_entities_for_policy", PolicyArn=arn)
-    others = [("role", r["RoleName"]) for r in entities["PolicyRoles"] if r["RoleName"] not in roles_deleted]
+    roles = [r["RoleName"] for r in entities["PolicyRoles"] if r["RoleName"] not in roles_deleted]
+    others = [("role", r) for r in roles if r not in detach_roles]
     others += [("user", u["UserName"]) for u in entities["PolicyUsers"]]
     others += [("group", g["GroupName"]) for g in entities["PolicyGroups"]]
-    steps: list[Step] = []
+    steps: list[Step] = [
+        Step(SYSTEM, DELETE, "iam-attachment", f"{r}/{policy.name}", f"detach policy {policy.name} from role {r}",
+             run=lambda r=r: gw.call("iam", "detach_role_policy", RoleName=r, PolicyArn=arn))
+        for r in roles if r in detach_roles]
     if others:
         names = ", ".join(f"{k} {n}" for k, n in others)
         if not ctx.force:
@@ -1152,6 +1441,14 @@ def plan_teardown(ctx) -> list[Step]:
     kept_profiles = {n for n, live in profiles.items() if live is not None and (keep[n] or not (
         ctx.force or _owned(live["InstanceProfile"].get("Tags"))))}
     own_profiles = set(profiles) - kept_profiles
+    # Tenants recorded on rbacbridge's profile but no longer configured: theirs go first.
+    live = profiles.get(ctx.config.instance_profile)
+    recorded = parse_tenant_record(live["InstanceProfile"].get("Tags"))[0] if live and _owned(
+        live["InstanceProfile"].get("Tags")) else {}
+    configured_roles = {r.name for r in resources if isinstance(r, Role)} | {ctx.config.node_role}
+    configured_policies = {r.name for r in resources if isinstance(r, ManagedPolicy)}
+    removal, _ = _plan_removed_tenants(ctx, gw, account, recorded, configured_roles, configured_policies, teardown=True)
+    steps += removal
     roles_deleted: set[str] = set()
     for resource in reversed(resources):
         if isinstance(resource, Role):

@@ -520,6 +520,9 @@ def tenant(index: int, raw: Any) -> Tenant:
             raise _fail(f"{where}.policy", policy, "the tenant has no read or write grants, so there is no policy")
     elif not existing and (read or write):
         policy = role
+    for label, text in ((f"{where}.role", role if not existing else ""), (f"{where}.policy", policy or "")):
+        if "," in text:
+            raise _fail(label, text, "rbacbridge records the names it creates in IAM tags, which cannot hold ','")
     return Tenant(name, namespaces, role, existing, policy, read, write, workloads)
 
 

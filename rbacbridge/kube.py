@@ -42,16 +42,18 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Deployment": ("/apis/apps/v1", "deployments", True),
 }
 
-# The objects, in the order setup applies them (teardown deletes in reverse).
+# The objects, in the order setup applies them (teardown deletes in reverse): kube2iam's, then per
+# tenant namespace its allowed-roles annotation, nginx-vanilla, then each tenant's workloads.
 TEMPLATES = (
     "serviceaccount.yaml.j2",
     "clusterrole.yaml.j2",
     "clusterrolebinding.yaml.j2",
     "daemonset.yaml.j2",
-    "namespace-allowed-roles.yaml.j2",
-    "nginx-vanilla.yaml.j2",
-    "nginx-annotated.yaml.j2",
 )
+NAMESPACE_TEMPLATE = "namespace-allowed-roles.yaml.j2"
+VANILLA_TEMPLATE = "nginx-vanilla.yaml.j2"
+TENANT_TEMPLATE = "nginx-tenant.yaml.j2"
+TENANT_LABEL = "rbacbridge.io/tenant"  # on a declared tenant's workloads (not the article's nginx-annotated)
 
 # Network plugin (DaemonSet / pod name prefix in the cluster) -> kube2iam --host-interface.
 # Order matters: the AWS VPC CNI decides the pod interface even with Calico on top for policy,
@@ -80,14 +82,25 @@ def desired_objects(config, host_interface: str) -> list[dict[str, Any]]:
 
     if not config.account_id:
         raise UsageError("the kube2iam DaemonSet needs --account-id (or account_id in the config) for --base-role-arn")
-    objects = []
-    for name in TEMPLATES:
-        if name.startswith("namespace-") and not config.namespace_restrictions:
-            continue
-        text = render_text(f"k8s/{name}", config=config, account_id=config.account_id,
-                           host_interface=host_interface, allowed_roles=[config.pod_role])
-        objects.append(yaml.safe_load(text))
+    def render(name: str, **context: Any) -> dict[str, Any]:
+        return yaml.safe_load(render_text(f"k8s/{name}", config=config, account_id=config.account_id,
+                                          host_interface=host_interface, **context))
+
+    objects = [render(name) for name in TEMPLATES]
+    if config.namespace_restrictions:
+        for tenant in config.tenants:
+            objects += [render(NAMESPACE_TEMPLATE, namespace=ns, allowed_roles=[role_reference(tenant)])
+                        for ns in tenant.namespaces]
+    objects.append(render(VANILLA_TEMPLATE))
+    for tenant in config.tenants:
+        objects += [render(TENANT_TEMPLATE, tenant=tenant, workload=w, role=role_reference(tenant)) for w in tenant.workloads]
     return objects
+
+
+def role_reference(tenant) -> str:
+    """How kube2iam is told a tenant's role (pod annotation, allowed-roles): the name of a role rbacbridge
+    creates (kube2iam prefixes --base-role-arn, as in the article), the full ARN of an existing one."""
+    return tenant.existing_role_arn or tenant.role
 
 
 def describe(obj: dict[str, Any]) -> str:
@@ -614,12 +627,75 @@ def plan_setup(ctx) -> list[Step]:
                               reason=_fields_reason(fields), run=apply, details={"fields": fields}))
         else:
             steps.append(Step(SYSTEM, UNCHANGED, obj["kind"], name, f"{obj['kind']} {name} is up to date"))
-    if not ctx.config.namespace_restrictions:
-        # restrictions were turned off: an annotation rbacbridge set earlier no longer belongs there
-        step = _plan_annotation_removal(ctx, gw, ctx.config.namespace)
-        if step.action == DELETE:
+    # Annotations rbacbridge set on namespaces that are no tenant's now (or restrictions turned off)
+    # go before the Deployments; workloads of removed tenants go last.
+    stale = _plan_stale_annotations(ctx, gw)
+    at = len([s for s in steps if s.kind != "Deployment"])
+    steps[at:at] = stale
+    steps += _plan_stale_workloads(ctx, gw)
+    return steps
+
+
+def _tenant_namespaces(config) -> set[str]:
+    return {ns for t in config.tenants for ns in t.namespaces} if config.namespace_restrictions else set()
+
+
+def _plan_stale_annotations(ctx, gw: KubeGateway, teardown: bool = False) -> list[Step]:
+    """rbacbridge's allowed-roles annotation on a namespace that no tenant has (any more): removed
+    (only rbacbridge's field, on the evidence of its field manager)."""
+    config = ctx.config
+    keep = set() if teardown else _tenant_namespaces(config)
+    try:
+        candidates = gw.list("Namespace")
+    except KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        names = sorted(_tenant_namespaces(config) | {config.namespace})
+        _note(ctx, f"cannot list namespaces (403): rbacbridge's allowed-roles annotation looked for in {', '.join(names)} only")
+        candidates = [o for o in (gw.get("Namespace", n) for n in names) if o is not None]
+    steps = []
+    for live in candidates:
+        name = live["metadata"]["name"]
+        if name in keep or ALLOWED_ROLES not in (live["metadata"].get("annotations") or {}) or not owns_annotation(live):
+            continue
+        step = _plan_annotation_removal(ctx, gw, name, live)
+        if teardown:
+            step.message = f"{step.message}: no longer a tenant's namespace in the config"
+        elif not config.namespace_restrictions:
             step.reason = "kube2iam.namespace_restrictions is off"
-            steps.insert(len([s for s in steps if s.kind != "Deployment"]), step)
+        else:
+            step.reason = "no tenant in the config has this namespace any more"
+        steps.append(step)
+    return steps
+
+
+def _plan_stale_workloads(ctx, gw: KubeGateway, teardown: bool = False) -> list[Step]:
+    """Deployments rbacbridge made for a tenant (its labels) that the config no longer lists: deleted."""
+    config = ctx.config
+    wanted = set() if teardown else {(t.namespace, w) for t in config.tenants for w in t.workloads}
+    selector = f"{MANAGED_BY}={OWNER},{TENANT_LABEL}"
+    try:
+        found = gw.list("Deployment", label_selector=selector)
+    except KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        names = sorted({t.namespace for t in config.tenants} | {config.namespace})
+        _note(ctx, f"cannot list Deployments in all namespaces (403): tenants' workloads looked for in {', '.join(names)} only")
+        found = [o for ns in names for o in gw.list("Deployment", ns, label_selector=selector)]
+    # the article's nginx-annotated carries no tenant label: found by name where it was made
+    legacy = gw.get("Deployment", "nginx-annotated", config.namespace)
+    if legacy is not None and is_ours(legacy) and TENANT_LABEL not in (legacy["metadata"].get("labels") or {}):
+        found.append(legacy)
+    steps = []
+    for live in found:
+        meta = live["metadata"]
+        if (meta.get("namespace"), meta["name"]) in wanted:
+            continue
+        tenant = (meta.get("labels") or {}).get(TENANT_LABEL) or "nginx-annotated"
+        gone = config.tenant_of_namespace(meta.get("namespace", "")) is None or tenant not in {t.name for t in config.tenants}
+        why = "no longer in the config" if gone else "no longer lists this workload"
+        steps.append(Step(SYSTEM, DELETE, "Deployment", describe(live), f"tenant {tenant} {why}: delete Deployment {describe(live)}",
+                          run=_deleter(gw, "Deployment", meta["name"], meta.get("namespace")), details={"tenant": tenant}))
     return steps
 
 
@@ -668,12 +744,20 @@ def plan_teardown(ctx) -> list[Step]:
     import dataclasses
 
     named = desired_objects(dataclasses.replace(config, namespace_restrictions=True, account_id=config.account_id or "000000000000"), FALLBACK_INTERFACE)
+    named_keys = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in named}
+    # what tenants no longer in the config left behind (rbacbridge's labels / field manager) goes first
+    steps += [s for s in _plan_stale_workloads(ctx, gw, teardown=True)
+              if ("Deployment", *s.name.split("/", 1)) not in named_keys]
+    stale_namespaces = [s for s in _plan_stale_annotations(ctx, gw, teardown=True)
+                        if ("Namespace", None, s.name) not in named_keys]
     for obj in reversed(named):
         meta = obj["metadata"]
         name = describe(obj)
         if obj["kind"] == "Namespace":
             steps.append(_plan_annotation_removal(ctx, gw, meta["name"]))
             continue
+        if obj["kind"] == "DaemonSet":
+            steps += stale_namespaces
         live = gw.get(obj["kind"], meta["name"], meta.get("namespace"))
         if live is None:
             steps.append(Step(SYSTEM, UNCHANGED, obj["kind"], name, f"{obj['kind']} {name} is already gone"))
@@ -691,8 +775,8 @@ def _deleter(gw: KubeGateway, kind: str, name: str, namespace: str | None) -> Ca
     return lambda: gw.delete(kind, name, namespace)
 
 
-def _plan_annotation_removal(ctx, gw: KubeGateway, namespace: str) -> Step:
-    live = gw.get("Namespace", namespace)
+def _plan_annotation_removal(ctx, gw: KubeGateway, namespace: str, live: dict[str, Any] | None = None) -> Step:
+    live = live if live is not None else gw.get("Namespace", namespace)
     label = f"{namespace} annotation {ALLOWED_ROLES}"
     current = ((live or {}).get("metadata", {}).get("annotations") or {}).get(ALLOWED_ROLES)
     if current is None:
@@ -734,8 +818,8 @@ def _workload_ready(obj: dict[str, Any]) -> tuple[bool, str]:
 def _workloads(ctx) -> list[tuple[str, str, str]]:
     config = ctx.config
     return [("DaemonSet", "kube2iam", config.kube2iam_namespace),
-            ("Deployment", "nginx-vanilla", config.namespace),
-            ("Deployment", "nginx-annotated", config.namespace)]
+            ("Deployment", "nginx-vanilla", config.namespace)] + [
+            ("Deployment", w, t.namespace) for t in config.tenants for w in t.workloads]
 
 
 def after_setup(ctx) -> None:

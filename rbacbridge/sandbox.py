@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any
 
 from rbacbridge import policy_eval as pe
+from rbacbridge.aws import live_documents  # noqa: F401 - also used by tests
 from rbacbridge import verify as v
 from rbacbridge.config import Config
 from rbacbridge.errors import UsageError
@@ -111,25 +112,6 @@ def _bootstrap_admin(endpoint_url: str, region: str) -> dict[str, str]:
 
 def _doc(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str) else value
-
-
-def live_documents(iam, roles: list[str]) -> v.Documents:
-    """Trust, attached and inline policies of each role as IAM has them now."""
-    docs = v.Documents()
-    for role in roles:
-        try:
-            docs.trust[role] = _doc(iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"])
-        except iam.exceptions.NoSuchEntityException:
-            continue
-        policies = []
-        for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
-            arn = attached["PolicyArn"]
-            version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
-            policies.append(_doc(iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]))
-        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
-            policies.append(_doc(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]))
-        docs.policies[role] = policies
-    return docs
 
 
 def _plant(iam, config: Config, account: str, fault: str | None) -> list:

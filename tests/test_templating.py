@@ -24,7 +24,8 @@ def jinja(name: str, **context):
 
 CASES = [
     ("node-policy.json.j2", {"shared_bucket": "nettech-helm-test", "tenant_bucket": "lanre.k8s.dev"}),
-    ("pod-policy.json.j2", {"shared_bucket": "nettech-helm-test", "tenant_bucket": "lanre.k8s.dev"}),
+    ("tenant-policy.json.j2", {"bucket_arns": [ARN, AWKWARD], "read_arns": [ARN + "/*"], "write_arns": [AWKWARD + "/*"]}),
+    ("tenant-policy.json.j2", {"bucket_arns": [ARN], "read_arns": [ARN + "/*"], "write_arns": []}),
     ("pod-trust.json.j2", {"node_role_arn": ARN}),
     ("node-trust.json.j2", {"self_trust": True, "node_role_arn": ARN}),
     ("node-trust.json.j2", {"self_trust": False, "node_role_arn": ARN}),
