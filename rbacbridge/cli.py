@@ -556,6 +556,7 @@ def verify(
     node: Annotated[Optional[str], typer.Option("--node", metavar="HOST[:PORT]", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
     host_ip: Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
     no_drift_check: Annotated[bool, typer.Option("--no-drift-check", help="skip comparing live IAM and Kubernetes state with what setup wants")] = False,
+    every_node: Annotated[bool, typer.Option("--every-node", help="probe every cell on every node (default: bucket and chain cells once per workload and observed role)")] = False,
 ) -> None:
     """Check the S3 access matrix and the chains into managed roles: expected (from the configuration) vs
     observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
@@ -581,7 +582,7 @@ def verify(
 
     try:
         result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip,
-                                           drift_check=not no_drift_check))
+                                           drift_check=not no_drift_check, share=not every_node))
     except IncompleteError as exc:
         report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
         raise

@@ -183,12 +183,12 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
 
 def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
                allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
-               diagnostics: Diagnostics | None = None) -> VerifyResult:
-    """Expected from the configuration, observed from the targets, compared and blamed."""
+               diagnostics: Diagnostics | None = None, share: bool = True) -> VerifyResult:
+    """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe)."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
     chains = {e.principal.name: [(t, config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
-    observed = observe(targets, buckets_of(config), chains=chains)
+    observed = observe(targets, buckets_of(config), chains=chains, share=share)
     result = compare(config, account, stage, expected, observed, diagnostics)
     if result.left_behind:
         result.notes.append("probe objects left behind: " + ", ".join(result.left_behind))
