@@ -207,10 +207,10 @@ def tenants_scenario(args) -> int:
             print(f"round {r + 1}: " + ", ".join(f"{name.split(':')[0]} {results[name][-1][0]:.2f} s" for name, _ in rows), flush=True)
         med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
                for name, v in results.items()}
-        base, one, many = (med[name] for name, _ in rows)
+        base, one, many = (med[name] for name, _ in rows[:3])
         print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {os.getloadavg()}")
         print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
-        for (name, _), (wall, cpu), ref in zip(rows, (base, one, many), (base, base, one)):
+        for (name, _), (wall, cpu), ref in zip(rows, [med[name] for name, _ in rows], (base, base, one, one)):
             print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
                   f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
         print(f"\ntarget: {many_tenants} tenants x {many_nodes} nodes <= 3x 1 tenant x 1 node: {many[0] / one[0]:.2f}x "
@@ -233,6 +233,8 @@ def main() -> int:
     parser.add_argument("--scenario", choices=("nodes", "tenants"), default="nodes",
                         help="nodes: 1 vs N nodes vs one probe (issue 14); tenants: --tenants x 2 nodes vs 1 x 1 (issue 12)")
     parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--every-node", action=argparse.BooleanOptionalAction, default=True,
+                        help="nodes scenario: also a row with verify --every-node (no cells shared between nodes)")
     parser.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True,
                         help="after the rounds, one profiled run per node count: where verify's time goes")
     parser.add_argument("--args", default="", help="extra verify arguments, e.g. --no-drift-check")
@@ -264,11 +266,11 @@ def main() -> int:
             assert done.returncode == 0, done.stderr[-1000:]
             return None, 0.0
 
-        def verify(count: int):
+        def verify(count: int, extra: tuple[str, ...] = ()):
             def run():
                 set_workload_nodes(lab, count)
                 before = execs.count
-                rc, stdout, stderr, cpu = run_cli(lab, verify_argv)
+                rc, stdout, stderr, cpu = run_cli(lab, [*verify_argv, *extra])
                 assert rc == 0, (rc, stdout[-2000:], stderr[-2000:])
                 document = json.loads(stdout)
                 assert len({p["node"] for p in document["principals"]}) == count, document["principals"]
@@ -277,6 +279,8 @@ def main() -> int:
 
         rows = [("probe: one list-objects-v2 in a pod", probe), ("verify, 1 node", verify(1)),
                 (f"verify, {args.nodes} nodes", verify(args.nodes))]
+        if args.every_node:  # the same without sharing cells between nodes: what sharing saves
+            rows.append((f"verify, {args.nodes} nodes, --every-node", verify(args.nodes, ("--every-node",))))
         probe()  # warm: page cache, moto's S3 and STS, kube2iam's first answers
         results: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name, _ in rows}
         outs: dict[str, object] = {}
@@ -288,15 +292,16 @@ def main() -> int:
                   flush=True)
         med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
                for name, v in results.items()}
-        base, one, many = (med[name] for name, _ in rows)
+        base, one, many = (med[name] for name, _ in rows[:3])
         print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {os.getloadavg()}")
         print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
-        for (name, _), (wall, cpu), ref in zip(rows, (base, one, many), (base, base, one)):
+        for (name, _), (wall, cpu), ref in zip(rows, [med[name] for name, _ in rows], (base, base, one, one)):
             print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
                   f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
         print(f"\ntargets: verify@1 <= 3x probe: {one[0] / base[0]:.2f}x {'met' if one[0] <= 3 * base[0] else 'MISSED'}; "
               f"verify@{args.nodes} <= 1.5x verify@1: {many[0] / one[0]:.2f}x {'met' if many[0] <= 1.5 * one[0] else 'MISSED'}")
-        print(f"principals probed: 1 node {outs[rows[1][0]]}, {args.nodes} nodes {outs[rows[2][0]]}")
+        for name, _ in rows[1:]:
+            print(f"{name}: {outs[name]}")
         if args.phases:
             phases(lab, verify_argv, (1, args.nodes))
     finally:
