@@ -11,8 +11,9 @@ from typing import Any, Callable, Protocol
 
 from rbacbridge import policy_eval as pe
 from rbacbridge.errors import UsageError
+from rbacbridge.config import grant_bucket
 from rbacbridge.verify.expected import probe_key
-from rbacbridge.verify.model import (ACCESS_DENIED, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR, IDENTITY,
+from rbacbridge.verify.model import (ACCESS_DENIED, ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR, IDENTITY,
                                      INVALID_CREDENTIALS, NETWORK, NO_CREDENTIALS, NO_SUCH_BUCKET, READ, WRITE, CallResult,
                                      Observation, Observed, Principal)
 
@@ -114,6 +115,9 @@ class ProbeBackend(Protocol):
     def put_object(self, bucket: str, key: str) -> CallResult: ...
     def delete_object(self, bucket: str, key: str) -> CallResult: ...
     def assume_role(self, role_arn: str) -> CallResult: ...  # value: the assumed-role ARN, never the credentials
+    # Optional (annotation cells): ask kube2iam, as this pod, for another role's credentials; ok = handed out
+    # (value: the role ARN), NoCredentials / AssumeRoleDenied = refused. Never returns the credentials.
+    # def request_role(self, role: str, role_arn: str) -> CallResult: ...
 
 
 class AwsCliBackend:
@@ -233,38 +237,56 @@ def probe_chain(backend: ProbeBackend, role_arn: str) -> Observation:
     return Observation(_allowed(result), result)
 
 
-def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16,
-            chains: dict[str, list[tuple[str, str]]] | None = None) -> list[Observed]:
-    """Every identity, read, write and chain probe of every principal, concurrently.
+def probe_annotation(backend: ProbeBackend, role: str, role_arn: str) -> Observation:
+    """The pod asks kube2iam for another tenant's role (as a pod annotated with it would): handed out = True."""
+    result = backend.request_role(role, role_arn)
+    return Observation(_allowed(result), result)
 
-    `chains`: principal name -> [(target role, its ARN)] to try sts:AssumeRole on."""
+
+def can_request_roles(backend: ProbeBackend) -> bool:
+    """Does this backend implement the annotation probe (request_role)? The live runner for it is the
+    live side's (docs/verify.md, "annotation cells"); a backend without it leaves those cells out, with a note."""
+    return callable(getattr(backend, "request_role", None))
+
+
+def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16,
+            chains: dict[str, list[tuple[str, str]]] | None = None,
+            annotations: dict[str, list[tuple[str, str]]] | None = None) -> list[Observed]:
+    """Every identity, read, write, chain and annotation probe of every principal, concurrently.
+
+    `buckets`: locations, "bucket" or "bucket/prefix/*" (a write probe puts its object under the prefix).
+    `chains`: principal name -> [(target role, its ARN)] to try sts:AssumeRole on.
+    `annotations`: principal name -> [(other tenant's role, its ARN)] to ask kube2iam for."""
     jobs: dict[tuple[str, str, str | None], Any] = {}
-    chains = chains or {}
+    chains, annotations = chains or {}, annotations or {}
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
         for principal, backend in targets:
             jobs[(principal.name, IDENTITY, None)] = pool.submit(_guard, backend.identity)
-            for bucket in buckets:
-                jobs[(principal.name, READ, bucket)] = pool.submit(probe_read, backend, bucket)
-                jobs[(principal.name, WRITE, bucket)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name))
+            for location in buckets:
+                bucket = grant_bucket(location)
+                jobs[(principal.name, READ, location)] = pool.submit(probe_read, backend, bucket)
+                jobs[(principal.name, WRITE, location)] = pool.submit(probe_write, backend, bucket,
+                                                                      probe_key(principal.name, location))
             for target, arn in chains.get(principal.name, []):
                 jobs[(principal.name, CHAIN, target)] = pool.submit(probe_chain, backend, arn)
+            if can_request_roles(backend):
+                for target, arn in annotations.get(principal.name, []):
+                    jobs[(principal.name, ANNOTATION, target)] = pool.submit(probe_annotation, backend, target, arn)
     out = []
     for principal, _ in targets:
         ident = jobs[(principal.name, IDENTITY, None)].result()
-        cells = {}
-        for bucket in buckets:
-            for op in (READ, WRITE):
-                future = jobs[(principal.name, op, bucket)]
-                exc = future.exception()
-                cells[(bucket, op)] = future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
-        chained = {}
-        for target, _ in chains.get(principal.name, []):
-            future = jobs[(principal.name, CHAIN, target)]
-            exc = future.exception()
-            chained[target] = future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
+        cells = {(loc, op): _outcome(jobs[(principal.name, op, loc)]) for loc in buckets for op in (READ, WRITE)}
+        chained = {target: _outcome(jobs[(principal.name, CHAIN, target)]) for target, _ in chains.get(principal.name, [])}
+        asked = {target: _outcome(jobs[(principal.name, ANNOTATION, target)]) for target, _ in annotations.get(principal.name, [])
+                 if (principal.name, ANNOTATION, target) in jobs}
         arn = ident.value if ident.ok else None
-        out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells, chained))
+        out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells, chained, asked))
     return out
+
+
+def _outcome(future: Any) -> Observation:
+    exc = future.exception()
+    return future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def _guard(call: Callable[[], CallResult]) -> CallResult:
