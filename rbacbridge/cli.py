@@ -556,9 +556,10 @@ def verify(
     node: Annotated[Optional[str], typer.Option("--node", metavar="HOST[:PORT]", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
     host_ip: Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
     no_drift_check: Annotated[bool, typer.Option("--no-drift-check", help="skip comparing live IAM and Kubernetes state with what setup wants")] = False,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", metavar="NAME", help="only this tenant's pods (their own and cross-tenant cells); no host, no default-role pod", show_default=False)] = None,
 ) -> None:
-    """Check the S3 access matrix and the chains into managed roles: expected (from the configuration) vs
-    observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
+    """Check the S3 access matrix per tenant and the chains into managed roles: expected (from the configuration)
+    vs observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
     from rbacbridge import report
     from rbacbridge.config import node_addresses
     from rbacbridge.errors import shown
@@ -567,6 +568,8 @@ def verify(
     _choice("--stage", stage, STAGES)
     _choice("--output", output, tuple(report.FORMATS) + ("yaml",))
     _choice("--probe", probe, ("exec", "ephemeral"))
+    if tenant is not None:
+        cfg.tenant(tenant)  # an unknown name: one line, exit 2, before anything is contacted
     if node is not None:
         node_addresses("--node", node)
     if host_ip is not None:
@@ -581,7 +584,7 @@ def verify(
 
     try:
         result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip,
-                                           drift_check=not no_drift_check))
+                                           drift_check=not no_drift_check, tenant=tenant))
     except IncompleteError as exc:
         report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
         raise

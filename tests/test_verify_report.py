@@ -161,7 +161,8 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("args", [["--stage", "later"], ["-o", "xml"], ["--probe", "sidecar"], ["--node", "bad host!"],
-                                  ["--host-ip", "not-an-ip"], ["--region", "mars"], ["--account-id", "12"]])
+                                  ["--host-ip", "not-an-ip"], ["--region", "mars"], ["--account-id", "12"],
+                                  ["--tenant", "client-z"]])
 def test_bad_input_is_one_line_and_exit_2(args):
     done = run_cli(*args)
     assert done.returncode == 2, done.stderr

@@ -178,6 +178,9 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     result.findings, result.drift_checked, result.drift_steps = findings, options.drift_check, drift_steps
     if not options.drift_check:
         result.notes.append("drift check skipped (--no-drift-check)")
+    if options.tenant is not None:
+        result.notes.append(f"--tenant {options.tenant}: only that tenant's pods were probed (against every location and "
+                            "every other tenant's role); the drift check covers the whole configuration")
     if options.host_ip:
         result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
     result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)
