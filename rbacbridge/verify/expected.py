@@ -97,13 +97,13 @@ def buckets_of(config: Config) -> list[str]:
 
 
 def location_owners(config: Config) -> dict[str, tuple[str, ...]]:
-    """Location -> the tenants granted it (none for buckets.shared unless a tenant lists it too)."""
+    """Location -> the tenants granted it. buckets.shared has none: the node role and the default role read
+    it too, so it is everyone's, whichever tenants also list it."""
     out: dict[str, tuple[str, ...]] = {}
     for item in config.tenants:
         for grant in item.read + item.write:
             out[grant] = tuple(dict.fromkeys(out.get(grant, ()) + (item.name,)))
-    if config.legacy_tenants:
-        out.pop(config.shared_bucket, None)  # the article: everyone's bucket, not the tenant's
+    out.pop(config.shared_bucket, None)
     return out
 
 

@@ -198,6 +198,13 @@ class VerifyResult:
         return EXIT_INCOMPLETE
 
     @property
+    def breaches(self) -> list[Cell]:
+        """Read/write cells where a pod was observed reaching a bucket grant of another tenant (the article's
+        breach: pods A and B reading C's bucket). An observation, whatever the expectation said."""
+        return [c for p in self.principals if p.principal.kind == "pod" for c in p.cells
+                if c.check in ("read", "write") and c.observed is True and c.cross_tenant]
+
+    @property
     def left_behind(self) -> list[str]:
         return [f"s3://{b}/{o.key}" for p in self.principals for (b, _), o in p.observed.cells.items() if o.left_behind]
 
