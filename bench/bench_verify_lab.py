@@ -272,9 +272,11 @@ def main() -> int:
                 before = execs.count
                 rc, stdout, stderr, cpu = run_cli(lab, [*verify_argv, *extra])
                 assert rc == 0, (rc, stdout[-2000:], stderr[-2000:])
-                document = json.loads(stdout)
-                assert len({p["node"] for p in document["principals"]}) == count, document["principals"]
-                return f"{len(document['principals'])} principals, {execs.count - before} pod execs", cpu
+                from rbacbridge.report import principals_of  # -o json v3: principals grouped by tenant
+
+                principals = principals_of(json.loads(stdout))
+                assert len({p["node"] for p in principals}) == count, principals
+                return f"{len(principals)} principals, {execs.count - before} pod execs", cpu
             return run
 
         rows = [("probe: one list-objects-v2 in a pod", probe), ("verify, 1 node", verify(1)),

@@ -146,6 +146,7 @@ class _MetadataHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
+    OTHER_ROLE = 404  # a role other than the one this pod gets, asked for by name (EC2: not found)
 
     def log_message(self, *args) -> None:
         pass
@@ -175,7 +176,9 @@ class _MetadataHandler(BaseHTTPRequestHandler):
             return
         if self.path.rstrip("/") == self.CREDENTIALS.rstrip("/"):
             self._answer(200, role) if role else self._answer(404, "no role")
-        elif self.path.startswith(self.CREDENTIALS) and role and self.path[len(self.CREDENTIALS):].strip("/") == role:
+        elif self.path.startswith(self.CREDENTIALS) and role and self.path[len(self.CREDENTIALS):].strip("/") != role:
+            self._answer(self.OTHER_ROLE, f"Invalid role {self.path[len(self.CREDENTIALS):].strip('/')}")
+        elif self.path.startswith(self.CREDENTIALS) and role:
             try:
                 creds = self.credentials(role)
             except PermissionError as exc:
@@ -212,6 +215,8 @@ class Kube2iamHandler(_MetadataHandler):
     from the node role, checking the role's trust policy with the lab's own small evaluator
     (tests/lab_decide.py, never rbacbridge's). Its settings come from the kube2iam DaemonSet's args,
     as setup wrote them."""
+
+    OTHER_ROLE = 403  # kube2iam: "Invalid role X" when a pod asks for a role that is not its annotation's
 
     def role(self) -> str | None:
         return self.server.lab.kube2iam_role(self.client_address[0])

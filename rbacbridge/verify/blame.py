@@ -6,37 +6,78 @@ import json
 
 from rbacbridge import policy_eval as pe
 from rbacbridge.config import Config
-from rbacbridge.verify.expected import (_role_name, buckets_of, chain_path, expected_matrix, role_allowed_in_namespace)
-from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR,
+from rbacbridge.config import grant_bucket
+from rbacbridge.verify.expected import (_role_name, buckets_of, chain_path, expected_matrix, location_owners, probe_key,
+                                        role_allowed_in_namespace, role_arns, role_owners)
+from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR,
                                      ESCALATION, IDENTITY, INTERCEPTION, INVALID_CREDENTIALS, KUBE2IAM, NETWORK,
-                                     NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE, PROBE_PREFIX,
+                                     NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE,
                                      READ, ROLE_ANNOTATION, TRUST, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents,
                                      Expected, Observation, Observed, Principal, PrincipalResult, VerifyResult)
-from rbacbridge.verify.probes import ProbeBackend, observe
+from rbacbridge.verify.probes import ProbeBackend, can_request_roles, observe
 
 
 def compare(config: Config, account: str, stage: str, expected: list[Expected], observed: list[Observed],
             diagnostics: Diagnostics | None = None) -> VerifyResult:
     diagnostics = diagnostics or Diagnostics()
     by_name = {o.principal.name: o for o in observed}
+    locations, roles_of = location_owners(config), role_owners(config)
     results = []
     for exp in expected:
         obs = by_name[exp.principal.name]
+        tenant = exp.principal.tenant
         ident = _identity_cell(config, account, exp, obs, diagnostics)
         cells = []
         for (bucket, op), want in exp.access.items():
             seen = obs.cells[(bucket, op)]
             match = want is None or seen.allowed == want
             cell = Cell(exp.principal.name, op, bucket, want, seen.allowed, match, seen.result.category if not seen.result.ok else None,
-                        seen.result.detail + seen.shared_note)
+                        seen.result.detail + seen.shared_note, owners=locations.get(bucket, ()), tenant=tenant)
             if not match:
                 cell.blame = ident.blame or _cell_blame(config, account, exp, obs, bucket, op, seen, diagnostics)
             cells.append(cell)
         for target, predicted in exp.chains.items():
-            cells.append(_chain_cell(config, account, exp, obs, target, predicted, diagnostics))
+            cell = _chain_cell(config, account, exp, obs, target, predicted, diagnostics)
+            cell.owners, cell.tenant = tuple(filter(None, [roles_of.get(target)])), tenant
+            cells.append(cell)
+        for target, predicted in exp.annotations.items():
+            if target in obs.annotations:  # else the backend cannot ask kube2iam for a role (run_matrix notes it)
+                cell = _annotation_cell(config, exp, obs.annotations[target], target, predicted)
+                cell.owners, cell.tenant = tuple(filter(None, [roles_of.get(target)])), tenant
+                cells.append(cell)
         results.append(PrincipalResult(exp.principal, exp, obs, ident, cells))
-    roles = {"pod": config.pod_role, "default": config.effective_default_role, "node": config.node_role}
-    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results, roles=roles)
+    roles = {("pod" if t.legacy else t.name): t.role for t in config.tenants}
+    roles.update(default=config.effective_default_role, node=config.node_role)
+    in_run = {p.tenant for p in (e.principal for e in expected)}
+    tenants = tuple(t for t in config.tenants if t.name in in_run or None in in_run)
+    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results, roles=roles,
+                        tenants=tenants)
+
+
+def _annotation_cell(config: Config, exp: Expected, seen: Observation, target: str, predicted: bool | None) -> Cell:
+    """A pod of one tenant asked kube2iam for another tenant's role: it must get nothing."""
+    principal = exp.principal
+    result = seen.result
+    what = f"pod of tenant {principal.tenant} in namespace {principal.namespace} asks kube2iam for {target}"
+    match = seen.allowed is False and not predicted
+    detail = what + (": refused" if seen.allowed is False else ": HANDED OUT" if seen.allowed else f": {result.detail}")
+    cell = Cell(principal.name, ANNOTATION, None, False, seen.allowed, match, None if result.ok else result.category, detail,
+                target=target, predicted=predicted)
+    if match:
+        return cell
+    if seen.allowed:
+        why = ("kube2iam.namespace_restrictions is off" if not config.namespace_restrictions else
+               f"namespace {principal.namespace} must allow only its tenant's role ({ALLOWED_ROLES_ANNOTATION}); "
+               "is kube2iam running with --namespace-restrictions?")
+        cell.blame = Blame(KUBE2IAM, f"kube2iam handed {target} to a pod of tenant {principal.tenant}: {why}")
+    elif predicted:
+        cell.blame = Blame(KUBE2IAM, f"the configuration lets namespace {principal.namespace} take {target}"
+                                     + ("" if config.namespace_restrictions else " (kube2iam.namespace_restrictions is off)"))
+    elif result.category == NETWORK:
+        cell.blame = Blame(NETWORK_LAYER, f"could not reach kube2iam: {result.detail}")
+    else:
+        cell.blame = Blame(PROBE, f"{what}: could not tell ({result.detail})")
+    return cell
 
 
 def _identity_cell(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Cell:
@@ -139,10 +180,12 @@ def _identity_blame(config: Config, account: str, exp: Expected, obs: Observed, 
         if exp.principal.kind == "pod" and ns in diag.allowed_roles and want and config.namespace_restrictions \
                 and want != config.effective_default_role \
                 and not role_allowed_in_namespace(want, account, diag.allowed_roles[ns]):
-            return Blame(KUBE2IAM, f"kube2iam gave no credentials: namespace {ns} does not allow role {want} "
+            of = f" (tenant {exp.principal.tenant})" if exp.principal.tenant else ""
+            return Blame(KUBE2IAM, f"kube2iam gave no credentials: namespace {ns}{of} does not allow role {want} "
                                    f"({ALLOWED_ROLES_ANNOTATION}: {json.dumps(diag.allowed_roles[ns])})")
         node_policies = diag.documents.policies.get(config.node_role)
-        if want and node_policies is not None and not pe.is_allowed(node_policies, "sts:AssumeRole", config.role_arn(account, want)):
+        want_arn = role_arns(config, account).get(want or "") or config.role_arn(account, want or "")
+        if want and node_policies is not None and not pe.is_allowed(node_policies, "sts:AssumeRole", want_arn):
             return Blame(PERMISSIONS, f"kube2iam gave no credentials: the node role's policies do not allow sts:AssumeRole on {want}")
         return Blame(KUBE2IAM, f"kube2iam gave no credentials{_where(exp.principal)} ({ident.detail}); check its pod and --debug log")
     if got == config.node_role and want != config.node_role:
@@ -162,16 +205,16 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
     if result.category == NETWORK:
         return Blame(NETWORK_LAYER, f"could not reach S3: {result.detail}")
     if result.category == NO_SUCH_BUCKET:
-        return Blame(BUCKET, f"bucket {bucket} does not exist")
+        return Blame(BUCKET, f"bucket {grant_bucket(bucket)} does not exist")
     if result.category in (CLI_MISSING, ERROR):
         return Blame(PROBE, result.detail)
     if result.category in (NO_CREDENTIALS, INVALID_CREDENTIALS):
         return Blame(KUBE2IAM, f"no usable credentials for this call: {result.detail}")
     role = obs.role or exp.role
     if op == READ:
-        actions, resource = pe.READ_ACTIONS, pe.bucket_arn(bucket)
+        actions, resource = pe.READ_ACTIONS, pe.bucket_arn(grant_bucket(bucket))
     else:
-        actions, resource = pe.WRITE_ACTIONS, pe.object_arn(bucket, seen.key or PROBE_PREFIX + "x")
+        actions, resource = pe.WRITE_ACTIONS, pe.object_arn(grant_bucket(bucket), seen.key or probe_key(exp.principal.name, bucket))
     live = diag.documents.policies.get(role or "")
     verdicts = ""
     if live is not None:
@@ -187,9 +230,15 @@ def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Pri
     """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe)."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
-    chains = {e.principal.name: [(t, config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
-    observed = observe(targets, buckets_of(config), chains=chains, share=share)
+    arns = role_arns(config, account)
+    chains = {e.principal.name: [(t, arns.get(t) or config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
+    asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations}
+    observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
     result = compare(config, account, stage, expected, observed, diagnostics)
+    unasked = sorted(p.name for p, backend in targets if asks.get(p.name) and not can_request_roles(backend))
+    if unasked:
+        result.notes.append("annotation cells (another tenant's role asked of kube2iam) not probed for "
+                            + ", ".join(unasked) + ": this probe cannot ask kube2iam for a role")
     if result.left_behind:
         result.notes.append("probe objects left behind: " + ", ".join(result.left_behind))
     return result

@@ -51,31 +51,35 @@ def interception_problems(ctx: Any, node_names: set[str]) -> dict[str, tuple[boo
 
 
 def live_diagnostics(ctx: Any) -> Diagnostics:
-    """Best effort: the live IAM documents and the namespace's allowed-roles annotation."""
+    """Best effort: the live IAM documents of the managed roles (the tenants', the default and the node
+    role) and each tenant namespace's (and kubernetes.namespace's) allowed-roles annotation."""
     config: Config = ctx.config
     diag = Diagnostics()
     try:
         from rbacbridge.aws import gateway as aws_gateway, live_documents
 
         iam = aws_gateway(ctx).client("iam")
-        diag.documents = live_documents(iam, list(dict.fromkeys([config.node_role, config.pod_role, config.effective_default_role])))
+        roles = [config.node_role, config.effective_default_role] + [t.role for t in config.tenants if t.managed]
+        diag.documents = live_documents(iam, list(dict.fromkeys(roles)))
     except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
         ctx.facts.setdefault("notes", []).append(f"could not read the IAM documents for diagnosis: {type(exc).__name__}")
     gateway = ctx.gateways.get("kube")
     read_namespace = getattr(gateway, "read_namespace", None)
     if read_namespace is None and hasattr(gateway, "get"):  # rbacbridge.kube.KubeGateway
         read_namespace = lambda name: gateway.get("Namespace", name)  # noqa: E731
-    if read_namespace is not None:
+    if read_namespace is None:
+        return diag
+    for name in dict.fromkeys([config.namespace] + [ns for t in config.tenants for ns in t.namespaces]):
         try:
-            namespace = read_namespace(config.namespace)
+            namespace = read_namespace(name)
             raw = (_get(namespace, "metadata.annotations") or {}).get(ALLOWED_ROLES_ANNOTATION)
-            diag.allowed_roles[config.namespace] = json.loads(raw) if raw else None
+            diag.allowed_roles[name] = json.loads(raw) if raw else None
             if raw is not None and isinstance(namespace, dict):
                 from rbacbridge.kube import owns_annotation
 
                 if not owns_annotation(namespace):
                     ctx.facts.setdefault("notes", []).append(
-                        f"namespace {config.namespace}'s {ALLOWED_ROLES_ANNOTATION} is not rbacbridge's (another field manager "
+                        f"namespace {name}'s {ALLOWED_ROLES_ANNOTATION} is not rbacbridge's (another field manager "
                         f"owns it): reported, not trusted; the expected matrix uses the configuration")
         except Exception:  # noqa: BLE001
             pass

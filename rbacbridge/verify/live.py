@@ -3,7 +3,7 @@ the host node over SSH), compared with the expected matrix; drift and findings a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from rbacbridge.config import Config
@@ -12,7 +12,8 @@ from rbacbridge.verify.blame import compare, run_matrix
 from rbacbridge.verify.diagnose import (_get, drift_findings, host_network_findings, interception_problems,
                                         kube2iam_missing, live_diagnostics)
 from rbacbridge.verify.ephemeral import _api_client, ensure_ephemeral_probe
-from rbacbridge.verify.model import ANNOTATED, HOST, ROLE_ANNOTATION, VANILLA, Finding, Principal, VerifyResult
+from rbacbridge.verify.expected import configured_principals
+from rbacbridge.verify.model import HOST, ROLE_ANNOTATION, Finding, Principal, VerifyResult
 from rbacbridge.verify.probes import (AwsCliBackend, CommandRunner, KubeExecRunner, ProbeBackend, SshRunner,
                                       ensure_cli_all)
 
@@ -35,25 +36,29 @@ class LiveOptions:
     host_ip: str | None = None  # the node IP kube2iam's DNAT rule should point at (messages)
     drift_check: bool = True  # compare live IAM / Kubernetes state with what setup wants (--no-drift-check: skip)
     share: bool = True  # bucket and chain cells once per workload and observed role (--every-node: on every node)
+    tenant: str | None = None  # --tenant: that tenant's pods only (no host, no default-role pod)
 
 
 def configured_annotation(config: Config, workload: str) -> str | None:
     """The iam.amazonaws.com/role setup puts on a workload's pods (templates/k8s): from the configuration."""
-    return config.pod_role if workload == ANNOTATED else None
+    return next((p.role_annotation for p in configured_principals(config) if p.workload == workload), None)
 
 
 def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
-    """The host node over SSH, the two nginx pods through Kubernetes exec."""
+    """The host node over SSH, every configured workload's pods (one per node) through Kubernetes exec."""
     config: Config = ctx.config
     from rbacbridge import kube
 
     gateway = kube.gateway(ctx)
+    configured = configured_principals(config, options.tenant)
     principals: list[tuple[Principal, ProbeBackend]] = []
     checks: list[tuple[CommandRunner, bool, str]] = []
-    chosen = [(name, pod) for name in (VANILLA, ANNOTATED) for pod in pods_per_node(*_pods_of(gateway, config.namespace, name))]
+    chosen = [(want, pod) for want in configured if want.kind == "pod"
+              for pod in pods_per_node(*_pods_of(gateway, want.namespace, want.workload))]
     pod_nodes = list(dict.fromkeys(_get(pod, "spec.nodeName") for _, pod in chosen))
     several = len(pod_nodes) > 1  # kube2iam and its rule are per node: probe the pods on every node
-    for name, pod in chosen:
+    for want, pod in chosen:
+        namespace = want.namespace
         pod_name = _get(pod, "metadata.name")
         annotations = _get(pod, "metadata.annotations") or {}
         labels = _get(pod, "metadata.labels") or {}
@@ -61,19 +66,21 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
         managed = labels.get(kube.MANAGED_BY) == kube.OWNER
         if not managed:
             ctx.facts.setdefault("notes", []).append(
-                f"pod {config.namespace}/{pod_name} is not rbacbridge's (no {kube.MANAGED_BY}={kube.OWNER} label): reported, "
+                f"pod {namespace}/{pod_name} is not rbacbridge's (no {kube.MANAGED_BY}={kube.OWNER} label): reported, "
                 f"not trusted; its expected role still comes from the configuration")
-        principal = Principal(f"{name}@{node_name}" if several else name, "pod", namespace=config.namespace, pod=pod_name,
-                              role_annotation=configured_annotation(config, name),
-                              host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name,
-                              annotation_seen=True, live_annotation=annotations.get(ROLE_ANNOTATION), managed=managed)
+        principal = replace(want, name=f"{want.name}@{node_name}" if several else want.name, pod=pod_name,
+                            host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name,
+                            annotation_seen=True, live_annotation=annotations.get(ROLE_ANNOTATION), managed=managed)
         if options.probe == "ephemeral":
-            container = ensure_ephemeral_probe(_api_client(gateway, config), config.namespace, pod_name, config.probe_image)
-            runner = KubeExecRunner(gateway, config.namespace, pod_name, container=container)
+            container = ensure_ephemeral_probe(_api_client(gateway, config), namespace, pod_name, config.probe_image)
+            runner = KubeExecRunner(gateway, namespace, pod_name, container=container)
         else:
-            runner = KubeExecRunner(gateway, config.namespace, pod_name)
-            checks.append((runner, options.install_cli, f"pod {config.namespace}/{pod_name}"))
+            runner = KubeExecRunner(gateway, namespace, pod_name)
+            checks.append((runner, options.install_cli, f"pod {namespace}/{pod_name}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    if not any(p.kind == "host" for p in configured):  # --tenant: that tenant's pods only
+        ensure_cli_all(checks)
+        return principals
     from rbacbridge.nodes import NodeRef, ssh_target
     from rbacbridge.ssh import parse_host_port
 
@@ -172,6 +179,9 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     result.findings, result.drift_checked, result.drift_steps = findings, options.drift_check, drift_steps
     if not options.drift_check:
         result.notes.append("drift check skipped (--no-drift-check)")
+    if options.tenant is not None:
+        result.notes.append(f"--tenant {options.tenant}: only that tenant's pods were probed (against every location and "
+                            "every other tenant's role); the drift check covers the whole configuration")
     if options.host_ip:
         result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
     result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)

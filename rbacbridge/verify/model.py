@@ -13,6 +13,9 @@ VANILLA = "nginx-vanilla"
 ANNOTATED = "nginx-annotated"
 STAGES = ("before", "after")
 IDENTITY, READ, WRITE, CHAIN = "identity", "read", "write", "chain"
+# A pod of one tenant asks kube2iam for ANOTHER tenant's role (as if annotated with it): must get nothing.
+ANNOTATION = "annotation"
+CHECKS = (IDENTITY, READ, WRITE, CHAIN, ANNOTATION)
 PROBE_PREFIX = "rbacbridge-verify-probe/"
 ROLE_ANNOTATION = "iam.amazonaws.com/role"
 ALLOWED_ROLES_ANNOTATION = "iam.amazonaws.com/allowed-roles"
@@ -58,7 +61,8 @@ class Principal:
     annotation_seen: bool = False  # live_annotation below was read from the pod
     live_annotation: str | None = None  # the pod's iam.amazonaws.com/role as it is
     managed: bool = True  # labelled app.kubernetes.io/managed-by=rbacbridge (else reported, not trusted)
-
+    tenant: str | None = None  # the tenant whose workload it is (from the configuration); None: host, default-role pod
+    workload: str | None = None  # the Deployment (pods); the principal's name without @node
 
 
 @dataclass
@@ -70,7 +74,9 @@ class Expected:
     # target role -> does the configuration let this principal assume it itself? (policy evaluator over
     # the documents setup wants; None = a role rbacbridge does not manage). The cell wants "no" always.
     chains: dict[str, bool | None] = field(default_factory=dict)
-
+    # other tenants' roles -> would kube2iam hand this pod that role if it asked for it (annotated with it)?
+    # From the configuration (namespace restrictions, allowed-roles setup writes). The cell wants "no" always.
+    annotations: dict[str, bool | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +110,7 @@ class Observed:
     role: str | None
     cells: dict[tuple[str, str], Observation]
     chains: dict[str, Observation] = field(default_factory=dict)  # target role -> did sts:AssumeRole succeed?
+    annotations: dict[str, Observation] = field(default_factory=dict)  # other tenant's role -> did kube2iam hand it out?
 
 
 
@@ -116,7 +123,7 @@ class Blame:
 @dataclass
 class Cell:
     principal: str
-    check: str  # identity | read | write | chain
+    check: str  # identity | read | write | chain | annotation
     bucket: str | None
     expected: Any  # role name (identity) or bool; None = denied identity / unknown access
     observed: Any
@@ -124,8 +131,15 @@ class Cell:
     error: str | None = None
     detail: str = ""
     blame: Blame | None = None
-    target: str | None = None  # chain cells: the role the principal tried to assume
-    predicted: bool | None = None  # chain cells: does the configuration grant it (policy evaluator)?
+    target: str | None = None  # chain / annotation cells: the role the principal tried to obtain
+    predicted: bool | None = None  # chain / annotation cells: does the configuration grant it?
+    owners: tuple[str, ...] = ()  # the tenants whose bucket grant or role the cell is about (none: shared, node, default)
+    tenant: str | None = None  # the principal's tenant (None: host, default-role pod)
+
+    @property
+    def cross_tenant(self) -> bool:
+        """About a bucket grant or role of other tenants only (not of the principal's own)."""
+        return bool(self.owners) and self.tenant not in self.owners
 
 
 @dataclass
@@ -159,7 +173,8 @@ class VerifyResult:
     principals: list[PrincipalResult]
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    roles: dict[str, str] = field(default_factory=dict)  # short label -> role name: pod, default, node
+    roles: dict[str, str] = field(default_factory=dict)  # short label -> role name: node, default, tenant name (legacy: pod)
+    tenants: tuple = ()  # the configuration's tenants in this run (rbacbridge.config.Tenant; --tenant: that one)
     drift_checked: bool = False  # False: --no-drift-check (or a run without a cluster, e.g. the sandbox)
     drift_steps: int = 0  # planned steps compared (aws + kube parts)
 
@@ -186,6 +201,13 @@ class VerifyResult:
         if self.findings or any(c.error != NETWORK for c in self.mismatches):
             return EXIT_FAILED
         return EXIT_INCOMPLETE
+
+    @property
+    def breaches(self) -> list[Cell]:
+        """Read/write cells where a pod was observed reaching a bucket grant of another tenant (the article's
+        breach: pods A and B reading C's bucket). An observation, whatever the expectation said."""
+        return [c for p in self.principals if p.principal.kind == "pod" for c in p.cells
+                if c.check in ("read", "write") and c.observed is True and c.cross_tenant]
 
     @property
     def left_behind(self) -> list[str]:

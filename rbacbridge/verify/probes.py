@@ -11,8 +11,9 @@ from typing import Any, Callable, Protocol
 
 from rbacbridge import policy_eval as pe
 from rbacbridge.errors import UsageError
+from rbacbridge.config import grant_bucket
 from rbacbridge.verify.expected import probe_key
-from rbacbridge.verify.model import (ACCESS_DENIED, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR, IDENTITY,
+from rbacbridge.verify.model import (ACCESS_DENIED, ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR, IDENTITY,
                                      INVALID_CREDENTIALS, NETWORK, NO_CREDENTIALS, NO_SUCH_BUCKET, READ, WRITE, CallResult,
                                      Observation, Observed, Principal)
 
@@ -114,6 +115,9 @@ class ProbeBackend(Protocol):
     def put_object(self, bucket: str, key: str) -> CallResult: ...
     def delete_object(self, bucket: str, key: str) -> CallResult: ...
     def assume_role(self, role_arn: str) -> CallResult: ...  # value: the assumed-role ARN, never the credentials
+    # Optional (annotation cells): ask kube2iam, as this pod, for another role's credentials; ok = handed out
+    # (value: the role ARN), NoCredentials / AssumeRoleDenied = refused. Never returns the credentials.
+    # def request_role(self, role: str, role_arn: str) -> CallResult: ...
 
 
 class AwsCliBackend:
@@ -167,6 +171,48 @@ class AwsCliBackend:
             except (ValueError, TypeError):
                 return CallResult(True, detail="ok", value=None)
         return result
+
+    def request_role(self, role: str, role_arn: str) -> CallResult:
+        """Annotation cell: ask the metadata address, as this pod, for `role`'s credentials by name (what a pod
+        annotated with it would fetch). kube2iam hands a pod only its annotated role, in a namespace that allows
+        it; 200 = handed out (value: the role ARN). Only the HTTP status crosses the exec channel: the body (the
+        credentials) goes to /dev/null inside the pod."""
+        if not _ROLE_NAME.fullmatch(role):
+            return CallResult(False, ERROR, f"not an IAM role name: {role[:60]!r}")
+        try:
+            rc, stdout, stderr = self.runner.run(["sh", "-c", REQUEST_ROLE_SCRIPT, "rbacbridge-ask", role], self.timeout)
+        except Exception as exc:  # noqa: BLE001 - a broken transport is an observation, not a crash
+            return CallResult(False, NETWORK if "timeout" in str(exc).lower() else ERROR, f"{type(exc).__name__}: {exc}")
+        return classify_request(rc, stdout, stderr, role_arn)
+
+
+# Annotation cells, live: the pod asks the metadata address for another role's credentials by name, the way
+# a pod annotated with that role would fetch them. A fixed script, the role name its only argument ($1, checked
+# against IAM's role-name characters first). Only the HTTP status is printed: the body (credentials) is
+# written to /dev/null inside the pod. curl (IMDSv2 token first), else wget (busybox too), else exit 127.
+REQUEST_ROLE_SCRIPT = (
+    'u=http://169.254.169.254/latest; p="$u/meta-data/iam/security-credentials/$1"; '
+    'if command -v curl >/dev/null 2>&1; then '
+    't=$(curl -s -m 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$u/api/token" || true); '
+    'echo "http $(curl -s -m 5 -o /dev/null -w "%{http_code}" -H "X-aws-ec2-metadata-token: $t" "$p")"; '
+    'elif command -v wget >/dev/null 2>&1; then '
+    'if wget -q -T 5 -O /dev/null "$p" 2>/dev/null; then echo "http 200"; else echo "http refused-$?"; fi; '
+    'else echo "no curl or wget in this container" >&2; exit 127; fi'
+)
+_ROLE_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]{1,64}")
+
+
+def classify_request(rc: int, stdout: str, stderr: str, role_arn: str) -> CallResult:
+    """The outcome of REQUEST_ROLE_SCRIPT: handed out (HTTP 200), refused (any other HTTP answer), or no answer."""
+    line = next((ln.strip() for ln in stdout.splitlines() if ln.startswith("http ")), "")
+    status = line[5:]
+    if rc == 127 or (rc != 0 and not line):
+        return CallResult(False, CLI_MISSING, (stderr or "").strip()[:120] or f"exit {rc}")
+    if status == "200":
+        return CallResult(True, detail="handed out (HTTP 200)", value=role_arn)
+    if status == "000" or (status.startswith("refused-") and status != "refused-8"):  # wget 8: an HTTP error answer
+        return CallResult(False, NETWORK, f"no answer from 169.254.169.254 ({status})")
+    return CallResult(False, NO_CREDENTIALS, f"refused (HTTP {'error' if status == 'refused-8' else status})")
 
 
 class UnavailableBackend:
@@ -233,6 +279,18 @@ def probe_chain(backend: ProbeBackend, role_arn: str) -> Observation:
     return Observation(_allowed(result), result)
 
 
+def probe_annotation(backend: ProbeBackend, role: str, role_arn: str) -> Observation:
+    """The pod asks kube2iam for another tenant's role (as a pod annotated with it would): handed out = True."""
+    result = backend.request_role(role, role_arn)
+    return Observation(_allowed(result), result)
+
+
+def can_request_roles(backend: ProbeBackend) -> bool:
+    """Does this backend implement the annotation probe (request_role)? The live runner's AwsCliBackend does
+    (docs/verify.md, "annotation cells"); a backend without it leaves those cells out, with a note."""
+    return callable(getattr(backend, "request_role", None))
+
+
 def workload_of(principal: Principal) -> tuple[Any, ...]:
     """What a principal is apart from the node it runs on: the host, or a workload's pods (namespace, name,
     configured annotation). Pods of one workload on different nodes share it."""
@@ -240,32 +298,40 @@ def workload_of(principal: Principal) -> tuple[Any, ...]:
 
 
 def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16,
-            chains: dict[str, list[tuple[str, str]]] | None = None, share: bool = True) -> list[Observed]:
-    """Every identity, read, write and chain probe of every principal, concurrently.
+            chains: dict[str, list[tuple[str, str]]] | None = None,
+            annotations: dict[str, list[tuple[str, str]]] | None = None, share: bool = True) -> list[Observed]:
+    """Every identity, read, write, chain and annotation probe of every principal, concurrently.
 
+    `buckets`: locations, "bucket" or "bucket/prefix/*" (a write probe puts its object under the prefix).
     `chains`: principal name -> [(target role, its ARN)] to try sts:AssumeRole on.
+    `annotations`: principal name -> [(other tenant's role, its ARN)] to ask kube2iam for.
 
-    `share` (verify's default): what depends on the node — the identity each principal gets there — is
-    probed for every principal; the bucket and chain cells, which IAM decides from the role's policies,
-    the bucket's and the target's trust alone, are probed once per workload and OBSERVED role: the first
-    principal of a workload probes them at once (alongside the identities), every other principal of that
-    workload copies them only if its own identity call returned that same role, else (another role, or no
-    credentials on either side) it probes its own. Copies name the principal that probed them."""
+    `share` (verify's default): what depends on the node is probed for every principal — the identity it
+    gets there, and the annotation cells (kube2iam on that node decides them). The bucket and chain cells,
+    which IAM decides from the role's policies, the bucket's and the target's trust alone, are probed once
+    per workload and OBSERVED role: the first principal of a workload probes them at once (alongside the
+    identities), every other principal of that workload copies them only if its own identity call returned
+    that same role, else (another role, or no credentials on either side) it probes its own. Copies name the
+    principal that probed them (`Observation.probed_by`)."""
     jobs: dict[tuple[str, str, str | None], Any] = {}
-    chains = chains or {}
+    chains, annotations = chains or {}, annotations or {}
 
     def submit_cells(pool: ThreadPoolExecutor, principal: Principal, backend: ProbeBackend) -> None:
-        for bucket in buckets:
-            jobs[(principal.name, READ, bucket)] = pool.submit(probe_read, backend, bucket)
-            jobs[(principal.name, WRITE, bucket)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name))
+        for location in buckets:
+            bucket = grant_bucket(location)
+            jobs[(principal.name, READ, location)] = pool.submit(probe_read, backend, bucket)
+            jobs[(principal.name, WRITE, location)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name, location))
         for target, arn in chains.get(principal.name, []):
             jobs[(principal.name, CHAIN, target)] = pool.submit(probe_chain, backend, arn)
 
-    probed_by: dict[str, str] = {}  # principal name -> the principal whose cells it copies
+    probed_by: dict[str, str] = {}  # principal name -> the principal whose bucket and chain cells it copies
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
         first: dict[tuple[Any, ...], list[Principal]] = {}  # workload -> principals probing their own cells
         for principal, backend in targets:
             jobs[(principal.name, IDENTITY, None)] = pool.submit(_guard, backend.identity)
+            if can_request_roles(backend):
+                for target, arn in annotations.get(principal.name, []):
+                    jobs[(principal.name, ANNOTATION, target)] = pool.submit(probe_annotation, backend, target, arn)
         for principal, backend in targets:
             if not share or workload_of(principal) not in first:
                 first.setdefault(workload_of(principal), []).append(principal)
@@ -290,17 +356,16 @@ def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], m
     for principal, _ in targets:
         ident = jobs[(principal.name, IDENTITY, None)].result()
         source = probed_by.get(principal.name, principal.name)
-        cells = {}
-        for bucket in buckets:
-            for op in (READ, WRITE):
-                cells[(bucket, op)] = _copy(_outcome(jobs[(source, op, bucket)]), source, principal.name)
+        cells = {(loc, op): _copy(_outcome(jobs[(source, op, loc)]), source, principal.name) for loc in buckets for op in (READ, WRITE)}
         chained = {}
         for target, _ in chains.get(principal.name, []):
             future = jobs.get((source, CHAIN, target))
             chained[target] = _copy(_outcome(future), source, principal.name) if future else \
                 Observation(None, CallResult(False, ERROR, "not probed"))
+        asked = {target: _outcome(jobs[(principal.name, ANNOTATION, target)]) for target, _ in annotations.get(principal.name, [])
+                 if (principal.name, ANNOTATION, target) in jobs}
         arn = ident.value if ident.ok else None
-        out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells, chained))
+        out.append(Observed(principal, ident, arn, pe.role_name_of(arn) if arn else None, cells, chained, asked))
     return out
 
 
