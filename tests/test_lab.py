@@ -243,10 +243,10 @@ def isolation_faults(lab: Lab) -> None:
 # --- issue 12: tenants A, B and C, in three namespaces, pods on both nodes -----------------------------------
 
 TENANTS = [
-    {"name": "client-a", "namespaces": ["client-a"], "role": "client-a-s3", "read": [SHARED], "workloads": ["nginx-client-a"]},
-    {"name": "client-b", "namespaces": ["client-b"], "role": "client-b-s3", "write": ["client-b-data/app/*"],
+    {"name": "client-a", "namespaces": ["team-a"], "role": "client-a-s3", "read": [SHARED], "workloads": ["nginx-client-a"]},
+    {"name": "client-b", "namespaces": ["team-b"], "role": "client-b-s3", "write": ["client-b-data/app/*"],
      "workloads": ["nginx-client-b"]},
-    {"name": "client-c", "namespaces": ["client-c"], "role": "client-c-s3", "read": [SHARED], "write": ["client-c-data"],
+    {"name": "client-c", "namespaces": ["team-c"], "role": "client-c-s3", "read": [SHARED], "write": ["client-c-data"],
      "workloads": ["nginx-client-c"]},
 ]
 TENANT_BUCKETS = ["client-b-data", "client-c-data"]
@@ -273,7 +273,7 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     common = ("--kubeconfig", lab.kubeconfig)
     run(lab, "setup", "-c", config, *common, "--account-id", ACCOUNT, "--only", "aws,kube", "--yes")
     for tenant in TENANTS:
-        annotations = store.get("Namespace", tenant["name"])["metadata"].get("annotations") or {}
+        annotations = store.get("Namespace", tenant["namespaces"][0])["metadata"].get("annotations") or {}
         assert [r.rsplit("/", 1)[-1] for r in json.loads(annotations[ALLOWED_ROLES])] == [tenant["role"]]
     lab.play_controllers()
     for n in lab.nodes:
@@ -285,7 +285,7 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     assert [t["name"] for t in good["tenants"]] == [t["name"] for t in TENANTS] and all(t["ok"] for t in good["tenants"])
     for tenant, reported in zip(TENANTS, good["tenants"]):
         mine = reported["principals"]
-        assert {p["node"] for p in mine} == {"node-a", "node-b"} and {p["namespace"] for p in mine} == {tenant["name"]}
+        assert {p["node"] for p in mine} == {"node-a", "node-b"} and {p["namespace"] for p in mine} == set(tenant["namespaces"])
         assert {p["observed_role"] for p in mine} == {tenant["role"]}
         for p in mine:
             cells = {(c["check"], c["bucket"] or c["target"]): c for c in p["cells"]}
@@ -304,26 +304,25 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     assert {p["observed_role"] for p in good["others"] if p["kind"] == "pod"} == {DEFAULT_ROLE}  # nginx-vanilla
 
     # cross-tenant: a pod in A's namespace asking for C's role gets no credentials, and cannot reach C's bucket
-    lab.add_pod("node-b", "client-a", "client-a-own-pod", {"iam.amazonaws.com/role": "client-c-s3"})
-    intruder = lab.pod_exec("client-a", "client-a-own-pod", ["aws", "sts", "get-caller-identity", "--output", "json"])
+    lab.add_pod("node-b", "team-a", "team-a-own-pod", {"iam.amazonaws.com/role": "client-c-s3"})
+    intruder = lab.pod_exec("team-a", "team-a-own-pod", ["aws", "sts", "get-caller-identity", "--output", "json"])
     assert intruder.returncode != 0 and "Unable to locate credentials" in intruder.stderr
-    listing = lab.pod_exec("client-a", "client-a-own-pod", ["aws", "s3api", "list-objects-v2", "--bucket", "client-c-data"])
+    listing = lab.pod_exec("team-a", "team-a-own-pod", ["aws", "s3api", "list-objects-v2", "--bucket", "client-c-data"])
     assert listing.returncode != 0 and "seed" not in listing.stdout
-    own = lab.pod_exec("client-c", "nginx-client-c-node-b", ["aws", "s3api", "list-objects-v2", "--bucket", "client-c-data"])
+    own = lab.pod_exec("team-c", "nginx-client-c-node-b", ["aws", "s3api", "list-objects-v2", "--bucket", "client-c-data"])
     assert own.returncode == 0 and "tenant/seed.txt" in own.stdout  # C's own pod on the same node does
 
     # planted: A's namespace also allows C's role (someone edited the annotation). The stand-in kube2iam now
     # hands C's role to A's pod (the breach), and verify fails naming tenant client-a on layer kube2iam.
-    planted = store.get("Namespace", "client-a")
+    planted = store.get("Namespace", "team-a")
     planted["metadata"]["annotations"][ALLOWED_ROLES] = json.dumps(["client-a-s3", "client-c-s3"])
     store.put(planted)
-    breach = lab.pod_exec("client-a", "client-a-own-pod", ["aws", "sts", "get-caller-identity", "--output", "json"])
+    breach = lab.pod_exec("team-a", "team-a-own-pod", ["aws", "sts", "get-caller-identity", "--output", "json"])
     assert breach.returncode == 0 and "assumed-role/client-c-s3/" in breach.stdout
-    store.delete("Pod", "client-a-own-pod", "client-a")
+    store.delete("Pod", "team-a-own-pod", "team-a")
     widened = verify_with(lab, config, expect=1)
-    named = [f for f in widened["findings"] if "client-a" in f["subject"]]
-    assert named and {f["layer"] for f in named} == {"kube2iam"}, widened["findings"]
-    assert not [f for f in widened["findings"] if "client-b" in f["subject"] or "client-c" in f["subject"]]
+    assert [(f["subject"], f["layer"]) for f in widened["findings"]] == [("kube Namespace team-a (tenant client-a)", "kube2iam")]
+    assert "client-c-s3" in widened["findings"][0]["reason"] + widened["findings"][0]["message"]
 
     # planted: A's namespace allows only B's role. A's pods get no credentials: the cells alone (no drift check)
     # fail for tenant client-a only, on both nodes, blamed on kube2iam naming the namespace's annotation.
@@ -335,15 +334,15 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     assert {p["node"] for p, _ in bad} == {"node-a", "node-b"}
     identities = [c for _, c in bad if c["check"] == "identity"]
     assert len(identities) == 2 and {c["blame"]["layer"] for c in identities} == {"kube2iam"}
-    assert all("client-a" in c["blame"]["message"] and "client-b-s3" in c["blame"]["message"] for c in identities)
+    assert all("namespace team-a" in c["blame"]["message"] and "client-b-s3" in c["blame"]["message"] for c in identities)
 
     # setup converges the annotation again; teardown removes every tenant's resources
     run(lab, "setup", "-c", config, *common, "--account-id", ACCOUNT, "--only", "kube", "--yes")
-    assert json.loads(store.get("Namespace", "client-a")["metadata"]["annotations"][ALLOWED_ROLES]) in (
+    assert json.loads(store.get("Namespace", "team-a")["metadata"]["annotations"][ALLOWED_ROLES]) in (
         ["client-a-s3"], [f"arn:aws:iam::{ACCOUNT}:role/client-a-s3"])
     run(lab, "teardown", "-c", config, *common, "--yes")
     iam = lab.client("iam")
     assert not {r["RoleName"] for r in iam.list_roles()["Roles"]} & {t["role"] for t in TENANTS}
     for tenant in TENANTS:
-        assert ALLOWED_ROLES not in (store.get("Namespace", tenant["name"])["metadata"].get("annotations") or {})
+        assert ALLOWED_ROLES not in (store.get("Namespace", tenant["namespaces"][0])["metadata"].get("annotations") or {})
     print(f"\ntenants scenario {time.monotonic() - began:.1f}s")
