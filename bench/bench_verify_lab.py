@@ -9,11 +9,20 @@ Rows, interleaved round by round (probe, verify on 1 node, verify on every node,
 Wall time, and CPU time split: the rbacbridge process itself (wait4), the pod execs (processes this bench
 reaps: the lab's API server runs them), the lab namespaces' processes (moto, sshd and the `aws` processes SSH
 runs on the nodes) and the lab's own threads (this process: API server, metadata and kube2iam stand-ins).
+  verify@N --every-node   the same without sharing cells between nodes (what sharing saves; --no-every-node drops it)
 All "nodes" share this machine's cores, so the probes' CPU adds up here where a real cluster's nodes each
 spend their own. Targets (issue 14): verify@1 <= 3x probe, verify@N <= 1.5x
-verify@1. Run it under the lab lock:
+verify@1. Pod execs (one per AWS CLI call, CLI check or annotation probe in a pod) are counted at the lab's
+API server.
+
+--scenario tenants (issue 12): two labs side by side — 1 node with 1 tenant, 2 nodes with --tenants (10)
+tenants (each: read the shared bucket, read/write its own; one workload, pods on every node) — rows: one
+probe in the small lab's tenant pod, verify of the small lab, verify of the big one. Target: big <= 3x small.
+
+Run it under the lab lock:
 
     flock /tmp/rbb-netns.lock python bench/bench_verify_lab.py [--rounds 5] [--nodes 4]
+    flock /tmp/rbb-netns.lock python bench/bench_verify_lab.py --scenario tenants [--rounds 3] [--tenants 10]
 """
 
 from __future__ import annotations
