@@ -213,8 +213,8 @@ def add(path: str | Path, name: str, namespaces: list[str], read: list[str] = ()
     tenant = Tenant(name, tuple(namespaces), role_name, existing,
                     policy or (role_name if not existing and (read or write) else None),
                     tuple(read), tuple(write), tuple(workloads))
-    data, yaml, _ = _read(path)
-    current = cfgmod.load_text(_render(yaml, data), shown(str(path)))
+    data, yaml, text = _read(path)
+    current = cfgmod.load_text(text, shown(str(path)))
     if any(t.name == name for t in current.tenants):
         raise UsageError(f"tenant {shown(name)} already exists in {shown(str(path))} (tenant remove {name} first to replace it)")
     messages: list[str] = [] if path.exists() else [f"creating {path}"]
@@ -229,15 +229,16 @@ def remove(path: str | Path, name: str) -> Edit:
     """Remove tenant NAME from `tenants:` (the article's tenant of a legacy file: converted, then removed)."""
     path = Path(path)
     name = cfgmod.k8s_name("NAME", name)
-    data, yaml, _ = _read(path)
-    current = cfgmod.load_text(_render(yaml, data), shown(str(path)))
+    data, yaml, text = _read(path)
+    current = cfgmod.load_text(text, shown(str(path)))
     current.tenant(name)  # unknown: one line, exit 2
     messages: list[str] = []
     if "tenants" not in data:
         _convert_legacy(data, current, messages)
-        data = yaml.load(_render(yaml, data))
+        text = _render(yaml, data)
+        data = yaml.load(text)
     index = next(i for i, entry in enumerate(data["tenants"]) if str(entry.get("name")) == name)
-    text = _without_item(_render(yaml, data), data, index)
+    text = _without_item(text, data, index)
     messages.append(f"removed tenant {name} from {path}; setup deletes its role, policy, workloads and namespace "
                     "annotations (what rbacbridge made for it), and leaves an existing role alone")
     config = cfgmod.load_text(text, shown(str(path)))  # the whole result, before anything is written
