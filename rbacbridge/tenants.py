@@ -1,7 +1,9 @@
 """`rbacbridge tenant add / remove / list`: edit the `tenants:` of rbacbridge.yaml.
 
-The file is edited with ruamel.yaml's round-trip mode (comments, key order and quoting kept), the
-whole resulting configuration is validated before anything is written (bad input: exit 2, file
+ruamel.yaml's round-trip parser gives the lines of keys and items; the edit itself is done on the
+text (an item's lines added or taken out, a legacy key's line removed), so every other line of the
+file, comments and blank lines included, stays byte-identical (a full round-trip dump would re-flow
+comments and indentation). The whole resulting configuration is validated before anything is written (bad input: exit 2, file
 unchanged), and the new text replaces the file atomically (a temporary file in the same directory,
 then rename). Nothing outside the file changes: the CLI prints the plan that would apply it.
 """
@@ -30,7 +32,7 @@ class Edit:
 
 
 def _read(path: Path) -> tuple[Any, Any, str]:
-    """(round-trip document, YAML instance set to the file's indentation, original text)."""
+    """(round-trip document: for the positions of keys and items, YAML instance, original text)."""
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
     from ruamel.yaml.error import YAMLError
@@ -49,8 +51,6 @@ def _read(path: Path) -> tuple[Any, Any, str]:
     yaml.preserve_quotes = True
     yaml.width = 4096
     try:
-        mapping, offset = _indentation(text)
-        yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
         data = yaml.load(text) if text.strip() else None
     except YAMLError as exc:  # the strict loader accepted it; ruamel should too
         raise UsageError(f"config {where} cannot be edited: {' '.join(str(exc).split())[:200]}") from None
@@ -59,27 +59,6 @@ def _read(path: Path) -> tuple[Any, Any, str]:
     if not isinstance(data, dict):
         raise UsageError(f"config {where} must be a mapping of settings")
     return data, yaml, text
-
-
-def _indentation(text: str) -> tuple[int, int]:
-    """The file's style: (mapping indent, block sequence dash offset), so that re-emitting the file
-    changes only what was edited. Defaults: 2 and 2 (`tenants:` then `  - name: ...`)."""
-    import re
-
-    mapping, offset = None, None
-    previous: tuple[int, str] | None = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        column = len(line) - len(line.lstrip(" "))
-        if previous is not None and re.search(r":\s*(#.*)?$", previous[1]) and column > previous[0]:
-            if stripped.startswith("- ") and offset is None:
-                offset = column - previous[0]
-            elif not stripped.startswith("- ") and mapping is None and not previous[1].lstrip().startswith("- "):
-                mapping = column - previous[0]
-        previous = (column, line)
-    return mapping or 2, offset if offset is not None else 2
 
 
 def _render(yaml, data) -> str:
@@ -118,13 +97,6 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _finish(path: Path, yaml, data, messages: list[str]) -> Edit:
-    text = _render(yaml, data)
-    config = cfgmod.load_text(text, shown(str(path)))  # the whole result, before anything is written
-    _write_atomically(path, text)
-    return Edit(path, config, messages)
-
-
 # --- the edits ----------------------------------------------------------------------------------
 
 
@@ -158,36 +130,33 @@ def _entry(tenant: Tenant) -> Any:
     return entry
 
 
-def _tenant_list(data) -> Any:
-    from ruamel.yaml.comments import CommentedSeq
-
-    tenants = data.get("tenants")
-    if tenants is None:
-        tenants = CommentedSeq()
-        data["tenants"] = tenants
-    tenants.fa.set_block_style()
-    return tenants
-
-
-def _convert_legacy(data, current: Config, messages: list[str]) -> None:
+def _convert_legacy(text: str, data, current: Config, messages: list[str]) -> str:
     """No `tenants:` yet: the article's tenant (from the legacy keys) becomes an explicit entry, and
-    the legacy keys go (setup then manages exactly the same resources)."""
-    if "tenants" in data:
-        return
+    the legacy keys' lines go (setup then manages exactly the same resources). Other lines unchanged."""
     legacy = current.tenants[0]
+    lines = text.splitlines(keepends=True)
+    drop: set[int] = set()
     removed = []
     for path in LEGACY_KEYS:
         section, key = path.split(".")
-        mapping = data.get(section)
+        mapping = data.get(section) if data is not None else None
         if isinstance(mapping, dict) and key in mapping:
-            del mapping[key]
+            line = mapping.lc.key(key)[0]
+            if mapping.lc.value(key)[0] != line:
+                raise UsageError(f"cannot convert {path}: its value is not on the line of its key; move it into tenants: by hand")
+            drop.add(line)
             removed.append(path)
-            if not mapping:
-                del data[section]
-    _tenant_list(data).append(_entry(legacy))
+            if all(mapping.lc.key(k)[0] in drop for k in mapping):
+                drop.add(data.lc.key(section)[0])
+    text = "".join(line for number, line in enumerate(lines) if number not in drop)
+    from ruamel.yaml import YAML
+
+    data = YAML().load(text) if text.strip() else None
+    text = _with_item(text, data, _entry(legacy))
     moved = f" ({', '.join(removed)} moved into it)" if removed else ""
     messages.append(f"converted the article's tenant into an explicit entry: tenant {legacy.name}, role {legacy.role}, "
                     f"namespace {legacy.namespace}{moved}; it keeps the same AWS and Kubernetes resources")
+    return text
 
 
 def add(path: str | Path, name: str, namespaces: list[str], read: list[str] = (), write: list[str] = (),
@@ -218,11 +187,69 @@ def add(path: str | Path, name: str, namespaces: list[str], read: list[str] = ()
     if any(t.name == name for t in current.tenants):
         raise UsageError(f"tenant {shown(name)} already exists in {shown(str(path))} (tenant remove {name} first to replace it)")
     messages: list[str] = [] if path.exists() else [f"creating {path}"]
-    _convert_legacy(data, current, messages)
-    _tenant_list(data).append(_entry(tenant))
+    if "tenants" not in data:
+        text = _convert_legacy(text, data, current, messages)
+        data = yaml.load(text)
+    text = _with_item(text, data, _entry(tenant))
     messages.append(f"added tenant {name} to {path}: role {existing or role_name}"
                     + (" (existing: linked only)" if existing else "") + f", namespace(s) {', '.join(namespaces)}")
-    return _finish(path, yaml, data, messages)
+    config = cfgmod.load_text(text, shown(str(path)))  # the whole result, before anything is written
+    _write_atomically(path, text)
+    return Edit(path, config, messages)
+
+
+def _item_lines(entry, dash: int) -> list[str]:
+    """One `tenants:` item as block YAML lines, its '-' at column `dash`."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
+
+    yaml = YAML()
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=2, offset=0)
+    seq = CommentedSeq([entry])
+    return [" " * dash + line + "\n" for line in _render(yaml, seq).splitlines()]
+
+
+def _with_item(text: str, data, entry) -> str:
+    """The text with `entry` appended to `tenants:` (created at the end when missing); every other
+    line byte-identical."""
+    import re
+
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    seq = data.get("tenants") if data is not None else None
+    if seq is None:
+        return "".join(lines + ["tenants:\n"] + _item_lines(entry, 2))
+    key_line, key_column = data.lc.key("tenants")
+    if not seq:
+        lines[key_line] = re.sub(r"^(\s*tenants:)\s*\[\s*\]", r"\1", lines[key_line], count=1)
+        lines[key_line + 1:key_line + 1] = _item_lines(entry, key_column + 2)
+        return "".join(lines)
+    if seq.fa.flow_style():
+        raise UsageError("tenants: is written as a flow list ([...]): write it as a block list to use tenant add")
+    line, column = seq.lc.item(len(seq) - 1)
+    dash = lines[line][:column].rstrip().rfind("-")
+    last = _last_line(lines, line, dash)
+    lines[last + 1:last + 1] = _item_lines(entry, dash)
+    return "".join(lines)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _last_line(lines: list[str], line: int, dash: int) -> int:
+    """The last line with content of the item whose '-' is at (line, dash)."""
+    last = line
+    for number in range(line + 1, len(lines)):
+        stripped = lines[number].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if _indent(lines[number]) <= dash:
+            break
+        last = number
+    return last
 
 
 def remove(path: str | Path, name: str) -> Edit:
@@ -234,8 +261,7 @@ def remove(path: str | Path, name: str) -> Edit:
     current.tenant(name)  # unknown: one line, exit 2
     messages: list[str] = []
     if "tenants" not in data:
-        _convert_legacy(data, current, messages)
-        text = _render(yaml, data)
+        text = _convert_legacy(text, data, current, messages)
         data = yaml.load(text)
     index = next(i for i, entry in enumerate(data["tenants"]) if str(entry.get("name")) == name)
     text = _without_item(text, data, index)
@@ -267,20 +293,10 @@ def _without_item(text: str, data, index: int) -> str:
     if dash < 0 or lines[line][:dash].strip():
         raise UsageError(f"cannot edit tenant {index}'s layout (its '- ' is not on the line of its first key): remove it by hand")
 
-    def indent(text_line: str) -> int:
-        return len(text_line) - len(text_line.lstrip(" "))
-
-    last = line
-    for number in range(line + 1, len(lines)):
-        stripped = lines[number].strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if indent(lines[number]) <= dash:
-            break
-        last = number
+    last = _last_line(lines, line, dash)
     first = line
     key_line = data.lc.key("tenants")[0]
-    while first - 1 > key_line and lines[first - 1].strip().startswith("#") and indent(lines[first - 1]) >= dash:
+    while first - 1 > key_line and lines[first - 1].strip().startswith("#") and _indent(lines[first - 1]) >= dash:
         first -= 1
     del lines[first:last + 1]
     if len(seq) == 1:

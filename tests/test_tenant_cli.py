@@ -44,13 +44,13 @@ tenants:
     namespaces: [client-a]
     role: client-a-s3
     read: [nettech-helm-test]   # charts
-
   - name: client-c
     namespaces: [client-c, client-c-jobs]
     role: client-c-s3
     read: [nettech-helm-test]
     write: [client-c-data, client-c-logs/app/*]
     workloads: [nginx-client-c]
+
 kubernetes:
   namespace: apps   # nginx-vanilla lives here
 """
