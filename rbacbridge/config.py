@@ -818,6 +818,13 @@ def load(path: str | Path | None) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"config {where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    return load_text(text, where)
+
+
+def load_text(text: str, where: str) -> Config:
+    """rbacbridge.yaml's text over the defaults; `where` names it in messages (already quoted)."""
+    import yaml
+
     try:
         data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as exc:
