@@ -671,8 +671,13 @@ class Config:
     def check_consistency(self) -> None:
         if self.legacy_tenants:
             self._check_legacy()
-        else:
-            check_tenants(self)
+            return
+        if self.pod_default_role == self.node_role:
+            raise UsageError(f"invalid iam.default_role {shown(self.pod_default_role)}: the pods' default role must differ "
+                             "from the node role (kube2iam.default_role: node hands pods the node role)")
+        if self.node_policy == self.kube2iam_policy:
+            raise UsageError("invalid iam policies: node_policy and kube2iam_policy must differ")
+        check_tenants(self)
 
     def _check_legacy(self) -> None:
         if self.node_role == self.pod_role:
