@@ -970,7 +970,7 @@ def _tenant_record_end(ctx, gw: AwsGateway, recorded: dict[str, TenantEntry], se
         steps.append(Step(SYSTEM, DELETE, "tenant-record", profile,
                           "forget " + ", ".join(f"tenant {k[len(TENANT_RECORD_PREFIX):]}" for k in forget)
                           + f" in the record on instance profile {profile}",
-                          "their recorded resources are gone (or were not provably rbacbridge's)",
+                          "once its recorded resources are deleted (any not provably rbacbridge's is left alone, above)",
                           lambda: gw.call("iam", "untag_instance_profile", InstanceProfileName=profile, TagKeys=forget)))
     return steps
 

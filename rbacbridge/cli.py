@@ -341,10 +341,17 @@ def plan(
     output: OutputOpt = "table",
 ) -> None:
     """Show every step setup (or teardown) would take against live state. Changes nothing."""
+    fmt = _output_format(output)
+    result = _show_plan(cfg, only, fmt, teardown)
+    if exit_code and (result.changes or result.conflicts):
+        raise typer.Exit(EXIT_CHANGES_PENDING)
+
+
+def _show_plan(cfg, only, fmt: str, teardown: bool = False):
+    """Plan against live state and print it (what `rbacbridge plan` shows)."""
     from rbacbridge import output as out
     from rbacbridge import planner
 
-    fmt = _output_format(output)
     ctx = _context(cfg, only, fmt)
     result = planner.plan_teardown(ctx) if teardown else planner.plan_setup(ctx)
     if fmt != "table":
@@ -352,8 +359,7 @@ def plan(
         _dump(fmt, result.to_dict())
     else:
         out.print_plan(result, "rbacbridge teardown plan" if teardown else "rbacbridge setup plan")
-    if exit_code and (result.changes or result.conflicts):
-        raise typer.Exit(EXIT_CHANGES_PENDING)
+    return result
 
 
 @app.command()
@@ -491,6 +497,108 @@ def render(
     directory = kube.write_manifests(out_dir, documents)
     print(f"wrote {len(documents)} manifests to {directory}", file=err)
 # --- rbacbridge iptables status|fix|remove -----------------------------------------------------
+
+tenant_app = typer.Typer(
+    cls=_Group,
+    help="Edit the tenants: of the config file (-c; comments and order kept), then print the plan that applies it. "
+         "Changes nothing but the file.",
+    no_args_is_help=True,
+)
+app.add_typer(tenant_app, name="tenant")
+
+NoPlanOpt = Annotated[bool, typer.Option("--no-plan", help="only edit the file; do not plan against AWS and the cluster")]
+_PLAN_FLAGS = _ACCOUNT + _AWS + _KUBE
+
+
+def _config_file(config: str | None) -> str:
+    if not config:
+        raise UsageError("tenant commands edit a config file: give it with -c/--config FILE")
+    return config
+
+
+def _after_edit(edit, plan_values: dict, only, output: str, no_plan: bool) -> None:
+    """Say what the edit did (stderr), then print the plan that applies it (stdout, as `rbacbridge plan`)."""
+    for message in edit.messages:
+        typer.echo(message, err=True)
+    if no_plan:
+        return
+    labels = {field: _flag_name(annotation) for _, annotation, _, field, _ in _PLAN_FLAGS}
+    overrides = {field: plan_values[name] for name, _, _, field, _ in _PLAN_FLAGS}
+    try:
+        from rbacbridge.aws import resolve_region
+
+        cfg = _config(str(edit.path), labels, **overrides)
+        cfg, _ = resolve_region(cfg)
+        _show_plan(cfg, only, output)
+    except (RbacbridgeError, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted("interrupted") from None
+        # the file is written: not "nothing changed" (exit 2), but an incomplete command (exit 3)
+        from rbacbridge.errors import IncompleteError
+
+        raise IncompleteError(f"{edit.path} was updated, but the plan could not be made: {exc} "
+                              f"(run `rbacbridge plan -c {edit.path}` when it can)") from None
+
+
+@tenant_app.command("add")
+def tenant_add(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="tenant name (Kubernetes name rules)", show_default=False)],
+    namespace: Annotated[Optional[list[str]], typer.Option("--namespace", "-n", metavar="NS", help="a namespace of the tenant (repeatable; the first holds its workloads)", show_default=False)] = None,
+    read: Annotated[Optional[list[str]], typer.Option("--read", metavar="BUCKET[/PREFIX/*]", help="bucket it may list and read (repeatable)", show_default=False)] = None,
+    write: Annotated[Optional[list[str]], typer.Option("--write", metavar="BUCKET[/PREFIX/*]", help="bucket it may list, read, write and delete in (repeatable)", show_default=False)] = None,
+    role: Annotated[Optional[str], typer.Option("--role", metavar="NAME", help="role rbacbridge creates for it [default: NAME-s3]", show_default=False)] = None,
+    existing_role: Annotated[Optional[str], typer.Option("--existing-role", metavar="ARN", help="an existing role rbacbridge only links (never creates, changes or deletes)", show_default=False)] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", metavar="NAME", help="name of its S3 policy [default: the role name]", show_default=False)] = None,
+    workload: Annotated[Optional[list[str]], typer.Option("--workload", metavar="NAME", help="nginx Deployment setup creates in its first namespace, with its role (repeatable; for verify)", show_default=False)] = None,
+    config: ConfigOpt = None,
+    only: OnlyOpt = None,
+    no_plan: NoPlanOpt = False,
+    output: OutputOpt = "table",
+    account_id: AccountOpt = None, profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
+) -> None:
+    """Add a tenant to the config file (a file without tenants: first gets the article's tenant as an
+    explicit entry), validate the whole result, write it atomically, print the plan."""
+    from rbacbridge import tenants
+
+    fmt = _output_format(output)
+    edit = tenants.add(_config_file(config), name, list(namespace or []), list(read or []), list(write or []),
+                       role, existing_role, policy, list(workload or []))
+    _after_edit(edit, locals(), only, fmt, no_plan)
+
+
+@tenant_app.command("remove")
+def tenant_remove(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="the tenant to remove", show_default=False)],
+    config: ConfigOpt = None,
+    only: OnlyOpt = None,
+    no_plan: NoPlanOpt = False,
+    output: OutputOpt = "table",
+    account_id: AccountOpt = None, profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
+) -> None:
+    """Remove a tenant from the config file, then print the plan (setup deletes what rbacbridge made for it)."""
+    from rbacbridge import tenants
+
+    fmt = _output_format(output)
+    edit = tenants.remove(_config_file(config), name)
+    _after_edit(edit, locals(), only, fmt, no_plan)
+
+
+@tenant_app.command("list")
+@with_config()
+def tenant_list(cfg, output: OutputOpt = "table") -> None:
+    """The tenants of the config (without tenants: the article's one, from the legacy keys). Offline."""
+    from rbacbridge import output as out
+    from rbacbridge import tenants
+
+    fmt = _output_format(output)
+    rows = tenants.rows(cfg)
+    if fmt != "table":
+        _dump(fmt, {"tenants": rows})
+        return
+    out.print_tenants(rows)
+
 
 iptables_app = typer.Typer(
     cls=_Group,

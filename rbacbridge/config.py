@@ -671,8 +671,13 @@ class Config:
     def check_consistency(self) -> None:
         if self.legacy_tenants:
             self._check_legacy()
-        else:
-            check_tenants(self)
+            return
+        if self.pod_default_role == self.node_role:
+            raise UsageError(f"invalid iam.default_role {shown(self.pod_default_role)}: the pods' default role must differ "
+                             "from the node role (kube2iam.default_role: node hands pods the node role)")
+        if self.node_policy == self.kube2iam_policy:
+            raise UsageError("invalid iam policies: node_policy and kube2iam_policy must differ")
+        check_tenants(self)
 
     def _check_legacy(self) -> None:
         if self.node_role == self.pod_role:
@@ -818,6 +823,13 @@ def load(path: str | Path | None) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"config {where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    return load_text(text, where)
+
+
+def load_text(text: str, where: str) -> Config:
+    """rbacbridge.yaml's text over the defaults; `where` names it in messages (already quoted)."""
+    import yaml
+
     try:
         data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as exc:

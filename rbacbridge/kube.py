@@ -683,7 +683,7 @@ def _plan_stale_workloads(ctx, gw: KubeGateway, teardown: bool = False) -> list[
         _note(ctx, f"cannot list Deployments in all namespaces (403): tenants' workloads looked for in {', '.join(names)} only")
         found = [o for ns in names for o in gw.list("Deployment", ns, label_selector=selector)]
     # the article's nginx-annotated carries no tenant label: found by name where it was made
-    legacy = gw.get("Deployment", "nginx-annotated", config.namespace)
+    legacy = gw.get("Deployment", "nginx-annotated", config.namespace) if (config.namespace, "nginx-annotated") not in wanted else None
     if legacy is not None and is_ours(legacy) and TENANT_LABEL not in (legacy["metadata"].get("labels") or {}):
         found.append(legacy)
     steps = []

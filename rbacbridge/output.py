@@ -125,3 +125,24 @@ def print_iptables(result) -> None:
     out.print(table)
     failed = sum(1 for r in result.reports if r.error)
     out.print(f"{len(result.reports)} node(s), {failed} failed")
+
+
+def print_tenants(rows: list[dict[str, Any]]) -> None:
+    """`rbacbridge tenant list` as a table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="tenants", title_justify="left")
+    for column in ("name", "namespaces", "role", "policy", "read", "write", "workloads"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        role = f"{row['existing_role_arn']} (existing)" if row["existing_role_arn"] else row["role"]
+        table.add_row(*(escape(v) for v in (
+            row["name"] + (" (legacy keys)" if row["from_legacy_keys"] else ""), ", ".join(row["namespaces"]), role,
+            row["policy"] or "-", ", ".join(row["read"]) or "-", ", ".join(row["write"]) or "-",
+            ", ".join(row["workloads"]) or "-")))
+    out = console()
+    if rows:
+        out.print(table)
+    else:
+        out.print("no tenants (tenants: [])")

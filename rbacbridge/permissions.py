@@ -33,15 +33,18 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
     iam = f"arn:{PARTITION}:iam::{account}"
     # The dedicated default role is listed even when kube2iam.default_role no longer uses it: teardown
     # still removes the one an earlier setup made (aws.desired_resources(teardown=True)).
-    managed_roles = list(dict.fromkeys([config.node_role, config.pod_role, config.pod_default_role]))
+    # Every tenant's role rbacbridge creates; an existing tenant role is only read (verify's diagnostics).
+    tenant_roles = [t.role for t in config.tenants if t.managed]
+    managed_roles = list(dict.fromkeys([config.node_role, *tenant_roles, config.pod_default_role]))
     read_roles = list(dict.fromkeys(managed_roles + [config.effective_default_role]))
+    existing = list(dict.fromkeys(t.existing_role_arn for t in config.tenants if t.existing_role_arn))
     instances = config.instance_ids or ("*",)
     return render_json(
         TEMPLATE,
         policy_arns=[config.policy_arn(account, name) for name in
-                     dict.fromkeys((config.node_policy, config.kube2iam_policy, config.pod_policy))],
+                     dict.fromkeys((config.node_policy, config.kube2iam_policy, *(t.policy for t in config.tenants if t.policy)))],
         managed_role_arns=[config.role_arn(account, name) for name in managed_roles],
-        read_role_arns=[config.role_arn(account, name) for name in read_roles],
+        read_role_arns=list(dict.fromkeys([config.role_arn(account, name) for name in read_roles] + existing)),
         instance_profile_arn=f"{iam}:instance-profile/{config.instance_profile}",
         any_instance_profile_arn=f"{iam}:instance-profile/*",
         pass_role_arns=[config.role_arn(account, name) for name in

@@ -131,6 +131,20 @@ def test_only_aws_with_a_config_audits_the_iam_side_it_names(field):
     assert field.store.requests == []  # the kube part was not asked
 
 
+def test_config_tenants_name_the_roles_audit_checks(field):
+    from rbacbridge.config import Tenant
+
+    tenants = (Tenant("client-a", ("tenant-a",), "app-role"), Tenant("client-z", ("tenant-z",), "no-such-tenant-role"))
+    config = field.config(node_role="k8s-node", default_role="k8s-default", tenants=tenants)
+    result = field.audit(parts=("aws",), config=config, config_given=True)
+    assert ids(result) == {"pod-role-missing"}
+    assert result.findings[0].objects == ["config tenant client-z"]
+    field.plant_typo_trust()
+    untrusted = next(f for f in field.audit(parts=("aws",), config=config, config_given=True).findings
+                     if f.kind == "pod-role-untrusted")
+    assert untrusted.objects == ["Role app-role", "config tenant client-a"]
+
+
 # --- a clean rbacbridge setup audits clean --------------------------------------------------------
 
 # What the audit finds right after `rbacbridge setup`, per kube2iam.default_role: the default

@@ -121,6 +121,8 @@ BAD = [
     ("same-policy", "tenants:\n  - {name: a, namespaces: [a], role: r, read: [b-1], policy: p}\n"
      "  - {name: b, namespaces: [b], role: s, read: [b-1], policy: p}\n", "invalid tenants[1].policy 'p'"),
     ("workload-vanilla", "tenants:\n  - {name: a, namespaces: [default], role: r, workloads: [nginx-vanilla]}\n", "nginx-vanilla"),
+    ("default-is-node-role", "iam:\n  default_role: nettech-s3-read-only\ntenants: []\n", "invalid iam.default_role"),
+    ("same-node-policies", "iam:\n  kube2iam_policy: nettech-s3-read-only\ntenants: []\n", "node_policy and kube2iam_policy"),
     ("with-legacy-role", "iam:\n  pod_role: x\ntenants: []\n", "move it into a tenant"),
     ("with-legacy-keys", "iam:\n  pod_policy: x\nbuckets:\n  tenant: b-1\ntenants: []\n", "iam.pod_policy, buckets.tenant"),
 ]

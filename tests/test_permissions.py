@@ -272,3 +272,43 @@ def test_permissions_is_offline_data_and_refuses_bad_input():
     for args, needle in ((["permissions"], "--account-id"), (["permissions", "--account-id", ACCOUNT, "--restore-role", "a b"], "restore-role")):
         result = cli(*args, env=env)
         assert result.returncode == 2 and needle in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+TENANTS_YAML = """\
+tenants:
+  - {name: client-a, namespaces: [client-a], role: client-a-s3, read: [nettech-helm-test]}
+  - {name: client-c, namespaces: [client-c], role: client-c-s3, policy: client-c-policy, write: [client-c-data]}
+  - {name: client-e, namespaces: [client-e], role: {existing: "arn:aws:iam::111122223333:role/team/e"}}
+"""
+
+
+def test_permissions_cover_every_tenant_and_no_existing_role(sandbox, tmp_path):
+    """Setup of three tenants, then removing one, then teardown: every call is allowed by the policy
+    `permissions` prints for the config that has them all; an existing tenant role is only readable."""
+    from rbacbridge.config import load
+
+    path = tmp_path / "rbacbridge.yaml"
+    path.write_text(TENANTS_YAML)
+    config = load(path)
+    policy = printed_policy("-c", str(path))
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    role = lambda n: f"arn:aws:iam::{ACCOUNT}:role/{n}"  # noqa: E731
+    assert statements["ManageRoles"]["Resource"] == [role(n) for n in ("nettech-s3-read-only", "client-a-s3", "client-c-s3",
+                                                                     "nettech-pod-default")]
+    assert "arn:aws:iam::111122223333:role/team/e" in statements["ReadRolesForVerify"]["Resource"]
+    assert f"arn:aws:iam::{ACCOUNT}:policy/client-c-policy" in statements["ManagePolicies"]["Resource"]
+    instance = sandbox.new_instance()
+    ctx = sandbox.context(sandbox.config(tenants=config.tenants, instance_ids=(instance,)))
+    assert planner.run(ctx, planner.plan_setup(ctx)).ok
+    fewer = sandbox.config(tenants=config.tenants[:1] + config.tenants[2:], instance_ids=(instance,))
+    ctx = sandbox.context(fewer)
+    assert planner.run(ctx, planner.plan_setup(ctx)).ok
+    ctx = sandbox.context(fewer)
+    assert planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
+    calls = list(requests(sandbox.calls, {"nettech-instance-profile": config.node_role}, instance))
+    assert {"iam:DeleteRole", "iam:DetachRolePolicy", "iam:UntagInstanceProfile", "iam:TagInstanceProfile",
+            "iam:CreatePolicy", "iam:DeletePolicy"} <= {a for a, _, _ in calls}
+    policy = printed_policy("-c", str(path), "--instance-id", instance)
+    denied = [(a, r) for a, r, c in calls if not decide(policy, a, r, c).allowed]
+    assert denied == []
+    assert not decide(policy, "iam:DeleteRole", "arn:aws:iam::111122223333:role/team/e", {}).allowed

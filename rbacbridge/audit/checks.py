@@ -371,7 +371,12 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
                 want(value if value.startswith("arn:") else base + value, f"{ROLE_ANNOTATION}={value}", pod_ref(pod))
     if inputs.config_given:
         cfg = inputs.config
-        want(f"arn:aws:iam::{aws.account}:role/{cfg.pod_role}", f"iam.pod_role: {cfg.pod_role}", "config iam.pod_role")
+        for tenant in cfg.tenants:
+            if tenant.legacy:  # the article's tenant, from the legacy key
+                want(tenant.role_arn(aws.account), f"iam.pod_role: {tenant.role}", "config iam.pod_role")
+            else:
+                want(tenant.role_arn(aws.account), f"tenant {tenant.name} role: {tenant.existing_role_arn or tenant.role}",
+                     f"config tenant {tenant.name}")
     if nodes:
         for arn, (asked, objects) in sorted(wanted.items()):
             _check_pod_role(aws, nodes, arn, asked, objects, out)

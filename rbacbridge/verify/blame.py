@@ -54,16 +54,24 @@ def compare(config: Config, account: str, stage: str, expected: list[Expected], 
                         tenants=tenants)
 
 
+def _must_be_no(principal: Principal, check: str, target: str, seen: Observation, predicted: bool | None, what: str,
+                refused: str, granted: str) -> Cell:
+    """A chain or annotation cell: it matches only if the call was refused and the configuration does not grant it."""
+    result = seen.result
+    match = seen.allowed is False and not predicted
+    detail = what + (f": {refused}" if seen.allowed is False else f": {granted}" if seen.allowed else f": {result.detail}") \
+        + seen.shared_note
+    return Cell(principal.name, check, None, False, seen.allowed, match, None if result.ok else result.category, detail,
+                target=target, predicted=predicted)
+
+
 def _annotation_cell(config: Config, exp: Expected, seen: Observation, target: str, predicted: bool | None) -> Cell:
     """A pod of one tenant asked kube2iam for another tenant's role: it must get nothing."""
     principal = exp.principal
     result = seen.result
     what = f"pod of tenant {principal.tenant} in namespace {principal.namespace} asks kube2iam for {target}"
-    match = seen.allowed is False and not predicted
-    detail = what + (": refused" if seen.allowed is False else ": HANDED OUT" if seen.allowed else f": {result.detail}")
-    cell = Cell(principal.name, ANNOTATION, None, False, seen.allowed, match, None if result.ok else result.category, detail,
-                target=target, predicted=predicted)
-    if match:
+    cell = _must_be_no(principal, ANNOTATION, target, seen, predicted, what, "refused", "HANDED OUT")
+    if cell.match:
         return cell
     if seen.allowed:
         why = ("kube2iam.namespace_restrictions is off" if not config.namespace_restrictions else
@@ -122,11 +130,8 @@ def _chain_cell(config: Config, account: str, exp: Expected, obs: Observed, targ
     held = obs.role or exp.role
     path = chain_path(principal.name, held, target)
     result = seen.result
-    match = seen.allowed is False and not predicted
-    detail = path + (": denied" if seen.allowed is False else ": GRANTED" if seen.allowed else f": {result.detail}") + seen.shared_note
-    cell = Cell(principal.name, CHAIN, None, False, seen.allowed, match, None if result.ok else result.category, detail,
-                target=target, predicted=predicted)
-    if match:
+    cell = _must_be_no(principal, CHAIN, target, seen, predicted, path, "denied", "GRANTED")
+    if cell.match:
         return cell
     trust = diag.documents.trust.get(target)
     trust_note = ""
