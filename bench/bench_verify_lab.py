@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -133,6 +134,27 @@ def phases(lab: Lab, verify_argv: list[str], counts: tuple[int, ...]) -> None:
               f"imports {imports:.2f} s; " + ", ".join(f"{k} {cum[k]:.2f} s" for k in PHASES if k in cum), flush=True)
 
 
+def interleaved(rows: list[tuple[str, Any]], rounds: int, namespaces: list[str]) -> tuple[dict, dict]:
+    """Every row once per round, the order flipping every round; medians of wall and of each CPU share, and
+    each row's last output. Prints each round, then the table (each row against the row `rows` names as its ref)."""
+    results: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name, _, _ in rows}
+    outs: dict[str, object] = {}
+    for r in range(rounds):
+        for name, fn, _ in (rows if r % 2 == 0 else rows[::-1]):
+            wall, cpu, outs[name] = measure(fn, namespaces)
+            results[name].append((wall, cpu))
+        print(f"round {r + 1}: " + ", ".join(f"{name.split(':')[0]} {results[name][-1][0]:.2f} s" for name, _, _ in rows), flush=True)
+    med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
+           for name, v in results.items()}
+    print(f"\nmedian of {rounds} interleaved rounds; load average after: {os.getloadavg()}")
+    print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
+    for name, _, ref_name in rows:
+        (wall, cpu), ref = med[name], med[ref_name]
+        print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
+              f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
+    return med, outs
+
+
 def tenants(count: int) -> list[dict]:
     """`count` tenants shaped like the article's annotated pod: read the shared bucket, read/write their own."""
     return [{"name": f"client-{i:02d}", "namespaces": [f"client-{i:02d}"], "role": f"client-{i:02d}-s3",
@@ -204,27 +226,16 @@ def tenants_scenario(args) -> int:
                 return (len(document["principals"]), cells, counters[id(lab)].count - before), cpu
             return run
 
-        rows = [("probe: one list-objects-v2 in a pod", probe), ("verify, 1 tenant x 1 node", verify(small, small_argv, 1)),
-                (f"verify, {many_tenants} tenants x {many_nodes} nodes", verify(big, big_argv, many_nodes))]
+        small_name, big_name = "verify, 1 tenant x 1 node", f"verify, {many_tenants} tenants x {many_nodes} nodes"
+        rows = [("probe: one list-objects-v2 in a pod", probe, "probe: one list-objects-v2 in a pod"),
+                (small_name, verify(small, small_argv, 1), "probe: one list-objects-v2 in a pod"),
+                (big_name, verify(big, big_argv, many_nodes), small_name)]
         probe()
-        results: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name, _ in rows}
-        outs: dict[str, object] = {}
-        for r in range(args.rounds):
-            for name, fn in (rows if r % 2 == 0 else rows[::-1]):
-                wall, cpu, outs[name] = measure(fn, namespaces)
-                results[name].append((wall, cpu))
-            print(f"round {r + 1}: " + ", ".join(f"{name.split(':')[0]} {results[name][-1][0]:.2f} s" for name, _ in rows), flush=True)
-        med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
-               for name, v in results.items()}
-        base, one, many = (med[name] for name, _ in rows[:3])
-        print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {os.getloadavg()}")
-        print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
-        for (name, _), (wall, cpu), ref in zip(rows, [med[name] for name, _ in rows], (base, base, one, one)):
-            print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
-                  f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
+        med, outs = interleaved(rows, args.rounds, namespaces)
+        one, many = med[small_name], med[big_name]
         print(f"\ntarget: {many_tenants} tenants x {many_nodes} nodes <= 3x 1 tenant x 1 node: {many[0] / one[0]:.2f}x "
               f"{'met' if many[0] <= 3 * one[0] else 'MISSED'}")
-        for name, _ in rows[1:]:
+        for name, _, _ in rows[1:]:
             principals, cells, execs = outs[name]
             print(f"{name}: {principals} principals, {cells} cells, {execs} pod execs")
     finally:
@@ -288,30 +299,16 @@ def main() -> int:
                 return f"{len(principals)} principals, {execs.count - before} pod execs", cpu
             return run
 
-        rows = [("probe: one list-objects-v2 in a pod", probe), ("verify, 1 node", verify(1)),
-                (f"verify, {args.nodes} nodes", verify(args.nodes))]
+        probe_name, one_name, many_name = "probe: one list-objects-v2 in a pod", "verify, 1 node", f"verify, {args.nodes} nodes"
+        rows = [(probe_name, probe, probe_name), (one_name, verify(1), probe_name), (many_name, verify(args.nodes), one_name)]
         if args.every_node:  # the same without sharing cells between nodes: what sharing saves
-            rows.append((f"verify, {args.nodes} nodes, --every-node", verify(args.nodes, ("--every-node",))))
+            rows.append((f"verify, {args.nodes} nodes, --every-node", verify(args.nodes, ("--every-node",)), one_name))
         probe()  # warm: page cache, moto's S3 and STS, kube2iam's first answers
-        results: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name, _ in rows}
-        outs: dict[str, object] = {}
-        for r in range(args.rounds):
-            for name, fn in (rows if r % 2 == 0 else rows[::-1]):  # interleaved, the order flipping every round
-                wall, cpu, outs[name] = measure(fn, namespaces)
-                results[name].append((wall, cpu))
-            print(f"round {r + 1}: " + ", ".join(f"{name.split(':')[0]} {results[name][-1][0]:.2f} s" for name, _ in rows),
-                  flush=True)
-        med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
-               for name, v in results.items()}
-        base, one, many = (med[name] for name, _ in rows[:3])
-        print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {os.getloadavg()}")
-        print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
-        for (name, _), (wall, cpu), ref in zip(rows, [med[name] for name, _ in rows], (base, base, one, one)):
-            print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
-                  f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
+        med, outs = interleaved(rows, args.rounds, namespaces)
+        base, one, many = med[probe_name], med[one_name], med[many_name]
         print(f"\ntargets: verify@1 <= 3x probe: {one[0] / base[0]:.2f}x {'met' if one[0] <= 3 * base[0] else 'MISSED'}; "
               f"verify@{args.nodes} <= 1.5x verify@1: {many[0] / one[0]:.2f}x {'met' if many[0] <= 1.5 * one[0] else 'MISSED'}")
-        for name, _ in rows[1:]:
+        for name, _, _ in rows[1:]:
             print(f"{name}: {outs[name]}")
         if args.phases:
             phases(lab, verify_argv, (1, args.nodes))
