@@ -219,9 +219,15 @@ def tenants_scenario(args) -> int:
             def run():
                 before = counters[id(lab)].count
                 rc, stdout, stderr, cpu = run_cli(lab, argv, timeout=1200)
-                assert rc == 0, (rc, stdout[-3000:], stderr[-2000:])
                 from rbacbridge.report import principals_of  # -o json v3: principals grouped by tenant
 
+                if rc != 0:
+                    try:
+                        bad = [(p["name"], c["check"], c["bucket"] or c["target"], c["detail"], c["blame"])
+                               for p in principals_of(json.loads(stdout)) for c in p["cells"] if not c["match"]]
+                    except ValueError:
+                        bad = []
+                    raise AssertionError(f"verify exited {rc}: {bad[:10]} {stderr[-1500:]}")
                 principals = principals_of(json.loads(stdout))
                 assert len({p["node"] for p in principals}) == nodes, principals
                 cells = sum(len(p["cells"]) for p in principals)
