@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from rbacbridge import policy_eval as pe
 from rbacbridge.config import Config
@@ -237,20 +238,24 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
 def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
                allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
                diagnostics: Diagnostics | None = None, share: bool = True,
-               asked: dict[str, dict[str, Observation]] | None = None) -> VerifyResult:
+               asked: "dict[str, dict[str, Observation]] | Callable[[], dict[str, dict[str, Observation]]] | None" = None
+               ) -> VerifyResult:
     """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe).
 
     `asked` (the live runner): annotation cells already observed elsewhere (probe pods annotated with another
     tenant's role, verify.annotation_probe), principal name -> target role -> observation; only those cells
-    are reported. Without it, backends that implement request_role (the sandbox) are asked."""
+    are reported; a callable is called after the other cells are observed (the probe pods run meanwhile).
+    Without it, backends that implement request_role (the sandbox) are asked."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
     arns = role_arns(config, account)
     chains = {e.principal.name: [(t, arns.get(t) or config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
     asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations} if asked is None else {}
     observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
-    for obs in observed if asked is not None else []:
-        obs.annotations.update(asked.get(obs.principal.name, {}))
+    if asked is not None:
+        asked = asked() if callable(asked) else asked
+        for obs in observed:
+            obs.annotations.update(asked.get(obs.principal.name, {}))
     result = compare(config, account, stage, expected, observed, diagnostics)
     unasked = sorted(p.name for p, backend in targets if asks.get(p.name) and not can_request_roles(backend))
     if unasked:

@@ -161,9 +161,13 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
                 diagnostics.kube2iam_missing = kube2iam_missing(gateway, config, pod_nodes)
             except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
                 ctx.facts.setdefault("notes", []).append(f"could not list kube2iam's pods for diagnosis: {exc}")
-        asked, asked_notes = _annotation_cells(gateway, config, options, targets)
-        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share, asked=asked)
-        result.notes.extend(asked_notes)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rbv-annot-run") as pool:  # probe pods start now
+            annotation = pool.submit(_annotation_cells, gateway, config, options, targets)
+            result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share,
+                                asked=lambda: annotation.result()[0])
+        result.notes.extend(annotation.result()[1])
         if not result.ok and pod_nodes and options.node is None:
             try:
                 diagnostics.interception = interception_problems(ctx, pod_nodes)
