@@ -269,6 +269,7 @@ def verify_with(lab: Lab, config: str, *extra: str, expect: int) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.timeout(600)  # three more verify runs with probe pods, on a shared machine
 def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     store = lab.api.store
     began = time.monotonic()
