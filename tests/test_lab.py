@@ -308,11 +308,11 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
         asked = [c for p in mine for c in p["cells"] if c["check"] == "annotation"]
         assert [(c["target"], c["observed"], c["match"]) for c in asked] == [(TENANTS[(i + 1) % 3]["role"], False, True)], asked
         assert f"probe pod {tenant['namespaces'][0]}/rbacbridge-annotation-probe-" in asked[0]["detail"]
-    assert not probe_pods(lab), probe_pods(lab)  # every probe pod deleted again (the API server's own view)
         # node-b's pod reused node-a's bucket cells (same workload, same role observed), its identity is its own
         b = next(p for p in mine if p["node"] == "node-b")
         assert all("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("read", "write", "chain"))
         assert not any("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("identity", "annotation"))
+    assert not probe_pods(lab), probe_pods(lab)  # every probe pod deleted again (the API server's own view)
     assert {p["observed_role"] for p in good["others"] if p["kind"] == "pod"} == {DEFAULT_ROLE}  # nginx-vanilla
 
     # cross-tenant: a pod in A's namespace asking for C's role gets no credentials, and cannot reach C's bucket
