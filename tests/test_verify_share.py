@@ -89,3 +89,24 @@ def test_without_sharing_every_principal_probes_everything(sandbox):
     assert result.ok
     assert backends[0].calls == backends[1].calls > 1
     assert not any("probed by" in c.detail for p in result.principals for c in p.cells)
+
+
+class Failing(Counted):
+    """A principal whose S3 reads break in transit (a transport error, not an answer from AWS)."""
+
+    def list_bucket(self, bucket):
+        self.sent.update(["broken"])
+        return v.CallResult(False, v.ERROR, "SshError: cannot start command: ChannelException(2, 'Connect failed')")
+
+
+def test_a_cell_the_first_could_not_tell_is_probed_by_the_others_themselves(sandbox):
+    url, config = sandbox
+    first, second = Failing(url, config, config.pod_role), Counted(url, config, config.pod_role)
+    targets = [(pod(v.ANNOTATED, "node-a", config, True), first), (pod(v.ANNOTATED, "node-b", config, True), second)]
+    result = run(url, config, targets)
+    by_name = {p.principal.name: p for p in result.principals}
+    b = by_name[f"{v.ANNOTATED}@node-b"]
+    assert all(c.match for c in b.cells) and not any("probed by" in c.detail for c in b.cells)
+    assert second.calls == first.calls  # all of its own cells, after node-a's errors
+    a = by_name[f"{v.ANNOTATED}@node-a"]
+    assert {c.blame.layer for c in a.cells if not c.match} == {v.PROBE}

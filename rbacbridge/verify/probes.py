@@ -40,24 +40,37 @@ class LocalRunner:
 
 
 class SshRunner:
-    """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes."""
+    """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes.
+
+    At most CHANNELS commands run at once on it: OpenSSH's sshd refuses more than MaxSessions (default 10)
+    channels per connection ("ChannelException(2, 'Connect failed')"), which a host with many cells (tenants)
+    reached with verify's 16 probe threads."""
+
+    CHANNELS = 8
 
     def __init__(self, target: Any):
+        import threading
+
         from rbacbridge.ssh import preflight
 
         preflight(target)  # a bad key or known_hosts is bad input (exit 2), found before any contact
         self.target = target
         self._session = None
+        self._lock = threading.Lock()
+        self._channels = threading.BoundedSemaphore(self.CHANNELS)
 
     def _connect(self):
-        if self._session is None:
-            from rbacbridge.ssh import connect
+        with self._lock:  # one connection, however many probe threads ask at once
+            if self._session is None:
+                from rbacbridge.ssh import connect
 
-            self._session = connect(self.target)
-        return self._session
+                self._session = connect(self.target)
+            return self._session
 
     def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
-        rc, out, err = self._connect().run(argv, sudo=False, timeout=timeout)
+        session = self._connect()
+        with self._channels:
+            rc, out, err = session.run(argv, sudo=False, timeout=timeout)
         return rc, out, err
 
     def close(self) -> None:
@@ -271,7 +284,8 @@ def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], m
     per workload and OBSERVED role: the first principal of a workload probes them at once (alongside the
     identities), every other principal of that workload copies them only if its own identity call returned
     that same role, else (another role, or no credentials on either side) it probes its own. Copies name the
-    principal that probed them (`Observation.probed_by`)."""
+    principal that probed them (`Observation.probed_by`). If the first could not tell a cell (an error, a
+    timeout), the others probe all their own cells afterwards: only decided observations are shared."""
     jobs: dict[tuple[str, str, str | None], Any] = {}
     chains, annotations = chains or {}, annotations or {}
 
@@ -311,6 +325,17 @@ def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], m
                     submit_cells(pool, principal, backend)
                 else:
                     probed_by[principal.name] = same.name
+
+    def undecided(source: str) -> bool:  # a cell the first could not tell (an error, a timeout) is not shared
+        return any(_outcome(future).allowed is None for (name, check, _), future in jobs.items()
+                   if name == source and check in (READ, WRITE, CHAIN))
+
+    again = [(p, b) for p, b in targets if p.name in probed_by and undecided(probed_by[p.name])]
+    if again:
+        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
+            for principal, backend in again:
+                del probed_by[principal.name]
+                submit_cells(pool, principal, backend)
     out = []
     for principal, _ in targets:
         ident = jobs[(principal.name, IDENTITY, None)].result()
