@@ -557,6 +557,28 @@ def _attached_policies(gw: AwsGateway, role: str) -> list[dict]:
         marker = page["Marker"]
 
 
+def live_documents(iam, roles: list[str]):
+    """Trust, attached and inline policies of each role as IAM has them now (a boto3 IAM client; read-only).
+    Roles that do not exist are left out. Returns rbacbridge.policy_eval.Documents."""
+    from rbacbridge.policy_eval import Documents
+
+    docs = Documents()
+    for role in roles:
+        try:
+            docs.trust[role] = _decode(iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"])
+        except iam.exceptions.NoSuchEntityException:
+            continue
+        policies = []
+        for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+            arn = attached["PolicyArn"]
+            version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+            policies.append(_decode(iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]))
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            policies.append(_decode(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]))
+        docs.policies[role] = policies
+    return docs
+
+
 def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None) -> list[Step]:
     add_role = lambda: gw.call("iam", "add_role_to_instance_profile",  # noqa: E731
                                InstanceProfileName=profile.name, RoleName=profile.role)

@@ -407,15 +407,23 @@ def teardown(
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="leave the sandbox running until Ctrl-C")] = False,
     break_: Annotated[Optional[str], typer.Option("--break", metavar="[trust|policy|iptables|namespace]", help="plant one fault for verify to catch: trust, policy, iptables or namespace", show_default=False)] = None,
+    scenario: Annotated[str, typer.Option("--scenario", metavar="[article|abc]", help="article: the walkthrough's one tenant; abc: clients A, B and C, only C with a bucket (the breach before kube2iam, isolation after)")] = "article",
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="run the sandbox with this rbacbridge.yaml's tenants (instead of --scenario)", show_default=False)] = None,
+    output: Annotated[str, typer.Option("--output", "-o", metavar="[table|json]", help="json: the before and after matrices on stdout (the story on stderr)")] = "table",
 ) -> None:
-    """Sandbox walk-through on an embedded moto server: plan, setup, no-op re-run, verify matrix, teardown."""
-    from rbacbridge.demo import run_demo
+    """Sandbox walk-through on an embedded moto server: plan, setup, no-op re-run, verify matrix before and after
+    kube2iam, teardown. Try your own tenants with -c FILE; no AWS account needed."""
+    from rbacbridge.demo import OUTPUTS, SCENARIOS, run_demo
 
     if break_ is not None:
         from rbacbridge.sandbox import FAULTS
 
         _choice("--break", break_, FAULTS)
-    raise typer.Exit(run_demo(keep=keep, fault=break_))
+    _choice("--scenario", scenario, SCENARIOS)
+    _choice("--output", output, OUTPUTS)
+    if config is not None and scenario != "article":
+        raise UsageError("give --scenario or -c FILE, not both")
+    raise typer.Exit(run_demo(keep=keep, fault=break_, config_path=config, scenario=scenario, output=output))
 
 
 @app.command("config-reference")
@@ -664,9 +672,10 @@ def verify(
     node: Annotated[Optional[str], typer.Option("--node", metavar="HOST[:PORT]", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
     host_ip: Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
     no_drift_check: Annotated[bool, typer.Option("--no-drift-check", help="skip comparing live IAM and Kubernetes state with what setup wants")] = False,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", metavar="NAME", help="only this tenant's pods (their own and cross-tenant cells); no host, no default-role pod", show_default=False)] = None,
 ) -> None:
-    """Check the S3 access matrix and the chains into managed roles: expected (from the configuration) vs
-    observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
+    """Check the S3 access matrix per tenant and the chains into managed roles: expected (from the configuration)
+    vs observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
     from rbacbridge import report
     from rbacbridge.config import node_addresses
     from rbacbridge.errors import shown
@@ -675,6 +684,8 @@ def verify(
     _choice("--stage", stage, STAGES)
     _choice("--output", output, tuple(report.FORMATS) + ("yaml",))
     _choice("--probe", probe, ("exec", "ephemeral"))
+    if tenant is not None:
+        cfg.tenant(tenant)  # an unknown name: one line, exit 2, before anything is contacted
     if node is not None:
         node_addresses("--node", node)
     if host_ip is not None:
@@ -689,7 +700,7 @@ def verify(
 
     try:
         result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip,
-                                           drift_check=not no_drift_check))
+                                           drift_check=not no_drift_check, tenant=tenant))
     except IncompleteError as exc:
         report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
         raise

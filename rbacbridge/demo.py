@@ -1,4 +1,8 @@
-"""`rbacbridge demo`: the whole AWS side against an embedded moto server. Nothing real is touched."""
+"""`rbacbridge demo`: the whole AWS side against an embedded moto server. Nothing real is touched.
+
+Scenarios: `article` (the default: the walkthrough's one tenant, verify before and after kube2iam) and
+`abc` (templates/scenarios/abc.yaml: clients A, B and C, only C with a bucket: the breach before kube2iam,
+isolation after); `-c FILE` runs any configuration's tenants the same way."""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from rbacbridge.config import Config
 from rbacbridge.errors import UsageError
 
 SANDBOX_ACCOUNT = "123456789012"  # moto's default account
+SCENARIOS = ("article", "abc")  # article: the walkthrough's one tenant (the default); abc: clients A, B and C
+OUTPUTS = ("table", "json")
+DEMO_SCHEMA = "rbacbridge.demo/v1"
 MUTATING_PREFIXES = ("Create", "Delete", "Update", "Attach", "Detach", "Put", "Add", "Remove", "Tag", "Untag",
                      "Associate", "Disassociate", "Replace", "SetDefault")
 
@@ -44,13 +51,27 @@ def _sandbox_session(counter: _CallCounter | None = None):
     return session
 
 
+def sandbox_buckets(config: Config) -> list[str]:
+    """buckets.shared and every bucket the tenants' grants name (the article: the shared and the tenant bucket)."""
+    from rbacbridge.config import grant_bucket
+
+    return list(dict.fromkeys([config.shared_bucket] + [grant_bucket(g) for t in config.tenants for g in t.read + t.write]))
+
+
 def _seed(session, url: str, config: Config) -> str:
-    """What the article assumes exists: the tenants' buckets and a worker node with a profile of its own."""
+    """What the article assumes exists: the tenants' buckets and a worker node with a profile of its own;
+    for a tenant with `role: {existing: ARN}`, an empty role of that name (not rbacbridge's) trusting the node role."""
     s3 = session.client("s3", endpoint_url=url)
-    for bucket in (config.shared_bucket, config.tenant_bucket):
+    for bucket in sandbox_buckets(config):
         s3.create_bucket(Bucket=bucket)
         s3.put_object(Bucket=bucket, Key="hello.txt", Body=b"hello from the sandbox\n")
     iam, ec2 = session.client("iam", endpoint_url=url), session.client("ec2", endpoint_url=url)
+    import json
+
+    for tenant in (t for t in config.tenants if not t.managed):
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
+            "AWS": config.role_arn(SANDBOX_ACCOUNT, config.node_role)}}]}
+        iam.create_role(RoleName=tenant.role, AssumeRolePolicyDocument=json.dumps(trust))
     iam.create_instance_profile(InstanceProfileName="legacy-node-profile")
     # Today's launch templates (kops >= 1.27, eksctl, Karpenter) require IMDSv2 tokens with hop limit 1.
     instance = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, MetadataOptions={
@@ -96,41 +117,120 @@ def _render_section(out, config: Config) -> None:
               "(`-o json`, `--out-dir DIR`); `setup` applies them)")
 
 
-def _verify_section(out, config: Config, url: str, fault: str | None) -> bool:
-    """The access matrix, computed by moto from the live policies (article steps 10-11 and 15)."""
+def _verify_section(out, config: Config, url: str, fault: str | None, tables: bool) -> tuple[bool, Any, Any]:
+    """The access matrix, computed by moto from the live policies (article steps 10-11 and 15).
+
+    The article's config: `verify --stage before` (everyone has the node role) and after. Tenants (a
+    scenario or -c FILE): before is the article's starting point — every tenant's grants on the node's
+    instance profile, nothing intercepts — so every pod reaches every tenant's buckets (the breach);
+    after, each tenant's pods reach only their own."""
     from rbacbridge import report
     from rbacbridge.sandbox import sandbox_matrix
 
-    out.rule("3b. rbacbridge verify --stage before  (article steps 10-11: everyone has the node role)")
-    before = sandbox_matrix(url, config, SANDBOX_ACCOUNT, stage="before")
-    report.print_table(before)
+    starting_point = not config.legacy_tenants
+    if starting_point:
+        out.rule("3b. before kube2iam  (the article's starting point: the node role holds what every tenant needs)")
+    else:
+        out.rule("3b. rbacbridge verify --stage before  (article steps 10-11: everyone has the node role)")
+    before = sandbox_matrix(url, config, SANDBOX_ACCOUNT, stage="before", starting_point=starting_point)
+    if tables:
+        report.print_table(before)
+    if starting_point:
+        out.print("(✓: as expected at the starting point, where the node role holds every tenant's grants)")
+        _print_reach(out, before, "BREACH" if before.breaches else "no breach")
     out.rule("3c. rbacbridge verify  (article step 15)" + (f"  — with a planted fault: {fault}" if fault else ""))
     after = sandbox_matrix(url, config, SANDBOX_ACCOUNT, stage="after", fault=fault)
-    report.print_table(after)
+    if tables:
+        report.print_table(after)
+    if starting_point:
+        _print_reach(out, after, "isolated" if not after.breaches else "BREACH")
     if not fault:
-        return before.ok and after.ok
+        return before.ok and after.ok and not after.breaches, before, after
     blamed = sorted({c.blame.layer for c in after.mismatches if c.blame})
     out.print(f"verify caught the planted {fault} fault: {len(after.mismatches)} mismatching cell(s), blamed on {', '.join(blamed) or 'nothing'}."
               if after.mismatches else f"[red]verify did not catch the planted {fault} fault[/red]")
-    return bool(after.mismatches)
+    return bool(after.mismatches), before, after
 
 
-def run_demo(keep: bool = False, fault: str | None = None) -> int:
+def reach(result) -> dict[str, list[str]]:
+    """Tenant bucket grant -> the pods observed reading or writing it."""
+    out: dict[str, list[str]] = {}
+    for p in result.principals:
+        for c in p.cells:
+            if p.principal.kind == "pod" and c.check in ("read", "write") and c.owners and c.observed is True:
+                out.setdefault(c.bucket, [])
+                if p.principal.name not in out[c.bucket]:
+                    out[c.bucket].append(p.principal.name)
+    return out
+
+
+def _print_reach(out, result, verdict: str) -> None:
+    from rich.markup import escape
+
+    owners = {c.bucket: c.owners for c in result.all_cells if c.owners and c.check in ("read", "write")}
+    reached = reach(result)
+    for location, tenants in owners.items():
+        pods = reached.get(location, [])
+        out.print(f"  {escape(location)} (tenant {', '.join(tenants)}): reached by {escape(', '.join(pods)) or 'no pod'}")
+    breaches = sorted({(c.principal, c.bucket) for c in result.breaches})
+    colour = "red" if breaches else "green"
+    out.print(f"[bold {colour}]{verdict}[/bold {colour}]: " + (
+        "; ".join(f"{escape(p)} reaches {escape(b)}" for p, b in breaches) if breaches
+        else "each tenant's pods reach only their own tenant's buckets"))
+
+
+def demo_config(config_path: str | None, scenario: str) -> Config:
+    """The demo's configuration: -c FILE, else the scenario (article: the built-in defaults; abc: its tenants)."""
+    from rbacbridge import config as config_module
+
+    if config_path is not None:
+        return config_module.load(config_path)
+    if scenario not in SCENARIOS:
+        raise UsageError(f"invalid --scenario {scenario!r}: choose from {', '.join(SCENARIOS)}")
+    if scenario == "article":
+        return Config()
+    from rbacbridge.templating import template_dir
+
+    return config_module.load(template_dir() / "scenarios" / f"{scenario}.yaml")
+
+
+def _into_sandbox(config: Config, url: str, instance_ids: tuple[str, ...] = ()) -> Config:
+    """The same configuration pointed at the sandbox: its account, endpoint and region; an existing role's
+    ARN moved into the sandbox account (the seeded stand-in of that name)."""
+    from dataclasses import replace
+
+    tenants = tuple(replace(t, existing_role_arn=f"arn:aws:iam::{SANDBOX_ACCOUNT}:role/{t.role}") if not t.managed else t
+                    for t in config.tenants)
+    return replace(config, account_id=SANDBOX_ACCOUNT, endpoint_url=url, region="us-east-1", profile=None,
+                   instance_ids=instance_ids, tenants=None if config.legacy_tenants else tenants)
+
+
+def run_demo(keep: bool = False, fault: str | None = None, config_path: str | None = None, scenario: str = "article",
+             output: str = "table") -> int:
+    """The sandbox walk-through. `output` json: the story goes to stderr, stdout gets the matrices as JSON."""
     from rbacbridge import planner
     from rbacbridge.aws import AwsGateway
-    from rbacbridge.output import console, print_plan, step_line
+    from rbacbridge.output import console, dump_json, print_plan, step_line
 
-    out = console()
+    if output not in OUTPUTS:
+        raise UsageError(f"invalid --output {output!r}: choose from {', '.join(OUTPUTS)}")
+    base = demo_config(config_path, scenario)  # bad input: exit 2 before the sandbox starts
+    tables = output == "table"
+    out = console(stderr=not tables)
     server, url = _start_moto()
     try:
         out.rule("[bold yellow]SANDBOX[/bold yellow]")
         out.print(f"[yellow]This is a sandbox:[/yellow] an embedded moto server at {url} plays AWS "
                   f"(account {SANDBOX_ACCOUNT}). No real account, cluster or node is touched.")
-        config = Config(account_id=SANDBOX_ACCOUNT, endpoint_url=url)
+        config = _into_sandbox(base, url)
         seed_session = _sandbox_session()
         instance = _seed(seed_session, url, config)
-        config = Config(account_id=SANDBOX_ACCOUNT, endpoint_url=url, instance_ids=(instance,))
-        out.print(f"Seeded: buckets {config.shared_bucket} and {config.tenant_bucket}; worker instance {instance} "
+        config = _into_sandbox(base, url, (instance,))
+        if not config.legacy_tenants:
+            out.print("Tenants: " + "; ".join(f"{t.name} (namespace {', '.join(t.namespaces)}, role {t.role}, "
+                                               f"{'writes ' + ', '.join(t.write) if t.write else 'no bucket of its own'})"
+                                               for t in config.tenants))
+        out.print(f"Seeded: buckets {', '.join(sandbox_buckets(config))}; worker instance {instance} "
                   "using its own instance profile legacy-node-profile.\n")
 
         class Reporter(planner.Reporter):
@@ -142,7 +242,7 @@ def run_demo(keep: bool = False, fault: str | None = None) -> int:
             return planner.Context(config=config, parts=("aws",), reporter=Reporter(), gateways={"aws": gateway})
 
         out.rule("1. rbacbridge plan  (article steps 1-7; reads only)")
-        print_plan(planner.plan_setup(context()), "setup plan", notes_to=out)
+        print_plan(planner.plan_setup(context()), "setup plan", to_stderr=not tables, notes_to=out)
 
         out.rule("2. rbacbridge setup --account-id " + SANDBOX_ACCOUNT)
         ctx = context()
@@ -159,7 +259,7 @@ def run_demo(keep: bool = False, fault: str | None = None) -> int:
         out.print(f"{len(again.changes)} changes planned, {counter.mutating} mutating AWS calls made.")
 
         _render_section(out, config)
-        verified = _verify_section(out, config, url, fault)
+        verified, before, after = _verify_section(out, config, url, fault, tables)
 
         out.rule("4. rbacbridge teardown")
         ctx = context()
@@ -172,6 +272,10 @@ def run_demo(keep: bool = False, fault: str | None = None) -> int:
         owned, profile = _leftovers(seed_session, url, instance)
         out.print(f"rbacbridge-owned resources left: {len(owned)}" + (f" ({', '.join(owned)})" if owned else ""))
         out.print(f"instance {instance} uses instance profile: {profile} (restored)")
+        ok = verified and not owned and profile == "legacy-node-profile"
+        if not tables:
+            dump_json(demo_document(base, scenario if config_path is None else None, config_path, fault, before, after,
+                                    owned, profile, ok))
         if keep:
             out.print(f"\nSandbox still running at {url}; Ctrl-C ends it. In another shell (moto takes any key;\n"
                       "these are placeholders, not credentials):\n")
@@ -188,7 +292,29 @@ def run_demo(keep: bool = False, fault: str | None = None) -> int:
             except KeyboardInterrupt:
                 pass
         out.rule("[bold yellow]end of sandbox[/bold yellow]")
-        return 0 if verified and not owned and profile == "legacy-node-profile" else 1
+        return 0 if ok else 1
     finally:
         server.stop()
 
+
+def demo_document(config: Config, scenario: str | None, config_path: str | None, fault: str | None, before, after,
+                  owned: list[str], profile: str, ok: bool) -> dict[str, Any]:
+    """`demo -o json`: both matrices (verify's JSON, rbacbridge.verify/v3) and what the story concluded."""
+    from rbacbridge import report
+
+    def breaches(result) -> list[dict[str, Any]]:
+        return [{"principal": c.principal, "tenant": c.tenant, "check": c.check, "bucket": c.bucket, "owners": list(c.owners)}
+                for c in result.breaches]
+
+    return {
+        "schema": DEMO_SCHEMA,
+        "scenario": scenario,
+        "config": config_path,
+        "fault": fault,
+        "tenants": [t.name for t in config.tenants],
+        "before": {"starting_point": not config.legacy_tenants, "breaches": breaches(before), "reach": reach(before),
+                   "verify": report.to_dict(before)},
+        "after": {"breaches": breaches(after), "reach": reach(after), "verify": report.to_dict(after)},
+        "teardown": {"left": owned, "instance_profile": profile},
+        "ok": ok,
+    }

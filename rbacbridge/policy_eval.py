@@ -14,13 +14,21 @@ covers that role's sessions `arn:aws:sts::ACCT:assumed-role/ROLE/SESSION`, as in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable
 
 ALLOW = "Allow"
 EXPLICIT_DENY = "ExplicitDeny"
 IMPLICIT_DENY = "ImplicitDeny"
+
+
+@dataclass
+class Documents:
+    """Trust and identity policy documents per role name (what setup wants, or what IAM has now)."""
+
+    trust: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

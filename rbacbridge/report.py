@@ -1,4 +1,4 @@
-"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v2), JUnit XML,
+"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v3), JUnit XML,
 GitHub Actions annotations and job summary. No work here.
 
 The JSON Schema is `JSON_SCHEMA` below; `docs/verify-schema.json` is a copy of it (a test keeps them equal).
@@ -11,9 +11,9 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from rbacbridge.verify import CHAIN, IDENTITY, LAYERS, Cell, Finding, PrincipalResult, VerifyResult
+from rbacbridge.verify import ANNOTATION, CHAIN, CHECKS, IDENTITY, LAYERS, Cell, Finding, PrincipalResult, VerifyResult
 
-SCHEMA = "rbacbridge.verify/v2"
+SCHEMA = "rbacbridge.verify/v3"
 FORMATS = ("table", "json", "junit")
 OK_GLYPH, BAD_GLYPH = "✓", "✗"
 
@@ -25,8 +25,8 @@ def _value(cell: Cell, which: Any) -> str:
 
 
 def cell_name(cell: Cell) -> str:
-    if cell.check == CHAIN:
-        return f"{cell.principal} chain {cell.target}"
+    if cell.check in (CHAIN, ANNOTATION):
+        return f"{cell.principal} {cell.check} {cell.target}"
     return f"{cell.principal} {cell.check}" + (f" {cell.bucket}" if cell.bucket else "")
 
 
@@ -53,7 +53,8 @@ def finding_text(finding: Finding) -> str:
 # --- JSON ------------------------------------------------------------------------------------------
 
 def to_dict(result: VerifyResult) -> dict[str, Any]:
-    """The stable JSON document (JSON_SCHEMA below; docs/verify-schema.json)."""
+    """The stable JSON document (JSON_SCHEMA below; docs/verify-schema.json): cells per principal, principals
+    grouped by tenant (`tenants`), the host node(s) and the default-role pod under `others`."""
 
     def cell(c: Cell) -> dict[str, Any]:
         return {
@@ -67,7 +68,37 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
             "error": c.error,
             "detail": c.detail,
             "blame": {"layer": c.blame.layer, "message": c.blame.message} if c.blame else None,
+            "owners": list(c.owners),
+            "cross_tenant": c.cross_tenant,
         }
+
+    def principal(p: PrincipalResult) -> dict[str, Any]:
+        return {
+            "name": p.principal.name,
+            "kind": p.principal.kind,
+            "tenant": p.principal.tenant,
+            "namespace": p.principal.namespace,
+            "pod": p.principal.pod,
+            "node": p.principal.node,
+            "managed": p.principal.managed,
+            "configured_annotation": p.principal.role_annotation,
+            "live_annotation": p.principal.live_annotation if p.principal.annotation_seen else None,
+            "expected_role": p.expected.role,
+            "expected_because": p.expected.why,
+            "observed_arn": p.observed.arn,
+            "observed_role": p.observed.role,
+            "cells": [cell(p.identity)] + [cell(c) for c in p.cells],
+        }
+
+    def summary(cells: list[Cell]) -> dict[str, int]:
+        return {"cells": len(cells), "matched": sum(c.match for c in cells), "mismatched": sum(not c.match for c in cells)}
+
+    def tenant(t: Any) -> dict[str, Any]:
+        members = [p for p in result.principals if p.principal.tenant == t.name]
+        cells = [c for p in members for c in [p.identity, *p.cells]]
+        return {"name": t.name, "namespaces": list(t.namespaces), "role": t.role, "role_arn": t.role_arn(result.account),
+                "managed": t.managed, "read": list(t.read), "write": list(t.write), "ok": all(c.match for c in cells),
+                "summary": summary(cells), "principals": [principal(p) for p in members]}
 
     cells = result.all_cells
     drift = [f for f in result.findings if f.kind == "drift"]
@@ -77,34 +108,22 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
         "account": result.account,
         "region": result.region,
         "buckets": list(result.buckets),
-        "roles": dict(result.roles),
+        "roles": {k: result.roles[k] for k in ("default", "node") if k in result.roles},
         "ok": result.ok,
         "exit_code": result.exit_code,
-        "summary": {"cells": len(cells), "matched": sum(c.match for c in cells), "mismatched": len(result.mismatches),
-                    "findings": len(result.findings)},
+        "summary": {**summary(cells), "findings": len(result.findings)},
         "drift": {"checked": result.drift_checked, "steps": result.drift_steps, "differences": len(drift)},
-        "principals": [
-            {
-                "name": p.principal.name,
-                "kind": p.principal.kind,
-                "namespace": p.principal.namespace,
-                "pod": p.principal.pod,
-                "node": p.principal.node,
-                "managed": p.principal.managed,
-                "configured_annotation": p.principal.role_annotation,
-                "live_annotation": p.principal.live_annotation if p.principal.annotation_seen else None,
-                "expected_role": p.expected.role,
-                "expected_because": p.expected.why,
-                "observed_arn": p.observed.arn,
-                "observed_role": p.observed.role,
-                "cells": [cell(p.identity)] + [cell(c) for c in p.cells],
-            }
-            for p in result.principals
-        ],
+        "tenants": [tenant(t) for t in result.tenants],
+        "others": [principal(p) for p in result.principals if p.principal.tenant is None],
         "findings": [{"kind": f.kind, "subject": f.subject, "message": f.message, "reason": f.reason,
                       "layer": f.layer, "node": f.node} for f in result.findings],
         "notes": list(result.notes),
     }
+
+
+def principals_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every principal of a v3 document, flat (the tenants' and the others)."""
+    return [p for t in document["tenants"] for p in t["principals"]] + list(document["others"])
 
 
 def to_json(result: VerifyResult) -> str:
@@ -176,23 +195,27 @@ def _mark(cell: Cell | None) -> str:
 
 
 def _labels(result: VerifyResult) -> dict[str, str]:
-    """role name -> short label for the chain column (pod, default, node; the node label wins a tie)."""
+    """role name -> short label for the chain column (a tenant's name, or pod for the article's tenant;
+    default, node; the node label wins a tie)."""
     out: dict[str, str] = {}
-    for label in ("pod", "default", "node"):
+    for label in [k for k in result.roles if k not in ("default", "node")] + ["default", "node"]:
         if label in result.roles:
             out[result.roles[label]] = label
     return out
 
 
 def table(result: VerifyResult):
-    """One row per principal x bucket (read, write), the principal's chain cells beside them (one per
-    managed role, short labels), a ✓/✗ for its identity. Full identities and failures are printed below."""
+    """One row per principal x location (read, write), the principal's chain cells beside them (one per
+    role, short labels) and its annotation cells (ask: another tenant's role asked of kube2iam), a ✓/✗ for
+    its identity, its tenant under its name. Full identities and failures are printed below."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     labels = _labels(result)
-    has_chains = any(c.check == CHAIN for c in result.all_cells)
+    side_checks = (CHAIN, ANNOTATION)
+    has_side = any(c.check in side_checks for c in result.all_cells)
+    asks = any(c.check == ANNOTATION for c in result.all_cells)
     t = Table(title=f"rbacbridge verify ({result.stage} kube2iam), account {result.account}", title_justify="left",
               box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     t.add_column("principal", overflow="fold", ratio=None)
@@ -200,20 +223,22 @@ def table(result: VerifyResult):
     t.add_column("bucket", overflow="fold")
     t.add_column("read", no_wrap=True)
     t.add_column("write", no_wrap=True)
-    if has_chains:
-        t.add_column("assume-role", no_wrap=True)
+    if has_side:
+        t.add_column("assume-role / ask" if asks else "assume-role", overflow="fold")
     for index, p in enumerate(result.principals):
         by_key = {(c.bucket, c.check): c for c in p.cells}
-        chains = [c for c in p.cells if c.check == CHAIN]
-        rows = max(len(result.buckets), len(chains), 1)
+        side = [c for c in p.cells if c.check in side_checks]
+        tenant = f"[dim]tenant {escape(p.principal.tenant)}[/dim]" if p.principal.tenant else ""
+        rows = max(len(result.buckets), len(side), 2 if tenant else 1)
         for i in range(rows):
             bucket = result.buckets[i] if i < len(result.buckets) else None
-            row = [escape(p.principal.name) if i == 0 else "",
+            row = [escape(p.principal.name) if i == 0 else tenant if i == 1 else "",
                    (f"[green]{OK_GLYPH}[/green]" if p.identity.match else f"[red]{BAD_GLYPH}[/red]") if i == 0 else "",
                    escape(bucket or ""), _mark(by_key.get((bucket, "read"))), _mark(by_key.get((bucket, "write")))]
-            if has_chains:
-                chain = chains[i] if i < len(chains) else None
-                row.append(f"{labels.get(chain.target, chain.target)} {_mark(chain)}" if chain else "")
+            if has_side:
+                cell = side[i] if i < len(side) else None
+                label = escape(labels.get(cell.target, cell.target)) if cell else ""
+                row.append("" if cell is None else f"{'ask ' if cell.check == ANNOTATION else ''}{label} {_mark(cell)}")
             t.add_row(*row, end_section=i == rows - 1 and index < len(result.principals) - 1)
     return t
 
@@ -226,7 +251,10 @@ def print_table(result: VerifyResult) -> None:
     labels = _labels(result)
     if any(c.check == CHAIN for c in result.all_cells):
         out.print("assume-role: can the principal itself sts:AssumeRole into " +
-                  ", ".join(f"{label} = {escape(role)}" for role, label in labels.items()) + "? (must be no)")
+                  ", ".join(f"{escape(label)} = {escape(role)}" for role, label in labels.items()) + "? (must be no)")
+    if any(c.check == ANNOTATION for c in result.all_cells):
+        out.print("ask: does kube2iam hand a tenant's pod another tenant's role if the pod asks for it (annotated "
+                  "with it)? (must be no)")
     out.print("identities:")
     for p in result.principals:
         want = p.expected.role or "none (kube2iam must refuse)"
@@ -306,15 +334,18 @@ def to_markdown(result: VerifyResult) -> str:
     labels = _labels(result)
     head = f"### rbacbridge verify ({result.stage} kube2iam): {verdict(result)}\n\n"
     lines = ["| principal | identity | bucket | read | write |", "|---|---|---|---|---|"]
+    named = {t.name for t in result.tenants if not t.legacy}  # the article's one tenant goes unnamed
     chain_lines = ["| principal | assume-role into | observed | path |", "|---|---|---|---|"]
     for p in result.principals:
         by_key = {(c.bucket, c.check): c for c in p.cells}
-        ident = f"{OK_GLYPH if p.identity.match else BAD_GLYPH} {p.observed.role or 'none'}"
+        ident = f"{OK_GLYPH if p.identity.match else BAD_GLYPH} {p.observed.role or 'none'}" + \
+            (f" (tenant {p.principal.tenant})" if p.principal.tenant in named else "")
         for i, bucket in enumerate(result.buckets):
             lines.append(f"| {_md(p.principal.name) if i == 0 else ''} | {_md(ident) if i == 0 else ''} | {_md(bucket)} | "
                          f"{_md_cell(by_key.get((bucket, 'read')))} | {_md_cell(by_key.get((bucket, 'write')))} |")
-        for c in (c for c in p.cells if c.check == CHAIN):
-            chain_lines.append(f"| {_md(p.principal.name)} | {_md(labels.get(c.target, ''))} `{_md(c.target)}` | "
+        for c in (c for c in p.cells if c.check in (CHAIN, ANNOTATION)):
+            how = "ask kube2iam: " if c.check == ANNOTATION else ""
+            chain_lines.append(f"| {_md(p.principal.name)} | {how}{_md(labels.get(c.target, ''))} `{_md(c.target)}` | "
                                f"{_md_cell(c)} | {_md(c.detail)} |")
     body = "\n".join(lines) + "\n"
     if len(chain_lines) > 2:
@@ -352,10 +383,11 @@ _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _CELL_SCHEMA = {
     "type": "object",
-    "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame"],
+    "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame",
+                 "owners", "cross_tenant"],
     "additionalProperties": False,
     "properties": {
-        "check": {"enum": ["identity", "read", "write", "chain"]},
+        "check": {"enum": list(CHECKS)},
         "bucket": _NULLABLE_STRING,
         "target": _NULLABLE_STRING,
         "expected": {"type": ["string", "boolean", "null"]},
@@ -371,15 +403,43 @@ _CELL_SCHEMA = {
                  "properties": {"layer": {"enum": list(LAYERS)}, "message": {"type": "string"}}},
             ]
         },
+        "owners": {"type": "array", "items": {"type": "string"}},
+        "cross_tenant": {"type": "boolean"},
     },
 }
+
+_PRINCIPAL_SCHEMA = {
+    "type": "object",
+    "required": ["name", "kind", "tenant", "namespace", "pod", "node", "managed", "configured_annotation", "live_annotation",
+                 "expected_role", "expected_because", "observed_arn", "observed_role", "cells"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"enum": ["host", "pod"]},
+        "tenant": _NULLABLE_STRING,
+        "namespace": _NULLABLE_STRING,
+        "pod": _NULLABLE_STRING,
+        "node": _NULLABLE_STRING,
+        "managed": {"type": "boolean"},
+        "configured_annotation": _NULLABLE_STRING,
+        "live_annotation": _NULLABLE_STRING,
+        "expected_role": _NULLABLE_STRING,
+        "expected_because": {"type": "string"},
+        "observed_arn": _NULLABLE_STRING,
+        "observed_role": _NULLABLE_STRING,
+        "cells": {"type": "array", "items": _CELL_SCHEMA},
+    },
+}
+
+_COUNTS = {"type": "object", "required": ["cells", "matched", "mismatched"], "additionalProperties": False,
+           "properties": {k: {"type": "integer", "minimum": 0} for k in ("cells", "matched", "mismatched")}}
 
 JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": SCHEMA,
     "type": "object",
     "required": ["schema", "stage", "account", "region", "buckets", "roles", "ok", "exit_code", "summary", "drift",
-                 "principals", "findings", "notes"],
+                 "tenants", "others", "findings", "notes"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA},
@@ -388,7 +448,7 @@ JSON_SCHEMA = {
         "region": {"type": "string"},
         "buckets": {"type": "array", "items": {"type": "string"}},
         "roles": {"type": "object", "additionalProperties": {"type": "string"},
-                  "propertyNames": {"enum": ["pod", "default", "node"]}},
+                  "propertyNames": {"enum": ["default", "node"]}},
         "ok": {"type": "boolean"},
         "exit_code": {"enum": [0, 1, 3]},
         "summary": {"type": "object", "required": ["cells", "matched", "mismatched", "findings"], "additionalProperties": False,
@@ -396,30 +456,27 @@ JSON_SCHEMA = {
         "drift": {"type": "object", "required": ["checked", "steps", "differences"], "additionalProperties": False,
                   "properties": {"checked": {"type": "boolean"}, "steps": {"type": "integer", "minimum": 0},
                                  "differences": {"type": "integer", "minimum": 0}}},
-        "principals": {
+        "tenants": {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["name", "kind", "namespace", "pod", "node", "managed", "configured_annotation", "live_annotation",
-                             "expected_role", "expected_because", "observed_arn", "observed_role", "cells"],
+                "required": ["name", "namespaces", "role", "role_arn", "managed", "read", "write", "ok", "summary", "principals"],
                 "additionalProperties": False,
                 "properties": {
                     "name": {"type": "string"},
-                    "kind": {"enum": ["host", "pod"]},
-                    "namespace": _NULLABLE_STRING,
-                    "pod": _NULLABLE_STRING,
-                    "node": _NULLABLE_STRING,
+                    "namespaces": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "role": {"type": "string"},
+                    "role_arn": {"type": "string"},
                     "managed": {"type": "boolean"},
-                    "configured_annotation": _NULLABLE_STRING,
-                    "live_annotation": _NULLABLE_STRING,
-                    "expected_role": _NULLABLE_STRING,
-                    "expected_because": {"type": "string"},
-                    "observed_arn": _NULLABLE_STRING,
-                    "observed_role": _NULLABLE_STRING,
-                    "cells": {"type": "array", "items": _CELL_SCHEMA},
+                    "read": {"type": "array", "items": {"type": "string"}},
+                    "write": {"type": "array", "items": {"type": "string"}},
+                    "ok": {"type": "boolean"},
+                    "summary": _COUNTS,
+                    "principals": {"type": "array", "items": _PRINCIPAL_SCHEMA},
                 },
             },
         },
+        "others": {"type": "array", "items": _PRINCIPAL_SCHEMA},
         "findings": {
             "type": "array",
             "items": {

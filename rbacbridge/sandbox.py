@@ -5,24 +5,34 @@ credentials of the role it would get from kube2iam (or from the instance profile
 through sts:AssumeRole, the pod role through sts:AssumeRole from the node role's session. With
 moto's IAM enforcement on, S3 then allows or denies each call from the real policy documents.
 
-`fault` plants one fault so the demo can show verify catching it and blaming the right layer:
-  trust      the pod role's trust policy names the wrong ARN            -> blamed on trust
-  policy     the pod policy grants write on the wrong bucket            -> blamed on permissions
-  iptables   no interception: the annotated pod gets the node role      -> blamed on interception
-  namespace  the pod's namespace does not allow its role (kube2iam refuses) -> blamed on kube2iam
-Faults in IAM are undone at the end.
+Principals and the expected matrix come from the configuration's tenants (rbacbridge.verify.expected).
+The sandbox's kube2iam stand-in is small and its own: a pod gets its annotated role if its namespace's
+allowed-roles (as setup renders them, rbacbridge.kube.desired_objects) match it by glob, and the role's
+live trust policy trusts the node role; an annotation cell asks it for another tenant's role the same way.
+
+`fault` plants one fault (in the first tenant with workloads) so the demo can show verify catching it
+and blaming the right layer:
+  trust      the tenant role's trust policy names the wrong ARN              -> blamed on trust
+  policy     the tenant policy grants write on the wrong bucket              -> blamed on permissions
+  iptables   no interception: the tenant's pods get the node role           -> blamed on interception
+  namespace  the tenant's namespace does not allow its role (kube2iam refuses) -> blamed on kube2iam
+`starting_point` (stage before only) is the article's starting point instead: every tenant's grants
+attached to the node role, no kube2iam, so every pod reaches every tenant's buckets (the breach).
+Changes in IAM are undone at the end.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import urllib.request
 from typing import Any
 
 from rbacbridge import policy_eval as pe
+from rbacbridge.aws import live_documents  # noqa: F401 - also used by tests
 from rbacbridge import verify as v
-from rbacbridge.config import Config
+from rbacbridge.config import Config, Tenant
 from rbacbridge.errors import UsageError
 
 FAULTS = ("trust", "policy", "iptables", "namespace")
@@ -113,36 +123,29 @@ def _doc(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def live_documents(iam, roles: list[str]) -> v.Documents:
-    """Trust, attached and inline policies of each role as IAM has them now."""
-    docs = v.Documents()
-    for role in roles:
-        try:
-            docs.trust[role] = _doc(iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"])
-        except iam.exceptions.NoSuchEntityException:
-            continue
-        policies = []
-        for attached in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
-            arn = attached["PolicyArn"]
-            version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
-            policies.append(_doc(iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]))
-        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
-            policies.append(_doc(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]))
-        docs.policies[role] = policies
-    return docs
+def fault_tenant(config: Config, fault: str | None) -> Tenant | None:
+    """The tenant a fault is planted in: the first with workloads (and a role, and for `policy` a policy,
+    rbacbridge manages). The article's config: its one tenant, nginx-annotated."""
+    if fault is None:
+        return None
+    for item in config.tenants:
+        if item.workloads and (fault in ("iptables", "namespace") or item.managed) and (fault != "policy" or item.policy):
+            return item
+    raise UsageError(f"invalid --break {fault}: no tenant with workloads" + (" and a policy rbacbridge manages" if fault == "policy" else ""))
 
 
 def _plant(iam, config: Config, account: str, fault: str | None) -> list:
     """Plant the fault; return the undo actions."""
     undo: list = []
+    target = fault_tenant(config, fault)
     if fault == "trust":
-        original = iam.get_role(RoleName=config.pod_role)["Role"]["AssumeRolePolicyDocument"]
+        original = iam.get_role(RoleName=target.role)["Role"]["AssumeRolePolicyDocument"]
         wrong = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
             "AWS": config.role_arn(account, config.node_role + "-wrong")}}]}
-        iam.update_assume_role_policy(RoleName=config.pod_role, PolicyDocument=json.dumps(wrong))
-        undo.append(lambda: iam.update_assume_role_policy(RoleName=config.pod_role, PolicyDocument=json.dumps(_doc(original))))
+        iam.update_assume_role_policy(RoleName=target.role, PolicyDocument=json.dumps(wrong))
+        undo.append(lambda: iam.update_assume_role_policy(RoleName=target.role, PolicyDocument=json.dumps(_doc(original))))
     elif fault == "policy":
-        arn = config.policy_arn(account, config.pod_policy)
+        arn = config.policy_arn(account, target.policy)
         old = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
         document = copy.deepcopy(_doc(iam.get_policy_version(PolicyArn=arn, VersionId=old)["PolicyVersion"]["Document"]))
         for statement in pe.statements(document):
@@ -158,48 +161,124 @@ def _plant(iam, config: Config, account: str, fault: str | None) -> list:
     return undo
 
 
+def starting_point_policies(config: Config) -> list[str]:
+    """The tenant policies the article's starting point gives the node role: every managed tenant's."""
+    return [t.policy for t in config.tenants if t.managed and t.policy]
+
+
+def _plant_starting_point(iam, config: Config, account: str) -> list:
+    """The article's starting point: what each tenant needs, granted to the node's instance profile role."""
+    undo: list = []
+    for name in starting_point_policies(config):
+        arn = config.policy_arn(account, name)
+        iam.attach_role_policy(RoleName=config.node_role, PolicyArn=arn)
+        undo.append(lambda arn=arn: iam.detach_role_policy(RoleName=config.node_role, PolicyArn=arn))
+    return undo
+
+
+def starting_point_documents(config: Config, account: str) -> v.Documents:
+    """What the configuration says the node role holds at the starting point (expected, not read back)."""
+    from rbacbridge.aws import tenant_policy_document
+
+    docs = v.managed_documents(config, account)
+    extra = [tenant_policy_document(t) for t in config.tenants if t.managed and t.policy]
+    docs.policies[config.node_role] = docs.policies.get(config.node_role, []) + extra
+    return docs
+
+
 def _assume(sts, role_arn: str, session: str) -> dict[str, str]:
     creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session)["Credentials"]
     return {"aws_access_key_id": creds["AccessKeyId"], "aws_secret_access_key": creds["SecretAccessKey"],
             "aws_session_token": creds["SessionToken"]}
 
 
-def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str = "after", fault: str | None = None) -> v.VerifyResult:
-    """Run the verification matrix against a moto server holding the resources `setup` creates."""
+def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str = "after", fault: str | None = None,
+                   tenant: str | None = None, starting_point: bool = False) -> v.VerifyResult:
+    """Run the verification matrix against a moto server holding the resources `setup` creates.
+    `tenant`: that tenant's pods only. `starting_point` (stage before): the article's starting point."""
     if fault is not None and fault not in FAULTS:
         raise UsageError(f"invalid --break {fault!r}: choose from {', '.join(FAULTS)}")
     if stage not in v.STAGES:
         raise UsageError(f"invalid --stage {stage!r}: choose from {', '.join(v.STAGES)}")
+    if starting_point and (stage != "before" or fault):
+        raise UsageError("the starting point is a stage-before matrix without a planted fault")
+    principals = v.configured_principals(config, tenant)  # an unknown tenant fails here, before any call
     region = config.region
     set_enforcement(endpoint_url, False)
     admin = _bootstrap_admin(endpoint_url, region)
     iam = _client("iam", endpoint_url, region, admin)
-    undo = _plant(iam, config, account, fault)
+    undo = _plant_starting_point(iam, config, account) if starting_point else _plant(iam, config, account, fault)
     try:
-        roles = list(dict.fromkeys([config.node_role, config.pod_role, config.effective_default_role]))
-        live = live_documents(iam, roles)
+        live = live_documents(iam, list(v.role_arns(config, account)))
         diagnostics = v.Diagnostics(documents=live)
+        allowed = rendered_allowed_roles(config, account)
+        broken = fault_tenant(config, fault)
         if fault == "namespace":
-            diagnostics.allowed_roles[config.namespace] = []
-        principals = v.default_principals(config)
-        credentials = _principal_credentials(endpoint_url, config, account, stage, fault, admin, live, principals)
+            for namespace in broken.namespaces:
+                allowed[namespace] = diagnostics.allowed_roles[namespace] = []
+        credentials = _principal_credentials(endpoint_url, config, account, stage, fault, admin, live, principals, allowed)
         targets = [(p, credentials[p.name]) for p in principals]
+        documents = starting_point_documents(config, account) if starting_point else None
         set_enforcement(endpoint_url, True)
         try:
-            result = v.run_matrix(config, account, stage, targets, diagnostics=diagnostics)
+            result = v.run_matrix(config, account, stage, targets, documents=documents, diagnostics=diagnostics)
         finally:
             set_enforcement(endpoint_url, False)
         result.notes.append("sandbox: calls made with each principal's role credentials; moto enforced the live policies")
+        if starting_point:
+            result.notes.append("sandbox: the article's starting point: every tenant's grants on the node role "
+                                f"({', '.join(starting_point_policies(config)) or 'none'}), no kube2iam")
         if fault:
-            result.notes.append(f"sandbox: fault planted: {fault}")
+            result.notes.append(f"sandbox: fault planted: {fault} (tenant {broken.name})")
         return result
     finally:
         for action in reversed(undo):
             action()
 
 
+def rendered_allowed_roles(config: Config, account: str) -> dict[str, list[str]]:
+    """The allowed-roles annotation of each namespace as setup applies it (templates/k8s, rendered)."""
+    from dataclasses import replace
+
+    from rbacbridge.kube import ALLOWED_ROLES, FALLBACK_INTERFACE, desired_objects
+
+    out = {}
+    for obj in desired_objects(replace(config, account_id=account), FALLBACK_INTERFACE):
+        value = (obj["metadata"].get("annotations") or {}).get(ALLOWED_ROLES)
+        if obj["kind"] == "Namespace" and value is not None:
+            out[obj["metadata"]["name"]] = json.loads(value)
+    return out
+
+
+class PodBackend:
+    """A pod in the sandbox: its calls go out with the credentials it was given; request_role asks the
+    sandbox's kube2iam stand-in for another role (an annotation cell)."""
+
+    def __init__(self, base: Any, ask: Any):
+        self.base, self._ask = base, ask
+
+    def identity(self) -> v.CallResult:
+        return self.base.identity()
+
+    def list_bucket(self, bucket: str) -> v.CallResult:
+        return self.base.list_bucket(bucket)
+
+    def put_object(self, bucket: str, key: str) -> v.CallResult:
+        return self.base.put_object(bucket, key)
+
+    def delete_object(self, bucket: str, key: str) -> v.CallResult:
+        return self.base.delete_object(bucket, key)
+
+    def assume_role(self, role_arn: str) -> v.CallResult:
+        return self.base.assume_role(role_arn)
+
+    def request_role(self, role: str, role_arn: str) -> v.CallResult:
+        return self._ask(role, role_arn)
+
+
 def _principal_credentials(endpoint_url: str, config: Config, account: str, stage: str, fault: str | None,
-                           admin: dict[str, str], live: v.Documents, principals: list[v.Principal]) -> dict[str, Any]:
+                           admin: dict[str, str], live: v.Documents, principals: list[v.Principal],
+                           allowed: dict[str, list[str]]) -> dict[str, Any]:
     """Which role each principal would get here, and a backend holding that role's credentials.
 
     moto compares a trust policy's Principal with the caller's exact ARN, so a trust naming the
@@ -217,11 +296,13 @@ def _principal_credentials(endpoint_url: str, config: Config, account: str, stag
         node_creds = _assume(_client("sts", endpoint_url, region, admin), node_arn, "rbacbridge-node")
         node_backend = Boto3Backend(endpoint_url, region, node_creds)
     node_policies = live.policies.get(config.node_role, [])
+    arns = v.role_arns(config, account)
+    broken = fault_tenant(config, fault)
 
     def via_kube2iam(role: str, session: str) -> Any:
         if node_creds is None:
             return v.UnavailableBackend(v.NO_CREDENTIALS, "kube2iam has no node credentials to assume roles with")
-        arn = config.role_arn(account, role)
+        arn = arns.get(role) or config.role_arn(account, role)
         trust = live.trust.get(role)
         if trust is None:
             return v.UnavailableBackend(v.ASSUME_DENIED, f"role {role} does not exist")
@@ -232,18 +313,37 @@ def _principal_credentials(endpoint_url: str, config: Config, account: str, stag
             return v.UnavailableBackend(v.ASSUME_DENIED, f"AssumeRole {arn} denied: node role's policies: {decision}")
         return Boto3Backend(endpoint_url, region, _assume(_client("sts", endpoint_url, region, node_creds), arn, session))
 
+    def kube2iam(namespace: str | None, role: str, session: str) -> Any:
+        """The stand-in's decision for a pod in `namespace` annotated with `role` (glob, as kube2iam does)."""
+        if role == config.effective_default_role:
+            return via_kube2iam(role, session)
+        arn = arns.get(role) or config.role_arn(account, role)
+        if config.namespace_restrictions and not any(
+                fnmatch.fnmatchcase(role, p) or fnmatch.fnmatchcase(arn, p) for p in allowed.get(namespace or "") or []):
+            return v.UnavailableBackend(v.NO_CREDENTIALS, f"kube2iam refused: namespace {namespace} does not allow {role}")
+        return via_kube2iam(role, session)
+
+    def asker(principal: v.Principal, intercepted: bool) -> Any:
+        def ask(role: str, role_arn: str) -> v.CallResult:
+            if not intercepted:  # the instance metadata service only knows the instance profile's role
+                return v.CallResult(False, v.NO_CREDENTIALS, f"no kube2iam: the metadata service has no role {role}")
+            got = kube2iam(principal.namespace, role, "rbacbridge-ask-" + principal.name.replace("/", "-"))
+            result = got.identity()
+            return v.CallResult(True, detail="ok", value=result.value) if result.ok else result
+        return ask
+
     backends: dict[str, Any] = {}
     for principal in principals:
+        session = "rbacbridge-" + principal.name.replace("/", "-")
         if stage == "before" or principal.kind == "host" or principal.host_network:
             backends[principal.name] = node_backend
-        elif principal.role_annotation is None:
-            default = config.effective_default_role
-            backends[principal.name] = via_kube2iam(default, "rbacbridge-" + principal.name)
-        elif fault == "iptables":
-            backends[principal.name] = node_backend  # nothing intercepts 169.254.169.254: the instance profile answers
-        elif fault == "namespace":
-            backends[principal.name] = v.UnavailableBackend(
-                v.NO_CREDENTIALS, f"kube2iam refused: namespace {principal.namespace} does not allow {principal.role_annotation}")
+            continue
+        intercepted = not (fault == "iptables" and principal.tenant == broken.name)
+        if principal.role_annotation is None:
+            base = via_kube2iam(config.effective_default_role, session)
+        elif not intercepted:
+            base = node_backend  # nothing intercepts 169.254.169.254: the instance profile answers
         else:
-            backends[principal.name] = via_kube2iam(principal.role_annotation, "rbacbridge-" + principal.name)
+            base = kube2iam(principal.namespace, v.expected._role_name(principal.role_annotation), session)
+        backends[principal.name] = PodBackend(base, asker(principal, intercepted))
     return backends

@@ -33,8 +33,18 @@ def create_managed_resources(url: str, config: Config, account: str = ACCOUNT) -
     outcome = planner.run(ctx, planner.plan_setup(ctx))
     assert outcome.ok, outcome.failure and outcome.failure.error
     s3 = session.client("s3", endpoint_url=url)
-    for bucket in (config.shared_bucket, config.tenant_bucket):
-        s3.create_bucket(Bucket=bucket)
+    for bucket in all_buckets(config):
+        try:
+            s3.create_bucket(Bucket=bucket)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+
+def all_buckets(config: Config) -> list[str]:
+    """buckets.shared and every bucket a tenant's grants name."""
+    from rbacbridge.config import grant_bucket
+
+    return list(dict.fromkeys([config.shared_bucket] + [grant_bucket(g) for t in config.tenants for g in t.read + t.write]))
 
 
 def fresh_state(url: str) -> Config:

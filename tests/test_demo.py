@@ -69,3 +69,86 @@ def test_demo_keep_prints_commands_that_work_against_the_kept_sandbox():
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=30)
+
+
+# --- tenants: the article's clients A, B and C, and a user's own file (issue 12) ---------------------------
+
+
+def _cells(document, stage):
+    """(principal, check, bucket or target) -> observed, from `demo -o json`'s verify document of a stage."""
+    from rbacbridge.report import principals_of
+
+    return {(p["name"], c["check"], c["bucket"] or c["target"]): c["observed"]
+            for p in principals_of(document[stage]["verify"]) for c in p["cells"]}
+
+
+def test_demo_scenario_abc_breach_before_only_c_after():
+    result = _demo("--scenario", "abc")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    out = " ".join(result.stdout.split())
+    before, after = out.split("3c. rbacbridge verify")
+    assert "the article's starting point" in before and "25 checks, all match" in before
+    assert "client-c-data (tenant client-c): reached by nginx-vanilla, nginx-client-a, nginx-client-b, nginx-client-c" in before
+    assert ("BREACH: nginx-client-a reaches client-c-data; nginx-client-b reaches client-c-data; "
+            "nginx-vanilla reaches client-c-data") in before
+    assert "51 checks, all match" in after
+    assert "client-c-data (tenant client-c): reached by nginx-client-c isolated:" in after
+    assert "tenant client-a" in after and "ask client-c ✓ no" in after
+    assert "rbacbridge-owned resources left: 0" in after and "legacy-node-profile (restored)" in after
+
+
+def test_demo_json_prints_both_matrices():
+    result = _demo("--scenario", "abc", "-o", "json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    document = json.loads(result.stdout)  # stdout is the document only; the story went to stderr
+    assert "SANDBOX" in result.stderr and document["schema"] == "rbacbridge.demo/v1" and document["ok"] is True
+    assert document["tenants"] == ["client-a", "client-b", "client-c"]
+    before, after = _cells(document, "before"), _cells(document, "after")
+    for pod in ("nginx-client-a", "nginx-client-b", "nginx-client-c", "nginx-vanilla"):
+        assert before[(pod, "read", "client-c-data")] is True and before[(pod, "write", "client-c-data")] is True
+        assert after[(pod, "read", "client-c-data")] is (pod == "nginx-client-c")
+        assert after[(pod, "write", "client-c-data")] is (pod == "nginx-client-c")
+    asks = {k: v for k, v in after.items() if k[1] == "annotation"}
+    assert len(asks) == 6 and set(asks.values()) == {False}
+    assert {b["principal"] for b in document["before"]["breaches"]} == {"nginx-client-a", "nginx-client-b", "nginx-vanilla"}
+    assert document["after"]["breaches"] == [] and document["after"]["reach"] == {"client-c-data": ["nginx-client-c"]}
+    assert document["after"]["verify"]["schema"] == "rbacbridge.verify/v3"
+    assert [t["name"] for t in document["after"]["verify"]["tenants"]] == ["client-a", "client-b", "client-c"]
+    assert document["teardown"] == {"left": [], "instance_profile": "legacy-node-profile"}
+
+
+def test_demo_config_file_runs_its_tenants(tmp_path):
+    path = tmp_path / "rbacbridge.yaml"
+    path.write_text("# my tenant plan\n"
+                    "tenants:\n"
+                    "  - name: shop\n    namespaces: [shop]\n    role: shop-s3\n    read: [nettech-helm-test]\n"
+                    "    write: [\"shared-uploads/shop/*\"]\n    workloads: [shop-web]\n"
+                    "  - name: blog\n    namespaces: [blog, blog-jobs]\n    role: blog-s3\n    write: [blog-media]\n"
+                    "    workloads: [blog-web]\n")
+    result = _demo("-c", str(path), "-o", "json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    document = json.loads(result.stdout)
+    assert document["config"] == str(path) and document["scenario"] is None and document["tenants"] == ["shop", "blog"]
+    after = _cells(document, "after")
+    assert after[("shop-web", "write", "shared-uploads/shop/*")] is True and after[("shop-web", "read", "nettech-helm-test")] is True
+    assert after[("blog-web", "write", "blog-media")] is True
+    assert after[("shop-web", "write", "blog-media")] is False and after[("blog-web", "write", "shared-uploads/shop/*")] is False
+    assert after[("blog-web", "annotation", "shop-s3")] is False and after[("shop-web", "annotation", "blog-s3")] is False
+    # before: the node role holds both tenants' grants, so each reaches the other's; buckets.shared is no tenant's
+    assert {(b["principal"], b["bucket"]) for b in document["before"]["breaches"]} == {
+        ("shop-web", "blog-media"), ("blog-web", "shared-uploads/shop/*"), ("nginx-vanilla", "blog-media"),
+        ("nginx-vanilla", "shared-uploads/shop/*")}
+    assert document["after"]["breaches"] == []
+    assert document["after"]["reach"] == {"shared-uploads/shop/*": ["shop-web"], "blog-media": ["blog-web"]}
+
+
+@pytest.mark.parametrize("args,message", [(["--scenario", "xyz"], "invalid --scenario"),
+                                          (["--scenario", "abc", "-c", "x.yaml"], "not both"),
+                                          (["-o", "yaml"], "invalid --output")])
+def test_demo_bad_input_is_one_line_and_exit_2(args, message):
+    result = _demo(*args)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1

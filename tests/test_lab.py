@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from rbacbridge.report import principals_of  # verify -o json v3: principals grouped by tenant
 from tests.lab import ACCOUNT, LEGACY_PROFILE, METADATA_IP, Lab, available
 
 _why = available()
@@ -53,7 +54,7 @@ def chains(principal: dict) -> dict[str, dict]:
 
 def failed(document: dict) -> list[tuple[str, dict]]:
     """(principal name, cell) of every mismatching cell."""
-    return [(p["name"], c) for p in document["principals"] for c in p["cells"] if not c["match"]]
+    return [(p["name"], c) for p in principals_of(document) for c in p["cells"] if not c["match"]]
 
 
 def test_article_end_to_end(lab: Lab):
@@ -77,8 +78,8 @@ def test_article_end_to_end(lab: Lab):
 
     # Steps 10-11: no kube2iam rule yet, so every principal gets the node role — the leak.
     before = verify(lab, "--stage", "before", expect=0)
-    assert before["ok"] and {p["observed_role"] for p in before["principals"]} == {NODE_ROLE}
-    assert {p["node"] for p in before["principals"]} == {"node-a", "node-b"}
+    assert before["ok"] and {p["observed_role"] for p in principals_of(before)} == {NODE_ROLE}
+    assert {p["node"] for p in principals_of(before)} == {"node-a", "node-b"}
 
     # kube2iam starts on each node and appends its DNAT rule: twice on node-a (a restart), and on node-b
     # after a stale copy from an earlier kube2iam on another port, which comes first and wins.
@@ -89,13 +90,13 @@ def test_article_end_to_end(lab: Lab):
     assert len(kube2iam_rules(lab, "node-a")) == 2 and len(kube2iam_rules(lab, "node-b")) == 2
 
     broken = verify(lab, expect=1)
-    failing = {p["name"] for p in broken["principals"] if any(not c["match"] for c in p["cells"])}
-    assert failing and all(p["node"] == "node-b" for p in broken["principals"] if p["name"] in failing)
-    assert any(p["kind"] == "pod" for p in broken["principals"] if p["name"] in failing)
-    blames = [c["blame"] for p in broken["principals"] if p["name"] in failing for c in p["cells"] if c["blame"]]
+    failing = {p["name"] for p in principals_of(broken) if any(not c["match"] for c in p["cells"])}
+    assert failing and all(p["node"] == "node-b" for p in principals_of(broken) if p["name"] in failing)
+    assert any(p["kind"] == "pod" for p in principals_of(broken) if p["name"] in failing)
+    blames = [c["blame"] for p in principals_of(broken) if p["name"] in failing for c in p["cells"] if c["blame"]]
     assert blames and all(b["layer"] == "interception" for b in blames)
     assert all("node-b" in b["message"] for b in blames)
-    assert all(p["cells"][0]["match"] for p in broken["principals"] if p["node"] == "node-a")
+    assert all(p["cells"][0]["match"] for p in principals_of(broken) if p["node"] == "node-a")
 
     # Step 14: exactly one correct rule per node.
     run(lab, "iptables", "fix", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
@@ -106,11 +107,11 @@ def test_article_end_to_end(lab: Lab):
 
     # Step 15: the article's matrix, every cell observed as expected, on both nodes.
     after = verify(lab, expect=0)
-    assert after["ok"] and {p["node"] for p in after["principals"]} == {"node-a", "node-b"}
+    assert after["ok"] and {p["node"] for p in principals_of(after)} == {"node-a", "node-b"}
     # drift check: 9 AWS steps (3 policies, 3 roles, the profile, 2 associations) + 7 Kubernetes objects, none differs
     assert after["drift"] == {"checked": True, "steps": 16, "differences": 0} and after["findings"] == []
     assert not [n for n in after["notes"] if "not rbacbridge's" in n]
-    for p in after["principals"]:
+    for p in principals_of(after):
         app = "host" if p["kind"] == "host" else p["name"].split("@")[0]
         if app == "nginx-annotated":
             assert p["observed_role"] == POD_ROLE
@@ -185,7 +186,7 @@ def isolation_faults(lab: Lab) -> None:
     assert bad and {c["blame"]["layer"] for _, c in bad} == {"escalation"}
     assert {name.split("@")[0] for name, _ in bad} == {"nginx-vanilla"}
     for node in ("node-a", "node-b"):
-        cell = chains(next(p for p in escalated["principals"] if p["name"] == f"nginx-vanilla@{node}"))[POD_ROLE]
+        cell = chains(next(p for p in principals_of(escalated) if p["name"] == f"nginx-vanilla@{node}"))[POD_ROLE]
         assert cell["observed"] is True and cell["predicted"] is True
         assert f"nginx-vanilla@{node} → {NODE_ROLE} → sts:AssumeRole → {POD_ROLE}" in cell["blame"]["message"]
     annotations = [line for line in done.stderr.splitlines() if line.startswith("::error ")]
@@ -216,7 +217,7 @@ def isolation_faults(lab: Lab) -> None:
     lab.kube2iam_stop("node-b")
     lab.add_host_network_pod("node-a", "default", "debug-hostnet")
     planted = verify(lab, expect=1)
-    by_name = {p["name"]: p for p in planted["principals"]}
+    by_name = {p["name"]: p for p in principals_of(planted)}
     for node in ("node-a", "node-b"):  # annotation drift: kube2iam, naming both values
         identity = by_name[f"nginx-annotated@{node}"]["cells"][0]
         assert identity["blame"]["layer"] == "kube2iam", identity

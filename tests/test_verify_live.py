@@ -203,7 +203,7 @@ def test_principals_expect_the_configured_role_and_unmanaged_pods_are_reported(k
                                                                      "annotations": annotations},
                    "spec": {"nodeName": "node-a", "containers": [{"name": "main", "image": "x"}]},
                    "status": {"phase": "Running", "podIP": "10.0.0.9"}})
-    monkeypatch.setattr(v, "ensure_cli_all", lambda checks: None)  # no AWS CLI to look for: nothing is probed here
+    monkeypatch.setattr(v.live, "ensure_cli_all", lambda checks: None)  # no AWS CLI to look for: nothing is probed here
     (tmp_path / "known_hosts").write_text("")  # the host node's SSH settings are checked up front (exit 2 if unusable)
     config = Config(account_id=ACCOUNT, kubeconfig=kube_api.kubeconfig, known_hosts=str(tmp_path / "known_hosts"),
                     ssh_config="none")

@@ -69,11 +69,11 @@ def test_json_matches_the_schema_file(results):
     for result in (good, bad, drifted):
         document = json.loads(report.to_json(result))
         jsonschema.validate(document, schema)
-        assert document["schema"] == "rbacbridge.verify/v2"
+        assert document["schema"] == "rbacbridge.verify/v3"
         assert document["summary"]["cells"] == CELLS
     document = json.loads(report.to_json(bad))
     assert document["ok"] is False and document["exit_code"] == 1 and document["summary"]["mismatched"] == 5
-    annotated = next(p for p in document["principals"] if p["name"] == "nginx-annotated")
+    annotated = next(p for p in report.principals_of(document) if p["name"] == "nginx-annotated")
     assert annotated["observed_role"] == "nettech-s3-read-only" and annotated["expected_role"] == "nettech-s3-read-write"
     chain = next(c for c in annotated["cells"] if c["check"] == "chain" and c["target"] == "nettech-s3-read-write")
     assert chain["expected"] is False and chain["observed"] is True and chain["blame"]["layer"] == "escalation"
@@ -81,8 +81,8 @@ def test_json_matches_the_schema_file(results):
     assert document["ok"] is False and document["exit_code"] == 1 and document["summary"]["mismatched"] == 0
     assert document["drift"] == {"checked": True, "steps": 12, "differences": 1}
     assert [f["kind"] for f in document["findings"]] == ["drift", "hostNetwork"]
-    with pytest.raises(jsonschema.ValidationError):  # the schema is strict: a v1 document does not pass
-        jsonschema.validate(dict(json.loads(report.to_json(good)), schema="rbacbridge.verify/v1"), schema)
+    with pytest.raises(jsonschema.ValidationError):  # the schema is strict: a v2 document does not pass
+        jsonschema.validate(dict(json.loads(report.to_json(good)), schema="rbacbridge.verify/v2"), schema)
 
 
 def _table(result, monkeypatch, capsys, columns):
@@ -161,7 +161,8 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("args", [["--stage", "later"], ["-o", "xml"], ["--probe", "sidecar"], ["--node", "bad host!"],
-                                  ["--host-ip", "not-an-ip"], ["--region", "mars"], ["--account-id", "12"]])
+                                  ["--host-ip", "not-an-ip"], ["--region", "mars"], ["--account-id", "12"],
+                                  ["--tenant", "client-z"]])
 def test_bad_input_is_one_line_and_exit_2(args):
     done = run_cli(*args)
     assert done.returncode == 2, done.stderr

@@ -1,0 +1,249 @@
+"""Comparing expected with observed, cell by cell, and blaming each mismatch on a layer (see LAYERS)."""
+
+from __future__ import annotations
+
+import json
+
+from rbacbridge import policy_eval as pe
+from rbacbridge.config import Config
+from rbacbridge.config import grant_bucket
+from rbacbridge.verify.expected import (_role_name, buckets_of, chain_path, expected_matrix, location_owners, probe_key,
+                                        role_allowed_in_namespace, role_arns, role_owners)
+from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR,
+                                     ESCALATION, IDENTITY, INTERCEPTION, INVALID_CREDENTIALS, KUBE2IAM, NETWORK,
+                                     NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE,
+                                     READ, ROLE_ANNOTATION, TRUST, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents,
+                                     Expected, Observation, Observed, Principal, PrincipalResult, VerifyResult)
+from rbacbridge.verify.probes import ProbeBackend, can_request_roles, observe
+
+
+def compare(config: Config, account: str, stage: str, expected: list[Expected], observed: list[Observed],
+            diagnostics: Diagnostics | None = None) -> VerifyResult:
+    diagnostics = diagnostics or Diagnostics()
+    by_name = {o.principal.name: o for o in observed}
+    locations, roles_of = location_owners(config), role_owners(config)
+    results = []
+    for exp in expected:
+        obs = by_name[exp.principal.name]
+        tenant = exp.principal.tenant
+        ident = _identity_cell(config, account, exp, obs, diagnostics)
+        cells = []
+        for (bucket, op), want in exp.access.items():
+            seen = obs.cells[(bucket, op)]
+            match = want is None or seen.allowed == want
+            cell = Cell(exp.principal.name, op, bucket, want, seen.allowed, match, seen.result.category if not seen.result.ok else None,
+                        seen.result.detail, owners=locations.get(bucket, ()), tenant=tenant)
+            if not match:
+                cell.blame = ident.blame or _cell_blame(config, account, exp, obs, bucket, op, seen, diagnostics)
+            cells.append(cell)
+        for target, predicted in exp.chains.items():
+            cell = _chain_cell(config, account, exp, obs, target, predicted, diagnostics)
+            cell.owners, cell.tenant = tuple(filter(None, [roles_of.get(target)])), tenant
+            cells.append(cell)
+        for target, predicted in exp.annotations.items():
+            if target in obs.annotations:  # else the backend cannot ask kube2iam for a role (run_matrix notes it)
+                cell = _annotation_cell(config, exp, obs.annotations[target], target, predicted)
+                cell.owners, cell.tenant = tuple(filter(None, [roles_of.get(target)])), tenant
+                cells.append(cell)
+        results.append(PrincipalResult(exp.principal, exp, obs, ident, cells))
+    roles = {("pod" if t.legacy else t.name): t.role for t in config.tenants}
+    roles.update(default=config.effective_default_role, node=config.node_role)
+    in_run = {p.tenant for p in (e.principal for e in expected)}
+    tenants = tuple(t for t in config.tenants if t.name in in_run or None in in_run)
+    return VerifyResult(stage, account, config.region, config.node_role, buckets_of(config), results, roles=roles,
+                        tenants=tenants)
+
+
+def _must_be_no(principal: Principal, check: str, target: str, seen: Observation, predicted: bool | None, what: str,
+                refused: str, granted: str) -> Cell:
+    """A chain or annotation cell: it matches only if the call was refused and the configuration does not grant it."""
+    result = seen.result
+    match = seen.allowed is False and not predicted
+    detail = what + (f": {refused}" if seen.allowed is False else f": {granted}" if seen.allowed else f": {result.detail}")
+    return Cell(principal.name, check, None, False, seen.allowed, match, None if result.ok else result.category, detail,
+                target=target, predicted=predicted)
+
+
+def _annotation_cell(config: Config, exp: Expected, seen: Observation, target: str, predicted: bool | None) -> Cell:
+    """A pod of one tenant asked kube2iam for another tenant's role: it must get nothing."""
+    principal = exp.principal
+    result = seen.result
+    what = f"pod of tenant {principal.tenant} in namespace {principal.namespace} asks kube2iam for {target}"
+    cell = _must_be_no(principal, ANNOTATION, target, seen, predicted, what, "refused", "HANDED OUT")
+    if cell.match:
+        return cell
+    if seen.allowed:
+        why = ("kube2iam.namespace_restrictions is off" if not config.namespace_restrictions else
+               f"namespace {principal.namespace} must allow only its tenant's role ({ALLOWED_ROLES_ANNOTATION}); "
+               "is kube2iam running with --namespace-restrictions?")
+        cell.blame = Blame(KUBE2IAM, f"kube2iam handed {target} to a pod of tenant {principal.tenant}: {why}")
+    elif predicted:
+        cell.blame = Blame(KUBE2IAM, f"the configuration lets namespace {principal.namespace} take {target}"
+                                     + ("" if config.namespace_restrictions else " (kube2iam.namespace_restrictions is off)"))
+    elif result.category == NETWORK:
+        cell.blame = Blame(NETWORK_LAYER, f"could not reach kube2iam: {result.detail}")
+    else:
+        cell.blame = Blame(PROBE, f"{what}: could not tell ({result.detail})")
+    return cell
+
+
+def _identity_cell(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Cell:
+    ident = obs.identity
+    refused = not ident.ok and ident.category in (NO_CREDENTIALS, ASSUME_DENIED)
+    match = (obs.role == exp.role) if exp.role else refused
+    cell = Cell(exp.principal.name, IDENTITY, None, exp.role, obs.role if ident.ok else None, match,
+                None if ident.ok else ident.category, obs.arn or ident.detail)
+    drifted = annotation_drift(exp.principal)
+    if drifted and exp.principal.kind == "pod" and not exp.principal.host_network:
+        # The expectation comes from the configuration: a live annotation that differs is a mismatch
+        # even when kube2iam still hands out the configured role (a pod not yet rolled out, a cache).
+        cell.match = False
+        cell.blame = Blame(KUBE2IAM, f"{drifted}; got {obs.role or 'no credentials'}")
+    elif not match:
+        cell.blame = _identity_blame(config, account, exp, obs, diag)
+    return cell
+
+
+def annotation_drift(principal: Principal) -> str | None:
+    """The live iam.amazonaws.com/role differs from the configured one: both values, in words."""
+    if not principal.annotation_seen:
+        return None
+    want = _role_name(principal.role_annotation) if principal.role_annotation else None
+    got = _role_name(principal.live_annotation) if principal.live_annotation else None
+    if want == got:
+        return None
+    where = f"pod {principal.namespace}/{principal.pod}" if principal.pod else principal.name
+    return (f"{where} has {ROLE_ANNOTATION}: {principal.live_annotation or '(none)'} but the configuration gives it "
+            f"{principal.role_annotation or '(none: kube2iam default role)'}")
+
+
+# A note on the chain cells in the stand-ins: moto, with IAM enforcement on, evaluates the CALLER's identity
+# policies for sts:AssumeRole, but NOT the target role's trust policy (and where it compares trust principals
+# it matches the exact session ARN, where AWS lets a trusted role ARN cover its sessions). So a chain that
+# moto grants has only passed the identity side; the trust side is evaluated here with rbacbridge.policy_eval
+# over the live trust policy and reported with the cell (real AWS checks both sides itself).
+def _chain_cell(config: Config, account: str, exp: Expected, obs: Observed, target: str, predicted: bool | None,
+                diag: Diagnostics) -> Cell:
+    principal = exp.principal
+    seen = obs.chains.get(target) or Observation(None, CallResult(False, ERROR, "not probed"))
+    held = obs.role or exp.role
+    path = chain_path(principal.name, held, target)
+    result = seen.result
+    cell = _must_be_no(principal, CHAIN, target, seen, predicted, path, "denied", "GRANTED")
+    if cell.match:
+        return cell
+    trust = diag.documents.trust.get(target)
+    trust_note = ""
+    if held and trust is not None:
+        session = f"arn:aws:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
+        trust_note = f"; live trust policy of {target}: {pe.trust_decision(trust, principal_arn=session)}"
+    if seen.allowed:
+        cell.blame = Blame(ESCALATION, f"{path} was granted: a pod must only get the role kube2iam hands it{trust_note}")
+    elif predicted:
+        cell.blame = Blame(ESCALATION, f"{path}: the configuration grants it ({held}'s policies allow sts:AssumeRole on "
+                                       f"{target} and {target} trusts {held}); observed: {result.detail or 'denied'}")
+    elif result.category == NETWORK:
+        cell.blame = Blame(NETWORK_LAYER, f"could not reach STS: {result.detail}")
+    else:
+        cell.blame = Blame(PROBE, f"{path}: could not tell ({result.detail})")
+    return cell
+
+
+def _where(principal: Principal) -> str:
+    return f" on node {principal.node}" if principal.node else ""
+
+
+def _identity_blame(config: Config, account: str, exp: Expected, obs: Observed, diag: Diagnostics) -> Blame:
+    ident, want, got = obs.identity, exp.role, obs.role
+    node_arn = config.role_arn(account, config.node_role)
+    principal = exp.principal
+    problem = diag.interception.get(principal.node or "") if principal.kind == "pod" and not principal.host_network else None
+    missing = diag.kube2iam_missing.get(principal.node or "") if principal.kind == "pod" and not principal.host_network else None
+    if missing and want != config.node_role and (got == config.node_role or not ident.ok):
+        what = f"got {got}" if ident.ok else f"no credentials ({ident.detail})"
+        extra = f"; {problem[1]}" if problem else ""
+        return Blame(INTERCEPTION, f"{what} where {want or 'none'} was expected: {missing}{extra}")
+    if problem and (not problem[0] or want != config.node_role):
+        what = f"got {got}" if ident.ok else f"no credentials ({ident.detail})"
+        return Blame(INTERCEPTION, f"{what} where {want or 'none'} was expected: on node {principal.node} {problem[1]}")
+    if not ident.ok:
+        if ident.category == NETWORK:
+            return Blame(NETWORK_LAYER, f"could not reach AWS: {ident.detail}")
+        if ident.category in (CLI_MISSING, ERROR):
+            return Blame(PROBE, ident.detail)
+        if ident.category == INVALID_CREDENTIALS:
+            return Blame(KUBE2IAM, f"credentials were handed out but AWS rejects them: {ident.detail}")
+        # No credentials / AssumeRole denied, where role `want` was expected.
+        trust = diag.documents.trust.get(want or "")
+        if trust is not None and not pe.trust_allows(trust, node_arn):
+            named = ", ".join(pe.trusted_principals(trust)) or "no AWS principal"
+            return Blame(TRUST, f"AssumeRole denied: role {want}'s trust policy does not trust the node role {node_arn} (it trusts {named})")
+        if ident.category == ASSUME_DENIED:
+            return Blame(TRUST, f"AssumeRole of {want} denied: {ident.detail}")
+        ns = exp.principal.namespace
+        if exp.principal.kind == "pod" and ns in diag.allowed_roles and want and config.namespace_restrictions \
+                and want != config.effective_default_role \
+                and not role_allowed_in_namespace(want, account, diag.allowed_roles[ns]):
+            of = f" (tenant {exp.principal.tenant})" if exp.principal.tenant else ""
+            return Blame(KUBE2IAM, f"kube2iam gave no credentials: namespace {ns}{of} does not allow role {want} "
+                                   f"({ALLOWED_ROLES_ANNOTATION}: {json.dumps(diag.allowed_roles[ns])})")
+        node_policies = diag.documents.policies.get(config.node_role)
+        want_arn = role_arns(config, account).get(want or "") or config.role_arn(account, want or "")
+        if want and node_policies is not None and not pe.is_allowed(node_policies, "sts:AssumeRole", want_arn):
+            return Blame(PERMISSIONS, f"kube2iam gave no credentials: the node role's policies do not allow sts:AssumeRole on {want}")
+        return Blame(KUBE2IAM, f"kube2iam gave no credentials{_where(exp.principal)} ({ident.detail}); check its pod and --debug log")
+    if got == config.node_role and want != config.node_role:
+        return Blame(INTERCEPTION, f"credentials came from the node role {config.node_role} where "
+                                   f"{want or 'none (kube2iam must refuse)'} was expected: metadata calls are not intercepted"
+                                   f"{_where(exp.principal)} (iptables DNAT rule for 169.254.169.254 or kube2iam pod missing)")
+    if want is None:
+        return Blame(KUBE2IAM, f"kube2iam handed out {got} although {exp.why}")
+    if want == config.node_role:
+        return Blame(INTERCEPTION, f"got role {got} where the node role was expected ({exp.why})")
+    return Blame(KUBE2IAM, f"kube2iam handed out role {got} where {want} was expected ({exp.why})")
+
+
+def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, bucket: str, op: str,
+                seen: Observation, diag: Diagnostics) -> Blame:
+    result = seen.result
+    if result.category == NETWORK:
+        return Blame(NETWORK_LAYER, f"could not reach S3: {result.detail}")
+    if result.category == NO_SUCH_BUCKET:
+        return Blame(BUCKET, f"bucket {grant_bucket(bucket)} does not exist")
+    if result.category in (CLI_MISSING, ERROR):
+        return Blame(PROBE, result.detail)
+    if result.category in (NO_CREDENTIALS, INVALID_CREDENTIALS):
+        return Blame(KUBE2IAM, f"no usable credentials for this call: {result.detail}")
+    role = obs.role or exp.role
+    if op == READ:
+        actions, resource = pe.READ_ACTIONS, pe.bucket_arn(grant_bucket(bucket))
+    else:
+        actions, resource = pe.WRITE_ACTIONS, pe.object_arn(grant_bucket(bucket), seen.key or probe_key(exp.principal.name, bucket))
+    live = diag.documents.policies.get(role or "")
+    verdicts = ""
+    if live is not None:
+        verdicts = "; live policies: " + ", ".join(f"{a} {pe.evaluate(live, a, resource)}" for a in actions)
+    if exp.access.get((bucket, op)):
+        return Blame(PERMISSIONS, f"role {role} was denied {'/'.join(actions)} on {resource} that it should have{verdicts}")
+    return Blame(PERMISSIONS, f"role {role} was allowed {'/'.join(actions)} on {resource} that it should not have{verdicts}")
+
+
+def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
+               allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
+               diagnostics: Diagnostics | None = None) -> VerifyResult:
+    """Expected from the configuration, observed from the targets, compared and blamed."""
+    principals = [p for p, _ in targets]
+    expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
+    arns = role_arns(config, account)
+    chains = {e.principal.name: [(t, arns.get(t) or config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
+    asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations}
+    observed = observe(targets, buckets_of(config), chains=chains, annotations=asks)
+    result = compare(config, account, stage, expected, observed, diagnostics)
+    unasked = sorted(p.name for p, backend in targets if asks.get(p.name) and not can_request_roles(backend))
+    if unasked:
+        result.notes.append("annotation cells (another tenant's role asked of kube2iam) not probed for "
+                            + ", ".join(unasked) + ": this probe cannot ask kube2iam for a role")
+    if result.left_behind:
+        result.notes.append("probe objects left behind: " + ", ".join(result.left_behind))
+    return result
+

@@ -1,0 +1,202 @@
+"""The live run: principals found in the cluster, probed where they run (pods through Kubernetes exec,
+the host node over SSH), compared with the expected matrix; drift and findings added."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from rbacbridge.config import Config
+from rbacbridge.errors import UsageError
+from rbacbridge.verify.blame import compare, run_matrix
+from rbacbridge.verify.diagnose import (_get, drift_findings, host_network_findings, interception_problems,
+                                        kube2iam_missing, live_diagnostics)
+from rbacbridge.verify.ephemeral import _api_client, ensure_ephemeral_probe
+from rbacbridge.verify.expected import configured_principals
+from rbacbridge.verify.model import HOST, ROLE_ANNOTATION, Finding, Principal, VerifyResult
+from rbacbridge.verify.probes import (AwsCliBackend, CommandRunner, KubeExecRunner, ProbeBackend, SshRunner,
+                                      ensure_cli_all)
+
+
+def pick_pod(pods: list[Any], label: str) -> Any:
+    running = [p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")]
+    if not running:
+        from rbacbridge.errors import IncompleteError
+
+        raise IncompleteError(f"could not verify: no running pod with label {label} (run `rbacbridge setup` first)")
+    return sorted(running, key=lambda p: _get(p, "metadata.name"))[0]
+
+
+@dataclass
+class LiveOptions:
+    stage: str = "after"
+    probe: str = "exec"
+    install_cli: bool = False
+    node: str | None = None  # SSH address of the host node (else the node the pods run on)
+    host_ip: str | None = None  # the node IP kube2iam's DNAT rule should point at (messages)
+    drift_check: bool = True  # compare live IAM / Kubernetes state with what setup wants (--no-drift-check: skip)
+    tenant: str | None = None  # --tenant: that tenant's pods only (no host, no default-role pod)
+
+
+def configured_annotation(config: Config, workload: str) -> str | None:
+    """The iam.amazonaws.com/role setup puts on a workload's pods (templates/k8s): from the configuration."""
+    return next((p.role_annotation for p in configured_principals(config) if p.workload == workload), None)
+
+
+def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
+    """The host node over SSH, every configured workload's pods (one per node) through Kubernetes exec."""
+    config: Config = ctx.config
+    from rbacbridge import kube
+
+    gateway = kube.gateway(ctx)
+    configured = configured_principals(config, options.tenant)
+    principals: list[tuple[Principal, ProbeBackend]] = []
+    checks: list[tuple[CommandRunner, bool, str]] = []
+    chosen = [(want, pod) for want in configured if want.kind == "pod"
+              for pod in pods_per_node(*_pods_of(gateway, want.namespace, want.workload))]
+    pod_nodes = list(dict.fromkeys(_get(pod, "spec.nodeName") for _, pod in chosen))
+    several = len(pod_nodes) > 1  # kube2iam and its rule are per node: probe the pods on every node
+    for want, pod in chosen:
+        namespace = want.namespace
+        pod_name = _get(pod, "metadata.name")
+        annotations = _get(pod, "metadata.annotations") or {}
+        labels = _get(pod, "metadata.labels") or {}
+        node_name = _get(pod, "spec.nodeName")
+        managed = labels.get(kube.MANAGED_BY) == kube.OWNER
+        if not managed:
+            ctx.facts.setdefault("notes", []).append(
+                f"pod {namespace}/{pod_name} is not rbacbridge's (no {kube.MANAGED_BY}={kube.OWNER} label): reported, "
+                f"not trusted; its expected role still comes from the configuration")
+        principal = replace(want, name=f"{want.name}@{node_name}" if several else want.name, pod=pod_name,
+                            host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name,
+                            annotation_seen=True, live_annotation=annotations.get(ROLE_ANNOTATION), managed=managed)
+        if options.probe == "ephemeral":
+            container = ensure_ephemeral_probe(_api_client(gateway, config), namespace, pod_name, config.probe_image)
+            runner = KubeExecRunner(gateway, namespace, pod_name, container=container)
+        else:
+            runner = KubeExecRunner(gateway, namespace, pod_name)
+            checks.append((runner, options.install_cli, f"pod {namespace}/{pod_name}"))
+        principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    if not any(p.kind == "host" for p in configured):  # --tenant: that tenant's pods only
+        ensure_cli_all(checks)
+        return principals
+    from rbacbridge.nodes import NodeRef, ssh_target
+    from rbacbridge.ssh import parse_host_port
+
+    hosts: list[tuple[str, str]] = []  # (label, SSH address)
+    if options.node is not None:
+        hosts.append((options.node, options.node))
+    else:
+        nodes = {n.name: n for n in kube.cluster_nodes(ctx)}
+        for pod_node in pod_nodes or [None]:
+            node = nodes.get(pod_node) or (next(iter(nodes.values()), None) if not several else None)
+            if node is None:
+                raise UsageError(f"no cluster node {pod_node or ''} found for the host probe; give --node HOST")
+            hosts.append((node.name, node.ssh_host or node.internal_ip))
+    out: list[tuple[Principal, ProbeBackend]] = []
+    for label, address in hosts:
+        host_name, port = parse_host_port(address)
+        runner = SshRunner(ssh_target(ctx, NodeRef(name=label, ssh_host=host_name, ssh_port=port)))
+        checks.append((runner, False, f"host node {label}"))
+        host = Principal(f"{HOST}@{label}" if len(hosts) > 1 else HOST, "host", node=label)
+        out.append((host, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    ensure_cli_all(checks)
+    return out + principals
+
+
+def _pods_of(gateway: Any, namespace: str, name: str) -> tuple[list[Any], str]:
+    """The Deployment's pods by setup's label (app.kubernetes.io/name), else the article's `app=` label."""
+    for selector in (f"app.kubernetes.io/name={name}", f"app={name}"):
+        pods = list(gateway.list_pods(namespace, selector))
+        if pods:
+            return pods, selector
+    return [], f"app.kubernetes.io/name={name}"
+
+
+def pods_per_node(pods: list[Any], label: str) -> list[Any]:
+    """The first running pod (by name) on each node, nodes in name order."""
+    pick_pod(pods, label)  # raises when none runs
+    running = sorted((p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")),
+                     key=lambda p: (str(_get(p, "spec.nodeName")), _get(p, "metadata.name")))
+    chosen: dict[Any, Any] = {}
+    for pod in running:
+        chosen.setdefault(_get(pod, "spec.nodeName"), pod)
+    return list(chosen.values())
+
+
+def _kube_step(what: str, call: Callable[[], Any]) -> Any:
+    """A step verify cannot do without: if the cluster or AWS cannot answer, there is no verdict (exit 3)."""
+    from rbacbridge.errors import IncompleteError, RbacbridgeError
+
+    try:
+        return call()
+    except (UsageError, IncompleteError):
+        raise
+    except RbacbridgeError as exc:
+        raise IncompleteError(f"could not verify ({what}): {exc}") from None
+
+def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
+    config: Config = ctx.config
+    account = config.account_id or _caller_account(config)
+    findings: list[Finding] = []
+    drift_steps = 0
+    if options.drift_check:  # before probing: cached credentials can hide drift from the cells
+        findings, drift_steps = _kube_step("drift check, planning as `rbacbridge plan --only aws,kube`", lambda: drift_findings(ctx))
+    targets = _kube_step("finding the principals", lambda: live_targets(ctx, options))
+    try:
+        from rbacbridge import kube
+
+        gateway = kube.gateway(ctx)
+        if options.stage == "after":
+            try:
+                findings += host_network_findings(gateway, config)
+            except Exception as exc:  # noqa: BLE001 - e.g. no permission to list namespaces: say so
+                ctx.facts.setdefault("notes", []).append(f"could not look for hostNetwork pods in restricted namespaces: {exc}")
+        diagnostics = live_diagnostics(ctx)
+        pod_nodes = {p.node for p, _ in targets if p.kind == "pod" and p.node}
+        if options.stage == "after" and pod_nodes:
+            try:
+                diagnostics.kube2iam_missing = kube2iam_missing(gateway, config, pod_nodes)
+            except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
+                ctx.facts.setdefault("notes", []).append(f"could not list kube2iam's pods for diagnosis: {exc}")
+        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics)
+        if not result.ok and pod_nodes and options.node is None:
+            try:
+                diagnostics.interception = interception_problems(ctx, pod_nodes)
+            except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
+                result.notes.append(f"could not read the nodes' iptables rules for diagnosis: {exc}")
+            if diagnostics.interception:
+                notes = result.notes
+                result = compare(config, account, options.stage, [p.expected for p in result.principals],
+                                 [p.observed for p in result.principals], diagnostics)
+                result.notes = notes
+    finally:
+        for _, backend in targets:
+            close = getattr(getattr(backend, "runner", None), "close", None)
+            if close:
+                close()
+    result.findings, result.drift_checked, result.drift_steps = findings, options.drift_check, drift_steps
+    if not options.drift_check:
+        result.notes.append("drift check skipped (--no-drift-check)")
+    if options.tenant is not None:
+        result.notes.append(f"--tenant {options.tenant}: only that tenant's pods were probed (against every location and "
+                            "every other tenant's role); the drift check covers the whole configuration")
+    if options.host_ip:
+        result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
+    result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)
+    return result
+
+
+def _caller_account(config: Config) -> str:
+    try:
+        import boto3
+
+        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+        return session.client("sts", endpoint_url=config.endpoint_url).get_caller_identity()["Account"]
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
+            from rbacbridge.errors import IncompleteError
+
+            raise IncompleteError(f"could not verify: AWS is unreachable ({exc})") from None
+        raise UsageError(f"verify needs --account-id (could not read it from the local credentials: {type(exc).__name__})") from None
+

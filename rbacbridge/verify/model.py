@@ -1,0 +1,223 @@
+"""verify's vocabulary: checks, error categories, blame layers, and the dataclasses of a run
+(principals, expected rows, call results, observations, cells, findings, the result). No work here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rbacbridge.policy_eval import Documents  # noqa: F401 - trust and identity policies per role, re-exported
+
+HOST = "host"
+VANILLA = "nginx-vanilla"
+ANNOTATED = "nginx-annotated"
+STAGES = ("before", "after")
+IDENTITY, READ, WRITE, CHAIN = "identity", "read", "write", "chain"
+# A pod of one tenant asks kube2iam for ANOTHER tenant's role (as if annotated with it): must get nothing.
+ANNOTATION = "annotation"
+CHECKS = (IDENTITY, READ, WRITE, CHAIN, ANNOTATION)
+PROBE_PREFIX = "rbacbridge-verify-probe/"
+ROLE_ANNOTATION = "iam.amazonaws.com/role"
+ALLOWED_ROLES_ANNOTATION = "iam.amazonaws.com/allowed-roles"
+
+# Error categories of one AWS call
+ACCESS_DENIED = "AccessDenied"
+NO_SUCH_BUCKET = "NoSuchBucket"
+NO_CREDENTIALS = "NoCredentials"
+ASSUME_DENIED = "AssumeRoleDenied"
+INVALID_CREDENTIALS = "InvalidCredentials"
+NETWORK = "Network"
+CLI_MISSING = "CliMissing"
+ERROR = "Error"
+
+# Layers a mismatch is blamed on
+INTERCEPTION = "interception"  # credentials came from the node role: iptables rule / kube2iam pod missing
+KUBE2IAM = "kube2iam"  # kube2iam gave no credentials, or the wrong role (namespace restrictions, annotation)
+TRUST = "trust"  # AssumeRole denied by the role's trust policy
+PERMISSIONS = "permissions"  # identity policies allow what should be denied, or deny what should be allowed
+NETWORK_LAYER = "network"  # endpoint unreachable / timeout
+BUCKET = "bucket"  # the bucket does not exist
+PROBE = "probe"  # the probe itself could not run (no AWS CLI in the pod, unexpected output)
+ESCALATION = "escalation"  # a principal can obtain a managed role by calling sts:AssumeRole itself
+DRIFT = "drift"  # live state differs from what setup wants, in a part no other layer names (profile, RBAC)
+LAYERS = (INTERCEPTION, KUBE2IAM, TRUST, PERMISSIONS, NETWORK_LAYER, BUCKET, PROBE, ESCALATION, DRIFT)
+
+# Kinds of finding (not cells: facts that fail verify on their own)
+DRIFT_FINDING = "drift"
+HOST_NETWORK_FINDING = "hostNetwork"
+CHAIN_SESSION = "rbacbridge-verify-chain"  # session name of a chain probe's sts:AssumeRole
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    kind: str  # "host" | "pod"
+    namespace: str | None = None
+    pod: str | None = None
+    role_annotation: str | None = None  # the iam.amazonaws.com/role setup gives it (from the configuration)
+    host_network: bool = False
+    node: str | None = None  # node it runs on / SSH address, for messages
+    # What the cluster shows (live pods only): observations, never expectations.
+    annotation_seen: bool = False  # live_annotation below was read from the pod
+    live_annotation: str | None = None  # the pod's iam.amazonaws.com/role as it is
+    managed: bool = True  # labelled app.kubernetes.io/managed-by=rbacbridge (else reported, not trusted)
+    tenant: str | None = None  # the tenant whose workload it is (from the configuration); None: host, default-role pod
+    workload: str | None = None  # the Deployment (pods); the principal's name without @node
+
+
+@dataclass
+class Expected:
+    principal: Principal
+    role: str | None  # role name it should get; None = kube2iam must refuse (no credentials)
+    why: str
+    access: dict[tuple[str, str], bool | None]  # (bucket, read|write) -> allowed; None = unknown
+    # target role -> does the configuration let this principal assume it itself? (policy evaluator over
+    # the documents setup wants; None = a role rbacbridge does not manage). The cell wants "no" always.
+    chains: dict[str, bool | None] = field(default_factory=dict)
+    # other tenants' roles -> would kube2iam hand this pod that role if it asked for it (annotated with it)?
+    # From the configuration (namespace restrictions, allowed-roles setup writes). The cell wants "no" always.
+    annotations: dict[str, bool | None] = field(default_factory=dict)
+
+
+@dataclass
+class CallResult:
+    ok: bool
+    category: str | None = None  # None when ok
+    detail: str = ""
+    value: Any = None  # e.g. the caller ARN
+
+
+
+@dataclass
+class Observation:
+    allowed: bool | None  # None: could not tell (error)
+    result: CallResult
+    key: str | None = None
+    left_behind: bool = False  # a probe object we could not delete
+
+
+
+@dataclass
+class Observed:
+    principal: Principal
+    identity: CallResult
+    arn: str | None
+    role: str | None
+    cells: dict[tuple[str, str], Observation]
+    chains: dict[str, Observation] = field(default_factory=dict)  # target role -> did sts:AssumeRole succeed?
+    annotations: dict[str, Observation] = field(default_factory=dict)  # other tenant's role -> did kube2iam hand it out?
+
+
+
+@dataclass
+class Blame:
+    layer: str
+    message: str
+
+
+@dataclass
+class Cell:
+    principal: str
+    check: str  # identity | read | write | chain | annotation
+    bucket: str | None
+    expected: Any  # role name (identity) or bool; None = denied identity / unknown access
+    observed: Any
+    match: bool
+    error: str | None = None
+    detail: str = ""
+    blame: Blame | None = None
+    target: str | None = None  # chain / annotation cells: the role the principal tried to obtain
+    predicted: bool | None = None  # chain / annotation cells: does the configuration grant it?
+    owners: tuple[str, ...] = ()  # the tenants whose bucket grant or role the cell is about (none: shared, node, default)
+    tenant: str | None = None  # the principal's tenant (None: host, default-role pod)
+
+    @property
+    def cross_tenant(self) -> bool:
+        """About a bucket grant or role of other tenants only (not of the principal's own)."""
+        return bool(self.owners) and self.tenant not in self.owners
+
+
+@dataclass
+class Finding:
+    """A fact that fails verify on its own, whatever the cells say."""
+
+    kind: str  # DRIFT_FINDING | HOST_NETWORK_FINDING
+    subject: str  # e.g. "aws iam-role nettech-s3-read-write", "pod kube-system/debug-shell"
+    message: str  # the plan's sentence (drift) or what is wrong
+    reason: str  # the plan's reason text (drift) or why it matters
+    layer: str
+    node: str | None = None
+
+
+@dataclass
+class PrincipalResult:
+    principal: Principal
+    expected: Expected
+    observed: Observed
+    identity: Cell
+    cells: list[Cell]
+
+
+@dataclass
+class VerifyResult:
+    stage: str
+    account: str
+    region: str
+    node_role: str
+    buckets: list[str]
+    principals: list[PrincipalResult]
+    notes: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # short label -> role name: node, default, tenant name (legacy: pod)
+    tenants: tuple = ()  # the configuration's tenants in this run (rbacbridge.config.Tenant; --tenant: that one)
+    drift_checked: bool = False  # False: --no-drift-check (or a run without a cluster, e.g. the sandbox)
+    drift_steps: int = 0  # planned steps compared (aws + kube parts)
+
+    @property
+    def all_cells(self) -> list[Cell]:
+        return [c for p in self.principals for c in [p.identity, *p.cells]]
+
+    @property
+    def mismatches(self) -> list[Cell]:
+        return [c for c in self.all_cells if not c.match]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.findings
+
+    @property
+    def exit_code(self) -> int:
+        """0 all match; 1 a cell mismatched or a finding; 3 nothing definite failed, but some cells could
+        not be checked because AWS could not be reached (no verdict)."""
+        from rbacbridge.errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK
+
+        if self.ok:
+            return EXIT_OK
+        if self.findings or any(c.error != NETWORK for c in self.mismatches):
+            return EXIT_FAILED
+        return EXIT_INCOMPLETE
+
+    @property
+    def breaches(self) -> list[Cell]:
+        """Read/write cells where a pod was observed reaching a bucket grant of another tenant (the article's
+        breach: pods A and B reading C's bucket). An observation, whatever the expectation said."""
+        return [c for p in self.principals if p.principal.kind == "pod" for c in p.cells
+                if c.check in ("read", "write") and c.observed is True and c.cross_tenant]
+
+    @property
+    def left_behind(self) -> list[str]:
+        return [f"s3://{b}/{o.key}" for p in self.principals for (b, _), o in p.observed.cells.items() if o.left_behind]
+
+
+@dataclass
+class Diagnostics:
+    """Live facts that explain a mismatch (any may be empty when they could not be read)."""
+
+    documents: Documents = field(default_factory=Documents)  # live trust and policies per role
+    allowed_roles: dict[str, list[str] | None] = field(default_factory=dict)  # live namespace annotations
+    # node name -> (rule missing?, what is wrong with its DNAT rules for 169.254.169.254), read over SSH
+    interception: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    # node name -> why no kube2iam pod runs there (e.g. a taint it does not tolerate), from the API server
+    kube2iam_missing: dict[str, str] = field(default_factory=dict)
+
+
