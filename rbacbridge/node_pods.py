@@ -94,7 +94,7 @@ def render_pod(name: str, namespace: str, node: str, image: str, component: str 
 
     from rbacbridge.templating import render_text
 
-    return yaml.safe_load(render_text("k8s/node-exec-pod.yaml.j2", name=name, namespace=namespace, node=node, image=image,
+    return yaml.safe_load(render_text("k8s/node-exec-pod.yaml.j2", pod_name=name, namespace=namespace, node=node, image=image,
                                       component=component, capabilities=list(capabilities), lifetime=int(lifetime)))
 
 
@@ -254,9 +254,9 @@ def check_pod_security(ctx, nodes: list[str], what: str = "hostNetwork and NET_A
     level = (_get(obj, "metadata.labels") or {}).get(POD_SECURITY)
     if level in ("baseline", "restricted"):
         shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
-        raise UsageError(f"namespace {namespace} enforces PodSecurity {level} ({POD_SECURITY}={level}), which refuses the pod "
-                         f"rbacbridge needs on {shown} ({what}): set nodes.pod_namespace to a namespace labelled "
-                         f"{POD_SECURITY}=privileged, or use --via ssh; nothing created")
+        raise UsageError(f"namespace {namespace} enforces PodSecurity {level} ({POD_SECURITY}), which refuses the pod "
+                         f"rbacbridge needs on {shown} ({what}); nothing created: set nodes.pod_namespace to a "
+                         f"privileged namespace, or use --via ssh")
     ctx.facts[key] = True
 
 

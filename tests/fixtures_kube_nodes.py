@@ -9,9 +9,12 @@ node's network namespace when the pod is a hostNetwork pod on that node (as the 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -22,11 +25,33 @@ from tests.netns import Node
 KUBE2IAM_NS = "kube-system"
 
 
+def image_path() -> str:
+    """A PATH like upstream kube2iam's image (alpine + iptables): every command of this machine but `ss`
+    (iproute2 is not in it), so the pod path's `ss` stand-in is what answers."""
+    directory = Path(tempfile.gettempdir()) / f"rbb-no-ss-{os.getpid()}"
+    if not directory.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix="rbb-no-ss-"))
+        for folder in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+            if not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                target = staging / name
+                if name != "ss" and not target.exists() and not os.path.islink(target):
+                    os.symlink(os.path.join(folder, name), target)
+        try:
+            staging.rename(directory)
+        except OSError:
+            pass
+    return str(directory)
+
+
 @dataclass
 class NodeCluster:
     api: KubeApi
     nodes: list[Node]
     execs: list[tuple[str, str, str]] = field(default_factory=list)
+    pods_seen: dict[str, dict] = field(default_factory=dict)  # pod name -> the pod as it was when exec'd
+    on_exec: object = None  # called with (namespace, pod) before the command runs
     lock: threading.Lock = field(default_factory=threading.Lock)
     daemonset: dict | None = None
 
@@ -43,8 +68,12 @@ class NodeCluster:
             return 1, b"", f"pod {namespace}/{pod} is on no test node\n".encode()
         with self.lock:
             self.execs.append((namespace, pod, node.name))
+            self.pods_seen.setdefault(pod, obj)
+        if self.on_exec is not None:
+            self.on_exec(namespace, pod)
+        env = {"PATH": image_path(), "LC_ALL": "C"}
         done = subprocess.run(["ip", "netns", "exec", node.namespace, *argv], capture_output=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=env)
         return done.returncode, done.stdout, done.stderr
 
     def add_kube2iam(self, node: Node, port: int = 8282) -> dict:
@@ -82,15 +111,21 @@ class NodeCluster:
 
 
 @pytest.fixture
-def kube_nodes(make_node, kube_api):  # noqa: F811
-    """Factory: kube_nodes(count, names=None) -> NodeCluster (nodes named node-0.. or `names`)."""
+def kube_nodes(make_node, kube_api, tmp_path):  # noqa: F811
+    """Factory: kube_nodes(count, names=None) -> NodeCluster (nodes named node-0.. or `names`; one SSH key)."""
     def make(count: int = 1, names: tuple[str, ...] | None = None) -> NodeCluster:
         names = names or tuple(f"node-{i}" for i in range(count))
-        nodes = [make_node(name) for name in names]
+        key = tmp_path / "client_key"
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)], check=True)
+        nodes = [make_node(name, client_key=key) for name in names]
         cluster = NodeCluster(kube_api, nodes)
         for node in nodes:
             kube_api.store.add_node(node.name, node.address)
         kube_api.server.exec_handler = cluster.exec
         return cluster
 
-    return make
+    yield make
+    import shutil
+
+    shutil.rmtree(image_path(), ignore_errors=True)

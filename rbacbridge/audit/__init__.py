@@ -70,7 +70,15 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
     elif inputs.kube is not None or config_given:
         checks.check_escalation_offline(inputs, kube2iams, out)
     if "nodes" in parts:
-        if ssh_options_given(cfg):
+        from rbacbridge.node_pods import KUBERNETES, SSH, resolve_via
+
+        via = resolve_via(cfg, ssh_given=ssh_options_given(cfg))
+        ctx.facts["nodes.via"] = via
+        if via == KUBERNETES:
+            # through kube2iam's own pods only: audit reads, it never creates a pod (rbacbridge.node_pods)
+            ctx.facts["nodes.read_only"] = True
+            _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
+        elif ssh_options_given(cfg) or cfg.node_via == SSH:
             _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
         elif explicit_parts:
             raise UsageError("audit --only nodes needs --node HOST[:PORT] or SSH options (--ssh-user, --ssh-key, --known-hosts)")
@@ -120,7 +128,10 @@ def _audit_nodes(ctx, kube2iams, kube_state, result: AuditResult, out) -> None:
         if state.error:
             result.errors.append(f"nodes: {state.error}")
         out.findings.extend(check_node(state, source))
-    result.counts["nodes_over_ssh"] = sum(1 for s in states if not s.error)
+    key = "nodes_via_kubernetes" if ctx.facts.get("nodes.via") == "kubernetes" else "nodes_over_ssh"
+    result.counts[key] = sum(1 for s in states if not s.error)
+    for node, where in sorted((ctx.facts.get("nodes.via_pods") or {}).items()):
+        out.notes.append(f"{node}: rules read through Kubernetes, exec in {where}")
 
 
 def exit_code(result: AuditResult, fail_on: str) -> int:
