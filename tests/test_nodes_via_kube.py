@@ -196,13 +196,14 @@ def test_a_podsecurity_namespace_is_a_one_line_error_and_nothing_is_created(kube
     assert cluster.execs == [] and len(kube2iam_rules(cluster.nodes[0])) == 2
 
 
-def test_audit_through_kubernetes_reads_in_kube2iam_pods_and_creates_nothing(kube_nodes):
+def test_audit_without_ssh_options_reads_through_kube2iam_pods_and_creates_nothing(kube_nodes):
     cluster = kube_nodes(2)
     with_kube2iam, without = cluster.nodes
     cluster.add_kube2iam(with_kube2iam)
     for _ in range(3):
         add_rule(with_kube2iam)
-    result = rbb("audit", "--only", "kube,nodes", "-o", "json", "--via", "kubernetes", "--kubeconfig", cluster.api.kubeconfig)
+    # --via auto: no SSH option given, so through Kubernetes
+    result = rbb("audit", "--only", "kube,nodes", "-o", "json", "--kubeconfig", cluster.api.kubeconfig)
     data = json.loads(result.stdout)
     assert any(f["id"] == "iptables-duplicate" for f in data["findings"]), data["findings"]
     assert any(without.name in e and "creates no pod" in e for e in data["errors"]), data["errors"]

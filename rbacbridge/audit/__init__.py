@@ -78,12 +78,13 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
             # through kube2iam's own pods only: audit reads, it never creates a pod (rbacbridge.node_pods)
             ctx.facts["nodes.read_only"] = True
             _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
-        elif ssh_options_given(cfg) or cfg.node_via == SSH:
+        elif ssh_options_given(cfg):
             _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
-        elif explicit_parts:
-            raise UsageError("audit --only nodes needs --node HOST[:PORT] or SSH options (--ssh-user, --ssh-key, --known-hosts)")
+        elif explicit_parts:  # --via ssh without a node or an SSH option
+            raise UsageError(f"audit --only nodes --via {SSH} needs --node HOST[:PORT] or SSH options (--ssh-user, --ssh-key, --known-hosts)")
         else:
-            out.notes.append("nodes not audited (iptables rules): give --node or SSH options (--ssh-user, --ssh-key, --known-hosts)")
+            out.notes.append(f"nodes not audited (iptables rules): --via {SSH} without --node or SSH options "
+                             "(--ssh-user, --ssh-key, --known-hosts)")
     result.findings = out.findings
     result.notes = out.notes + [n for n in ctx.facts.get("notes", []) if n not in out.notes]
     result.checked = list(dict.fromkeys(out.checked))
