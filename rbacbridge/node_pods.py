@@ -148,8 +148,36 @@ class PodSession:
         if self._closed:
             return
         self._closed = True
+        with _lock:
+            _open.discard(self)
         if self.created:
             delete_pod(self.gateway, self.namespace, self.pod)
+
+
+# Pods this process created and has not deleted yet: deleted at exit too, so a command that ends without
+# closing its sessions (`plan`, `--dry-run`, a plan not confirmed, a part that failed first) leaves none.
+# Only a killed process (or Ctrl-C, which exits at once) leaves one: the next run deletes it.
+_open: set = set()
+
+
+def _track(session: PodSession) -> None:
+    import atexit
+
+    with _lock:
+        if not _open and not getattr(_track, "registered", False):
+            atexit.register(close_all)
+            _track.registered = True  # type: ignore[attr-defined]
+        _open.add(session)
+
+
+def close_all() -> None:
+    with _lock:
+        sessions = list(_open)
+    for session in sessions:
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - best effort at exit; the next run deletes what is left
+            pass
 
 
 def delete_pod(gateway, namespace: str, name: str) -> None:
@@ -320,6 +348,7 @@ def start_pod(ctx, node: str, host_ip: str | None, namespace: str, image: str, c
             raise NodeError(f"{node}: the API server refused pod {namespace}/{name} (admission): {_message(text)}") from None
         raise NodeError(f"{node}: {text}") from None
     session = PodSession(gw, node, namespace, name, component, True, host_ip, ctx.config.ssh_command_timeout)
+    _track(session)
     try:
         _wait_running(gw, namespace, name, node, min(ctx.config.rollout_timeout, max(timeout, 1.0) * 5))
         if session.host_ip is None:

@@ -209,3 +209,18 @@ def test_audit_without_ssh_options_reads_through_kube2iam_pods_and_creates_nothi
     assert any(without.name in e and "creates no pod" in e for e in data["errors"]), data["errors"]
     assert not [r for r in cluster.api.store.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
     assert len(kube2iam_rules(with_kube2iam)) == 3
+
+
+def test_plan_and_dry_run_leave_no_pod_behind(kube_nodes):
+    cluster = kube_nodes(1)
+    node = cluster.nodes[0]
+    add_rule(node)
+    add_rule(node)
+    planned = rbb("plan", "--only", "nodes", "-o", "json", *via_kube(cluster))
+    assert planned.returncode == 0, planned.stderr
+    assert [s["action"] for s in json.loads(planned.stdout)["steps"]] == ["unchanged", "delete"]
+    dry = rbb("iptables", "fix", "--dry-run", *via_kube(cluster))
+    assert dry.returncode == 0, dry.stderr
+    assert len([r for r in cluster.api.store.requests if r.method == "POST"]) == 2  # one pod each run...
+    assert cluster.our_pods() == []  # ...deleted when the command ended
+    assert len(kube2iam_rules(node)) == 2
