@@ -366,7 +366,7 @@ def _message(text: str) -> str:
     """The API server's own words from a KubeApiError line (what admission said)."""
     import re
 
-    match = re.search(r"\((?:403 Forbidden|422)\): (.*)\)$|\(403 Forbidden: (.*)\)$|\(422\): (.*)$", text)
+    match = re.search(r"\(403 Forbidden: (.*)\)$|\(422\): (.*)$", text)
     found = next((g for g in match.groups() if g), None) if match else None
     return found or text
 

@@ -201,6 +201,7 @@ class Store:
     requests: list[Request] = field(default_factory=list)
     forbidden: set[tuple[str, str]] = field(default_factory=set)
     auto_ready: bool = True
+    admission: Callable[[dict[str, Any]], str | None] | None = None  # a refusal reason for a created object (403)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _versions: Any = field(default_factory=lambda: itertools.count(1000))
 
@@ -403,6 +404,9 @@ class Store:
             if namespaced:
                 new["metadata"]["namespace"] = namespace
             validate(new)
+            refusal = self.admission(new) if self.admission else None
+            if refusal:
+                raise ApiError(403, "Forbidden", f'{_qualified(plural, resource[0])} "{name}" is forbidden: {refusal}')
             self._bump(None, new)
             self.objects[key] = new
             self._after_write(resource, new)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 
 import kubernetes_validate
 import pytest
+
+from tests.fixtures_kube import kube_api  # noqa: F401
 
 from rbacbridge import iptables
 from rbacbridge.config import Config
@@ -68,3 +71,20 @@ def test_the_ss_stand_in_lists_listening_ports_like_ss():
         assert set(found) == set(iptables.parse_listeners(subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout))
         assert list(iptables.parse_listeners(forced_ss("-Htln", f"sport = :{port}"))) == [port]
         assert forced_ss("-Htln", f"sport = :{idle_port}") == ""
+
+
+def test_a_pod_refused_by_admission_is_one_line_for_that_node_and_nothing_stays(kube_api):
+    store = kube_api.store
+    store.add_node("node-a", "10.0.0.5")
+    store.admission = lambda obj: ('violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)'
+                                   if obj["kind"] == "Pod" else None)
+    done = subprocess.run([sys.executable, "-m", "rbacbridge", "iptables", "status", "--via", "kubernetes",
+                           "--kubeconfig", kube_api.kubeconfig, "--host-interface", "docker0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        r'error: 1 of 1 node\(s\) failed: node-a: the API server refused pod kube-system/(rbacbridge-node-exec-[0-9a-f]{8}-[0-9a-f]{4}) '
+        r'\(admission\): pods "\1" is forbidden: violates PodSecurity "baseline:latest": host namespaces \(hostNetwork=true\)',
+        errors[0]), errors
+    assert store.objects_of("Pod") == []
