@@ -40,8 +40,10 @@ def image_path() -> str:
                     os.symlink(os.path.join(folder, name), target)
         try:
             staging.rename(directory)
-        except OSError:
-            pass
+        except OSError:  # another thread made it first
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
     return str(directory)
 
 
