@@ -121,26 +121,26 @@ def _short(text: Any, limit: int = 80) -> str:
 
 # Files read for every node (ssh config, key files, known_hosts) are parsed once per version of the
 # file, not once per node and again per connection: with N nodes and an N-line known_hosts, parsing
-# it per connection costs O(N^2). A file that changes (accept-new appends to known_hosts) is read anew.
+# it per connection costs O(N^2). A version is (device, inode, size, mtime, ctime); only a file left
+# unchanged for _SETTLED seconds is reused, so a rewrite inside the file system's timestamp granularity
+# (same size, same mtime) cannot hand out an old parse; accept-new's appends make a new version.
 _parsed: dict[tuple, Any] = {}
-
-
-def _file_version(path: str) -> tuple:
-    st = os.stat(path)
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+_SETTLED = 2.0
 
 
 def _cached(kind: str, path: str, parse):
     """parse(path), reused while the file is unchanged; errors are raised every time, never cached."""
     try:
-        key = (kind, path, _file_version(path))
+        st = os.stat(path)
     except OSError:
         return parse(path)  # let the parser report the missing or unreadable file
-    try:
+    key = (kind, path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _parsed:
         return _parsed[key]
-    except KeyError:
-        value = _parsed[key] = parse(path)
-        return value
+    value = parse(path)
+    if time.time() - max(st.st_mtime, st.st_ctime) > _SETTLED:
+        _parsed[key] = value
+    return value
 
 
 def _ssh_config(target: SshTarget):
