@@ -328,7 +328,9 @@ def _legacy_script(session) -> str:
     """The legacy backend's nat PREROUTING, only if a legacy nat table already exists (listing it with
     iptables-legacy would otherwise create one: a change). /proc/net/ip_tables_names is root-only."""
     listing = _line(session, ["iptables-legacy", *iptables.list_argv()[1:]], sudo=True)
-    return (f"echo '{_MARK} legacy'; if grep -qsx nat /proc/net/ip_tables_names; then {listing} 2>/dev/null; fi; "
+    # read by the shell itself (a `grep` would be one more process on every node)
+    has_nat = 'H=; { while read -r T; do [ "$T" = nat ] && H=1; done < /proc/net/ip_tables_names; } 2>/dev/null'
+    return (f"echo '{_MARK} legacy'; {has_nat}; if [ -n \"$H\" ]; then {listing} 2>/dev/null; fi; "
             f"echo \"{_MARK} rc $?\"")
 
 
@@ -371,11 +373,19 @@ class Op:
     dead_port: int | None = None
 
 
+# Counting the copies of a rule in the listing $L with the shell's own pattern matching (no process):
+# a copy is a whole line, so the listing is framed by newlines and each match consumes one framed line.
+# (Newline comes from printf once per script: command lines never carry a raw newline.)
+_COUNT_FN = ('NL=$(printf "\\n_"); NL=${NL%_}; '
+             'rbb_count() { T="$NL$L$NL"; N=0; while :; do case "$T" in *"$NL$1$NL"*) '
+             'T=${T#*"$NL$1$NL"}; T=$NL$T; N=$((N+1));; *) break;; esac; done; }')
+
+
 def _op_script(session, index: int, op: Op) -> str:
     import shlex
 
     listing = _line(session, iptables.list_argv(), sudo=True)
-    count = f"N=$(printf '%s\\n' \"$L\" | grep -cxF -e {shlex.quote(op.rule.text())})"
+    count = f"rbb_count {shlex.quote(op.rule.text())}"
     relist = f"L=$({listing}) || {{ echo '{_MARK} listfail {index}'; exit 3; }}; {count}"
     if op.need == 0:
         change, guard = _line(session, iptables.append_argv(op.rule), sudo=True), '[ "$N" -lt 1 ]'
@@ -392,6 +402,8 @@ def run_ops(session, ops: list[Op], final_list: bool = False) -> tuple[list[bool
     """One exec: every op in order, each re-listing first; optionally the rules afterwards.
     Returns which ops changed something, and the final rules. Raises NodeError on a failed op."""
     parts = [_op_script(session, i, op) for i, op in enumerate(ops)]
+    if parts:
+        parts.insert(0, _COUNT_FN)
     if final_list:
         parts.append(_section_script(session, "after", iptables.list_argv(), sudo=True))
     if not parts:
