@@ -123,6 +123,7 @@ SshConfigOpt = Annotated[Optional[str], typer.Option("--ssh-config", metavar="FI
 AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-keys", help="record unknown host keys (OpenSSH accept-new); a changed key is always refused")]
 HostIpOpt = Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="host IP in kube2iam's rule (else the node's InternalIP, else the address SSH reached)", show_default=False)]
 PortOpt = Annotated[Optional[int], typer.Option("--port", metavar="PORT", help="kube2iam --app-port in the rule [default: 8282]", show_default=False)]
+ViaOpt = Annotated[Optional[str], typer.Option("--via", metavar="[ssh|kubernetes|auto]", help="how to reach the nodes: ssh, kubernetes (exec in kube2iam's pod there, else a short-lived pod), auto = ssh when --node or SSH options are given [default: auto]", show_default=False)]
 AddMissingOpt = Annotated[bool, typer.Option("--add-missing", help="add the iptables rule where it is missing (else kube2iam adds it once it runs)")]
 
 
@@ -148,6 +149,7 @@ _SSH = (("ssh_user", SshUserOpt, None, "ssh_user", None), ("ssh_key", SshKeyOpt,
         ("known_hosts", KnownHostsOpt, None, "known_hosts", None), ("ssh_port", SshPortOpt, None, "ssh_port", None),
         ("ssh_config", SshConfigOpt, None, "ssh_config", None),
         ("accept_new_host_keys", AcceptNewOpt, False, "accept_new_host_keys", _flag_set))
+_VIA = (("via", ViaOpt, None, "node_via", None),)
 _RULE = (("host_ip", HostIpOpt, None, "host_ip", None), ("port", PortOpt, None, "kube2iam_port", None),
          ("add_missing", AddMissingOpt, False, "add_missing", _flag_set))
 
@@ -332,7 +334,7 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA)
 def plan(
     cfg,
     only: OnlyOpt = None,
@@ -363,7 +365,7 @@ def _show_plan(cfg, only, fmt: str, teardown: bool = False):
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA)
 def setup(
     cfg,
     only: OnlyOpt = None,
@@ -385,7 +387,7 @@ def setup(
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA)
 def teardown(
     cfg,
     only: OnlyOpt = None,
@@ -602,7 +604,7 @@ def tenant_list(cfg, output: OutputOpt = "table") -> None:
 
 iptables_app = typer.Typer(
     cls=_Group,
-    help="kube2iam's iptables rule on each node over SSH: report it, keep exactly one, or remove it.",
+    help="kube2iam's iptables rule on each node (over SSH or through Kubernetes, --via): report it, keep exactly one, or remove it.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -640,7 +642,7 @@ def _iptables_run(cfg, command: str, dry_run: bool, yes: bool, output: str, forc
 
 
 def _iptables_cmd(command: str, doc: str):
-    @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE)
+    @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE, _VIA)
     def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table",
             force: Annotated[bool, typer.Option("--force", help="also delete rules to this node that a running interceptor uses (a conflict otherwise)")] = False) -> None:
         _iptables_run(cfg, command, dry_run, yes, output, force)
@@ -650,7 +652,7 @@ def _iptables_cmd(command: str, doc: str):
 
 
 @iptables_app.command("status")
-@with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE)
+@with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE, _VIA)
 def iptables_status(cfg, output: OutputOpt = "table") -> None:
     """Show each node's kube2iam rules: kept, duplicate, stale, missing, other tools'. Changes nothing."""
     _iptables_run(cfg, "status", dry_run=False, yes=False, output=output)
@@ -661,7 +663,7 @@ _iptables_cmd("remove", "Delete kube2iam's rules to this node on each node (tear
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _KUBE, _NAMESPACE, _SSH)
+@with_config(_ACCOUNT, _AWS, _KUBE, _NAMESPACE, _SSH, _VIA)
 def verify(
     cfg,
     stage: Annotated[str, typer.Option("--stage", metavar="[before|after]", help="before: every principal expects the node role (article steps 10-11); after: kube2iam's matrix (step 15)")] = "after",
@@ -712,7 +714,7 @@ def verify(
 
 
 @app.command()
-@with_config(_AWS, _KUBE, _INTERFACE, _NODES, _SSH, _RULE[:2])
+@with_config(_AWS, _KUBE, _INTERFACE, _NODES, _SSH, _RULE[:2], _VIA)
 def audit(
     cfg,
     click_ctx: typer.Context,

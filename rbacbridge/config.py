@@ -294,6 +294,24 @@ def parallelism(key: str, value: Any) -> int:
     return number
 
 
+NODE_VIA = ("auto", "ssh", "kubernetes")
+
+
+def node_via(key: str, value: Any) -> str:
+    text = _text(key, value)
+    if text not in NODE_VIA:
+        raise _fail(key, value, "choose from " + ", ".join(NODE_VIA))
+    return text
+
+
+def optional_image(key: str, value: Any) -> str | None:
+    return None if value in (None, "") else image(key, value)
+
+
+def optional_k8s_name(key: str, value: Any) -> str | None:
+    return None if value in (None, "") else k8s_name(key, value)
+
+
 def node_addresses(key: str, value: Any) -> tuple[str, ...]:
     """HOST or HOST:PORT or [IPv6]:PORT; host is an IP address or a DNS name."""
     out = []
@@ -379,6 +397,9 @@ SCHEMA: tuple[Option, ...] = (
     Option("nodes.connect_timeout", "ssh_connect_timeout", 10.0, seconds, "SSH connect timeout, seconds"),
     Option("nodes.command_timeout", "ssh_command_timeout", 60.0, seconds, "timeout of one command on a node, seconds"),
     Option("nodes.parallel", "node_parallelism", 64, parallelism, "nodes handled at once (one thread and one SSH connection each)"),
+    Option("nodes.via", "node_via", "auto", node_via, "how rbacbridge reaches the nodes: ssh, kubernetes (exec in kube2iam's pod, else a short-lived pod per node), auto = ssh when nodes.hosts or SSH options are given, else kubernetes"),
+    Option("nodes.pod_image", "node_pod_image", None, optional_image, "image of the short-lived node pod (--via kubernetes, nodes without a kube2iam pod); needs sh and iptables (else kube2iam.image)"),
+    Option("nodes.pod_namespace", "node_pod_namespace", None, optional_k8s_name, "namespace of the short-lived node pods (else kube2iam.namespace); must allow hostNetwork and NET_ADMIN (PodSecurity privileged)"),
     Option("verify.probe_image", "probe_image", "amazon/aws-cli:2.22.0", image, "AWS CLI image of `verify --probe ephemeral` (pinned)"),
 )
 
@@ -582,6 +603,9 @@ class Config:
     ssh_connect_timeout: float = 10.0
     ssh_command_timeout: float = 60.0
     node_parallelism: int = 64
+    node_via: str = "auto"
+    node_pod_image: str | None = None
+    node_pod_namespace: str | None = None
     probe_image: str = "amazon/aws-cli:2.22.0"
     # None: no `tenants:` in the file, the article's one tenant from the legacy keys (recomputed on
     # every replace(), so --namespace and friends reach it).

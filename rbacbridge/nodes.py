@@ -78,11 +78,20 @@ def check_node_name(value: str) -> str:
     return value
 
 
+def via(ctx) -> str:
+    """How scripts reach the nodes this run: "ssh" or "kubernetes" (rbacbridge.node_pods.resolve_via)."""
+    from rbacbridge.node_pods import resolve_via
+
+    return ctx.fact("nodes.via", lambda: resolve_via(ctx.config))
+
+
 def node_refs(ctx) -> list[NodeRef]:
     def compute() -> list[NodeRef]:
         from rbacbridge.ssh import parse_host_port
 
         cfg = ctx.config
+        if via(ctx) == "kubernetes":
+            return _cluster_refs(ctx)
         if cfg.node_hosts:
             refs = []
             for text in cfg.node_hosts:
@@ -109,6 +118,21 @@ def node_refs(ctx) -> list[NodeRef]:
         return _unique(refs)
 
     return ctx.fact("nodes.refs", compute)
+
+
+def _cluster_refs(ctx) -> list[NodeRef]:
+    """--via kubernetes: the cluster's nodes by name (nodes.hosts / --node, if given, name some of them)."""
+    from rbacbridge.kube import cluster_nodes
+
+    ctx.facts["nodes.from_cluster"] = True
+    found = {node.name: node for node in cluster_nodes(ctx)}
+    names = list(ctx.config.node_hosts) or list(found)
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        raise UsageError(f"--via kubernetes: no cluster node named {', '.join(unknown)} (--node / nodes.hosts name Kubernetes nodes here)")
+    return _unique([NodeRef(name=check_node_name(name), ssh_host=found[name].internal_ip,
+                            internal_ip=found[name].internal_ip if iptables_ipv4(found[name].internal_ip) else None)
+                    for name in names])
 
 
 def iptables_ipv4(value: str | None) -> bool:
@@ -154,6 +178,12 @@ def preflight(ctx, refs: list[NodeRef] | None = None) -> None:
     from rbacbridge.ssh import check_settings
     from rbacbridge.ssh import preflight as check_target
 
+    if via(ctx) == "kubernetes":
+        if refs is not None:
+            from rbacbridge.node_pods import prepare
+
+            prepare(ctx, refs, read_only=bool(ctx.facts.get("nodes.read_only")))
+        return
     if refs is None:
         if not ctx.config.node_hosts:
             check_settings(ssh_target(ctx, NodeRef(name="-", ssh_host="localhost")))
@@ -206,6 +236,12 @@ def _sessions(ctx) -> dict[str, Any]:
 def session_for(ctx, ref: NodeRef):
     sessions = _sessions(ctx)
     session = sessions.get(ref.name)
+    if via(ctx) == "kubernetes":  # the same scripts, carried by pod exec (rbacbridge.node_pods)
+        if session is None:
+            from rbacbridge.node_pods import open_session
+
+            session = sessions[ref.name] = open_session(ctx, ref)
+        return session
     transport = session._client.get_transport() if session is not None else None
     if session is None or transport is None or not transport.is_active():
         from rbacbridge.ssh import connect
@@ -292,7 +328,9 @@ def _legacy_script(session) -> str:
     """The legacy backend's nat PREROUTING, only if a legacy nat table already exists (listing it with
     iptables-legacy would otherwise create one: a change). /proc/net/ip_tables_names is root-only."""
     listing = _line(session, ["iptables-legacy", *iptables.list_argv()[1:]], sudo=True)
-    return (f"echo '{_MARK} legacy'; if grep -qsx nat /proc/net/ip_tables_names; then {listing} 2>/dev/null; fi; "
+    # read by the shell itself (a `grep` would be one more process on every node)
+    has_nat = 'H=; { while read -r T; do [ "$T" = nat ] && H=1; done < /proc/net/ip_tables_names; } 2>/dev/null'
+    return (f"echo '{_MARK} legacy'; {has_nat}; if [ -n \"$H\" ]; then {listing} 2>/dev/null; fi; "
             f"echo \"{_MARK} rc $?\"")
 
 
@@ -335,11 +373,19 @@ class Op:
     dead_port: int | None = None
 
 
+# Counting the copies of a rule in the listing $L with the shell's own pattern matching (no process):
+# a copy is a whole line, so the listing is framed by newlines and each match consumes one framed line.
+# (Newline comes from printf once per script: command lines never carry a raw newline.)
+_COUNT_FN = ('NL=$(printf "\\n_"); NL=${NL%_}; '
+             'rbb_count() { T="$NL$L$NL"; N=0; while :; do case "$T" in *"$NL$1$NL"*) '
+             'T=${T#*"$NL$1$NL"}; T=$NL$T; N=$((N+1));; *) break;; esac; done; }')
+
+
 def _op_script(session, index: int, op: Op) -> str:
     import shlex
 
     listing = _line(session, iptables.list_argv(), sudo=True)
-    count = f"N=$(printf '%s\\n' \"$L\" | grep -cxF -e {shlex.quote(op.rule.text())})"
+    count = f"rbb_count {shlex.quote(op.rule.text())}"
     relist = f"L=$({listing}) || {{ echo '{_MARK} listfail {index}'; exit 3; }}; {count}"
     if op.need == 0:
         change, guard = _line(session, iptables.append_argv(op.rule), sudo=True), '[ "$N" -lt 1 ]'
@@ -356,6 +402,8 @@ def run_ops(session, ops: list[Op], final_list: bool = False) -> tuple[list[bool
     """One exec: every op in order, each re-listing first; optionally the rules afterwards.
     Returns which ops changed something, and the final rules. Raises NodeError on a failed op."""
     parts = [_op_script(session, i, op) for i, op in enumerate(ops)]
+    if parts:
+        parts.insert(0, _COUNT_FN)
     if final_list:
         parts.append(_section_script(session, "after", iptables.list_argv(), sudo=True))
     if not parts:
@@ -557,6 +605,7 @@ def plan_setup(ctx) -> list[Step]:
     # In a setup that also applies the Kubernetes part, rbacbridge's own DaemonSet moves to the
     # configured port: rules on its old port are stale even while the old pods still listen.
     ctx.facts["nodes.setup_updates_kube2iam"] = "kube" in ctx.parts
+    ctx.facts["nodes.kube2iam_changing"] = "kube" in ctx.parts  # --via kubernetes: not in kube2iam's own pods
     try:
         states = inspect_all(ctx, teardown=False)
     finally:
@@ -567,6 +616,7 @@ def plan_setup(ctx) -> list[Step]:
 
 
 def plan_teardown(ctx) -> list[Step]:
+    ctx.facts["nodes.kube2iam_changing"] = "kube" in ctx.parts  # --via kubernetes: its pods go before these steps run
     states = inspect_all(ctx, teardown=True)
     _failed_notes(ctx, states)
     _backend_notes(ctx, states)
@@ -579,6 +629,10 @@ def _backend_notes(ctx, states: list[NodeState]) -> None:
         if not state.error:
             by_backend.setdefault(state.backend or "unknown", []).append(state.ref.name)
     notes = ctx.facts.setdefault("notes", [])
+    for node, where in sorted((ctx.facts.get("nodes.via_pods") or {}).items()):
+        text = f"{node}: reached through Kubernetes, exec in {where}"
+        if text not in notes:
+            notes.append(text)
     for backend, names in sorted(by_backend.items()):
         text = f"iptables backend {backend} (`iptables -V`) on {', '.join(names)}"
         if text not in notes:

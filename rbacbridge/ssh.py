@@ -119,13 +119,31 @@ def _short(text: Any, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+# Files read for every node (ssh config, key files, known_hosts) are parsed once per version of the
+# file, not once per node and again per connection: with N nodes and an N-line known_hosts, parsing
+# it per connection costs O(N^2). A version is (device, inode, size, mtime, ctime); only a file left
+# unchanged for _SETTLED seconds is reused, so a rewrite inside the file system's timestamp granularity
+# (same size, same mtime) cannot hand out an old parse; accept-new's appends make a new version.
+_parsed: dict[tuple, Any] = {}
+_SETTLED = 2.0
+
+
+def _cached(kind: str, path: str, parse):
+    """parse(path), reused while the file is unchanged; errors are raised every time, never cached."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return parse(path)  # let the parser report the missing or unreadable file
+    key = (kind, path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _parsed:
+        return _parsed[key]
+    value = parse(path)
+    if time.time() - max(st.st_mtime, st.st_ctime) > _SETTLED:
+        _parsed[key] = value
+    return value
+
+
 def _ssh_config(target: SshTarget):
-    import paramiko
-
-    class RawProxyCommandConfig(paramiko.SSHConfig):
-        # ProxyCommand tokens are expanded by `_expand` from validated parts, not by paramiko.
-        TOKENS_BY_CONFIG_KEY = {**paramiko.SSHConfig.TOKENS_BY_CONFIG_KEY, "proxycommand": []}
-
     path = target.ssh_config
     if path == "none":
         return None
@@ -135,9 +153,19 @@ def _ssh_config(target: SshTarget):
             raise UsageError(f"ssh config {_short(path)} does not exist (give a file, or --ssh-config none)")
         return None
     try:
-        return RawProxyCommandConfig.from_path(str(file))
+        return _cached("ssh_config", str(file), _parse_ssh_config)
     except Exception as exc:  # noqa: BLE001 - a malformed or unreadable config is the user's input
         raise UsageError(f"cannot read ssh config {file}: {_one_line(exc)}") from None
+
+
+def _parse_ssh_config(path: str):
+    import paramiko
+
+    class RawProxyCommandConfig(paramiko.SSHConfig):
+        # ProxyCommand tokens are expanded by `_expand` from validated parts, not by paramiko.
+        TOKENS_BY_CONFIG_KEY = {**paramiko.SSHConfig.TOKENS_BY_CONFIG_KEY, "proxycommand": []}
+
+    return RawProxyCommandConfig.from_path(path)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -206,7 +234,12 @@ def _in_agent(path: str) -> bool:
 
 def check_key_file(path: str) -> bool:
     """The private key must load without a passphrase (rbacbridge never prompts), or be encrypted and
-    held by the local ssh-agent (then True: use the agent, as OpenSSH does); else UsageError."""
+    held by the local ssh-agent (then True: use the agent, as OpenSSH does); else UsageError.
+    Checked once per version of the file (every node names the same key)."""
+    return _cached("key", path, _check_key_file)
+
+
+def _check_key_file(path: str) -> bool:
     import paramiko
 
     shown = _short(path, 120)
@@ -567,24 +600,83 @@ def _ProxyCommand(command: str, target: SshTarget):  # noqa: N802 - a class made
 
 
 def _client_for(resolved: Resolved):
+    """A paramiko client that knows this host's keys exactly as if every known_hosts file had been
+    loaded into it (system files first and exclusively when they know the host, as paramiko checks
+    them; user files in the order they were always loaded), from files parsed once per run."""
     import paramiko
 
     client = paramiko.SSHClient()
-    for path in resolved.global_known_hosts:
-        if os.path.isfile(path):
-            try:
-                client.load_system_host_keys(path)  # read only, never written
-            except Exception as exc:  # noqa: BLE001
-                raise UsageError(f"cannot read known_hosts {path}: {_one_line(exc)}") from None
-    for path in reversed(resolved.known_hosts):  # the first file wins, as in OpenSSH
-        if os.path.isfile(path):
-            try:
-                client.load_host_keys(path)
-            except Exception as exc:  # noqa: BLE001
-                raise UsageError(f"cannot read known_hosts {path}: {_one_line(exc)}") from None
+    name = _known_host_name(resolved.hostname, resolved.port)
+    known = _host_keys_for(name, [p for p in resolved.global_known_hosts if os.path.isfile(p)])
+    if not known:
+        known = _host_keys_for(name, [p for p in reversed(resolved.known_hosts) if os.path.isfile(p)])
+    for keytype, key in known:
+        client.get_host_keys().add(name, keytype, key)
     accept_new = resolved.host_keys == ACCEPT_NEW
     client.set_missing_host_key_policy(_AcceptNewPolicy(Path(resolved.known_hosts[0])) if accept_new else paramiko.RejectPolicy())
     return client
+
+
+def _host_keys_for(name: str, paths: list[str]) -> list[tuple[str, Any]]:
+    """(key type, key) for `name`, in the order paramiko's merged HostKeys would answer: for each type
+    the first entry of the first file that has it (`SubDict.get`), types in order of first appearance
+    (`keys()[0]` decides the host-key algorithm paramiko asks for)."""
+    import paramiko
+
+    found: dict[str, Any] = {}
+    for path in paths:
+        try:
+            keys = _cached("known_hosts", path, paramiko.HostKeys)
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"cannot read known_hosts {path}: {_one_line(exc)}") from None
+        entries = keys.lookup(name)
+        if entries is None:
+            continue
+        for keytype in entries.keys():
+            if keytype not in found:
+                found[keytype] = entries[keytype]
+    return list(found.items())
+
+
+def _tcp_connect(hostname: str, port: int, timeout: float) -> socket.socket:
+    """The TCP connection paramiko would open (every address of the name in turn), but with Nagle off
+    from the first packet and delayed ACKs off (see _NodeSocket)."""
+    import errno
+
+    from paramiko.ssh_exception import NoValidConnectionsError
+
+    infos = socket.getaddrinfo(hostname, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    addresses = [(info[0], info[4]) for info in infos if info[1] == socket.SOCK_STREAM] or [(i[0], i[4]) for i in infos]
+    errors: dict[Any, OSError] = {}
+    for family, address in addresses:
+        sock = _NodeSocket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                raise
+            errors[address] = exc
+    raise NoValidConnectionsError(errors)
+
+
+class _NodeSocket(socket.socket):
+    """SSH is request/answer in small packets. Without TCP_NODELAY (set before the handshake, not
+    after it) the client's Nagle waits for the node's delayed ACK (~40 ms) during authentication; and
+    sshd does not set TCP_NODELAY for sessions without a terminal, so its answer to the first channel
+    open waits for *our* delayed ACK of the messages it sent after authentication (another ~40 ms).
+    TCP_QUICKACK before each read acknowledges at once. Neither changes what is sent or checked."""
+
+    if hasattr(socket, "TCP_QUICKACK"):
+        def recv(self, bufsize: int, *flags: int) -> bytes:
+            try:
+                self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                pass
+            return super().recv(bufsize, *flags)
 
 
 def _authenticate(client, target: SshTarget, resolved: Resolved, sock) -> None:
@@ -594,6 +686,8 @@ def _authenticate(client, target: SshTarget, resolved: Resolved, sock) -> None:
     keys = list(resolved.key_files)
     configured = bool(keys or resolved.agent_key_files)
     try:
+        if sock is None:
+            sock = _tcp_connect(resolved.hostname, resolved.port, target.connect_timeout)
         client.connect(
             resolved.hostname,
             port=resolved.port,
@@ -640,10 +734,6 @@ def _authenticate(client, target: SshTarget, resolved: Resolved, sock) -> None:
     except OSError as exc:
         client.close()
         raise SshError(f"{target.name}: cannot connect to {where}: {exc.strerror or exc}") from None
-    raw = client.get_transport().sock
-    if isinstance(raw, socket.socket):
-        # Small request/answer packets: without this, Nagle + delayed ACK add ~40 ms to every command.
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _proxy_reason(sock, exc: BaseException) -> str:

@@ -201,6 +201,7 @@ class Store:
     requests: list[Request] = field(default_factory=list)
     forbidden: set[tuple[str, str]] = field(default_factory=set)
     auto_ready: bool = True
+    admission: Callable[[dict[str, Any]], str | None] | None = None  # a refusal reason for a created object (403)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _versions: Any = field(default_factory=lambda: itertools.count(1000))
 
@@ -311,6 +312,9 @@ class Store:
         if not self.auto_ready:
             return
         kind = RESOURCES[resource][0]
+        if kind == "Pod" and not (obj.get("status") or {}).get("phase"):
+            self._run_pod(obj)
+            return
         if kind not in ("DaemonSet", "Deployment"):
             return
         meta = obj["metadata"]
@@ -330,6 +334,19 @@ class Store:
         for pod in names:
             if (KIND_TO_RESOURCE["Pod"], meta["namespace"], pod) not in self.objects:
                 self.add_pod(meta["namespace"], pod, labels, owner=obj)
+
+    def _run_pod(self, obj: dict[str, Any]) -> None:
+        """The kubelet for a pod created through the API (e.g. rbacbridge's node pods): running at once,
+        on its spec.nodeName, hostIP the Node's InternalIP."""
+        node = self.objects.get((KIND_TO_RESOURCE["Node"], "", (obj.get("spec") or {}).get("nodeName") or ""))
+        addresses = (node or {}).get("status", {}).get("addresses") or []
+        host_ip = next((a["address"] for a in addresses if a.get("type") == "InternalIP"), "10.0.0.1")
+        pod_ip = host_ip if (obj.get("spec") or {}).get("hostNetwork") else "10.244.0.10"
+        obj["status"] = {"phase": "Running", "hostIP": host_ip, "podIP": pod_ip,
+                         "conditions": [{"type": "Ready", "status": "True"}],
+                         "containerStatuses": [{"name": c["name"], "ready": True, "restartCount": 0, "image": c.get("image", ""),
+                                                "imageID": "", "state": {"running": {"startedAt": _now()}}}
+                                               for c in (obj.get("spec") or {}).get("containers") or []]}
 
     def _collect_garbage(self, owner: dict[str, Any]) -> None:
         uid = owner["metadata"].get("uid")
@@ -387,6 +404,9 @@ class Store:
             if namespaced:
                 new["metadata"]["namespace"] = namespace
             validate(new)
+            refusal = self.admission(new) if self.admission else None
+            if refusal:
+                raise ApiError(403, "Forbidden", f'{_qualified(plural, resource[0])} "{name}" is forbidden: {refusal}')
             self._bump(None, new)
             self.objects[key] = new
             self._after_write(resource, new)

@@ -539,6 +539,12 @@ class Lab:
 
     def _exec(self, namespace: str, pod: str, container: str | None, argv: list[str]) -> tuple[int, bytes, bytes]:
         target = self._find_pod(namespace, pod)
+        if target is None:  # a hostNetwork pod (kube2iam's, rbacbridge's node pods) runs in its node's namespace
+            spec = (self.api.store.get("Pod", pod, namespace) or {}).get("spec") or {}
+            lab_node = next((n for n in self.nodes if n.name == spec.get("nodeName")), None)
+            if spec.get("hostNetwork") and lab_node is not None:
+                target = Pod(lab_node.node.namespace, lab_node.address)
+                argv = [f"PATH={self.workdir / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", *argv]  # after env -i: iptables too
         if target is None:
             return 1, b"", f"pod {namespace}/{pod} has no network namespace in the lab\n".encode()
         done = subprocess.run(["ip", "netns", "exec", target.namespace, *self.pod_env(), *argv], capture_output=True,

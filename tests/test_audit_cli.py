@@ -23,7 +23,10 @@ def field(kube_api, sandbox):
 
 
 def audit(field: Brownfield, *args: str, kubeconfig: str | None = None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "rbacbridge", "audit", "--kubeconfig", kubeconfig or field.kube_api.kubeconfig, *args]
+    # These judge the cluster and AWS: nodes `--via ssh` with no node given are not audited (a note). The
+    # default, --via auto, reads them through Kubernetes: tests/test_nodes_via_kube.py.
+    via = [] if "--via" in args else ["--via", "ssh"]
+    argv = [sys.executable, "-m", "rbacbridge", "audit", "--kubeconfig", kubeconfig or field.kube_api.kubeconfig, *via, *args]
     env = dict(field.sandbox.env(), COLUMNS="200")
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
 
@@ -79,7 +82,7 @@ def test_junit_has_a_testcase_per_finding_kind(field, tmp_path):
     assert set(cases) == {k.id for k in KINDS} | {"audit-complete"}
     assert cases["pod-role-untrusted"].find("failure") is not None
     assert cases["debug-enabled"].find("failure") is None
-    assert cases["iptables-stale"].find("skipped") is not None  # nodes not audited without SSH options
+    assert cases["iptables-stale"].find("skipped") is not None  # nodes not audited: --via ssh and no SSH options
     assert root.get("failures") == "1"
 
 

@@ -1,5 +1,9 @@
 """The pure rule logic: parsing `iptables -S`, classifying, and the exact -D/-A argv."""
 
+import shlex
+import shutil
+import subprocess
+
 import pytest
 
 from rbacbridge import iptables
@@ -188,9 +192,29 @@ def test_change_script_is_one_exec_of_quoted_parts_with_sudo_for_iptables_only()
     assert script.count("sudo -n -- iptables -w 5 -t nat -S PREROUTING") == 2
     assert script.index("-D PREROUTING -d 169.254.169.254/32 -i cali+ ") < script.index("-D PREROUTING -d 169.254.169.254/32 -i docker0")
     assert "ss -Htln 'sport = :7000'" in script and "sudo -n -- ss" not in script
-    assert "grep -cxF -e '-A PREROUTING -d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.43.0.1:7000'" in script
+    assert "rbb_count '-A PREROUTING -d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.43.0.1:7000'" in script
+    assert script.startswith(nodes._COUNT_FN) and script.count("rbb_count()") == 1
     assert '[ "$N" -ge 1 ]' in script and '[ "$N" -ge 2 ]' in script
     root = _Session("root")
     with pytest.raises(nodes.NodeError):
         nodes.run_ops(root, [nodes.Op(dup, 2)])
     assert "sudo" not in root.lines[0][2]
+
+
+@pytest.mark.parametrize("shell", [s for s in ("sh", "dash", "bash") if shutil.which(s)])
+def test_copies_are_counted_by_the_shell_as_whole_lines(shell, tmp_path):
+    """The change script counts a rule's copies in the listing without a process (rbb_count): whole
+    lines only, adjacent copies each counted, a longer line that starts with the rule not counted,
+    glob characters literal."""
+    from rbacbridge import nodes
+
+    rule = "-A PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8282"
+    listing = tmp_path / "listing"
+    listing.write_text("\n".join(["-P PREROUTING ACCEPT", rule + "0", rule, rule, "x" + rule, rule,
+                                   "-A PREROUTING -i cali* -j [A]", ""]))
+    cases = {rule: 3, rule + "0": 1, rule[:-1]: 0, "-A PREROUTING -i cali* -j [A]": 1, "-A PREROUTING -i caliX -j A": 0,
+             "-P PREROUTING ACCEPT": 1, "": 0}
+    for wanted, count in cases.items():
+        script = f"{nodes._COUNT_FN}; L=$(cat {shlex.quote(str(listing))}); rbb_count {shlex.quote(wanted)}; echo \"$N\""
+        out = subprocess.run([shell, "-c", script], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == str(count), (wanted, out)

@@ -125,6 +125,19 @@ def test_article_end_to_end(lab: Lab):
         assert set(chains(p)) == (set() if app == "host" else {POD_ROLE, DEFAULT_ROLE, NODE_ROLE})
         assert all(c["observed"] is False and c["match"] for c in chains(p).values())
 
+    # Issue 15: the host cells through Kubernetes (a short-lived hostNetwork AWS CLI pod per node), same matrix.
+    via_pods = json.loads(run(lab, "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--via", "kubernetes",
+                              "--no-drift-check", "-o", "json").stdout)
+    hosts = [p for p in via_pods["principals"] if p["kind"] == "host"]
+    assert via_pods["ok"] and {p["node"] for p in hosts} == {"node-a", "node-b"}
+    assert all(p["pod"].startswith("rbacbridge-host-probe-") and p["observed_role"] == NODE_ROLE for p in hosts)
+    assert [n for n in via_pods["notes"] if "host cells probed through Kubernetes" in n]
+    assert not [p for p in store.objects_of("Pod") if p["metadata"]["name"].startswith("rbacbridge-")]
+    status = json.loads(run(lab, "iptables", "status", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig,
+                            "--via", "kubernetes", "-o", "json").stdout)
+    assert [(r["kept"], r["to_delete"]) for r in status["nodes"]] == [(1, 0), (1, 0)]
+    assert [n for n in status["plan"]["notes"] if "exec in kube2iam pod kube-system/kube2iam-node-a" in n]
+
     isolation_faults(lab)
 
     # Tenant isolation: a pod in another namespace asks for the read-write role its namespace does not allow.

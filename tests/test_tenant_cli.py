@@ -213,3 +213,16 @@ def test_remove_the_middle_tenant_keeps_every_other_line(tmp_path):
     assert result.returncode == 0, result.stderr
     assert path.read_text() == THREE.replace(
         "# client B: the noisy one\n- name: client-b\n  namespaces: [client-b]\n  role: client-b-s3   # no grants yet\n", "")
+
+
+def test_write_goes_to_the_link_target_and_keeps_its_mode(tmp_path):
+    real = tmp_path / "real.yaml"
+    real.write_text(COMMENTED)
+    real.chmod(0o640)
+    link = tmp_path / "rbacbridge.yaml"
+    link.symlink_to(real)
+    result = _cli("tenant", "remove", "client-a", "-c", str(link), "--no-plan")
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and "tenants: []" in real.read_text()
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["rbacbridge.yaml", "real.yaml"]

@@ -67,3 +67,68 @@ def test_unmanaged_default_role_has_no_expected_access():
 def test_bad_stage_is_a_usage_error():
     with pytest.raises(UsageError):
         expected_matrix(Config(), ACCT, "during")
+
+
+# --- tenants (issue 12): principals, locations, cross-tenant cells from the configuration only -------------
+
+def tenants_config(tmp_path, tenants, **extra):
+    import yaml
+
+    from rbacbridge import config as config_module
+
+    path = tmp_path / "rbacbridge.yaml"
+    path.write_text(yaml.safe_dump({"tenants": tenants, **extra}))
+    return config_module.load(str(path))
+
+
+ABC = [{"name": "client-a", "namespaces": ["client-a"], "role": "client-a-s3", "workloads": ["web"]},
+       {"name": "client-b", "namespaces": ["client-b"], "role": "client-b-s3", "write": ["shared-data/b/*"], "workloads": ["web"]},
+       {"name": "client-c", "namespaces": ["client-c"], "role": {"existing": f"arn:aws:iam::{ACCT}:role/c-owned"},
+        "workloads": ["worker"]}]
+
+
+def test_principals_come_from_the_tenants(tmp_path):
+    from rbacbridge.verify import configured_principals
+
+    config = tenants_config(tmp_path, ABC)
+    got = [(p.name, p.namespace, p.role_annotation, p.tenant) for p in configured_principals(config)]
+    assert got == [(HOST, None, None, None), (VANILLA, "default", None, None),
+                   ("client-a/web", "client-a", "client-a-s3", "client-a"),  # a workload name two tenants use
+                   ("client-b/web", "client-b", "client-b-s3", "client-b"),
+                   ("worker", "client-c", f"arn:aws:iam::{ACCT}:role/c-owned", "client-c")]  # an existing role: its ARN
+    assert [p.name for p in configured_principals(config, "client-b")] == ["client-b/web"]
+    with pytest.raises(UsageError, match="unknown tenant"):
+        configured_principals(config, "client-z")
+
+
+def test_cross_tenant_cells_are_expected_denied_by_policy_evaluation(tmp_path):
+    config = tenants_config(tmp_path, ABC)
+    got = {e.principal.name: e for e in expected_matrix(config, ACCT, "after")}
+    a, b, c = got["client-a/web"], got["client-b/web"], got["worker"]
+    assert (a.role, b.role, c.role) == ("client-a-s3", "client-b-s3", "c-owned")
+    # b writes under its prefix only; a (no grants) nothing; c's role is not rbacbridge's: no expectation
+    assert b.access[("shared-data/b/*", "write")] is True and b.access[("shared-data/b/*", "read")] is True
+    assert a.access[("shared-data/b/*", "write")] is False and a.access[("nettech-helm-test", "read")] is False
+    assert set(c.access.values()) == {None}
+    # every other tenant's role: not obtainable by chaining, not handed out by kube2iam to another namespace
+    assert set(a.chains) == {"client-a-s3", "client-b-s3", "c-owned", "nettech-pod-default", "nettech-s3-read-only"}
+    assert not any(a.chains.values()) and not any(b.chains.values())
+    assert a.annotations == {"client-b-s3": False, "c-owned": False}
+    assert b.annotations == {"client-a-s3": False, "c-owned": False}
+    assert got[VANILLA].annotations == {} and got[HOST].chains == {}
+
+
+def test_annotation_cells_predicted_when_namespace_restrictions_are_off(tmp_path):
+    config = tenants_config(tmp_path, ABC, kube2iam={"namespace_restrictions": False})
+    got = {e.principal.name: e for e in expected_matrix(config, ACCT, "after")}
+    # kube2iam hands any role the node role may assume; an existing role's trust is unknown
+    assert got["client-a/web"].annotations == {"client-b-s3": True, "c-owned": None}
+
+
+def test_default_config_locations_and_owners_are_the_articles():
+    from rbacbridge.verify import buckets_of, location_owners
+
+    config = Config()
+    assert buckets_of(config) == [SHARED, TENANT]
+    assert location_owners(config) == {TENANT: ("nginx-annotated",)}  # buckets.shared is everyone's
+    assert not any(e.annotations for e in expected_matrix(config, ACCT, "after"))

@@ -70,12 +70,21 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
     elif inputs.kube is not None or config_given:
         checks.check_escalation_offline(inputs, kube2iams, out)
     if "nodes" in parts:
-        if ssh_options_given(cfg):
+        from rbacbridge.node_pods import KUBERNETES, SSH, resolve_via
+
+        via = resolve_via(cfg, ssh_given=ssh_options_given(cfg))
+        ctx.facts["nodes.via"] = via
+        if via == KUBERNETES:
+            # through kube2iam's own pods only: audit reads, it never creates a pod (rbacbridge.node_pods)
+            ctx.facts["nodes.read_only"] = True
             _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
-        elif explicit_parts:
-            raise UsageError("audit --only nodes needs --node HOST[:PORT] or SSH options (--ssh-user, --ssh-key, --known-hosts)")
+        elif ssh_options_given(cfg):
+            _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
+        elif explicit_parts:  # --via ssh without a node or an SSH option
+            raise UsageError(f"audit --only nodes --via {SSH} needs --node HOST[:PORT] or SSH options (--ssh-user, --ssh-key, --known-hosts)")
         else:
-            out.notes.append("nodes not audited (iptables rules): give --node or SSH options (--ssh-user, --ssh-key, --known-hosts)")
+            out.notes.append(f"nodes not audited (iptables rules): --via {SSH} without --node or SSH options "
+                             "(--ssh-user, --ssh-key, --known-hosts)")
     result.findings = out.findings
     result.notes = out.notes + [n for n in ctx.facts.get("notes", []) if n not in out.notes]
     result.checked = list(dict.fromkeys(out.checked))
@@ -120,7 +129,10 @@ def _audit_nodes(ctx, kube2iams, kube_state, result: AuditResult, out) -> None:
         if state.error:
             result.errors.append(f"nodes: {state.error}")
         out.findings.extend(check_node(state, source))
-    result.counts["nodes_over_ssh"] = sum(1 for s in states if not s.error)
+    key = "nodes_via_kubernetes" if ctx.facts.get("nodes.via") == "kubernetes" else "nodes_over_ssh"
+    result.counts[key] = sum(1 for s in states if not s.error)
+    for node, where in sorted((ctx.facts.get("nodes.via_pods") or {}).items()):
+        out.notes.append(f"{node}: rules read through Kubernetes, exec in {where}")
 
 
 def exit_code(result: AuditResult, fail_on: str) -> int:

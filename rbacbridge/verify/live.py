@@ -82,10 +82,12 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
     if not any(p.kind == "host" for p in configured):  # --tenant: that tenant's pods only
         ensure_cli_all(checks)
         return principals
+    from rbacbridge.node_pods import KUBERNETES, resolve_via, start_host_probes
     from rbacbridge.nodes import NodeRef, ssh_target
     from rbacbridge.ssh import parse_host_port
 
     hosts: list[tuple[str, str]] = []  # (label, SSH address)
+    internal: dict[str, str] = {}
     if options.node is not None:
         hosts.append((options.node, options.node))
     else:
@@ -95,14 +97,32 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
             if node is None:
                 raise UsageError(f"no cluster node {pod_node or ''} found for the host probe; give --node HOST")
             hosts.append((node.name, node.ssh_host or node.internal_ip))
+            internal[node.name] = node.internal_ip
+    # --node is an SSH address; else --via (auto: SSH when an SSH option is given, else Kubernetes)
+    pods = {} if options.node is not None or resolve_via(config) != KUBERNETES else \
+        start_host_probes(ctx, [(label, internal.get(label)) for label, _ in hosts])
     out: list[tuple[Principal, ProbeBackend]] = []
+    notes = ctx.facts.setdefault("notes", [])
     for label, address in hosts:
-        host_name, port = parse_host_port(address)
-        runner = SshRunner(ssh_target(ctx, NodeRef(name=label, ssh_host=host_name, ssh_port=port)))
+        name = f"{HOST}@{label}" if len(hosts) > 1 else HOST
+        if label in pods:
+            runner: Any = pods[label]
+            notes.append(f"{name}: host cells probed through Kubernetes, in hostNetwork pod {runner.where} on node {label} "
+                         f"({config.probe_image}; deleted afterwards)")
+            host = Principal(name, "host", namespace=runner.session.namespace, pod=runner.session.pod, node=label)
+        else:
+            host_name, port = parse_host_port(address)
+            runner = SshRunner(ssh_target(ctx, NodeRef(name=label, ssh_host=host_name, ssh_port=port)))
+            notes.append(f"{name}: host cells probed over SSH ({address})")
+            host = Principal(name, "host", node=label)
         checks.append((runner, False, f"host node {label}"))
-        host = Principal(f"{HOST}@{label}" if len(hosts) > 1 else HOST, "host", node=label)
         out.append((host, AwsCliBackend(runner, config.region, config.endpoint_url)))
-    ensure_cli_all(checks)
+    try:
+        ensure_cli_all(checks)
+    except BaseException:
+        for runner in pods.values():  # the probe pods go now: run_live never gets these targets to close
+            runner.close()
+        raise
     return out + principals
 
 
