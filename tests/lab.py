@@ -393,6 +393,9 @@ class Lab:
             store.add_node(lab_node.name, lab_node.address, provider_id=f"aws:///{REGION}a/{lab_node.instance_id}")
         write_kubeconfig(self.workdir / "kubeconfig", {"lab": self.api.url}, current="lab")
         self.api.exec_handler = self._exec
+        # pods created through the API (not hostNetwork) wait for the lab kubelet below: it gives each a pod
+        # network namespace and its IP (the store alone would mark them Running at once with a made-up IP)
+        store.kubelet = lambda pod: not (pod.get("spec") or {}).get("hostNetwork")
         threading.Thread(target=self._kubelet, name="lab-kubelet", daemon=True).start()
 
     def _start_stand_ins(self, lab_node: LabNode) -> None:
