@@ -22,6 +22,7 @@ from rbacbridge.verify.model import ERROR, ROLE_ANNOTATION, CallResult, Observat
 PROBE_POD_PREFIX = "rbacbridge-annotation-probe-"
 PROBE_NAME_LABEL = "app.kubernetes.io/name"
 PROBE_NAME = "rbacbridge-annotation-probe"
+PROBE_START = 60  # seconds a probe pod may take to run (image pull included) before its cell is a `probe` error
 PROBE_LIFETIME = 600  # seconds: the pod ends by itself (activeDeadlineSeconds) should verify die before deleting it
 
 
@@ -110,7 +111,7 @@ def _wait_running(gateway: Any, namespace: str, name: str, timeout: float, poll:
         time.sleep(poll)
 
 
-def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = 120, poll: float = 0.5) -> Observation:
+def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = PROBE_START, poll: float = 0.5) -> Observation:
     """Create the probe pod, ask for credentials in it, delete it (always). allowed: True = credentials handed
     out, False = none, None = could not tell. Only the caller ARN crosses the exec channel."""
     from rbacbridge import kube
@@ -145,7 +146,7 @@ def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = 1
                 pass
 
 
-def run_asks(gateway: Any, config: Config, asks: list[AnnotationAsk], timeout: float = 120,
+def run_asks(gateway: Any, config: Config, asks: list[AnnotationAsk], timeout: float = PROBE_START,
              poll: float = 0.5) -> dict[AnnotationAsk, Observation]:
     """Leftovers of earlier runs deleted, then every probe pod at once."""
     if not asks:
