@@ -65,6 +65,7 @@ class Kubelet:
 
     def __init__(self, store):
         self.store, self.stop, self.seen = store, threading.Event(), []
+        store.kubelet = lambda pod: True  # the store leaves created pods Pending: this thread runs them
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
 
@@ -128,6 +129,7 @@ def test_probe_pod_that_never_runs_is_no_verdict_and_is_deleted(tmp_path, kube_a
     config = load(tmp_path, tenants(2), kubernetes={"kubeconfig": kube_api.kubeconfig})
     for t in config.tenants:
         kube_api.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": t.namespaces[0]}})
+    kube_api.store.kubelet = lambda pod: True  # no kubelet runs them: the pods stay Pending
     observed = run_asks(KubeGateway(kube_api.kubeconfig), config, rotation(config), timeout=0.3, poll=0.05)
     assert {o.allowed for o in observed.values()} == {None}
     assert {o.result.category for o in observed.values()} == {ERROR}
