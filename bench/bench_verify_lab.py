@@ -9,11 +9,20 @@ Rows, interleaved round by round (probe, verify on 1 node, verify on every node,
 Wall time, and CPU time split: the rbacbridge process itself (wait4), the pod execs (processes this bench
 reaps: the lab's API server runs them), the lab namespaces' processes (moto, sshd and the `aws` processes SSH
 runs on the nodes) and the lab's own threads (this process: API server, metadata and kube2iam stand-ins).
+  verify@N --every-node   the same without sharing cells between nodes (what sharing saves; --no-every-node drops it)
 All "nodes" share this machine's cores, so the probes' CPU adds up here where a real cluster's nodes each
 spend their own. Targets (issue 14): verify@1 <= 3x probe, verify@N <= 1.5x
-verify@1. Run it under the lab lock:
+verify@1. Pod execs (one per AWS CLI call, CLI check or annotation probe in a pod) are counted at the lab's
+API server.
+
+--scenario tenants (issue 12): two labs side by side — 1 node with 1 tenant, 2 nodes with --tenants (10)
+tenants (each: read the shared bucket, read/write its own; one workload, pods on every node) — rows: one
+probe in the small lab's tenant pod, verify of the small lab, verify of the big one. Target: big <= 3x small.
+
+Run it under the lab lock:
 
     flock /tmp/rbb-netns.lock python bench/bench_verify_lab.py [--rounds 5] [--nodes 4]
+    flock /tmp/rbb-netns.lock python bench/bench_verify_lab.py --scenario tenants [--rounds 3] [--tenants 10]
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -85,11 +95,16 @@ def run_cli(lab: Lab, argv: list[str], timeout: float = 600) -> tuple[int, str, 
 
 
 def set_workload_nodes(lab: Lab, count: int) -> None:
-    """nginx pods Running on the first `count` nodes, Pending elsewhere (verify probes running pods only)."""
+    """Workload pods (every Deployment's, any namespace) Running on the first `count` nodes, Pending elsewhere
+    (verify probes running pods only)."""
     active = {n.name for n in lab.nodes[:count]}
-    for pod in lab.api.store.objects_of("Pod", "default"):
-        pod["status"]["phase"] = "Running" if pod["spec"]["nodeName"] in active else "Pending"
-        lab.api.store.put(pod)
+    for pod in lab.api.store.objects_of("Pod"):
+        if (pod["metadata"].get("ownerReferences") or [{}])[0].get("kind") != "Deployment":
+            continue
+        phase = "Running" if pod["spec"]["nodeName"] in active else "Pending"
+        if pod["status"]["phase"] != phase:
+            pod["status"]["phase"] = phase
+            lab.api.store.put(pod)
 
 
 PHASES = ("run_live", "drift_findings", "live_targets", "ensure_cli_all", "host_network_findings", "live_diagnostics",
@@ -119,10 +134,135 @@ def phases(lab: Lab, verify_argv: list[str], counts: tuple[int, ...]) -> None:
               f"imports {imports:.2f} s; " + ", ".join(f"{k} {cum[k]:.2f} s" for k in PHASES if k in cum), flush=True)
 
 
+def interleaved(rows: list[tuple[str, Any]], rounds: int, namespaces: list[str]) -> tuple[dict, dict]:
+    """Every row once per round, the order flipping every round; medians of wall and of each CPU share, and
+    each row's last output. Prints each round, then the table (each row against the row `rows` names as its ref)."""
+    results: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name, _, _ in rows}
+    outs: dict[str, object] = {}
+    for r in range(rounds):
+        for name, fn, _ in (rows if r % 2 == 0 else rows[::-1]):
+            wall, cpu, outs[name] = measure(fn, namespaces)
+            results[name].append((wall, cpu))
+        print(f"round {r + 1}: " + ", ".join(f"{name.split(':')[0]} {results[name][-1][0]:.2f} s" for name, _, _ in rows), flush=True)
+    med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
+           for name, v in results.items()}
+    print(f"\nmedian of {rounds} interleaved rounds; load average after: {os.getloadavg()}")
+    print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
+    for name, _, ref_name in rows:
+        (wall, cpu), ref = med[name], med[ref_name]
+        print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
+              f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
+    return med, outs
+
+
+def tenants(count: int) -> list[dict]:
+    """`count` tenants shaped like the article's annotated pod: read the shared bucket, read/write their own."""
+    return [{"name": f"client-{i:02d}", "namespaces": [f"client-{i:02d}"], "role": f"client-{i:02d}-s3",
+             "read": ["nettech-helm-test"], "write": [f"client-{i:02d}-data"], "workloads": [f"nginx-client-{i:02d}"]}
+            for i in range(1, count + 1)]
+
+
+class Execs:
+    """Counts the pod execs the lab's API server runs (one per AWS CLI call or CLI check in a pod)."""
+
+    def __init__(self, lab: Lab):
+        self.count, self._inner = 0, lab.api.exec_handler
+        lab.api.exec_handler = self
+
+    def __call__(self, *args):
+        self.count += 1
+        return self._inner(*args)
+
+
+def tenant_lab(node_count: int, tenant_count: int, extra: list[str]) -> tuple[Lab, list[str], str]:
+    """A lab with `node_count` nodes and `tenant_count` tenants set up (their pods on every node, kube2iam's rule on
+    every node); returns it, the verify command line and the config file."""
+    lab = Lab.start(tuple(f"node-{chr(ord('a') + i)}" for i in range(node_count)))
+    try:
+        wanted = tenants(tenant_count)
+        lab.add_buckets([t["write"][0] for t in wanted])
+        for tenant in wanted:
+            lab.api.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant["namespaces"][0]}})
+        config = lab.write_tenants_config("tenants.yaml", wanted)
+        done = lab.cli("setup", "-c", config, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT, "--only", "aws,kube", "--yes",
+                       timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        lab.play_controllers()
+        for n in lab.nodes:
+            lab.kube2iam_start(n.name)
+    except BaseException:
+        lab.close()
+        raise
+    argv = ["verify", "-c", config, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts, "--ssh-key", lab.ssh_key,
+            "-o", "json", *extra]
+    return lab, argv, config
+
+
+def tenants_scenario(args) -> int:
+    """Issue 12's row: verify for 10 tenants x 2 nodes vs 1 tenant x 1 node, two labs side by side, interleaved."""
+    many_tenants, many_nodes = args.tenants, 2
+    labs: list[Lab] = []
+    try:
+        small, small_argv, _ = tenant_lab(1, 1, args.args.split())
+        labs.append(small)
+        big, big_argv, _ = tenant_lab(many_nodes, many_tenants, args.args.split())
+        labs.append(big)
+        counters = {id(small): Execs(small), id(big): Execs(big)}
+        namespaces = [lab_.aws.namespace for lab_ in labs] + [n.node.namespace for lab_ in labs for n in lab_.nodes]
+
+        def probe():
+            done = small.pod_exec("client-01", "nginx-client-01-node-a", ["aws", "s3api", "list-objects-v2", "--bucket", "client-01-data"])
+            assert done.returncode == 0, done.stderr[-1000:]
+            return None, 0.0
+
+        def verify(lab: Lab, argv: list[str], nodes: int):
+            def run():
+                before = counters[id(lab)].count
+                rc, stdout, stderr, cpu = run_cli(lab, argv, timeout=1200)
+                from rbacbridge.report import principals_of  # -o json v3: principals grouped by tenant
+
+                if rc != 0:
+                    try:
+                        bad = [(p["name"], c["check"], c["bucket"] or c["target"], c["detail"], c["blame"])
+                               for p in principals_of(json.loads(stdout)) for c in p["cells"] if not c["match"]]
+                    except ValueError:
+                        bad = []
+                    raise AssertionError(f"verify exited {rc}: {bad[:10]} {stderr[-1500:]}")
+                principals = principals_of(json.loads(stdout))
+                assert len({p["node"] for p in principals}) == nodes, principals
+                cells = sum(len(p["cells"]) for p in principals)
+                return (len(principals), cells, counters[id(lab)].count - before), cpu
+            return run
+
+        small_name, big_name = "verify, 1 tenant x 1 node", f"verify, {many_tenants} tenants x {many_nodes} nodes"
+        rows = [("probe: one list-objects-v2 in a pod", probe, "probe: one list-objects-v2 in a pod"),
+                (small_name, verify(small, small_argv, 1), "probe: one list-objects-v2 in a pod"),
+                (big_name, verify(big, big_argv, many_nodes), small_name)]
+        probe()
+        med, outs = interleaved(rows, args.rounds, namespaces)
+        one, many = med[small_name], med[big_name]
+        print(f"\ntarget: {many_tenants} tenants x {many_nodes} nodes <= 3x 1 tenant x 1 node: {many[0] / one[0]:.2f}x "
+              f"{'met' if many[0] <= 3 * one[0] else 'MISSED'}")
+        for name, _, _ in rows[1:]:
+            principals, cells, execs = outs[name]
+            print(f"{name}: {principals} principals, {cells} cells, {execs} pod execs")
+    finally:
+        for lab_ in reversed(labs):
+            lab_.close()
+        left = [x for lab_ in labs for x in lab_.leftovers()]
+        print(f"left behind: {left or 'nothing'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--scenario", choices=("nodes", "tenants"), default="nodes",
+                        help="nodes: 1 vs N nodes vs one probe (issue 14); tenants: --tenants x 2 nodes vs 1 x 1 (issue 12)")
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--every-node", action=argparse.BooleanOptionalAction, default=True,
+                        help="nodes scenario: also a row with verify --every-node (no cells shared between nodes)")
     parser.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True,
                         help="after the rounds, one profiled run per node count: where verify's time goes")
     parser.add_argument("--args", default="", help="extra verify arguments, e.g. --no-drift-check")
@@ -132,6 +272,8 @@ def main() -> int:
         print(f"the lab cannot run here: {why}")
         return 1
     print(f"load average before: {os.getloadavg()}")
+    if args.scenario == "tenants":
+        return tenants_scenario(args)
     names = tuple(f"node-{chr(ord('a') + i)}" for i in range(args.nodes))
     lab = Lab.start(names)
     try:
@@ -143,6 +285,7 @@ def main() -> int:
         for n in lab.nodes:
             lab.kube2iam_start(n.name)
         namespaces = [lab.aws.namespace] + [n.node.namespace for n in lab.nodes]
+        execs = Execs(lab)
         verify_argv = ["verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
                        "--ssh-key", lab.ssh_key, "-o", "json", *args.args.split()]
 
@@ -151,40 +294,30 @@ def main() -> int:
             assert done.returncode == 0, done.stderr[-1000:]
             return None, 0.0
 
-        def verify(count: int):
+        def verify(count: int, extra: tuple[str, ...] = ()):
             def run():
                 set_workload_nodes(lab, count)
-                rc, stdout, stderr, cpu = run_cli(lab, verify_argv)
+                before = execs.count
+                rc, stdout, stderr, cpu = run_cli(lab, [*verify_argv, *extra])
                 assert rc == 0, (rc, stdout[-2000:], stderr[-2000:])
                 from rbacbridge.report import principals_of  # -o json v3: principals grouped by tenant
 
                 principals = principals_of(json.loads(stdout))
                 assert len({p["node"] for p in principals}) == count, principals
-                return len(principals), cpu
+                return f"{len(principals)} principals, {execs.count - before} pod execs", cpu
             return run
 
-        rows = [("probe: one list-objects-v2 in a pod", probe), ("verify, 1 node", verify(1)),
-                (f"verify, {args.nodes} nodes", verify(args.nodes))]
+        probe_name, one_name, many_name = "probe: one list-objects-v2 in a pod", "verify, 1 node", f"verify, {args.nodes} nodes"
+        rows = [(probe_name, probe, probe_name), (one_name, verify(1), probe_name), (many_name, verify(args.nodes), one_name)]
+        if args.every_node:  # the same without sharing cells between nodes: what sharing saves
+            rows.append((f"verify, {args.nodes} nodes, --every-node", verify(args.nodes, ("--every-node",)), one_name))
         probe()  # warm: page cache, moto's S3 and STS, kube2iam's first answers
-        results: dict[str, list[tuple[float, dict[str, float]]]] = {name: [] for name, _ in rows}
-        outs: dict[str, object] = {}
-        for r in range(args.rounds):
-            for name, fn in (rows if r % 2 == 0 else rows[::-1]):  # interleaved, the order flipping every round
-                wall, cpu, outs[name] = measure(fn, namespaces)
-                results[name].append((wall, cpu))
-            print(f"round {r + 1}: " + ", ".join(f"{name.split(':')[0]} {results[name][-1][0]:.2f} s" for name, _ in rows),
-                  flush=True)
-        med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
-               for name, v in results.items()}
-        base, one, many = (med[name] for name, _ in rows)
-        print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {os.getloadavg()}")
-        print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
-        for (name, _), (wall, cpu), ref in zip(rows, (base, one, many), (base, base, one)):
-            print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
-                  f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
+        med, outs = interleaved(rows, args.rounds, namespaces)
+        base, one, many = med[probe_name], med[one_name], med[many_name]
         print(f"\ntargets: verify@1 <= 3x probe: {one[0] / base[0]:.2f}x {'met' if one[0] <= 3 * base[0] else 'MISSED'}; "
               f"verify@{args.nodes} <= 1.5x verify@1: {many[0] / one[0]:.2f}x {'met' if many[0] <= 1.5 * one[0] else 'MISSED'}")
-        print(f"principals probed: 1 node {outs[rows[1][0]]}, {args.nodes} nodes {outs[rows[2][0]]}")
+        for name, _, _ in rows[1:]:
+            print(f"{name}: {outs[name]}")
         if args.phases:
             phases(lab, verify_argv, (1, args.nodes))
     finally:

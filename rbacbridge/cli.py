@@ -674,6 +674,7 @@ def verify(
     node: Annotated[Optional[str], typer.Option("--node", metavar="HOST[:PORT]", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
     host_ip: Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
     no_drift_check: Annotated[bool, typer.Option("--no-drift-check", help="skip comparing live IAM and Kubernetes state with what setup wants")] = False,
+    every_node: Annotated[bool, typer.Option("--every-node", help="probe every cell on every node (default: bucket and chain cells once per workload and observed role)")] = False,
     tenant: Annotated[Optional[str], typer.Option("--tenant", metavar="NAME", help="only this tenant's pods (their own and cross-tenant cells); no host, no default-role pod", show_default=False)] = None,
 ) -> None:
     """Check the S3 access matrix per tenant and the chains into managed roles: expected (from the configuration)
@@ -702,7 +703,7 @@ def verify(
 
     try:
         result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip,
-                                           drift_check=not no_drift_check, tenant=tenant))
+                                           drift_check=not no_drift_check, tenant=tenant, share=not every_node))
     except IncompleteError as exc:
         report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
         raise

@@ -146,6 +146,7 @@ class _MetadataHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     CREDENTIALS = "/latest/meta-data/iam/security-credentials/"
+    OTHER_ROLE = 404  # a role other than the one this pod gets, asked for by name (EC2: not found)
 
     def log_message(self, *args) -> None:
         pass
@@ -175,7 +176,9 @@ class _MetadataHandler(BaseHTTPRequestHandler):
             return
         if self.path.rstrip("/") == self.CREDENTIALS.rstrip("/"):
             self._answer(200, role) if role else self._answer(404, "no role")
-        elif self.path.startswith(self.CREDENTIALS) and role and self.path[len(self.CREDENTIALS):].strip("/") == role:
+        elif self.path.startswith(self.CREDENTIALS) and role and self.path[len(self.CREDENTIALS):].strip("/") != role:
+            self._answer(self.OTHER_ROLE, f"Invalid role {self.path[len(self.CREDENTIALS):].strip('/')}")
+        elif self.path.startswith(self.CREDENTIALS) and role:
             try:
                 creds = self.credentials(role)
             except PermissionError as exc:
@@ -212,6 +215,8 @@ class Kube2iamHandler(_MetadataHandler):
     from the node role, checking the role's trust policy with the lab's own small evaluator
     (tests/lab_decide.py, never rbacbridge's). Its settings come from the kube2iam DaemonSet's args,
     as setup wrote them."""
+
+    OTHER_ROLE = 403  # kube2iam: "Invalid role X" when a pod asks for a role that is not its annotation's
 
     def role(self) -> str | None:
         return self.server.lab.kube2iam_role(self.client_address[0])
@@ -319,9 +324,8 @@ class Lab:
         self.root_routes.append(link)
         pod_net = str(ipaddress.ip_interface(lab_node.pod_cidr).network)
         _sh(["ip", "-n", self.aws.namespace, "route", "add", pod_net, "via", node.address])
-        for app in ("nginx-vanilla", "nginx-annotated"):
-            pod = node.add_pod(app, bridge="docker0", bridge_cidr=lab_node.pod_cidr)
-            lab_node.pods[("default", f"{app}-{name}")] = pod
+        for app in ("nginx-vanilla", "nginx-annotated"):  # the article's two; play_controllers adds the rest
+            self.pod_namespace(lab_node, "default", f"{app}-{name}")
 
     @property
     def endpoint_url(self) -> str:
@@ -482,6 +486,14 @@ class Lab:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return str(path)
 
+    def write_tenants_config(self, name: str, tenants: list[dict[str, Any]]) -> str:
+        """Another rbacbridge.yaml next to the lab's, with a `tenants:` list (issue 12); returns its path."""
+        config = yaml.safe_load((self.workdir / "rbacbridge.yaml").read_text())
+        config["tenants"] = tenants
+        path = self.workdir / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return str(path)
+
     def kube2iam_stop(self, node_name: str) -> None:
         """kube2iam is not running on this node (its pod gone, its DNAT rules removed): like a node whose taint
         the DaemonSet does not tolerate."""
@@ -554,23 +566,42 @@ class Lab:
                                               "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]},
         })
 
-    def play_controllers(self) -> None:
-        """The Deployment and DaemonSet controllers: one nginx-vanilla and one nginx-annotated pod on every
-        node (labels and annotations from the templates setup wrote, IPs of the lab's pod namespaces), and
-        one kube2iam pod per node (hostNetwork: the node's IP)."""
+    def pod_namespace(self, lab_node: LabNode, namespace: str, name: str) -> Pod:
+        """The network namespace behind docker0 of pod `namespace/name` on this node (made on first use)."""
+        if (namespace, name) not in lab_node.pods:
+            lab_node.pods[(namespace, name)] = lab_node.node.add_pod(name, bridge="docker0", bridge_cidr=lab_node.pod_cidr)
+        return lab_node.pods[(namespace, name)]
+
+    def managed_deployments(self) -> list[dict[str, Any]]:
+        """Every Deployment setup made (label app.kubernetes.io/managed-by=rbacbridge), in any namespace."""
+        return sorted((d for d in self.api.store.objects_of("Deployment")
+                       if (d["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "rbacbridge"),
+                      key=lambda d: (d["metadata"]["namespace"], d["metadata"]["name"]))
+
+    def play_controllers(self, placement: dict[str, list[str]] | None = None) -> None:
+        """The Deployment and DaemonSet controllers: one pod of every Deployment setup made (the article's nginx
+        pair, and each tenant's workloads in its namespace) on every node — or on the nodes `placement` names for
+        that Deployment — with labels and annotations from the templates setup wrote and the IP of a lab pod
+        namespace; pods of Deployments that are gone are deleted; one kube2iam pod per node (hostNetwork)."""
         store = self.api.store
-        for kind, name in (("Deployment", "nginx-vanilla"), ("Deployment", "nginx-annotated")):
-            owner = store.get(kind, name, "default")
-            if owner is None:
-                raise RuntimeError(f"{kind} default/{name} does not exist: run setup first")
-            for pod in store.objects_of("Pod", "default"):
-                if any(ref.get("uid") == owner["metadata"]["uid"] for ref in pod["metadata"].get("ownerReferences", [])):
-                    store.delete("Pod", pod["metadata"]["name"], "default")
+        deployments = self.managed_deployments()
+        if not deployments:
+            raise RuntimeError("no Deployment of rbacbridge's exists: run setup first")
+        for pod in store.objects_of("Pod"):
+            refs = pod["metadata"].get("ownerReferences") or []
+            if refs and refs[0].get("kind") == "Deployment":  # re-placed below, or its Deployment is gone
+                store.delete("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
+        for owner in deployments:
+            name, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
             template = owner["spec"]["template"]["metadata"]
+            on = (placement or {}).get(name)
             for lab_node in self.nodes:
+                if on is not None and lab_node.name not in on:
+                    continue
                 pod_name = f"{name}-{lab_node.name}"
-                self._put_pod(lab_node, "default", pod_name, dict(template.get("labels") or {}),
-                              dict(template.get("annotations") or {}), lab_node.pods[("default", pod_name)].address, owner)
+                pod = self.pod_namespace(lab_node, namespace, pod_name)
+                self._put_pod(lab_node, namespace, pod_name, dict(template.get("labels") or {}),
+                              dict(template.get("annotations") or {}), pod.address, owner)
         daemonset = next(d for d in store.objects_of("DaemonSet") if d["metadata"]["name"] == "kube2iam")
         namespace = daemonset["metadata"]["namespace"]
         for pod in store.objects_of("Pod", namespace):
@@ -582,12 +613,23 @@ class Lab:
 
     def add_tenant_pod(self, node_name: str, namespace: str, name: str, role: str, allowed_roles: list[str]) -> None:
         """A third tenant: a namespace whose allowed-roles is `allowed_roles`, and a pod annotated with `role`."""
-        lab_node = self.node(node_name)
         self.api.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": namespace, "annotations": {ALLOWED_ROLES: json.dumps(allowed_roles)}}})
-        pod = lab_node.node.add_pod(name, bridge="docker0", bridge_cidr=lab_node.pod_cidr)
-        lab_node.pods[(namespace, name)] = pod
-        self._put_pod(lab_node, namespace, name, {"app": name}, {ROLE_ANNOTATION: role}, pod.address)
+        self.add_pod(node_name, namespace, name, {ROLE_ANNOTATION: role})
+
+    def add_pod(self, node_name: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """A bare pod (no controller, not rbacbridge's) in an existing namespace, e.g. a tenant's own pod asking
+        for a role; its namespace (and allowed-roles) is left as it is."""
+        lab_node = self.node(node_name)
+        pod = self.pod_namespace(lab_node, namespace, name)
+        self._put_pod(lab_node, namespace, name, {"app": name}, annotations, pod.address)
+
+    def add_buckets(self, names: list[str]) -> None:
+        """More buckets (e.g. the tenants'), each with one object, made with the lab admin's key."""
+        s3 = self.client("s3")
+        for bucket in names:
+            s3.create_bucket(Bucket=bucket)
+            s3.put_object(Bucket=bucket, Key="tenant/seed.txt", Body=b"lab object\n")
 
     def kube2iam_start(self, node_name: str, port: int | None = None) -> None:
         """What kube2iam does at start-up with --iptables=true: append its DNAT rule (it never checks for others)."""

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rbacbridge.report import principals_of  # verify -o json v3: principals grouped by tenant
-from tests.lab import ACCOUNT, LEGACY_PROFILE, METADATA_IP, Lab, available
+from tests.lab import ACCOUNT, ALLOWED_ROLES, LEGACY_PROFILE, METADATA_IP, Lab, available
 
 _why = available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
@@ -251,3 +251,112 @@ def isolation_faults(lab: Lab) -> None:
     run(lab, "setup", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--account-id", ACCOUNT, "--only", "kube", "--yes")
     lab.play_controllers()
     lab.kube2iam_start("node-b")
+
+
+# --- issue 12: tenants A, B and C, in three namespaces, pods on both nodes -----------------------------------
+
+TENANTS = [
+    {"name": "client-a", "namespaces": ["team-a"], "role": "client-a-s3", "read": [SHARED], "workloads": ["nginx-client-a"]},
+    {"name": "client-b", "namespaces": ["team-b"], "role": "client-b-s3", "write": ["client-b-data/app/*"],
+     "workloads": ["nginx-client-b"]},
+    {"name": "client-c", "namespaces": ["team-c"], "role": "client-c-s3", "read": [SHARED], "write": ["client-c-data"],
+     "workloads": ["nginx-client-c"]},
+]
+TENANT_BUCKETS = ["client-b-data", "client-c-data"]
+
+
+def tenant_of(principal: dict) -> str | None:
+    """The tenant a principal belongs to, as the report (schema v3) names it."""
+    return principal["tenant"]
+
+
+def verify_with(lab: Lab, config: str, *extra: str, expect: int) -> dict:
+    done = run(lab, "verify", "-c", config, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
+               "--ssh-key", lab.ssh_key, "-o", "json", *extra, expect=expect)
+    return json.loads(done.stdout)
+
+
+def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
+    store = lab.api.store
+    began = time.monotonic()
+    lab.add_buckets(TENANT_BUCKETS)
+    for tenant in TENANTS:  # the platform team made the namespaces; setup annotates them
+        store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant["namespaces"][0]}})
+    config = lab.write_tenants_config("tenants.yaml", TENANTS)
+    common = ("--kubeconfig", lab.kubeconfig)
+    run(lab, "setup", "-c", config, *common, "--account-id", ACCOUNT, "--only", "aws,kube", "--yes")
+    for tenant in TENANTS:
+        annotations = store.get("Namespace", tenant["namespaces"][0])["metadata"].get("annotations") or {}
+        assert [r.rsplit("/", 1)[-1] for r in json.loads(annotations[ALLOWED_ROLES])] == [tenant["role"]]
+    lab.play_controllers()
+    for n in lab.nodes:
+        lab.kube2iam_start(n.name)
+
+    # verify passes: every tenant's pods, on both nodes, get their tenant's role and exactly its access
+    good = verify_with(lab, config, expect=0)
+    assert good["ok"], failed(good)
+    assert [t["name"] for t in good["tenants"]] == [t["name"] for t in TENANTS] and all(t["ok"] for t in good["tenants"])
+    for tenant, reported in zip(TENANTS, good["tenants"]):
+        mine = reported["principals"]
+        assert {p["node"] for p in mine} == {"node-a", "node-b"} and {p["namespace"] for p in mine} == set(tenant["namespaces"])
+        assert {p["observed_role"] for p in mine} == {tenant["role"]}
+        for p in mine:
+            cells = {(c["check"], c["bucket"] or c["target"]): c for c in p["cells"]}
+            # cross-tenant: every other tenant's bucket denied, every other tenant's role neither chained nor handed out
+            for other in TENANTS:
+                if other is tenant:
+                    continue
+                assert cells[("chain", other["role"])]["observed"] is False
+                assert cells[("annotation", other["role"])]["observed"] is False, cells[("annotation", other["role"])]
+                for location in other.get("write", []):
+                    assert cells[("write", location)]["observed"] is False and cells[("read", location)]["observed"] is False
+        # node-b's pod reused node-a's bucket cells (same workload, same role observed), its identity is its own
+        b = next(p for p in mine if p["node"] == "node-b")
+        assert all("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("read", "write", "chain"))
+        assert not any("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("identity", "annotation"))
+    assert {p["observed_role"] for p in good["others"] if p["kind"] == "pod"} == {DEFAULT_ROLE}  # nginx-vanilla
+
+    # cross-tenant: a pod in A's namespace asking for C's role gets no credentials, and cannot reach C's bucket
+    lab.add_pod("node-b", "team-a", "team-a-own-pod", {"iam.amazonaws.com/role": "client-c-s3"})
+    intruder = lab.pod_exec("team-a", "team-a-own-pod", ["aws", "sts", "get-caller-identity", "--output", "json"])
+    assert intruder.returncode != 0 and "Unable to locate credentials" in intruder.stderr
+    listing = lab.pod_exec("team-a", "team-a-own-pod", ["aws", "s3api", "list-objects-v2", "--bucket", "client-c-data"])
+    assert listing.returncode != 0 and "seed" not in listing.stdout
+    own = lab.pod_exec("team-c", "nginx-client-c-node-b", ["aws", "s3api", "list-objects-v2", "--bucket", "client-c-data"])
+    assert own.returncode == 0 and "tenant/seed.txt" in own.stdout  # C's own pod on the same node does
+
+    # planted: A's namespace also allows C's role (someone edited the annotation). The stand-in kube2iam now
+    # hands C's role to A's pod (the breach), and verify fails naming tenant client-a on layer kube2iam.
+    planted = store.get("Namespace", "team-a")
+    planted["metadata"]["annotations"][ALLOWED_ROLES] = json.dumps(["client-a-s3", "client-c-s3"])
+    store.put(planted)
+    breach = lab.pod_exec("team-a", "team-a-own-pod", ["aws", "sts", "get-caller-identity", "--output", "json"])
+    assert breach.returncode == 0 and "assumed-role/client-c-s3/" in breach.stdout
+    store.delete("Pod", "team-a-own-pod", "team-a")
+    widened = verify_with(lab, config, expect=1)
+    named = [f for f in widened["findings"] if "(tenant " in f["subject"]]
+    assert [(f["subject"], f["layer"]) for f in named] == [("kube Namespace team-a (tenant client-a)", "kube2iam")], widened["findings"]
+    assert "client-c-s3" in named[0]["reason"] + named[0]["message"]
+
+    # planted: A's namespace allows only B's role. A's pods get no credentials: the cells alone (no drift check)
+    # fail for tenant client-a only, on both nodes, blamed on kube2iam naming the namespace's annotation.
+    planted["metadata"]["annotations"][ALLOWED_ROLES] = json.dumps(["client-b-s3"])
+    store.put(planted)
+    wrong = verify_with(lab, config, "--no-drift-check", expect=1)
+    bad = [(p, c) for p in principals_of(wrong) for c in p["cells"] if not c["match"]]
+    assert bad and {tenant_of(p) for p, _ in bad} == {"client-a"}
+    assert {p["node"] for p, _ in bad} == {"node-a", "node-b"}
+    identities = [c for _, c in bad if c["check"] == "identity"]
+    assert len(identities) == 2 and {c["blame"]["layer"] for c in identities} == {"kube2iam"}
+    assert all("namespace team-a" in c["blame"]["message"] and "client-b-s3" in c["blame"]["message"] for c in identities)
+
+    # setup converges the annotation again; teardown removes every tenant's resources
+    run(lab, "setup", "-c", config, *common, "--account-id", ACCOUNT, "--only", "kube", "--yes")
+    assert json.loads(store.get("Namespace", "team-a")["metadata"]["annotations"][ALLOWED_ROLES]) in (
+        ["client-a-s3"], [f"arn:aws:iam::{ACCOUNT}:role/client-a-s3"])
+    run(lab, "teardown", "-c", config, *common, "--yes")
+    iam = lab.client("iam")
+    assert not {r["RoleName"] for r in iam.list_roles()["Roles"]} & {t["role"] for t in TENANTS}
+    for tenant in TENANTS:
+        assert ALLOWED_ROLES not in (store.get("Namespace", tenant["namespaces"][0])["metadata"].get("annotations") or {})
+    print(f"\ntenants scenario {time.monotonic() - began:.1f}s")

@@ -32,7 +32,7 @@ def compare(config: Config, account: str, stage: str, expected: list[Expected], 
             seen = obs.cells[(bucket, op)]
             match = want is None or seen.allowed == want
             cell = Cell(exp.principal.name, op, bucket, want, seen.allowed, match, seen.result.category if not seen.result.ok else None,
-                        seen.result.detail, owners=locations.get(bucket, ()), tenant=tenant)
+                        seen.result.detail + seen.shared_note, owners=locations.get(bucket, ()), tenant=tenant)
             if not match:
                 cell.blame = ident.blame or _cell_blame(config, account, exp, obs, bucket, op, seen, diagnostics)
             cells.append(cell)
@@ -59,7 +59,8 @@ def _must_be_no(principal: Principal, check: str, target: str, seen: Observation
     """A chain or annotation cell: it matches only if the call was refused and the configuration does not grant it."""
     result = seen.result
     match = seen.allowed is False and not predicted
-    detail = what + (f": {refused}" if seen.allowed is False else f": {granted}" if seen.allowed else f": {result.detail}")
+    detail = what + (f": {refused}" if seen.allowed is False else f": {granted}" if seen.allowed else f": {result.detail}") \
+        + seen.shared_note
     return Cell(principal.name, check, None, False, seen.allowed, match, None if result.ok else result.category, detail,
                 target=target, predicted=predicted)
 
@@ -230,14 +231,14 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
 
 def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
                allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
-               diagnostics: Diagnostics | None = None) -> VerifyResult:
-    """Expected from the configuration, observed from the targets, compared and blamed."""
+               diagnostics: Diagnostics | None = None, share: bool = True) -> VerifyResult:
+    """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe)."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
     arns = role_arns(config, account)
     chains = {e.principal.name: [(t, arns.get(t) or config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
     asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations}
-    observed = observe(targets, buckets_of(config), chains=chains, annotations=asks)
+    observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
     result = compare(config, account, stage, expected, observed, diagnostics)
     unasked = sorted(p.name for p, backend in targets if asks.get(p.name) and not can_request_roles(backend))
     if unasked:

@@ -102,9 +102,28 @@ def drift_findings(ctx: Any) -> tuple[list[Finding], int]:
         if step.action == UNCHANGED:
             continue
         layer = KUBE2IAM if step.system == "kube" else DRIFT_LAYERS.get((step.system, step.kind), DRIFT)
-        findings.append(Finding(DRIFT_FINDING, f"{step.system} {step.kind} {step.name}", f"{step.action}: {step.message}",
-                                step.reason, layer))
+        tenant = tenant_of_step(ctx.config, step)
+        subject = f"{step.system} {step.kind} {step.name}" + (f" (tenant {tenant})" if tenant else "")
+        findings.append(Finding(DRIFT_FINDING, subject, f"{step.action}: {step.message}", step.reason, layer))
     return findings, len(plan.steps)
+
+
+def tenant_of_step(config: Any, step: Any) -> str | None:
+    """The configured tenant a planned step is about, from the configuration (a tenant's namespace, role or
+    policy; a Deployment the step names with its tenant), or None — also for the article's own tenant (a
+    configuration without `tenants:`), which the subjects never named."""
+    if any(t.legacy for t in config.tenants):
+        return None
+    name = str(step.name)
+    if step.kind == "Namespace":
+        tenant = config.tenant_of_namespace(name)
+        return tenant.name if tenant else None
+    if (step.details or {}).get("tenant"):
+        return str(step.details["tenant"])
+    for tenant in config.tenants:
+        if (step.kind == "iam-role" and name == tenant.role) or (step.kind == "iam-policy" and name == tenant.policy):
+            return tenant.name
+    return None
 
 
 def _is_kube2iam_pod(pod: Any) -> bool:

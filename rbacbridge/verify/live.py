@@ -35,6 +35,7 @@ class LiveOptions:
     node: str | None = None  # SSH address of the host node (else the node the pods run on)
     host_ip: str | None = None  # the node IP kube2iam's DNAT rule should point at (messages)
     drift_check: bool = True  # compare live IAM / Kubernetes state with what setup wants (--no-drift-check: skip)
+    share: bool = True  # bucket and chain cells once per workload and observed role (--every-node: on every node)
     tenant: str | None = None  # --tenant: that tenant's pods only (no host, no default-role pod)
 
 
@@ -179,7 +180,7 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
                 diagnostics.kube2iam_missing = kube2iam_missing(gateway, config, pod_nodes)
             except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
                 ctx.facts.setdefault("notes", []).append(f"could not list kube2iam's pods for diagnosis: {exc}")
-        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics)
+        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share)
         if not result.ok and pod_nodes and options.node is None:
             try:
                 diagnostics.interception = interception_problems(ctx, pod_nodes)

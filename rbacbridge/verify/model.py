@@ -94,6 +94,11 @@ class Observation:
     result: CallResult
     key: str | None = None
     left_behind: bool = False  # a probe object we could not delete
+    probed_by: str | None = None  # another principal observed it for this one: same workload, same observed role
+
+    @property
+    def shared_note(self) -> str:
+        return f" (probed by {self.probed_by}: same workload, same role)" if self.probed_by else ""
 
 
 

@@ -40,24 +40,37 @@ class LocalRunner:
 
 
 class SshRunner:
-    """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes."""
+    """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes.
+
+    At most CHANNELS commands run at once on it: OpenSSH's sshd refuses more than MaxSessions (default 10)
+    channels per connection ("ChannelException(2, 'Connect failed')"), which a host with many cells (tenants)
+    reached with verify's 16 probe threads."""
+
+    CHANNELS = 8
 
     def __init__(self, target: Any):
+        import threading
+
         from rbacbridge.ssh import preflight
 
         preflight(target)  # a bad key or known_hosts is bad input (exit 2), found before any contact
         self.target = target
         self._session = None
+        self._lock = threading.Lock()
+        self._channels = threading.BoundedSemaphore(self.CHANNELS)
 
     def _connect(self):
-        if self._session is None:
-            from rbacbridge.ssh import connect
+        with self._lock:  # one connection, however many probe threads ask at once
+            if self._session is None:
+                from rbacbridge.ssh import connect
 
-            self._session = connect(self.target)
-        return self._session
+                self._session = connect(self.target)
+            return self._session
 
     def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
-        rc, out, err = self._connect().run(argv, sudo=False, timeout=timeout)
+        session = self._connect()
+        with self._channels:
+            rc, out, err = session.run(argv, sudo=False, timeout=timeout)
         return rc, out, err
 
     def close(self) -> None:
@@ -172,6 +185,48 @@ class AwsCliBackend:
                 return CallResult(True, detail="ok", value=None)
         return result
 
+    def request_role(self, role: str, role_arn: str) -> CallResult:
+        """Annotation cell: ask the metadata address, as this pod, for `role`'s credentials by name (what a pod
+        annotated with it would fetch). kube2iam hands a pod only its annotated role, in a namespace that allows
+        it; 200 = handed out (value: the role ARN). Only the HTTP status crosses the exec channel: the body (the
+        credentials) goes to /dev/null inside the pod."""
+        if not _ROLE_NAME.fullmatch(role):
+            return CallResult(False, ERROR, f"not an IAM role name: {role[:60]!r}")
+        try:
+            rc, stdout, stderr = self.runner.run(["sh", "-c", REQUEST_ROLE_SCRIPT, "rbacbridge-ask", role], self.timeout)
+        except Exception as exc:  # noqa: BLE001 - a broken transport is an observation, not a crash
+            return CallResult(False, NETWORK if "timeout" in str(exc).lower() else ERROR, f"{type(exc).__name__}: {exc}")
+        return classify_request(rc, stdout, stderr, role_arn)
+
+
+# Annotation cells, live: the pod asks the metadata address for another role's credentials by name, the way
+# a pod annotated with that role would fetch them. A fixed script, the role name its only argument ($1, checked
+# against IAM's role-name characters first). Only the HTTP status is printed: the body (credentials) is
+# written to /dev/null inside the pod. curl (IMDSv2 token first), else wget (busybox too), else exit 127.
+REQUEST_ROLE_SCRIPT = (
+    'u=http://169.254.169.254/latest; p="$u/meta-data/iam/security-credentials/$1"; '
+    'if command -v curl >/dev/null 2>&1; then '
+    't=$(curl -s -m 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$u/api/token" || true); '
+    'echo "http $(curl -s -m 5 -o /dev/null -w "%{http_code}" -H "X-aws-ec2-metadata-token: $t" "$p")"; '
+    'elif command -v wget >/dev/null 2>&1; then '
+    'if wget -q -T 5 -O /dev/null "$p" 2>/dev/null; then echo "http 200"; else echo "http refused-$?"; fi; '
+    'else echo "no curl or wget in this container" >&2; exit 127; fi'
+)
+_ROLE_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]{1,64}")
+
+
+def classify_request(rc: int, stdout: str, stderr: str, role_arn: str) -> CallResult:
+    """The outcome of REQUEST_ROLE_SCRIPT: handed out (HTTP 200), refused (any other HTTP answer), or no answer."""
+    line = next((ln.strip() for ln in stdout.splitlines() if ln.startswith("http ")), "")
+    status = line[5:]
+    if rc == 127 or (rc != 0 and not line):
+        return CallResult(False, CLI_MISSING, (stderr or "").strip()[:120] or f"exit {rc}")
+    if status == "200":
+        return CallResult(True, detail="handed out (HTTP 200)", value=role_arn)
+    if status == "000" or (status.startswith("refused-") and status != "refused-8"):  # wget 8: an HTTP error answer
+        return CallResult(False, NETWORK, f"no answer from 169.254.169.254 ({status})")
+    return CallResult(False, NO_CREDENTIALS, f"refused (HTTP {'error' if status == 'refused-8' else status})")
+
 
 class UnavailableBackend:
     """A principal that has no credentials at all: every call answers the same error."""
@@ -244,39 +299,94 @@ def probe_annotation(backend: ProbeBackend, role: str, role_arn: str) -> Observa
 
 
 def can_request_roles(backend: ProbeBackend) -> bool:
-    """Does this backend implement the annotation probe (request_role)? The live runner for it is the
-    live side's (docs/verify.md, "annotation cells"); a backend without it leaves those cells out, with a note."""
+    """Does this backend implement the annotation probe (request_role)? The live runner's AwsCliBackend does
+    (docs/verify.md, "annotation cells"); a backend without it leaves those cells out, with a note."""
     return callable(getattr(backend, "request_role", None))
+
+
+def workload_of(principal: Principal) -> tuple[Any, ...]:
+    """What a principal is apart from the node it runs on: the host, or a workload's pods (namespace, name,
+    configured annotation). Pods of one workload on different nodes share it."""
+    return (principal.kind, principal.namespace, principal.role_annotation, principal.host_network, principal.name.split("@")[0])
 
 
 def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], max_workers: int = 16,
             chains: dict[str, list[tuple[str, str]]] | None = None,
-            annotations: dict[str, list[tuple[str, str]]] | None = None) -> list[Observed]:
+            annotations: dict[str, list[tuple[str, str]]] | None = None, share: bool = True) -> list[Observed]:
     """Every identity, read, write, chain and annotation probe of every principal, concurrently.
 
     `buckets`: locations, "bucket" or "bucket/prefix/*" (a write probe puts its object under the prefix).
     `chains`: principal name -> [(target role, its ARN)] to try sts:AssumeRole on.
-    `annotations`: principal name -> [(other tenant's role, its ARN)] to ask kube2iam for."""
+    `annotations`: principal name -> [(other tenant's role, its ARN)] to ask kube2iam for.
+
+    `share` (verify's default): what depends on the node is probed for every principal — the identity it
+    gets there, and the annotation cells (kube2iam on that node decides them). The bucket and chain cells,
+    which IAM decides from the role's policies, the bucket's and the target's trust alone, are probed once
+    per workload and OBSERVED role: the first principal of a workload probes them at once (alongside the
+    identities), every other principal of that workload copies them only if its own identity call returned
+    that same role, else (another role, or no credentials on either side) it probes its own. Copies name the
+    principal that probed them (`Observation.probed_by`). If the first could not tell a cell (an error, a
+    timeout), the others probe all their own cells afterwards: only decided observations are shared."""
     jobs: dict[tuple[str, str, str | None], Any] = {}
     chains, annotations = chains or {}, annotations or {}
+
+    def submit_cells(pool: ThreadPoolExecutor, principal: Principal, backend: ProbeBackend) -> None:
+        for location in buckets:
+            bucket = grant_bucket(location)
+            jobs[(principal.name, READ, location)] = pool.submit(probe_read, backend, bucket)
+            jobs[(principal.name, WRITE, location)] = pool.submit(probe_write, backend, bucket, probe_key(principal.name, location))
+        for target, arn in chains.get(principal.name, []):
+            jobs[(principal.name, CHAIN, target)] = pool.submit(probe_chain, backend, arn)
+
+    probed_by: dict[str, str] = {}  # principal name -> the principal whose bucket and chain cells it copies
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
+        first: dict[tuple[Any, ...], list[Principal]] = {}  # workload -> principals probing their own cells
         for principal, backend in targets:
             jobs[(principal.name, IDENTITY, None)] = pool.submit(_guard, backend.identity)
-            for location in buckets:
-                bucket = grant_bucket(location)
-                jobs[(principal.name, READ, location)] = pool.submit(probe_read, backend, bucket)
-                jobs[(principal.name, WRITE, location)] = pool.submit(probe_write, backend, bucket,
-                                                                      probe_key(principal.name, location))
-            for target, arn in chains.get(principal.name, []):
-                jobs[(principal.name, CHAIN, target)] = pool.submit(probe_chain, backend, arn)
             if can_request_roles(backend):
                 for target, arn in annotations.get(principal.name, []):
                     jobs[(principal.name, ANNOTATION, target)] = pool.submit(probe_annotation, backend, target, arn)
+        for principal, backend in targets:
+            if not share or workload_of(principal) not in first:
+                first.setdefault(workload_of(principal), []).append(principal)
+                submit_cells(pool, principal, backend)
+        if share:
+            def role_of(name: str) -> str | None:
+                ident = jobs[(name, IDENTITY, None)].result()
+                return pe.role_name_of(ident.value) if ident.ok and ident.value else None
+
+            for principal, backend in targets:
+                probers = first[workload_of(principal)]
+                if principal in probers:
+                    continue
+                role = role_of(principal.name)
+                same = next((p for p in probers if role is not None and role_of(p.name) == role), None)
+                if same is None:
+                    probers.append(principal)
+                    submit_cells(pool, principal, backend)
+                else:
+                    probed_by[principal.name] = same.name
+
+    def undecided(source: str) -> bool:  # a cell the first could not tell (an error, a timeout) is not shared
+        return any(_outcome(future).allowed is None for (name, check, _), future in jobs.items()
+                   if name == source and check in (READ, WRITE, CHAIN))
+
+    again = [(p, b) for p, b in targets if p.name in probed_by and undecided(probed_by[p.name])]
+    if again:
+        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-probe") as pool:
+            for principal, backend in again:
+                del probed_by[principal.name]
+                submit_cells(pool, principal, backend)
     out = []
     for principal, _ in targets:
         ident = jobs[(principal.name, IDENTITY, None)].result()
-        cells = {(loc, op): _outcome(jobs[(principal.name, op, loc)]) for loc in buckets for op in (READ, WRITE)}
-        chained = {target: _outcome(jobs[(principal.name, CHAIN, target)]) for target, _ in chains.get(principal.name, [])}
+        source = probed_by.get(principal.name, principal.name)
+        cells = {(loc, op): _copy(_outcome(jobs[(source, op, loc)]), source, principal.name) for loc in buckets for op in (READ, WRITE)}
+        chained = {}
+        for target, _ in chains.get(principal.name, []):
+            future = jobs.get((source, CHAIN, target))
+            chained[target] = _copy(_outcome(future), source, principal.name) if future else \
+                Observation(None, CallResult(False, ERROR, "not probed"))
         asked = {target: _outcome(jobs[(principal.name, ANNOTATION, target)]) for target, _ in annotations.get(principal.name, [])
                  if (principal.name, ANNOTATION, target) in jobs}
         arn = ident.value if ident.ok else None
@@ -287,6 +397,13 @@ def observe(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], m
 def _outcome(future: Any) -> Observation:
     exc = future.exception()
     return future.result() if exc is None else Observation(None, CallResult(False, ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def _copy(seen: Observation, source: str, name: str) -> Observation:
+    """The observation as `name` reports it: its own, or a copy of `source`'s (left-behind objects counted once)."""
+    if source == name:
+        return seen
+    return Observation(seen.allowed, seen.result, seen.key, left_behind=False, probed_by=source)
 
 
 def _guard(call: Callable[[], CallResult]) -> CallResult:
