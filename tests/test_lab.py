@@ -30,7 +30,7 @@ def lab():
 
 def run(lab: Lab, *args: str, expect: int = 0):
     done = lab.cli(*args)
-    assert done.returncode == expect, f"rbacbridge {' '.join(args)} -> {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == expect, f"rbacbridge {' '.join(args)} -> {done.returncode}\n{done.stdout[-30000:]}\n{done.stderr[-3000:]}"
     return done
 
 
@@ -127,7 +127,7 @@ def test_article_end_to_end(lab: Lab):
     # Issue 15: the host cells through Kubernetes (a short-lived hostNetwork AWS CLI pod per node), same matrix.
     via_pods = json.loads(run(lab, "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--via", "kubernetes",
                               "--no-drift-check", "-o", "json").stdout)
-    hosts = [p for p in via_pods["principals"] if p["kind"] == "host"]
+    hosts = [p for p in principals_of(via_pods) if p["kind"] == "host"]
     assert via_pods["ok"] and {p["node"] for p in hosts} == {"node-a", "node-b"}
     assert all(p["pod"].startswith("rbacbridge-host-probe-") and p["observed_role"] == NODE_ROLE for p in hosts)
     assert [n for n in via_pods["notes"] if "host cells probed through Kubernetes" in n]
