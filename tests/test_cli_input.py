@@ -348,7 +348,8 @@ def test_version_completion_and_help(sandbox):
 
     version = _cli(sandbox, "--version")
     assert version.returncode == 0 and version.stdout.strip() == f"rbacbridge {__version__}"
-    completion = _cli(sandbox, "--show-completion", "bash")
+    # The shell is named, not detected from the parent processes (undetectable when the run is detached).
+    completion = _cli(sandbox, "--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert completion.returncode == 0 and "_RBACBRIDGE_COMPLETE" in completion.stdout
     completed = _cli(sandbox, env={"_RBACBRIDGE_COMPLETE": "complete_bash", "COMP_WORDS": "rbacbridge setup --acc",
                                    "COMP_CWORD": "2"})
