@@ -377,9 +377,9 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
         "spec": {"containers": [{"name": "probe", "image": "x"}]}})
     open_ = verify_with(lab, config, "--no-drift-check", expect=1)
     bad = [(p, c) for p in principals_of(open_) for c in p["cells"] if not c["match"]]
-    assert sorted((tenant_of(p), c["check"], c["target"], c["blame"]["layer"]) for p, c in bad) == [
+    assert sorted(((tenant_of(p), c["check"], c["target"], c["blame"]["layer"]) for p, c in bad), key=str) == [
         ("client-a", "annotation", "client-b-s3", "kube2iam"), ("client-b", "annotation", "client-c-s3", "kube2iam"),
-        ("client-c", "annotation", "client-a-s3", "kube2iam")]
+        ("client-c", "annotation", "client-a-s3", "kube2iam")], bad
     for p, c in bad:
         owner = next(t["name"] for t in TENANTS if t["role"] == c["target"])
         assert c["observed"] is True and tenant_of(p) in c["blame"]["message"] and owner in c["blame"]["message"], c
