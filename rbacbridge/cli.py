@@ -676,6 +676,7 @@ def verify(
     no_drift_check: Annotated[bool, typer.Option("--no-drift-check", help="skip comparing live IAM and Kubernetes state with what setup wants")] = False,
     every_node: Annotated[bool, typer.Option("--every-node", help="probe every cell on every node (default: bucket and chain cells once per workload and observed role)")] = False,
     tenant: Annotated[Optional[str], typer.Option("--tenant", metavar="NAME", help="only this tenant's pods (their own and cross-tenant cells); no host, no default-role pod", show_default=False)] = None,
+    no_annotation_probe: Annotated[bool, typer.Option("--no-annotation-probe", help="create no probe pods: skip the annotation cells (a pod in one tenant's namespace annotated with another tenant's role)")] = False,
 ) -> None:
     """Check the S3 access matrix per tenant and the chains into managed roles: expected (from the configuration)
     vs observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
@@ -703,7 +704,8 @@ def verify(
 
     try:
         result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip,
-                                           drift_check=not no_drift_check, tenant=tenant, share=not every_node))
+                                           drift_check=not no_drift_check, tenant=tenant, share=not every_node,
+                                           annotation_probe=not no_annotation_probe))
     except IncompleteError as exc:
         report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
         raise

@@ -225,6 +225,12 @@ class Kube2iamHandler(_MetadataHandler):
         return self.server.lab.kube2iam_credentials(self.server.instance_id, role, self.client_address[0])
 
 
+def _running(lab_node: "LabNode", pod_ip: str, containers: list[str]) -> dict[str, Any]:
+    return {"phase": "Running", "podIP": pod_ip, "hostIP": lab_node.address, "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": c, "ready": True, "restartCount": 0, "image": "x", "imageID": "",
+                                   "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}} for c in containers]}
+
+
 # --- the lab --------------------------------------------------------------------------------------
 
 @dataclass
@@ -258,6 +264,7 @@ class Lab:
     _kube2iam_cache: dict[tuple[str, str | None, str], dict[str, str]] = field(default_factory=dict)
     _ttl_cache: dict[Any, tuple[float, Any]] = field(default_factory=dict)
     _closed: bool = False
+    _pods_lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- life cycle --
 
@@ -386,6 +393,10 @@ class Lab:
             store.add_node(lab_node.name, lab_node.address, provider_id=f"aws:///{REGION}a/{lab_node.instance_id}")
         write_kubeconfig(self.workdir / "kubeconfig", {"lab": self.api.url}, current="lab")
         self.api.exec_handler = self._exec
+        # pods created through the API (not hostNetwork) wait for the lab kubelet below: it gives each a pod
+        # network namespace and its IP (the store alone would mark them Running at once with a made-up IP)
+        store.kubelet = lambda pod: not (pod.get("spec") or {}).get("hostNetwork")
+        threading.Thread(target=self._kubelet, name="lab-kubelet", daemon=True).start()
 
     def _start_stand_ins(self, lab_node: LabNode) -> None:
         ns = lab_node.node.namespace
@@ -560,17 +571,44 @@ class Lab:
         self.api.store.put({
             "apiVersion": "v1", "kind": "Pod", "metadata": meta,
             "spec": {"nodeName": lab_node.name, "hostNetwork": host_network, "containers": [{"name": "main", "image": "x"}]},
-            "status": {"phase": "Running", "podIP": pod_ip, "hostIP": lab_node.address,
-                       "conditions": [{"type": "Ready", "status": "True"}],
-                       "containerStatuses": [{"name": "main", "ready": True, "restartCount": 0, "image": "x", "imageID": "",
-                                              "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]},
+            "status": _running(lab_node, pod_ip, ["main"]),
         })
+
+    def _kubelet(self) -> None:
+        """The scheduler and kubelet for pods created through the API (e.g. verify's annotation probe pods): a pod
+        with no status gets a node (its nodeName, else the nodes in turn), a lab pod namespace behind that node's
+        docker0, and status Running with that namespace's IP. Pods made by play_controllers already run."""
+        store, turn = self.api.store, 0
+        while not self._closed:
+            try:
+                self._kubelet_turn(store, turn)
+                turn += 1
+            except Exception:  # noqa: BLE001 - the lab is closing (or one pod failed to start: it stays Pending)
+                if self._closed:
+                    return
+            time.sleep(0.05)
+
+    def _kubelet_turn(self, store: Any, turn: int) -> None:
+        for pod in store.objects_of("Pod"):
+            meta, spec = pod["metadata"], pod.get("spec") or {}
+            if (pod.get("status") or {}).get("phase") or spec.get("hostNetwork"):
+                continue
+            lab_node = next((n for n in self.nodes if n.name == spec.get("nodeName")), None) or self.nodes[turn % len(self.nodes)]
+            address = self.pod_namespace(lab_node, meta["namespace"], meta["name"]).address
+            with store.lock:  # only if it was not deleted meanwhile
+                live = store.get("Pod", meta["name"], meta["namespace"])
+                if live is None or live["metadata"].get("uid") != meta.get("uid"):
+                    continue
+                live["spec"]["nodeName"] = lab_node.name
+                live["status"] = _running(lab_node, address, [c["name"] for c in spec.get("containers") or []])
+                store.put(live)
 
     def pod_namespace(self, lab_node: LabNode, namespace: str, name: str) -> Pod:
         """The network namespace behind docker0 of pod `namespace/name` on this node (made on first use)."""
-        if (namespace, name) not in lab_node.pods:
-            lab_node.pods[(namespace, name)] = lab_node.node.add_pod(name, bridge="docker0", bridge_cidr=lab_node.pod_cidr)
-        return lab_node.pods[(namespace, name)]
+        with self._pods_lock:  # the kubelet thread and the test's controllers both make pods
+            if (namespace, name) not in lab_node.pods:
+                lab_node.pods[(namespace, name)] = lab_node.node.add_pod(name, bridge="docker0", bridge_cidr=lab_node.pod_cidr)
+            return lab_node.pods[(namespace, name)]
 
     def managed_deployments(self) -> list[dict[str, Any]]:
         """Every Deployment setup made (label app.kubernetes.io/managed-by=rbacbridge), in any namespace."""
@@ -712,8 +750,16 @@ class Lab:
         return self._assume(f"arn:aws:iam::{ACCOUNT}:role/{role}", instance_id)
 
     def _pod_by_ip(self, ip: str) -> dict[str, Any] | None:
-        pods = self._ttl("pods", 1.0, self._list_pods)
-        return next((p for p in pods if (p.get("status") or {}).get("podIP") == ip and not (p.get("spec") or {}).get("hostNetwork")), None)
+        def find(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+            return next((p for p in pods if (p.get("status") or {}).get("podIP") == ip and not (p.get("spec") or {}).get("hostNetwork")), None)
+
+        found = find(self._ttl("pods", 1.0, self._list_pods))
+        if found is None:  # a pod newer than the cache (kube2iam, too, looks again before refusing an unknown IP)
+            fresh = self._list_pods()
+            with self._cache_lock:
+                self._ttl_cache["pods"] = (time.monotonic(), fresh)
+            found = find(fresh)
+        return found
 
     def _list_pods(self) -> list[dict[str, Any]]:
         request = urllib.request.Request(f"{self.api.url}/api/v1/pods", headers={"Authorization": f"Bearer {self.api.token}"})

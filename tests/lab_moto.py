@@ -6,7 +6,7 @@ credentials for a role straight from moto's STS backend. The lab's metadata and 
 use it because moto, with IAM enforcement on, matches a trust policy's Principal against the caller's
 exact ARN: it would refuse EC2 itself (a service principal) and refuse the node role's *sessions*
 where AWS accepts them. The stand-ins evaluate the trust policies themselves with
-rbacbridge.policy_eval before they call it.
+tests/lab_decide.py (never rbacbridge's own evaluator) before they call it.
 """
 
 from __future__ import annotations

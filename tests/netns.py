@@ -350,7 +350,11 @@ class Node:
         """A pod namespace whose eth0 sits on `bridge` in the node, default route via the bridge."""
         inner = ["ip", "-n", self.namespace]
         if run([*inner, "link", "show", bridge], check=False).returncode != 0:
-            run([*inner, "link", "add", bridge, "type", "bridge"])
+            # A bridge whose address was never set takes the lowest MAC of its ports: a later pod's veth could
+            # change it, and every pod's cached gateway MAC goes stale (SYNs dropped for ~30-60 s until ARP
+            # re-resolves). Docker sets docker0's address for the same reason.
+            run([*inner, "link", "add", bridge, "address", "02:42:" + ":".join(secrets.token_hex(4)[i:i + 2] for i in range(0, 8, 2)),
+                 "type", "bridge"])
             run([*inner, "addr", "add", bridge_cidr, "dev", bridge])
             run([*inner, "link", "set", bridge, "up"])
         index = len(self.pods) + 2

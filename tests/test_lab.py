@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -270,12 +271,18 @@ def tenant_of(principal: dict) -> str | None:
     return principal["tenant"]
 
 
+def probe_pods(lab: Lab) -> list[str]:
+    return [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in lab.api.store.objects_of("Pod")
+            if p["metadata"]["name"].startswith("rbacbridge-annotation-probe-")]
+
+
 def verify_with(lab: Lab, config: str, *extra: str, expect: int) -> dict:
     done = run(lab, "verify", "-c", config, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
                "--ssh-key", lab.ssh_key, "-o", "json", *extra, expect=expect)
     return json.loads(done.stdout)
 
 
+@pytest.mark.timeout(600)  # three more verify runs with probe pods, on a shared machine
 def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     store = lab.api.store
     began = time.monotonic()
@@ -296,24 +303,29 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     good = verify_with(lab, config, expect=0)
     assert good["ok"], failed(good)
     assert [t["name"] for t in good["tenants"]] == [t["name"] for t in TENANTS] and all(t["ok"] for t in good["tenants"])
-    for tenant, reported in zip(TENANTS, good["tenants"]):
+    for i, (tenant, reported) in enumerate(zip(TENANTS, good["tenants"])):
         mine = reported["principals"]
         assert {p["node"] for p in mine} == {"node-a", "node-b"} and {p["namespace"] for p in mine} == set(tenant["namespaces"])
         assert {p["observed_role"] for p in mine} == {tenant["role"]}
         for p in mine:
             cells = {(c["check"], c["bucket"] or c["target"]): c for c in p["cells"]}
-            # cross-tenant: every other tenant's bucket denied, every other tenant's role neither chained nor handed out
+            # cross-tenant: every other tenant's bucket denied, every other tenant's role not chained
             for other in TENANTS:
                 if other is tenant:
                     continue
                 assert cells[("chain", other["role"])]["observed"] is False
-                assert cells[("annotation", other["role"])]["observed"] is False, cells[("annotation", other["role"])]
                 for location in other.get("write", []):
                     assert cells[("write", location)]["observed"] is False and cells[("read", location)]["observed"] is False
+        # the annotation cell: a probe pod in this tenant's namespace annotated with the NEXT tenant's role got no
+        # credentials (one probe pod per namespace, reported with the tenant's first pod)
+        asked = [c for p in mine for c in p["cells"] if c["check"] == "annotation"]
+        assert [(c["target"], c["observed"], c["match"]) for c in asked] == [(TENANTS[(i + 1) % 3]["role"], False, True)], asked
+        assert f"probe pod {tenant['namespaces'][0]}/rbacbridge-annotation-probe-" in asked[0]["detail"]
         # node-b's pod reused node-a's bucket cells (same workload, same role observed), its identity is its own
         b = next(p for p in mine if p["node"] == "node-b")
         assert all("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("read", "write", "chain"))
         assert not any("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("identity", "annotation"))
+    assert not probe_pods(lab), probe_pods(lab)  # every probe pod deleted again (the API server's own view)
     assert {p["observed_role"] for p in good["others"] if p["kind"] == "pod"} == {DEFAULT_ROLE}  # nginx-vanilla
 
     # cross-tenant: a pod in A's namespace asking for C's role gets no credentials, and cannot reach C's bucket
@@ -349,6 +361,46 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     identities = [c for _, c in bad if c["check"] == "identity"]
     assert len(identities) == 2 and {c["blame"]["layer"] for c in identities} == {"kube2iam"}
     assert all("namespace team-a" in c["blame"]["message"] and "client-b-s3" in c["blame"]["message"] for c in identities)
+
+    # the stand-in kube2iam without --namespace-restrictions (its DaemonSet's args): every probe pod gets the other
+    # tenant's role. The annotation cells alone (no drift check) fail, each on layer kube2iam naming both tenants.
+    planted["metadata"]["annotations"][ALLOWED_ROLES] = json.dumps(["client-a-s3"])
+    store.put(planted)
+    daemonset = next(d for d in store.objects_of("DaemonSet") if d["metadata"]["name"] == "kube2iam")
+    honest = copy.deepcopy(daemonset)
+    for container in daemonset["spec"]["template"]["spec"]["containers"]:
+        container["args"] = [a for a in container.get("args") or [] if not a.startswith("--namespace-restrictions")]
+    store.put(daemonset)
+    stale = store.put({"apiVersion": "v1", "kind": "Pod", "metadata": {  # an earlier run's leftover: cleaned by label
+        "name": "rbacbridge-annotation-probe-0ld", "namespace": "team-b",
+        "labels": {"app.kubernetes.io/managed-by": "rbacbridge", "app.kubernetes.io/name": "rbacbridge-annotation-probe"}},
+        "spec": {"containers": [{"name": "probe", "image": "x"}]}})
+    open_ = verify_with(lab, config, "--no-drift-check", expect=1)
+    bad = [(p, c) for p in principals_of(open_) for c in p["cells"] if not c["match"]]
+    assert sorted(((tenant_of(p), c["check"], c["target"], c["blame"]["layer"]) for p, c in bad), key=str) == [
+        ("client-a", "annotation", "client-b-s3", "kube2iam"), ("client-b", "annotation", "client-c-s3", "kube2iam"),
+        ("client-c", "annotation", "client-a-s3", "kube2iam")], bad
+    for p, c in bad:
+        owner = next(t["name"] for t in TENANTS if t["role"] == c["target"])
+        assert c["observed"] is True and tenant_of(p) in c["blame"]["message"] and owner in c["blame"]["message"], c
+        assert f"assumed-role/{c['target']}/" in c["blame"]["message"]  # the ARN only: no secret in the report
+    assert "SecretAccessKey" not in json.dumps(open_) and "SessionToken" not in json.dumps(open_)
+    assert not probe_pods(lab) and stale["metadata"]["name"] not in {p["metadata"]["name"] for p in store.objects_of("Pod")}
+    store.put(honest)
+
+    # planted: A's namespace allows B's role too (the rotation's target for A): the probe pod in team-a gets it
+    planted["metadata"]["annotations"][ALLOWED_ROLES] = json.dumps(["client-a-s3", "client-b-s3"])
+    store.put(planted)
+    leaked = verify_with(lab, config, "--no-drift-check", expect=1)
+    bad = [(p, c) for p in principals_of(leaked) for c in p["cells"] if not c["match"]]
+    assert [(tenant_of(p), c["check"], c["target"], c["blame"]["layer"]) for p, c in bad] == [
+        ("client-a", "annotation", "client-b-s3", "kube2iam")]
+    # --no-annotation-probe: no pod created, no annotation cell, and the report says so
+    before = len(store.mutating_requests("POST"))
+    skipped = verify_with(lab, config, "--no-drift-check", "--no-annotation-probe", expect=0)
+    assert not [c for p in principals_of(skipped) for c in p["cells"] if c["check"] == "annotation"]
+    assert any("--no-annotation-probe" in n for n in skipped["notes"])
+    assert not [r for r in store.mutating_requests("POST")[before:] if "/pods" in r.path]
 
     # setup converges the annotation again; teardown removes every tenant's resources
     run(lab, "setup", "-c", config, *common, "--account-id", ACCOUNT, "--only", "kube", "--yes")

@@ -639,3 +639,26 @@ def test_rules_in_the_other_backend_are_reported_and_never_touched(node):
     assert "legacy iptables backend also holds 1 rule(s)" in fixed.stderr
     assert kube2iam_rules(node) == [wanted(node)]
     assert wanted(node, 7000) in node.exec(["iptables-legacy", "-t", "nat", "-S", "PREROUTING"]).stdout
+
+
+def test_lab_pods_added_later_keep_the_gateway_address(node: Node):
+    """Lab infrastructure: docker0's MAC is set once. A bridge whose address was never set takes its lowest
+    port MAC, so a later pod could change it and an earlier pod's cached gateway MAC would go stale (its new
+    connections hang until ARP re-resolves: the lab tenants test's intermittent verify timeouts)."""
+    first = node.add_pod("p0", bridge_cidr="10.233.250.1/24")
+
+    def docker0_mac() -> str:
+        shown = subprocess.run(["ip", "-n", node.namespace, "-j", "link", "show", "docker0"], capture_output=True, text=True, check=True)
+        return json.loads(shown.stdout)[0]["address"]
+
+    def gateway_answers() -> bool:  # port 1 of docker0's address: refused (reachable) or timed out (dropped)
+        probe = "import socket,sys\ns=socket.socket();s.settimeout(2)\ntry: s.connect(('10.233.250.1',1))\n" \
+                "except ConnectionRefusedError: sys.exit(0)\nexcept OSError: sys.exit(1)\n"
+        return subprocess.run(["ip", "netns", "exec", first.namespace, sys.executable, "-c", probe], timeout=10).returncode == 0
+
+    assert gateway_answers()  # the first pod's neighbour entry for the gateway is now cached
+    before = docker0_mac()
+    for i in range(8):
+        node.add_pod(f"p{i + 1}", bridge_cidr="10.233.250.1/24")
+    assert docker0_mac() == before
+    assert gateway_answers()

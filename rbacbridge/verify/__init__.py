@@ -8,6 +8,7 @@ Work only; rendering lives in `rbacbridge.report`. The package, in reading order
   blame      expected vs observed, cell by cell; each mismatch blamed on a layer; run_matrix
   diagnose   live facts that sharpen the blame or fail verify on their own (drift, hostNetwork pods)
   ephemeral  --probe ephemeral: an AWS CLI container added to a pod
+  annotation_probe  annotation cells, live: a probe pod per tenant namespace annotated with another tenant's role
   live       the live run: principals found in the cluster, probed where they run
 
 Principals come from the configuration's tenants: the host node, the default-role pod (nginx-vanilla)
@@ -15,7 +16,8 @@ and every tenant's workloads. Checks per principal: its identity (`sts get-calle
 it really got), per location (buckets.shared and every tenant's grants) read (`s3:ListBucket` on the
 bucket) and write (`s3:PutObject` + `s3:DeleteObject` on a probe object under the grant), and after
 kube2iam one chain cell per role (can the pod obtain it by calling `sts:AssumeRole` itself?) and, for a
-tenant's pod, one annotation cell per other tenant's role (does kube2iam hand it that role if it asks?).
+tenant's pod, annotation cells (would a pod of this tenant annotated with another tenant's role get
+credentials? live: one probe pod per tenant namespace, roles rotated).
 A pod must only ever get its own tenant's role, so both answers must be no. Each mismatch is blamed on a
 layer (see LAYERS).
 
@@ -39,5 +41,6 @@ from rbacbridge.verify.blame import annotation_drift, compare, run_matrix  # noq
 from rbacbridge.verify.diagnose import (DRIFT_LAYERS, drift_findings, host_network_findings,  # noqa: F401
                                         interception_problems, kube2iam_missing, live_diagnostics)
 from rbacbridge.verify.ephemeral import EPHEMERAL_LIFETIME, EPHEMERAL_PREFIX, ensure_ephemeral_probe  # noqa: F401
+from rbacbridge.verify.annotation_probe import AnnotationAsk, clean_leftovers, rotation, run_asks  # noqa: F401
 from rbacbridge.verify.live import (LiveOptions, configured_annotation, live_targets, pick_pod,  # noqa: F401
                                     pods_per_node, run_live)

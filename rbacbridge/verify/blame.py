@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from rbacbridge import policy_eval as pe
 from rbacbridge.config import Config
@@ -66,20 +67,25 @@ def _must_be_no(principal: Principal, check: str, target: str, seen: Observation
 
 
 def _annotation_cell(config: Config, exp: Expected, seen: Observation, target: str, predicted: bool | None) -> Cell:
-    """A pod of one tenant asked kube2iam for another tenant's role: it must get nothing."""
+    """A pod of one tenant annotated with (or asking for) another tenant's role: it must get no credentials."""
     principal = exp.principal
     result = seen.result
-    what = f"pod of tenant {principal.tenant} in namespace {principal.namespace} asks kube2iam for {target}"
-    cell = _must_be_no(principal, ANNOTATION, target, seen, predicted, what, "refused", "HANDED OUT")
+    owner = role_owners(config).get(target)
+    of_target = f"{target} (tenant {owner})" if owner else target
+    what = f"pod of tenant {principal.tenant} annotated with {of_target}"
+    refused = "refused, no credentials" + (f" ({result.detail})" if result.detail and not result.ok else "")
+    cell = _must_be_no(principal, ANNOTATION, target, seen, predicted, what, refused, "CREDENTIALS HANDED OUT")
     if cell.match:
         return cell
     if seen.allowed:
         why = ("kube2iam.namespace_restrictions is off" if not config.namespace_restrictions else
-               f"namespace {principal.namespace} must allow only its tenant's role ({ALLOWED_ROLES_ANNOTATION}); "
+               f"its namespace must allow only tenant {principal.tenant}'s role ({ALLOWED_ROLES_ANNOTATION}); "
                "is kube2iam running with --namespace-restrictions?")
-        cell.blame = Blame(KUBE2IAM, f"kube2iam handed {target} to a pod of tenant {principal.tenant}: {why}")
+        cell.blame = Blame(KUBE2IAM, f"kube2iam handed tenant {owner or '?'}'s role {target} to a pod of tenant "
+                                     f"{principal.tenant} ({result.detail}): {why}")
     elif predicted:
-        cell.blame = Blame(KUBE2IAM, f"the configuration lets namespace {principal.namespace} take {target}"
+        cell.blame = Blame(KUBE2IAM, f"the configuration lets tenant {principal.tenant}'s namespace {principal.namespace} "
+                                     f"take tenant {owner or '?'}'s role {target}"
                                      + ("" if config.namespace_restrictions else " (kube2iam.namespace_restrictions is off)"))
     elif result.category == NETWORK:
         cell.blame = Blame(NETWORK_LAYER, f"could not reach kube2iam: {result.detail}")
@@ -231,14 +237,25 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
 
 def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
                allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
-               diagnostics: Diagnostics | None = None, share: bool = True) -> VerifyResult:
-    """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe)."""
+               diagnostics: Diagnostics | None = None, share: bool = True,
+               asked: "dict[str, dict[str, Observation]] | Callable[[], dict[str, dict[str, Observation]]] | None" = None
+               ) -> VerifyResult:
+    """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe).
+
+    `asked` (the live runner): annotation cells already observed elsewhere (probe pods annotated with another
+    tenant's role, verify.annotation_probe), principal name -> target role -> observation; only those cells
+    are reported; a callable is called after the other cells are observed (the probe pods run meanwhile).
+    Without it, backends that implement request_role (the sandbox) are asked."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
     arns = role_arns(config, account)
     chains = {e.principal.name: [(t, arns.get(t) or config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
-    asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations}
+    asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations} if asked is None else {}
     observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
+    if asked is not None:
+        asked = asked() if callable(asked) else asked
+        for obs in observed:
+            obs.annotations.update(asked.get(obs.principal.name, {}))
     result = compare(config, account, stage, expected, observed, diagnostics)
     unasked = sorted(p.name for p, backend in targets if asks.get(p.name) and not can_request_roles(backend))
     if unasked:

@@ -37,6 +37,7 @@ class LiveOptions:
     drift_check: bool = True  # compare live IAM / Kubernetes state with what setup wants (--no-drift-check: skip)
     share: bool = True  # bucket and chain cells once per workload and observed role (--every-node: on every node)
     tenant: str | None = None  # --tenant: that tenant's pods only (no host, no default-role pod)
+    annotation_probe: bool = True  # probe pods annotated with another tenant's role (--no-annotation-probe: skip)
 
 
 def configured_annotation(config: Config, workload: str) -> str | None:
@@ -180,7 +181,13 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
                 diagnostics.kube2iam_missing = kube2iam_missing(gateway, config, pod_nodes)
             except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
                 ctx.facts.setdefault("notes", []).append(f"could not list kube2iam's pods for diagnosis: {exc}")
-        result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rbv-annot-run") as pool:  # probe pods start now
+            annotation = pool.submit(_annotation_cells, gateway, config, options, targets)
+            result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share,
+                                asked=lambda: annotation.result()[0])
+        result.notes.extend(annotation.result()[1])
         if not result.ok and pod_nodes and options.node is None:
             try:
                 diagnostics.interception = interception_problems(ctx, pod_nodes)
@@ -206,6 +213,37 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
         result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
     result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)
     return result
+
+
+def _annotation_cells(gateway: Any, config: Config, options: LiveOptions,
+                      targets: list[tuple[Principal, ProbeBackend]]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Annotation cells from probe pods (verify.annotation_probe): one per tenant namespace, annotated with the
+    next tenant's role. Each observation goes to a principal of the probing tenant (one in that namespace if
+    verify probes one there); two probes of one tenant asking the same role keep the worse outcome."""
+    from rbacbridge.verify.annotation_probe import rotation, run_asks
+
+    asks = rotation(config, options.tenant) if options.stage == "after" else []
+    if not asks:
+        return {}, []
+    if not options.annotation_probe:
+        return {}, [f"annotation cells NOT run (--no-annotation-probe): no probe pod asked kube2iam for another tenant's "
+                    f"role in {len(asks)} tenant namespace(s); only the drift check covers allowed-roles"]
+    pods = [p for p, _ in targets if p.kind == "pod" and not p.host_network and p.tenant]
+    observed = _kube_step("annotation probe pods", lambda: run_asks(gateway, config, asks))
+    asked: dict[str, dict[str, Any]] = {}
+    notes = []
+    for ask, seen in observed.items():
+        home = next((p for p in pods if p.tenant == ask.tenant and p.namespace == ask.namespace), None) \
+            or next((p for p in pods if p.tenant == ask.tenant), None)
+        if home is None:
+            notes.append(f"annotation probe in namespace {ask.namespace} (tenant {ask.tenant}, role {ask.target_role}): "
+                         f"no verified pod of tenant {ask.tenant} to report it with; observed: {seen.result.detail}")
+            continue
+        cells = asked.setdefault(home.name, {})
+        before = cells.get(ask.target_role)
+        if before is None or (before.allowed is False and seen.allowed is not False):
+            cells[ask.target_role] = seen
+    return asked, notes
 
 
 def _caller_account(config: Config) -> str:

@@ -128,8 +128,9 @@ class ProbeBackend(Protocol):
     def put_object(self, bucket: str, key: str) -> CallResult: ...
     def delete_object(self, bucket: str, key: str) -> CallResult: ...
     def assume_role(self, role_arn: str) -> CallResult: ...  # value: the assumed-role ARN, never the credentials
-    # Optional (annotation cells): ask kube2iam, as this pod, for another role's credentials; ok = handed out
-    # (value: the role ARN), NoCredentials / AssumeRoleDenied = refused. Never returns the credentials.
+    # Optional (annotation cells, the sandbox): would kube2iam hand this pod another role's credentials if it
+    # were annotated with it; ok = handed out (value: the role ARN). Never returns the credentials. The live
+    # runner does not use it: it starts probe pods annotated with the other role (verify.annotation_probe).
     # def request_role(self, role: str, role_arn: str) -> CallResult: ...
 
 
@@ -184,48 +185,6 @@ class AwsCliBackend:
             except (ValueError, TypeError):
                 return CallResult(True, detail="ok", value=None)
         return result
-
-    def request_role(self, role: str, role_arn: str) -> CallResult:
-        """Annotation cell: ask the metadata address, as this pod, for `role`'s credentials by name (what a pod
-        annotated with it would fetch). kube2iam hands a pod only its annotated role, in a namespace that allows
-        it; 200 = handed out (value: the role ARN). Only the HTTP status crosses the exec channel: the body (the
-        credentials) goes to /dev/null inside the pod."""
-        if not _ROLE_NAME.fullmatch(role):
-            return CallResult(False, ERROR, f"not an IAM role name: {role[:60]!r}")
-        try:
-            rc, stdout, stderr = self.runner.run(["sh", "-c", REQUEST_ROLE_SCRIPT, "rbacbridge-ask", role], self.timeout)
-        except Exception as exc:  # noqa: BLE001 - a broken transport is an observation, not a crash
-            return CallResult(False, NETWORK if "timeout" in str(exc).lower() else ERROR, f"{type(exc).__name__}: {exc}")
-        return classify_request(rc, stdout, stderr, role_arn)
-
-
-# Annotation cells, live: the pod asks the metadata address for another role's credentials by name, the way
-# a pod annotated with that role would fetch them. A fixed script, the role name its only argument ($1, checked
-# against IAM's role-name characters first). Only the HTTP status is printed: the body (credentials) is
-# written to /dev/null inside the pod. curl (IMDSv2 token first), else wget (busybox too), else exit 127.
-REQUEST_ROLE_SCRIPT = (
-    'u=http://169.254.169.254/latest; p="$u/meta-data/iam/security-credentials/$1"; '
-    'if command -v curl >/dev/null 2>&1; then '
-    't=$(curl -s -m 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$u/api/token" || true); '
-    'echo "http $(curl -s -m 5 -o /dev/null -w "%{http_code}" -H "X-aws-ec2-metadata-token: $t" "$p")"; '
-    'elif command -v wget >/dev/null 2>&1; then '
-    'if wget -q -T 5 -O /dev/null "$p" 2>/dev/null; then echo "http 200"; else echo "http refused-$?"; fi; '
-    'else echo "no curl or wget in this container" >&2; exit 127; fi'
-)
-_ROLE_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]{1,64}")
-
-
-def classify_request(rc: int, stdout: str, stderr: str, role_arn: str) -> CallResult:
-    """The outcome of REQUEST_ROLE_SCRIPT: handed out (HTTP 200), refused (any other HTTP answer), or no answer."""
-    line = next((ln.strip() for ln in stdout.splitlines() if ln.startswith("http ")), "")
-    status = line[5:]
-    if rc == 127 or (rc != 0 and not line):
-        return CallResult(False, CLI_MISSING, (stderr or "").strip()[:120] or f"exit {rc}")
-    if status == "200":
-        return CallResult(True, detail="handed out (HTTP 200)", value=role_arn)
-    if status == "000" or (status.startswith("refused-") and status != "refused-8"):  # wget 8: an HTTP error answer
-        return CallResult(False, NETWORK, f"no answer from 169.254.169.254 ({status})")
-    return CallResult(False, NO_CREDENTIALS, f"refused (HTTP {'error' if status == 'refused-8' else status})")
 
 
 class UnavailableBackend:
@@ -293,14 +252,14 @@ def probe_chain(backend: ProbeBackend, role_arn: str) -> Observation:
 
 
 def probe_annotation(backend: ProbeBackend, role: str, role_arn: str) -> Observation:
-    """The pod asks kube2iam for another tenant's role (as a pod annotated with it would): handed out = True."""
+    """Would a pod annotated with another tenant's role get it (backend.request_role)? handed out = True."""
     result = backend.request_role(role, role_arn)
     return Observation(_allowed(result), result)
 
 
 def can_request_roles(backend: ProbeBackend) -> bool:
-    """Does this backend implement the annotation probe (request_role)? The live runner's AwsCliBackend does
-    (docs/verify.md, "annotation cells"); a backend without it leaves those cells out, with a note."""
+    """Does this backend implement the annotation probe (request_role)? The sandbox's pods do; the live runner
+    observes annotation cells with probe pods instead (verify.annotation_probe, docs/verify.md "annotation cells")."""
     return callable(getattr(backend, "request_role", None))
 
 
