@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
+from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE, permission_set
 from rbacbridge.config import Config, Tenant, grant_bucket, grant_objects_arn
 from rbacbridge.errors import RbacbridgeError, UsageError, one_line, shown
 from rbacbridge.plan import (CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Execution, Step,
@@ -526,13 +526,16 @@ def _plan_role(ctx, gw: AwsGateway, account: str, role: Role) -> list[Step]:
         if not documents_equal(role.trust, current):
             steps.append(_step(UPDATE, role, f"update trust policy of role {role.name}",
                                describe_difference("trust policy", role.trust, current), update_trust))
-        attached = {p["PolicyName"] for p in _attached_policies(gw, role.name)}
+        live_attached = _attached_policies(gw, role.name)
+        attached = {p["PolicyName"] for p in live_attached}
     for name in role.policies:
         if name in attached:
             continue
         arn = config.policy_arn(account, name)
         steps.append(Step(SYSTEM, CREATE, "iam-attachment", f"{role.name}/{name}", f"attach policy {name} to role {role.name}",
                           run=lambda arn=arn: gw.call("iam", "attach_role_policy", RoleName=role.name, PolicyArn=arn)))
+    if live is not None:  # the role's whole permission set: nothing but what setup attaches (item 8)
+        steps += permission_set.extra_policy_steps(ctx, gw, account, role, live_attached, _decode)
     if not steps:
         steps.append(_step(UNCHANGED, role, f"role {role.name} is up to date"))
     return steps
@@ -1242,7 +1245,7 @@ def plan_setup(ctx) -> list[Step]:
     steps += removal
     steps += _tenant_record_end(ctx, gw, recorded, settled)
     steps += _plan_associations(ctx, gw, account, ids, live_profile, instances)
-    return steps
+    return permission_set.without_repeats(steps)
 
 
 # --- planning: teardown -----------------------------------------------------------------------

@@ -339,12 +339,14 @@ def plan(
     cfg,
     only: OnlyOpt = None,
     teardown: Annotated[bool, typer.Option("--teardown", help="plan the teardown instead")] = False,
-    exit_code: Annotated[bool, typer.Option("--exit-code", help="exit 4 when the plan has changes or conflicts, 0 when it has none (like git diff --exit-code)")] = False,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="exit 4 when the plan has changes or conflicts, 1 when it has a finding (an exposure setup does not change), 0 when it has neither (like git diff --exit-code)")] = False,
     output: OutputOpt = "table",
 ) -> None:
     """Show every step setup (or teardown) would take against live state. Changes nothing."""
     fmt = _output_format(output)
     result = _show_plan(cfg, only, fmt, teardown)
+    if exit_code and result.findings:
+        raise typer.Exit(EXIT_FAILED)  # setup cannot fix it: a human must
     if exit_code and (result.changes or result.conflicts):
         raise typer.Exit(EXIT_CHANGES_PENDING)
 

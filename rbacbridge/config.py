@@ -142,6 +142,17 @@ def instance_ids(key: str, value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+_POLICY_ARN = re.compile(r"arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/(?:[A-Za-z0-9_+=,.@-]+/)*[A-Za-z0-9_+=,.@-]{1,128}")
+
+
+def policy_arns(key: str, value: Any) -> tuple[str, ...]:
+    items = [_text(key, item) for item in _as_list(key, value)]
+    for item in items:
+        if not _POLICY_ARN.fullmatch(item):
+            raise _fail(key, item, "a managed policy ARN looks like arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore")
+    return tuple(dict.fromkeys(items))
+
+
 def k8s_name(key: str, value: Any) -> str:
     text = _text(key, value)
     if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
@@ -363,6 +374,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("aws.endpoint_url", "endpoint_url", None, endpoint_url, "AWS endpoint (else AWS_ENDPOINT_URL); for sandboxes"),
     Option("iam.node_policy", "node_policy", "nettech-s3-read-only", policy_name, "read-only S3 policy of the node role (article step 1)"),
     Option("iam.node_role", "node_role", "nettech-s3-read-only", role_name, "node role, trusted by EC2 (step 2)"),
+    Option("iam.node_role_extra_policies", "node_role_extra_policies", (), policy_arns, "managed policy ARNs the node role may also hold (attached by you, e.g. for SSM or ECR): never detached; any other policy on a managed role is drift"),
     Option("iam.instance_profile", "instance_profile", "nettech-instance-profile", profile_name, "instance profile holding the node role (step 3)"),
     Option("iam.kube2iam_policy", "kube2iam_policy", "nettech-kube2iam-node", policy_name, "node role's sts:AssumeRole on the pod roles + ec2:DescribeRegions"),
     Option("iam.pod_policy", "pod_policy", "nettech-s3-read-write", policy_name, "read+write S3 policy of the pod role (step 4)"),
@@ -570,6 +582,7 @@ class Config:
     node_policy: str = "nettech-s3-read-only"
     node_role: str = "nettech-s3-read-only"
     instance_profile: str = "nettech-instance-profile"
+    node_role_extra_policies: tuple[str, ...] = ()
     kube2iam_policy: str = "nettech-kube2iam-node"
     pod_policy: str = "nettech-s3-read-write"
     pod_role: str = "nettech-s3-read-write"

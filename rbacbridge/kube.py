@@ -633,6 +633,9 @@ def plan_setup(ctx) -> list[Step]:
     at = len([s for s in steps if s.kind != "Deployment"])
     steps[at:at] = stale
     steps += _plan_stale_workloads(ctx, gw)
+    from rbacbridge.exposure import plan_steps as exposure_steps
+
+    steps += exposure_steps(ctx, gw)  # namespaces outside every tenant allowing a managed role: findings
     return steps
 
 

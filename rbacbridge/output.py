@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from rbacbridge.plan import CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Plan, Step
+from rbacbridge.plan import CONFLICT, CREATE, DELETE, FINDING, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Plan, Step
 
 FORMATS = ("table", "json")
 
@@ -18,6 +18,7 @@ _ACTION_STYLE = {
     UNCHANGED: ("=", "dim"),
     LEFT_ALONE: ("!", "magenta"),
     CONFLICT: ("x", "bold red"),
+    FINDING: ("*", "bold red"),
 }
 
 
@@ -60,6 +61,8 @@ def summary_line(plan: Plan) -> str:
         text += f", {counts[LEFT_ALONE]} left alone (not rbacbridge's)"
     if counts.get(CONFLICT):
         text += f", {counts[CONFLICT]} conflict{'s' if counts[CONFLICT] != 1 else ''}"
+    if counts.get(FINDING):
+        text += f", {counts[FINDING]} finding{'s' if counts[FINDING] != 1 else ''} (not rbacbridge's to change)"
     return text
 
 

@@ -19,6 +19,7 @@ RESTORE = "restore"
 UNCHANGED = "unchanged"
 LEFT_ALONE = "left-alone"  # exists but is not rbacbridge's: reported, never touched
 CONFLICT = "conflict"  # blocks the run: exists, not ours, and setup would need to change it
+FINDING = "finding"  # an exposure rbacbridge does not change (not its object): reported, fails `plan --exit-code`
 
 ACTIONS_THAT_CHANGE = (CREATE, UPDATE, DELETE, RESTORE)
 
@@ -70,6 +71,10 @@ class Plan:
     @property
     def conflicts(self) -> list[Step]:
         return [s for s in self.steps if s.action == CONFLICT]
+
+    @property
+    def findings(self) -> list[Step]:
+        return [s for s in self.steps if s.action == FINDING]
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -484,7 +484,7 @@ JSON_SCHEMA = {
                 "required": ["kind", "subject", "message", "reason", "layer", "node"],
                 "additionalProperties": False,
                 "properties": {
-                    "kind": {"enum": ["drift", "hostNetwork"]},
+                    "kind": {"enum": ["drift", "hostNetwork", "outsiderNamespace"]},
                     "subject": {"type": "string"},
                     "message": {"type": "string"},
                     "reason": {"type": "string"},

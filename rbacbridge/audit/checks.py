@@ -110,6 +110,8 @@ def check_kube(inputs: Inputs, out: Outcome) -> list[Interceptor]:
     out.checked += ["kube2iam-daemonset", "kube2iam-absent", "multiple-interceptors", "node-without-kube2iam",
                     "host-interface-mismatch", "namespace-without-allowed-roles", "pod-started-before-kube2iam",
                     "hostnetwork-pod-in-restricted-namespace", "debug-enabled"]
+    if inputs.config_given:
+        out.checked.append("namespace-allows-managed-role")
     for i in kube2iams:
         out.add(Finding("kube2iam-daemonset", [i.ref], i.summary(), f"kube2iam {i.ref}: {i.image} on port {i.port}, interface {i.interface}",
                         details={"image": i.image, "args": i.shown_args, "port": i.port, "interface": i.interface, "helm": i.helm}))
@@ -127,7 +129,36 @@ def check_kube(inputs: Inputs, out: Outcome) -> list[Interceptor]:
     ready_at = _check_node_coverage(kube, kube2iams, out)
     _check_started_before(kube, kube2iams, ready_at, out)
     _check_namespaces(kube, kube2iams, out)
+    _check_outsider_namespaces(inputs, kube2iams, out)
     return interceptors
+
+
+def _check_outsider_namespaces(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> None:
+    """A namespace of no tenant whose allowed-roles match a tenant's role or the node role (rbacbridge.exposure).
+    Which namespaces are the tenants' and which roles they get is in the configuration: checked with -c only."""
+    from rbacbridge import exposure, policy_eval
+
+    kube, cfg = inputs.kube, inputs.config
+    assert kube is not None
+    if not inputs.config_given:
+        out.notes.append("namespace-allows-managed-role not checked: give the configuration (-c) that names the tenants")
+        return
+    if kube2iams and not all(i.namespace_restrictions for i in kube2iams):
+        return  # without --namespace-restrictions kube2iam reads no allowed-roles (namespace-without-allowed-roles says so)
+    base = next((i.base_role_arn for i in kube2iams if i.base_role_arn), None)
+    account = cfg.account_id or (policy_eval.account_of(base) if base else None) or ""
+    tenant_namespaces = {ns for t in cfg.tenants for ns in t.namespaces}
+    exposures = exposure.find(kube.namespaces, tenant_namespaces, exposure.managed_roles(cfg, account), account)
+    pods_by_namespace: dict[str, list[dict[str, Any]]] = {}
+    for pod in kube.pods:
+        pods_by_namespace.setdefault(_meta(pod).get("namespace", ""), []).append(pod)
+    exposure.add_pod_evidence(exposures, lambda ns: pods_by_namespace.get(ns, []), account)
+    for e in exposures:
+        evidence = f"{exposure.ALLOWED_ROLES}: {exposure.shorten(e.raw)}; matches {_list([r.arn for r in e.roles], 3)}"
+        if e.pods:
+            evidence += "; " + _list(e.pods, 3)
+        out.add(Finding("namespace-allows-managed-role", [f"Namespace {e.namespace}"] + [f"Role {r.name}" for r in e.roles],
+                        evidence, e.message(), details={"roles": [r.arn for r in e.roles], "pods": e.pods}))
 
 
 def _check_interface(kube: KubeState, kube2iams: list[Interceptor], out: Outcome) -> None:

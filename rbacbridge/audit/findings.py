@@ -47,6 +47,8 @@ KINDS: tuple[Kind, ...] = (
          "`rbacbridge setup --adopt` (node policy lists the pod roles)", "#231"),
     Kind("namespace-without-allowed-roles", "kube", MEDIUM, "namespace has annotated pods but no allowed-roles annotation",
          "`rbacbridge setup` (annotates its namespace), or annotate iam.amazonaws.com/allowed-roles"),
+    Kind("namespace-allows-managed-role", "kube", HIGH, "namespace outside every tenant may ask kube2iam for a tenant's (or the node) role",
+         "narrow or remove the namespace's iam.amazonaws.com/allowed-roles (rbacbridge never changes it), or make it a tenant's"),
     Kind("pod-started-before-kube2iam", "kube", HIGH, "pod started before kube2iam was ready on its node",
          "restart the pod (`kubectl delete pod`): it may hold the node role's cached credentials", "#46 #170"),
     Kind("hostnetwork-pod-in-restricted-namespace", "kube", HIGH, "hostNetwork pod in a restricted namespace bypasses kube2iam",

@@ -10,7 +10,7 @@ from typing import Any
 
 from rbacbridge.config import Config
 from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, DRIFT, DRIFT_FINDING, HOST_NETWORK_FINDING, INTERCEPTION,
-                                     KUBE2IAM, PERMISSIONS, TRUST, Diagnostics, Finding)
+                                     KUBE2IAM, OUTSIDER_FINDING, PERMISSIONS, TRUST, Diagnostics, Finding)
 
 
 def _get(obj: Any, path: str) -> Any:
@@ -87,14 +87,17 @@ def live_diagnostics(ctx: Any) -> Diagnostics:
 
 
 
-DRIFT_LAYERS = {("aws", "iam-role"): TRUST, ("aws", "iam-policy"): PERMISSIONS, ("aws", "iam-attachment"): PERMISSIONS}
+DRIFT_LAYERS = {("aws", "iam-role"): TRUST, ("aws", "iam-policy"): PERMISSIONS, ("aws", "iam-attachment"): PERMISSIONS,
+               ("aws", "iam-inline-policy"): PERMISSIONS}
 
 
 def drift_findings(ctx: Any) -> tuple[list[Finding], int]:
     """Live state vs what setup wants, from the one planner (aws and kube parts): every planned step whose
-    action is not `unchanged` is drift, worded exactly as `rbacbridge plan` words it. Returns (findings, steps compared)."""
+    action is not `unchanged` is drift, worded exactly as `rbacbridge plan` words it; a `finding` step (a namespace
+    outside the tenants allowing a managed role, rbacbridge.exposure) is a finding of its own kind. Returns
+    (findings, steps compared)."""
     from rbacbridge import planner
-    from rbacbridge.plan import UNCHANGED
+    from rbacbridge.plan import FINDING, UNCHANGED
 
     plan = planner.plan_setup(ctx, parts=("aws", "kube"))
     findings = []
@@ -104,7 +107,8 @@ def drift_findings(ctx: Any) -> tuple[list[Finding], int]:
         layer = KUBE2IAM if step.system == "kube" else DRIFT_LAYERS.get((step.system, step.kind), DRIFT)
         tenant = tenant_of_step(ctx.config, step)
         subject = f"{step.system} {step.kind} {step.name}" + (f" (tenant {tenant})" if tenant else "")
-        findings.append(Finding(DRIFT_FINDING, subject, f"{step.action}: {step.message}", step.reason, layer))
+        kind = OUTSIDER_FINDING if step.action == FINDING else DRIFT_FINDING
+        findings.append(Finding(kind, subject, f"{step.action}: {step.message}", step.reason, layer))
     return findings, len(plan.steps)
 
 

@@ -45,6 +45,7 @@ LAYERS = (INTERCEPTION, KUBE2IAM, TRUST, PERMISSIONS, NETWORK_LAYER, BUCKET, PRO
 # Kinds of finding (not cells: facts that fail verify on their own)
 DRIFT_FINDING = "drift"
 HOST_NETWORK_FINDING = "hostNetwork"
+OUTSIDER_FINDING = "outsiderNamespace"  # a namespace of no tenant whose allowed-roles match a managed role
 CHAIN_SESSION = "rbacbridge-verify-chain"  # session name of a chain probe's sts:AssumeRole
 
 
@@ -146,7 +147,7 @@ class Cell:
 class Finding:
     """A fact that fails verify on its own, whatever the cells say."""
 
-    kind: str  # DRIFT_FINDING | HOST_NETWORK_FINDING
+    kind: str  # DRIFT_FINDING | HOST_NETWORK_FINDING | OUTSIDER_FINDING
     subject: str  # e.g. "aws iam-role nettech-s3-read-write", "pod kube-system/debug-shell"
     message: str  # the plan's sentence (drift) or what is wrong
     reason: str  # the plan's reason text (drift) or why it matters
