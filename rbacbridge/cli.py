@@ -779,6 +779,7 @@ def main() -> None:
     debug = "--debug" in argv or os.environ.get("RBACBRIDGE_DEBUG") == "1"
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]
+    _handle_signals()
     try:
         code = _run(argv, debug)
     except KeyboardInterrupt:
@@ -786,18 +787,76 @@ def main() -> None:
     _exit(code)
 
 
-def interrupted() -> int:
-    """Ctrl-C, wherever it came: one line, exit 130. A re-run plans again from live state."""
+def _handle_signals() -> None:
+    """SIGTERM (a CI job cancelled, `kill`, a pod stopped) is handled like Ctrl-C: the same KeyboardInterrupt,
+    so the same `finally` blocks delete what the run created, the same line and exit code 130. Both also set
+    rbacbridge.cleanup's stop flag, which ends worker threads' waits and new creations at once. A signal the
+    process inherited as ignored (nohup, a background job) stays ignored."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this into a traceback
-    _error_line(INTERRUPTED_MESSAGE)
+    from rbacbridge import cleanup
+
+    cleanup.reset()
+    _interrupt_said.clear()
+
+    def interrupt(signum, frame):
+        cleanup.stop()
+        _watchdog()
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+INTERRUPT_GRACE = 5.0  # seconds the unwinding may take after Ctrl-C / SIGTERM before the watchdog ends the run
+_interrupt_said = []
+
+
+def _watchdog() -> None:
+    """After the first Ctrl-C / SIGTERM: if the process has not exited INTERRUPT_GRACE seconds later (the main
+    thread joining a worker stuck in a node command, say), delete what the run created, say so, exit 130."""
+    import threading
+
+    if getattr(_watchdog, "started", False):
+        return
+    _watchdog.started = True  # type: ignore[attr-defined]
+
+    def run() -> None:
+        import time
+
+        from rbacbridge import cleanup
+
+        time.sleep(INTERRUPT_GRACE)
+        cleanup.undo_all()
+        if not _interrupt_said:
+            _error_line(INTERRUPTED_MESSAGE)
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=run, name="rbacbridge-interrupted", daemon=True).start()
+
+
+def interrupted() -> int:
+    """Ctrl-C or SIGTERM, wherever it came: one line, exit 130. A re-run plans again from live state."""
+    import signal
+
+    from rbacbridge import cleanup
+
+    cleanup.stop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
+        signal.signal(signum, signal.SIG_IGN)
+    if not _interrupt_said:
+        _interrupt_said.append(True)
+        _error_line(INTERRUPTED_MESSAGE)
     return EXIT_INTERRUPTED
 
 
 def _error_line(text: str) -> None:
+    from rbacbridge.errors import redact
+
     try:
-        sys.stderr.write(f"error: {one_line(text, 293)}\n")
+        sys.stderr.write(f"error: {one_line(redact(str(text)), 293)}\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
@@ -806,8 +865,17 @@ def _error_line(text: str) -> None:
 def _exit(code: int) -> None:
     import signal
 
-    # The exit code is decided: a Ctrl-C from now on must not replace it with a traceback or -2.
+    # The exit code is decided: a Ctrl-C (or SIGTERM) from now on must not replace it with a traceback or -2.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from rbacbridge import cleanup
+
+    if code == EXIT_INTERRUPTED or cleanup.pending():
+        # Pods this run created and has not deleted (a worker thread still waiting, a wait cut short) go now,
+        # before os._exit below stops every thread.
+        cleanup.undo_all()
+        if code != EXIT_INTERRUPTED:
+            cleanup.reset()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -834,9 +902,7 @@ def _run(argv: list[str], debug: bool) -> int:
         if isinstance(exc, Interrupted):
             return interrupted()
         if debug:
-            import traceback
-
-            traceback.print_exc()
+            _trace()
         _error_line(str(exc))
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001
@@ -850,6 +916,18 @@ def _run(argv: list[str], debug: bool) -> int:
             _error_line(f"{exc.format_message()} (see `rbacbridge --help`)")
             return EXIT_USAGE if exc.exit_code == 2 else exc.exit_code
         if debug:
-            raise
-        _error_line(f"unexpected {type(exc).__name__}: {exc} (run with --debug for a trace)")
+            _trace()
+        _error_line(f"unexpected {type(exc).__name__}: {exc}" + ("" if debug else " (run with --debug for a trace)"))
         return EXIT_FAILED
+
+
+def _trace() -> None:
+    """--debug: the Python trace of the exception being handled, redacted like the error line."""
+    import traceback
+
+    from rbacbridge.errors import redact
+
+    try:
+        sys.stderr.write(redact(traceback.format_exc()))
+    except (OSError, ValueError):
+        pass

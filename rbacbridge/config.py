@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -33,14 +34,46 @@ _DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 class Text(str):
     """A scalar of rbacbridge.yaml as written, plus what YAML 1.1 would have read it as
-    (`yaml_type`: str, int, float, bool, null, timestamp) and whether it was quoted."""
+    (`yaml_type`: str, int, float, bool, null, timestamp), whether it was quoted and its line."""
 
     yaml_type = "str"
     quoted = True
+    line = 0
+
+
+# True while a config file's text is read and checked: its values are never quoted back in an error line
+# (`-c .env` must not print `AWS_ACCESS_KEY_ID=AKIA...`); the setting and the line say where to look.
+_READING_FILE: ContextVar[bool] = ContextVar("rbacbridge_reading_config_file", default=False)
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_]{0,40}(\[[0-9]{1,4}\])?(\.[a-z][a-z0-9_]{0,40}(\[[0-9]{1,4}\])?){0,3}")
+
+
+def _quote(value: Any) -> str:
+    """How an error line names a bad value: quoted (shortened) when it came from a flag; from a config file
+    only its line, never the value."""
+    line = getattr(value, "line", 0) if isinstance(value, Text) else 0
+    if line:
+        return f"(line {line})"
+    if isinstance(value, Text) or _READING_FILE.get():
+        return "(in the config file)"
+    return shown(value)
+
+
+def _key(text: Any) -> str:
+    """A key of the config file, quoted only when it looks like a setting's name (a typo worth showing)."""
+    return shown(str(text)) if _SETTING_NAME.fullmatch(str(text)) else "(a key that is no setting name, not shown)"
+
+
+def _piece(whole: Any, part: str) -> Any:
+    """A part of a file's scalar (a bucket of `bucket/prefix/*`, an item of `a, b`), keeping its line."""
+    if not isinstance(whole, Text):
+        return part
+    text = Text(part)
+    text.line = whole.line
+    return text
 
 
 def _fail(key: str, value: Any, why: str) -> UsageError:
-    return UsageError(f"invalid {key} {shown(value)}: {why}")
+    return UsageError(f"invalid {key} {_quote(value)}: {why}")
 
 
 def _text(key: str, value: Any) -> str:
@@ -204,7 +237,7 @@ def tolerations(key: str, value: Any) -> tuple[dict[str, Any], ...]:
             name = str.__str__(str(name))
             kind = allowed.get(name)
             if kind is None:
-                raise _fail(key, dict(raw), f"unknown toleration field {shown(name)} (key, operator, value, effect, tolerationSeconds)")
+                raise _fail(key, dict(raw), f"unknown toleration field {_key(name)} (key, operator, value, effect, tolerationSeconds)")
             if kind is int:
                 item[name] = _whole(f"{key} {name}", field_value, "toleration field tolerationSeconds must be a whole number")
             elif isinstance(field_value, str) and not isinstance(field_value, bool):
@@ -241,6 +274,11 @@ def endpoint_url(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
     text = _text(key, value)
+    if "@" in text.split("://", 1)[-1].split("/", 1)[0]:
+        # requests are signed with the AWS credentials; a user:password here would only be sent in clear
+        # (and echoed): refused, and never quoted (shown() drops the user-info)
+        raise _fail(key, value, "remove the user:password@ part: AWS requests are signed with your credentials, "
+                                "an endpoint URL carries none")
     if not _ENDPOINT.fullmatch(text):
         raise _fail(key, value, "an endpoint URL is http:// or https:// followed by a host (ASCII)")
     return text
@@ -349,7 +387,7 @@ def _as_list(key: str, value: Any) -> list[Any]:
         return []
     if isinstance(value, str):
         text = _text(key, value)
-        return [v for v in re.split(r"[,\s]+", text) if v]
+        return [_piece(value, v) for v in re.split(r"[,\s]+", text) if v]
     if isinstance(value, (list, tuple)):
         return list(value)
     raise _fail(key, type(value).__name__, "expected a list")
@@ -475,7 +513,7 @@ def bucket_grant(key: str, value: Any) -> str:
     """"bucket" or "bucket/prefix/*" (object keys under the prefix); "bucket/*" is the bucket."""
     text = _text(key, value)
     bucket, slash, rest = text.partition("/")
-    bucket_name(key, bucket)
+    bucket_name(key, _piece(value, bucket))
     if not slash or rest == "*":
         return bucket
     if not rest.endswith("/*") or not all(_S3_KEY_PART.fullmatch(p) for p in rest[:-2].split("/")):
@@ -514,7 +552,7 @@ def _tenant_role(key: str, value: Any) -> tuple[str, str | None]:
     """`role: NAME` (rbacbridge's) or `role: {existing: ARN}` (linked only)."""
     if isinstance(value, dict):
         if set(map(str, value)) != {"existing"}:
-            raise UsageError(f"invalid {key}: a mapping here is {{existing: ARN}} only, not {', '.join(map(shown, map(str, value)))}")
+            raise UsageError(f"invalid {key}: a mapping here is {{existing: ARN}} only, not {', '.join(map(_key, value))}")
         arn = _text(f"{key}.existing", value["existing"])
         match = _ROLE_ARN.fullmatch(arn)
         if not match:
@@ -530,7 +568,7 @@ def tenant(index: int, raw: Any) -> Tenant:
         raise UsageError(f"invalid {where}: expected a mapping ({', '.join(TENANT_KEYS)}), not {_kind(raw)}")
     for key in raw:
         if str(key) not in TENANT_KEYS:
-            raise UsageError(f"unknown setting {shown(f'{where}.{key}')} (a tenant has {', '.join(TENANT_KEYS)})")
+            raise UsageError(f"unknown setting {_key(f'{where}.{key}')} (a tenant has {', '.join(TENANT_KEYS)})")
     values = {str(k): v for k, v in raw.items() if not _is_null(v) or str(k) in ("read", "write", "workloads")}
     for required in ("name", "namespaces", "role"):
         if required not in values:
@@ -710,7 +748,7 @@ class Config:
             self._check_legacy()
             return
         if self.pod_default_role == self.node_role:
-            raise UsageError(f"invalid iam.default_role {shown(self.pod_default_role)}: the pods' default role must differ "
+            raise UsageError(f"invalid iam.default_role {_quote(self.pod_default_role)}: the pods' default role must differ "
                              "from the node role (kube2iam.default_role: node hands pods the node role)")
         if self.node_policy == self.kube2iam_policy:
             raise UsageError("invalid iam policies: node_policy and kube2iam_policy must differ")
@@ -718,12 +756,12 @@ class Config:
 
     def _check_legacy(self) -> None:
         if self.node_role == self.pod_role:
-            raise UsageError(f"invalid iam.pod_role {shown(self.pod_role)}: the pod role must differ from the node role")
+            raise UsageError(f"invalid iam.pod_role {_quote(self.pod_role)}: the pod role must differ from the node role")
         if self.pod_default_role in (self.node_role, self.pod_role):
-            raise UsageError(f"invalid iam.default_role {shown(self.pod_default_role)}: the pods' default role must differ "
+            raise UsageError(f"invalid iam.default_role {_quote(self.pod_default_role)}: the pods' default role must differ "
                              "from the node role and the pod role (kube2iam.default_role: node hands pods the node role)")
         if self.default_role == self.pod_role:
-            raise UsageError(f"invalid kube2iam.default_role {shown(self.default_role)}: every unannotated pod would get "
+            raise UsageError(f"invalid kube2iam.default_role {_quote(self.default_role)}: every unannotated pod would get "
                              "the pod role; use dedicated (iam.default_role) or another role")
         if self.shared_bucket == self.tenant_bucket:
             raise UsageError("invalid buckets: buckets.shared and buckets.tenant must differ")
@@ -805,6 +843,8 @@ def _kind(value: Any) -> str:
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
+    if isinstance(value, Text) or _READING_FILE.get():
+        return f"a single value {_quote(value)}"
     return f"the value {shown(value)}"
 
 
@@ -833,6 +873,7 @@ def _strict_loader():
 
     def scalar(loader, node):
         text = Text(node.value)
+        text.line = node.start_mark.line + 1
         text.yaml_type = node.tag.rsplit(":", 1)[-1]
         text.quoted = node.style is not None
         return text
@@ -859,27 +900,41 @@ def load(path: str | Path | None) -> Config:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"config {where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+        raise UsageError(f"config {where} is not UTF-8 text (offset {exc.start})") from None
     return load_text(text, where)
 
 
 def load_text(text: str, where: str) -> Config:
-    """rbacbridge.yaml's text over the defaults; `where` names it in messages (already quoted)."""
+    """rbacbridge.yaml's text over the defaults; `where` names it in messages (already quoted). An error line
+    names the setting and the line, never a value or a text from the file (it may not be a config at all)."""
+    token = _READING_FILE.set(True)
+    try:
+        return _load_text(text, where)
+    finally:
+        _READING_FILE.reset(token)
+
+
+def _yaml_problem(problem: str) -> str:
+    """PyYAML's problem text without what it quotes from the file (a character, an alias name)."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "…", problem)
+
+
+def _load_text(text: str, where: str) -> Config:
     import yaml
 
     try:
         data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as exc:
-        raise UsageError(f"config {where}: duplicate key {shown(exc.key)} at line {exc.line} (each setting once)") from None
+        raise UsageError(f"config {where}: duplicate key {_key(exc.key)} at line {exc.line} (each setting once)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None)
-        raise UsageError(f"config {where} is not valid YAML{line}" + (f": {problem}" if problem else "")) from None
+        raise UsageError(f"config {where} is not valid YAML{line}" + (f": {_yaml_problem(problem)}" if problem else "")) from None
     if _is_null(data):
         data = {}
     if not isinstance(data, dict):
-        raise UsageError(f"config {where} must be a mapping of settings, not {_kind(data)}")
+        raise UsageError(f"config {where} must be a mapping of settings (`key: value` lines), not {_kind(data)}")
     declared = None
     if "tenants" in data:
         data = dict(data)
@@ -888,7 +943,7 @@ def load_text(text: str, where: str) -> Config:
     for key, value in _flatten(data).items():
         option = _BY_PATH.get(key)
         if option is None:
-            raise UsageError(f"unknown setting {shown(key)} in config {where} (see `rbacbridge config-reference`)")
+            raise UsageError(f"unknown setting {_key(key)} in config {where} (see `rbacbridge config-reference`)")
         if _is_null(value):
             if option.default in (None, ()):
                 continue

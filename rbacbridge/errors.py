@@ -30,11 +30,25 @@ class IncompleteError(RbacbridgeError):
 SHOWN_LIMIT = 60  # characters of a user's value quoted back in an error
 LINE_LIMIT = 300  # characters of one error line
 
+import re as _re  # noqa: E402 - stdlib, cheap
+
+# What no error line may carry, whatever echoed it: the user-info of a URL (`https://user:password@host`)
+# and AWS access key ids. rbacbridge.cli passes every error line (and a --debug trace) through redact().
+_USER_INFO = _re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,20}://)[^\s/?#@'\"]*@")
+_ACCESS_KEY_ID = _re.compile(r"\b(AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
+
+
+def redact(text: str) -> str:
+    """`text` without URL user-info (`scheme://…@host`) or an AWS access key id (`AKIA…`)."""
+    text = _USER_INFO.sub(lambda m: m.group(1) + "…@", text)
+    return _ACCESS_KEY_ID.sub(lambda m: m.group(1) + "…", text)
+
 
 def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
-    """A value as an error line quotes it: repr, one line, at most `limit` characters (then …)."""
+    """A value as an error line quotes it: repr, one line, at most `limit` characters (then …), without
+    URL user-info or an access key id (redact)."""
     text = value if isinstance(value, str) else str(value)
-    text = str.__str__(text) if isinstance(text, str) else text  # a str subclass prints as plain text
+    text = redact(str.__str__(text) if isinstance(text, str) else text)  # a str subclass prints as plain text
     if len(text) > limit:
         return repr(text[:limit]) + "…"
     return repr(text)

@@ -152,11 +152,15 @@ class PodSession:
             _open.discard(self)
         if self.created:
             delete_pod(self.gateway, self.namespace, self.pod)
+            from rbacbridge import cleanup
+
+            cleanup.forget(("pod", self.namespace, self.pod))
 
 
 # Pods this process created and has not deleted yet: deleted at exit too, so a command that ends without
 # closing its sessions (`plan`, `--dry-run`, a plan not confirmed, a part that failed first) leaves none.
-# Only a killed process (or Ctrl-C, which exits at once) leaves one: the next run deletes it.
+# Ctrl-C and SIGTERM exit at once: rbacbridge.cleanup (each pod registered before it is created) deletes
+# them then. Only a killed process (SIGKILL) leaves one: the next run deletes it.
 _open: set = set()
 
 
@@ -340,9 +344,14 @@ def start_pod(ctx, node: str, host_ip: str | None, namespace: str, image: str, c
     name = pod_name(node, component)
     body = render_pod(name, namespace, node, image, component, capabilities)
     ctx.reporter.progress(f"{node}: starting pod {namespace}/{name} ({image})")
+    from rbacbridge import cleanup
+
+    key = ("pod", namespace, name)
     try:
-        gw.request("POST", kube.collection_path("Pod", namespace), body=body, what=f"pod {namespace}/{name}")
+        with cleanup.creating(key, lambda: delete_pod(gw, namespace, name)):  # an interruption from here on deletes it
+            gw.request("POST", kube.collection_path("Pod", namespace), body=body, what=f"pod {namespace}/{name}")
     except kube.KubeApiError as exc:
+        cleanup.forget(key)
         text = str(exc)
         if exc.status in (400, 403, 422) and "cannot create resource" not in text:
             raise NodeError(f"{node}: the API server refused pod {namespace}/{name} (admission): {_message(text)}") from None
@@ -375,9 +384,12 @@ def _wait_running(gw, namespace: str, name: str, node: str, timeout: float) -> N
     from rbacbridge.kube import pod_not_ready_reason
     from rbacbridge.nodes import NodeError
 
+    from rbacbridge import cleanup
+
     deadline = time.monotonic() + timeout
     pause = 0.02
     while True:
+        cleanup.check()  # interrupted: stop waiting (the caller deletes the pod)
         pod = gw.get("Pod", name, namespace)
         if pod is None:
             raise NodeError(f"{node}: pod {namespace}/{name} disappeared before it ran")

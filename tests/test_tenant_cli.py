@@ -132,7 +132,7 @@ def test_list_of_a_legacy_file(tmp_path):
 
 
 BAD = [
-    (["add", "client-z", "-n", "client-a"], "tenants[1].namespaces 'client-a'"),  # another tenant's namespace
+    (["add", "client-z", "-n", "client-a"], "tenants[1].namespaces (in the config file): already a namespace of tenant client-a"),
     (["add", "client-a", "-n", "client-z"], "tenant 'client-a' already exists"),
     (["add", "Client", "-n", "client-z"], "invalid NAME 'Client'"),
     (["add", "client-z"], "at least one --namespace"),

@@ -94,8 +94,12 @@ def clean_leftovers(gateway: Any, namespaces: list[str]) -> list[str]:
 
 def _wait_running(gateway: Any, namespace: str, name: str, timeout: float, poll: float) -> tuple[str | None, str | None]:
     """(node, None) once the pod runs, else (None, why)."""
+    from rbacbridge import cleanup
+
     deadline = time.monotonic() + timeout
     while True:
+        if cleanup.stopping():
+            return None, f"probe pod {namespace}/{name}: interrupted"
         pod = gateway.get("Pod", name, namespace) or {}
         status = pod.get("status") or {}
         if status.get("phase") == "Running" and status.get("podIP"):
@@ -117,11 +121,16 @@ def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = P
     from rbacbridge import kube
     from rbacbridge.verify.probes import AwsCliBackend, KubeExecRunner
 
+    from rbacbridge import cleanup
+
     name = PROBE_POD_PREFIX + uuid.uuid4().hex[:8]
     where = f"probe pod {ask.namespace}/{name} annotated {ROLE_ANNOTATION}: {ask.annotation}"
     created = False
+    key = ("pod", ask.namespace, name)
     try:
-        gateway.request("POST", kube.collection_path("Pod", ask.namespace), body=probe_pod(ask, config.probe_image, name))
+        # registered before it exists: an interruption (Ctrl-C, SIGTERM) deletes it (rbacbridge.cleanup)
+        with cleanup.creating(key, lambda: gateway.delete("Pod", name, ask.namespace)):
+            gateway.request("POST", kube.collection_path("Pod", ask.namespace), body=probe_pod(ask, config.probe_image, name))
         created = True
         node, why = _wait_running(gateway, ask.namespace, name, timeout, poll)
         if why:
@@ -142,8 +151,11 @@ def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = P
         if created:
             try:
                 gateway.delete("Pod", name, ask.namespace)
-            except Exception:  # noqa: BLE001 - the next run's clean_leftovers deletes it by label
+                cleanup.forget(key)
+            except Exception:  # noqa: BLE001 - the next run's clean_leftovers deletes it by label (or the exit, cleanup)
                 pass
+        else:
+            cleanup.forget(key)
 
 
 def run_asks(gateway: Any, config: Config, asks: list[AnnotationAsk], timeout: float = PROBE_START,
