@@ -187,12 +187,14 @@ def run_main(monkeypatch, capfd, argv, env) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["rbacbridge", *argv])
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     capfd.readouterr()
-    sigint = signal.getsignal(signal.SIGINT)  # main() ignores SIGINT once its exit code is decided
+    # main() handles SIGINT and SIGTERM, and ignores both once its exit code is decided
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(SystemExit) as exited:
             cli.main()
     finally:
-        signal.signal(signal.SIGINT, sigint)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     out, err = capfd.readouterr()
     return exited.value.code, out, err
 

@@ -38,11 +38,17 @@ def rbb(*argv: str, env: dict | None = None, cwd=None, timeout: float = 90) -> s
                           env={**(env or os.environ), "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
+def _default_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start(*argv: str, env: dict | None = None) -> subprocess.Popen:
-    # SIGINT at its default, as from a terminal (a background job starts with it ignored)
+    # SIGINT and SIGTERM at their defaults, as from a terminal or a CI runner (a background job starts with
+    # SIGINT ignored; an ignored signal is inherited, and rbacbridge keeps it ignored)
     return subprocess.Popen([sys.executable, "-m", "rbacbridge", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, env={**(env or os.environ), "PYTHONPATH": str(REPO)},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_default_signals)
 
 
 def wait_for(condition, timeout: float = 60) -> bool:
