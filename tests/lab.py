@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from rbacbridge.sandbox_backend import check_backend
 from tests import lab_decide, netns
 from tests.netns import Node, Pod
 
@@ -290,6 +291,7 @@ class Lab:
                 lab._add_node(index, name, key)
             (workdir / "known_hosts").write_text("".join(n.node.known_hosts.read_text() for n in lab.nodes))
             lab._wait_moto()
+            check_backend(lab.endpoint_url)  # its own process: checked like the test run's (BackendMismatch ends the start)
             lab._seed_aws()
             lab.client("iam"), lab.client("ec2")  # made once here, not inside the stand-ins' first answer
             lab._start_api()
