@@ -39,7 +39,8 @@ def moto_url():
 
     server, url = start_moto()
     try:
-        check_backend(url)
+        if os.environ.get("RBACBRIDGE_TESTS_SKIP_BACKEND_CHECK") != "1":  # ci/newest: see which tests a release breaks
+            check_backend(url)
     except BackendMismatch as exc:
         server.stop()
         pytest.exit(f"error: {exc}", returncode=3)
