@@ -107,7 +107,8 @@ def _is_kube2iam(container: dict[str, Any]) -> bool:
     return "base-role-arn" in flags or "auto-discover-base-arn" in flags
 
 
-def _is_kiam_agent(container: dict[str, Any]) -> bool:
+def is_kiam_agent(container: dict[str, Any]) -> bool:
+    """A kiam agent container: image `kiam` running `agent` (the kiam server runs `server`)."""
     words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
     return image_name(str(container.get("image", ""))) == "kiam" and "agent" in words
 
@@ -236,7 +237,7 @@ def find_interceptors(daemonsets: list[dict[str, Any]]) -> list[Interceptor]:
         meta = ds.get("metadata") or {}
         template = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
         for container in template.get("containers") or []:
-            tool = "kube2iam" if _is_kube2iam(container) else "kiam" if _is_kiam_agent(container) else None
+            tool = "kube2iam" if _is_kube2iam(container) else "kiam" if is_kiam_agent(container) else None
             if tool is None:
                 continue
             tokens = [str(t) for t in (container.get("command") or [])[1:] + (container.get("args") or [])]

@@ -12,10 +12,18 @@ from rbacbridge.audit.findings import Finding
 from rbacbridge.errors import RbacbridgeError, UsageError
 
 
+DEAD_PORT = ("a dead port (`iptables fix` deletes a rule to another port only when it is named: "
+             "--stale-port {port})")
+
+
 def classify_rules(rules: list[iptables.ListedRule], desired: iptables.Desired,
                    in_use: dict[int, str] | None = None) -> iptables.Classification:
-    """The one place the audit classifies a node's rules: iptables ownership, as `iptables status`."""
-    return iptables.classify(rules, desired, in_use=in_use)
+    """The one place the audit classifies a node's rules: iptables ownership, as `iptables status`, except
+    that the audit (which changes nothing) reports every rule to a dead port of this node as stale: a
+    finding to look at, not a deletion (`iptables fix` deletes it only when the user names the port)."""
+    dead = {r.kube2iam.port: DEAD_PORT.format(port=r.kube2iam.port) for r in rules
+            if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
+    return iptables.classify(rules, desired, in_use=in_use, stale_ports=dead)
 
 
 @dataclass
