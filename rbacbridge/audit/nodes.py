@@ -12,8 +12,7 @@ from rbacbridge.audit.findings import Finding
 from rbacbridge.errors import RbacbridgeError, UsageError
 
 
-DEAD_PORT = ("a dead port (`iptables fix` deletes a rule to another port only when it is named: "
-             "--stale-port {port})")
+DEAD_PORT = "a dead port (`iptables fix` deletes it only when named: --stale-port {port})"
 
 
 def classify_rules(rules: list[iptables.ListedRule], desired: iptables.Desired,
