@@ -1,22 +1,26 @@
 """The nodes part: exactly one kube2iam iptables rule per node (article step 14), none after teardown.
 
 Per node, over one SSH connection and in one exec: `iptables -V` (the backend), `iptables -t nat -S
-PREROUTING` and `ss -Htlnp` (who listens where). With a cluster configured, the kube2iam DaemonSets of
-the cluster (any name or namespace, `rbacbridge.kube.kube2iam_daemonsets`) say which ports running
-interceptors use. Every rule for 169.254.169.254 is classified (rbacbridge.iptables: a rule is
-rbacbridge's only when it points at this node's host IP), and the plan is
+PREROUTING` and `ss -Htlnp` (who listens where). With a cluster configured, the DaemonSets of the cluster
+that use ports on the nodes (kube2iam, kiam agents, any DaemonSet declaring a host port:
+`rbacbridge.kube.port_users`) and rbacbridge's own kube2iam DaemonSet with its pods by owner UID
+(`rbacbridge.kube.own_kube2iam`) say who uses each port (`_evidence`, listeners first). Every rule for
+169.254.169.254 is classified (rbacbridge.iptables: a rule is rbacbridge's only when it points at this
+node's host IP and no interceptor other than rbacbridge's own kube2iam uses its port), and the plan is
 
 - setup:    UNCHANGED for the kept rule, DELETE for stale rules (first) and duplicates, LEFT_ALONE
-            for other tools' rules, CONFLICT for a rule a running interceptor uses (then nothing else
-            on that node changes; `--force` deletes it), and for a missing rule a note (kube2iam adds
-            it once it runs) or, with add_missing, a CREATE;
+            for other tools' rules (rules to other ports unless named in nodes.stale_ports /
+            --stale-port), CONFLICT for a rule a running interceptor uses (then nothing else on that
+            node changes; `--force` deletes it), and for a missing rule a note (kube2iam adds it once
+            it runs) or, with add_missing, a CREATE;
 - teardown: DELETE for every rule to this node's host IP and the configured port, and for rules to
-            dead ports of this node; rules of running interceptors are left alone (`--force` deletes).
+            ports named stale that nothing uses; rules of running interceptors are left alone (`--force`
+            deletes).
 
 Changes go to the node as one guarded shell script (built from validated, quoted argv): before each
 delete it lists the rules again and deletes by exact spec only if the rule is still there (a duplicate
-only while another copy remains; a dead-port rule only while nothing listens on the port), so an
-interrupted run re-plans and converges.
+only while another copy remains; a rule to a port named stale only while nothing listens on the port),
+so an interrupted run re-plans and converges.
 
 Nodes come from `nodes.hosts` / `--node`, else from the cluster (`rbacbridge.kube.cluster_nodes`).
 The rule's host IP: `nodes.host_ip` / `--host-ip`, else the node's InternalIP, else the address the
@@ -447,7 +451,7 @@ def stale_ports(ctx) -> dict[int, str]:
 
 
 def _evidence(ctx, state: NodeState, desired: iptables.Desired,
-              teardown: bool) -> tuple[dict[int, str] | None, dict[int, str], dict[int, str]]:
+              teardown: bool) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
     """Per port a rule to this node points at, listeners first: (in_use, moving, unproven) for iptables.classify.
 
     in_use: a port some DaemonSet other than rbacbridge's own declares (kube2iam's --app-port, a kiam
@@ -502,10 +506,11 @@ def _evidence(ctx, state: NodeState, desired: iptables.Desired,
             elif listeners is None and not ours_listening:
                 in_use[port] = f"whatever may listen on {desired.host_ip}:{port} (cannot tell: `ss` gave no answer)"
             elif replacing:
-                remembered.setdefault(port, f"rbacbridge's kube2iam DaemonSet {own.where} moves from port {port} "
-                                            f"to {desired.port} in this setup")
+                if port not in remembered:
+                    remembered[port] = (f"rbacbridge's kube2iam DaemonSet {own.where} moves from port {port} "
+                                        f"to {desired.port} in this setup")
                 moving[port] = remembered[port]
-            else:
+            elif ours:
                 in_use[port] = f"rbacbridge DaemonSet {own.where} (--app-port {port})"
             continue
         if listener:

@@ -17,6 +17,7 @@ from tests.fixtures_kube_nodes import KUBE2IAM_NS, kube_nodes  # noqa: F401
 from tests.fixtures_nodes import host_ruleset_unchanged, make_node, netns  # noqa: F401
 from tests.netns import Node
 from tests.test_nodes_netns import add_rule, helm_kube2iam, listen, wanted
+from tests.test_kube_second_kube2iam import kiam_agent
 from tests.test_nodes_via_kube import rbb
 
 pytestmark = [netns, pytest.mark.netns]
@@ -158,17 +159,6 @@ def test_attack3_other_interceptors_rules_survive_teardown_and_fix_until_named_s
     down = rbb("teardown", "--only", "nodes", "--yes", "-c", config)
     assert down.returncode == 0, down.stderr
     assert all(metadata_rules(n) == [] for n in cluster.nodes)
-
-
-def kiam_agent(namespace: str = "kiam", port: int = 8183) -> dict:
-    labels = {"app": "kiam", "component": "agent"}
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": "kiam-agent", "namespace": namespace, "labels": {**labels, "app.kubernetes.io/managed-by": "Helm"}},
-            "spec": {"selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"hostNetwork": True, "containers": [{
-                                      "name": "agent", "image": "quay.io/uswitch/kiam:v4.2", "command": ["/kiam", "agent"],
-                                      "args": ["--iptables", "--host-interface=cali+", f"--port={port}", "--json-log"]}]}}}}
 
 
 def test_attack3_a_kiam_agent_is_an_interceptor_its_port_is_in_use_even_when_named_stale(kube_nodes, tmp_path):
