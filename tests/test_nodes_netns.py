@@ -620,7 +620,7 @@ def test_rbacbridges_own_old_port_is_stale_in_setup_but_a_conflict_for_fix_alone
     ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig, account_id=ACCOUNT, kube2iam_port=8181,
                              rollout_timeout=5.0), parts=("kube",))
     assert planner.run(ctx, planner.plan_setup(ctx)).ok
-    listen(node, 8181)
+    old_kube2iam = listen(node, 8181)
     add_rule(node, port=8181)
 
     # the listener on 8181 is not yet shown to be rbacbridge's pod on this node: not moving, a conflict
@@ -639,6 +639,14 @@ def test_rbacbridges_own_old_port_is_stale_in_setup_but_a_conflict_for_fix_alone
     assert not alone.applied and alone.conflicted
     assert "rbacbridge DaemonSet kube-system/kube2iam (--app-port 8181)" in alone.reports[0].conflicts[0]
     assert kube2iam_rules(node) == [wanted(node, 8181)]
+
+    # the setup itself: the DaemonSet now declares 8282, the old process is gone with the rollout; the nodes
+    # part, planned again, still knows 8181 as rbacbridge's old port (remembered for the run) and deletes it
+    old_kube2iam.kill()
+    old_kube2iam.wait()
+    assert planner.run(ctx, plan).ok
+    assert "--app-port=8282" in kube_api.store.get("DaemonSet", "kube2iam", "kube-system")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert kube2iam_rules(node) == []
 
 
 def test_each_delete_checks_again_that_a_dead_port_is_still_dead(node, tmp_path):
