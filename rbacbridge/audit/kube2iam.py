@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KUBE2IAM_DEFAULT_PORT = 8181  # kube2iam's own default for --app-port
+KIAM_AGENT_DEFAULT_PORT = 3100  # kiam agent's own default for --port (uswitch/kiam cmd/kiam/agent.go)
 KUBE2IAM_DEFAULT_INTERFACE = "docker0"  # kube2iam's own default for --host-interface
 IMDSV2_VERSION = (0, 13, 0)  # first upstream image with IMDSv2 (token) support
 _BOOL_FLAGS = {"debug", "iptables", "auto-discover-default-role", "auto-discover-base-arn", "namespace-restrictions",
@@ -139,10 +140,12 @@ class Interceptor:
 
     @property
     def port(self) -> int:
+        """kube2iam's --app-port (default 8181); a kiam agent's --port (default 3100)."""
+        flag, default = ("port", KIAM_AGENT_DEFAULT_PORT) if self.tool == "kiam" else ("app-port", KUBE2IAM_DEFAULT_PORT)
         try:
-            return int(self.flags.get("app-port", KUBE2IAM_DEFAULT_PORT))
+            return int(self.flags.get(flag, default))
         except ValueError:
-            return KUBE2IAM_DEFAULT_PORT
+            return default
 
     @property
     def interface(self) -> str:
