@@ -4,7 +4,8 @@ SSH connections running `true` with paramiko and strict host keys.
 
 Rows (each for 1 node and for N nodes):
 - fix:             `run_iptables(ctx, "fix")`, as `rbacbridge iptables fix --yes` runs it. Each node starts
-                   with a stale rule (a dead port) and two duplicates of the current one: 3 deletions.
+                   with a stale rule (a dead port, named stale: 8181) and two duplicates of the current one:
+                   3 deletions.
 - floor, paramiko: per node SSHClient + load_host_keys + RejectPolicy + connect(key) + exec `true` +
                    close, the nodes side by side in a pool of N threads (plain paramiko, as documented).
 - floor, ssh.py:   the same through rbacbridge.ssh (connect + run(["true"])): the SSH cost `fix` cannot go
@@ -60,7 +61,8 @@ ssh.SshSession.run = counting_run  # counts the execs (SSH round trips after the
 
 def fix(req):
     cfg = Config(node_hosts=tuple(req["hosts"]), ssh_user="root", ssh_key=req["key"], known_hosts=req["known"],
-                 ssh_config="none", host_interface="docker0", **({"node_parallelism": req["parallel"]} if req["parallel"] else {}))
+                 ssh_config="none", host_interface="docker0", node_stale_ports=(8181,),
+                 **({"node_parallelism": req["parallel"]} if req["parallel"] else {}))
     result = run_iptables(Context(cfg), "fix")
     assert result.ok and all(r.deleted == 3 and r.kept == 1 for r in result.reports), result.to_dict()
 

@@ -2,7 +2,7 @@
 over SSH, through Kubernetes in the kube2iam pod on each node, and through Kubernetes in a short-lived
 pod per node (no kube2iam pod runs). A/B/C interleaved, median of --rounds (>= 5).
 
-Each node starts with a stale rule (a dead port) and two duplicates of the current one: 3 deletions.
+Each node starts with a stale rule (a dead port, named stale: 8181) and two duplicates of the current one: 3 deletions.
 The Kubernetes API server is the project's test server (tests/kube_apiserver.py) in this process; its
 pod exec runs the command inside the node's network namespace (tests/fixtures_kube_nodes.py), with a
 PATH without `ss` like upstream's image. Measured: wall time of the CLI process, its CPU (rusage of
@@ -76,7 +76,7 @@ def fix(cluster: NodeCluster, args: list[str], ssh: bool) -> tuple[float, float,
         seed(node)
     time.sleep(0.1)
     side = sshd_cpu(cluster.nodes) if ssh else own_cpu()
-    wall, cpu, _ = run_cli(["iptables", "fix", "--yes", *args])
+    wall, cpu, _ = run_cli(["iptables", "fix", "--yes", "--stale-port", "8181", *args])
     time.sleep(0.1)
     side = (sshd_cpu(cluster.nodes) if ssh else own_cpu()) - side - (cpu if not ssh else 0)
     for node in cluster.nodes:

@@ -125,6 +125,7 @@ HostIpOpt = Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", hel
 PortOpt = Annotated[Optional[int], typer.Option("--port", metavar="PORT", help="kube2iam --app-port in the rule [default: 8282]", show_default=False)]
 ViaOpt = Annotated[Optional[str], typer.Option("--via", metavar="[ssh|kubernetes|auto]", help="how to reach the nodes: ssh, kubernetes (exec in kube2iam's pod there, else a short-lived pod), auto = ssh when --node or SSH options are given [default: auto]", show_default=False)]
 AddMissingOpt = Annotated[bool, typer.Option("--add-missing", help="add the iptables rule where it is missing (else kube2iam adds it once it runs)")]
+StalePortOpt = Annotated[Optional[list[int]], typer.Option("--stale-port", metavar="PORT", help="an old kube2iam port: its rules to the node are rbacbridge's left-overs, deleted when nothing uses the port (repeatable; else nodes.stale_ports)", show_default=False)]
 
 
 def _flag_set(value: bool) -> bool | None:
@@ -152,6 +153,7 @@ _SSH = (("ssh_user", SshUserOpt, None, "ssh_user", None), ("ssh_key", SshKeyOpt,
 _VIA = (("via", ViaOpt, None, "node_via", None),)
 _RULE = (("host_ip", HostIpOpt, None, "host_ip", None), ("port", PortOpt, None, "kube2iam_port", None),
          ("add_missing", AddMissingOpt, False, "add_missing", _flag_set))
+_STALE = (("stale_port", StalePortOpt, None, "node_stale_ports", _as_tuple),)
 
 
 def with_config(*groups):
@@ -334,7 +336,7 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA, _STALE)
 def plan(
     cfg,
     only: OnlyOpt = None,
@@ -367,7 +369,7 @@ def _show_plan(cfg, only, fmt: str, teardown: bool = False):
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA, _STALE)
 def setup(
     cfg,
     only: OnlyOpt = None,
@@ -389,7 +391,7 @@ def setup(
 
 
 @app.command()
-@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA)
+@with_config(_ACCOUNT, _AWS, _INSTANCES, _KUBE, _NAMESPACE, _INTERFACE, _SELECTOR, _NODES, _SSH, _VIA, _STALE)
 def teardown(
     cfg,
     only: OnlyOpt = None,
@@ -644,7 +646,7 @@ def _iptables_run(cfg, command: str, dry_run: bool, yes: bool, output: str, forc
 
 
 def _iptables_cmd(command: str, doc: str):
-    @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE, _VIA)
+    @with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE, _VIA, _STALE)
     def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table",
             force: Annotated[bool, typer.Option("--force", help="also delete rules to this node that a running interceptor uses (a conflict otherwise)")] = False) -> None:
         _iptables_run(cfg, command, dry_run, yes, output, force)
@@ -654,7 +656,7 @@ def _iptables_cmd(command: str, doc: str):
 
 
 @iptables_app.command("status")
-@with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE, _VIA)
+@with_config(_NODES, _SSH, _RULE, _INTERFACE, _KUBE, _VIA, _STALE)
 def iptables_status(cfg, output: OutputOpt = "table") -> None:
     """Show each node's kube2iam rules: kept, duplicate, stale, missing, other tools'. Changes nothing."""
     _iptables_run(cfg, "status", dry_run=False, yes=False, output=output)

@@ -200,6 +200,10 @@ def port(key: str, value: Any) -> int:
     return number
 
 
+def ports(key: str, value: Any) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(port(key, item) for item in _as_list(key, value)))
+
+
 def interface(key: str, value: Any) -> str:
     text = _text(key, value)
     if text != "auto" and not _IFACE.fullmatch(text):
@@ -444,6 +448,7 @@ SCHEMA: tuple[Option, ...] = (
     Option("nodes.accept_new_host_keys", "accept_new_host_keys", False, boolean, "record unknown host keys (OpenSSH accept-new); changed keys are always refused"),
     Option("nodes.host_ip", "host_ip", None, ipv4, "kube2iam --host-ip in the rule (else the node's InternalIP, else its SSH address)"),
     Option("nodes.add_missing", "add_missing", False, boolean, "add the rule where it is missing (else kube2iam adds it once running)"),
+    Option("nodes.stale_ports", "node_stale_ports", (), ports, "old kube2iam ports whose rules to the node are rbacbridge's left-overs: deleted when nothing uses the port (rules to other ports are never touched)"),
     Option("nodes.connect_timeout", "ssh_connect_timeout", 10.0, seconds, "SSH connect timeout, seconds"),
     Option("nodes.command_timeout", "ssh_command_timeout", 60.0, seconds, "timeout of one command on a node, seconds"),
     Option("nodes.parallel", "node_parallelism", 64, parallelism, "nodes handled at once (one thread and one SSH connection each)"),
@@ -651,6 +656,7 @@ class Config:
     accept_new_host_keys: bool = False
     host_ip: str | None = None
     add_missing: bool = False
+    node_stale_ports: tuple[int, ...] = ()
     ssh_connect_timeout: float = 10.0
     ssh_command_timeout: float = 60.0
     node_parallelism: int = 64

@@ -6,11 +6,10 @@ isolation after); `-c FILE` runs any configuration's tenants the same way."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from rbacbridge.config import Config
-from rbacbridge.errors import UsageError
+from rbacbridge.errors import RbacbridgeError, UsageError
 
 SANDBOX_ACCOUNT = "123456789012"  # moto's default account
 SCENARIOS = ("article", "abc")  # article: the walkthrough's one tenant (the default); abc: clients A, B and C
@@ -27,18 +26,6 @@ class _CallCounter:
     def __call__(self, model: Any, **_: Any) -> None:
         if model.name.startswith(MUTATING_PREFIXES):
             self.mutating += 1
-
-
-def _start_moto():
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        raise UsageError("the sandbox needs moto: pip install 'rbacbridge[sandbox]'") from None
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
 
 
 def _sandbox_session(counter: _CallCounter | None = None):
@@ -117,15 +104,15 @@ def _render_section(out, config: Config) -> None:
               "(`-o json`, `--out-dir DIR`); `setup` applies them)")
 
 
-def _verify_section(out, config: Config, url: str, fault: str | None, tables: bool) -> tuple[bool, Any, Any]:
+def _verify_section(out, config: Config, url: str, fault: str | None, tables: bool) -> tuple[str | None, Any, Any]:
     """The access matrix, computed by moto from the live policies (article steps 10-11 and 15).
 
     The article's config: `verify --stage before` (everyone has the node role) and after. Tenants (a
     scenario or -c FILE): before is the article's starting point — every tenant's grants on the node's
     instance profile, nothing intercepts — so every pod reaches every tenant's buckets (the breach);
-    after, each tenant's pods reach only their own."""
+    after, each tenant's pods reach only their own. Returns what went wrong (None: the cells prove the story)."""
     from rbacbridge import report
-    from rbacbridge.sandbox import sandbox_matrix
+    from rbacbridge.sandbox import fault_differences, sandbox_matrix
 
     starting_point = not config.legacy_tenants
     if starting_point:
@@ -136,20 +123,43 @@ def _verify_section(out, config: Config, url: str, fault: str | None, tables: bo
     if tables:
         report.print_table(before)
     if starting_point:
-        out.print("(✓: as expected at the starting point, where the node role holds every tenant's grants)")
+        out.print("(✓: as expected at the starting point, where the node role holds every tenant's grants)"
+                  if before.ok else "[red](✗: the starting point differs from what the configuration expects)[/red]")
         _print_reach(out, before, "BREACH" if before.breaches else "no breach")
     out.rule("3c. rbacbridge verify  (article step 15)" + (f"  — with a planted fault: {fault}" if fault else ""))
     after = sandbox_matrix(url, config, SANDBOX_ACCOUNT, stage="after", fault=fault)
     if tables:
         report.print_table(after)
-    if starting_point:
-        _print_reach(out, after, "isolated" if not after.breaches else "BREACH")
     if not fault:
-        return before.ok and after.ok and not after.breaches, before, after
+        if starting_point:
+            verdict = "BREACH" if after.breaches else "isolated" if after.ok else "isolation not shown"
+            _print_reach(out, after, verdict)
+        return _differing("", after) or _differing("before kube2iam: ", before), before, after
+    if before.mismatches:
+        return _differing("before kube2iam: ", before), before, after
+    differences = fault_differences(config, SANDBOX_ACCOUNT, fault, after)
     blamed = sorted({c.blame.layer for c in after.mismatches if c.blame})
-    out.print(f"verify caught the planted {fault} fault: {len(after.mismatches)} mismatching cell(s), blamed on {', '.join(blamed) or 'nothing'}."
-              if after.mismatches else f"[red]verify did not catch the planted {fault} fault[/red]")
-    return bool(after.mismatches), before, after
+    if not differences:
+        out.print(f"verify caught the planted {fault} fault: exactly the {len(after.mismatches)} cell(s) it must break, "
+                  f"blamed on {', '.join(blamed)}.")
+        return None, before, after
+    out.print(f"[red]verify's mismatches differ from what the planted {fault} fault must cause[/red] "
+              f"({len(after.mismatches)} mismatching cell(s), blamed on {', '.join(blamed) or 'nothing'}):")
+    for line in differences:
+        out.print(f"  {line}")
+    return f"--break {fault}: verify's mismatches differ from what the fault must cause ({len(differences)} " \
+           f"difference(s)); first: {differences[0]}", before, after
+
+
+def _differing(stage: str, result) -> str | None:
+    """One line naming how many cells differ and the first of them (None: every cell matched)."""
+    if not result.mismatches and not result.findings:
+        return None
+    from rbacbridge.report import cell_name, failure_text, finding_text
+
+    first = result.mismatches[0] if result.mismatches else None
+    what = f"{cell_name(first)}: {failure_text(first)}" if first else finding_text(result.findings[0])
+    return f"{stage}{len(result.mismatches)} of {len(result.all_cells)} cells differ from what the configuration expects; first: {what}"
 
 
 def reach(result) -> dict[str, list[str]]:
@@ -207,18 +217,24 @@ def _into_sandbox(config: Config, url: str, instance_ids: tuple[str, ...] = ()) 
 
 def run_demo(keep: bool = False, fault: str | None = None, config_path: str | None = None, scenario: str = "article",
              output: str = "table") -> int:
-    """The sandbox walk-through. `output` json: the story goes to stderr, stdout gets the matrices as JSON."""
+    """The sandbox walk-through. `output` json: the story goes to stderr, stdout gets the matrices as JSON.
+
+    The backend is checked first (known-answer probes: a wrong answer is one line, exit 3, before any story).
+    Exit 0 only when the cells prove the story (every cell matches; with --break, exactly the fault's cells
+    mismatch, blamed on its layer) and teardown left nothing; otherwise the last line on stderr says why (exit 1)."""
     from rbacbridge import planner
     from rbacbridge.aws import AwsGateway
     from rbacbridge.output import console, dump_json, print_plan, step_line
+    from rbacbridge.sandbox_backend import check_backend, start_moto
 
     if output not in OUTPUTS:
         raise UsageError(f"invalid --output {output!r}: choose from {', '.join(OUTPUTS)}")
     base = demo_config(config_path, scenario)  # bad input: exit 2 before the sandbox starts
     tables = output == "table"
     out = console(stderr=not tables)
-    server, url = _start_moto()
+    server, url = start_moto()
     try:
+        check_backend(url)  # before any story: a backend that answers unlike AWS would blame rbacbridge's layers
         out.rule("[bold yellow]SANDBOX[/bold yellow]")
         out.print(f"[yellow]This is a sandbox:[/yellow] an embedded moto server at {url} plays AWS "
                   f"(account {SANDBOX_ACCOUNT}). No real account, cluster or node is touched.")
@@ -248,8 +264,7 @@ def run_demo(keep: bool = False, fault: str | None = None, config_path: str | No
         ctx = context()
         outcome = planner.run(ctx, planner.plan_setup(ctx))
         if not outcome.ok:
-            out.print(f"[red]setup failed:[/red] {outcome.failure.error}")
-            return 1
+            raise DemoFailed(f"setup failed in the sandbox: {outcome.failure.error}")
 
         out.rule("3. rbacbridge setup again  (idempotent)")
         counter = _CallCounter()
@@ -259,20 +274,25 @@ def run_demo(keep: bool = False, fault: str | None = None, config_path: str | No
         out.print(f"{len(again.changes)} changes planned, {counter.mutating} mutating AWS calls made.")
 
         _render_section(out, config)
-        verified, before, after = _verify_section(out, config, url, fault, tables)
+        problem, before, after = _verify_section(out, config, url, fault, tables)
 
         out.rule("4. rbacbridge teardown")
         ctx = context()
         outcome = planner.run(ctx, planner.plan_teardown(ctx), teardown=True)
         if not outcome.ok:
-            out.print(f"[red]teardown failed:[/red] {outcome.failure.error}")
-            return 1
+            raise DemoFailed(f"teardown failed in the sandbox: {outcome.failure.error}")
 
         out.rule("5. what is left")
         owned, profile = _leftovers(seed_session, url, instance)
         out.print(f"rbacbridge-owned resources left: {len(owned)}" + (f" ({', '.join(owned)})" if owned else ""))
-        out.print(f"instance {instance} uses instance profile: {profile} (restored)")
-        ok = verified and not owned and profile == "legacy-node-profile"
+        restored = profile == "legacy-node-profile"
+        out.print(f"instance {instance} uses instance profile: {profile}"
+                  + (" (restored)" if restored else " [red](not restored: it had legacy-node-profile)[/red]"))
+        if problem is None and owned:
+            problem = f"teardown left {len(owned)} rbacbridge-owned resource(s): {', '.join(owned)}"
+        if problem is None and not restored:
+            problem = f"teardown did not give instance {instance} back legacy-node-profile (it uses {profile})"
+        ok = problem is None
         if not tables:
             dump_json(demo_document(base, scenario if config_path is None else None, config_path, fault, before, after,
                                     owned, profile, ok))
@@ -292,9 +312,15 @@ def run_demo(keep: bool = False, fault: str | None = None, config_path: str | No
             except KeyboardInterrupt:
                 pass
         out.rule("[bold yellow]end of sandbox[/bold yellow]")
-        return 0 if ok else 1
     finally:
         server.stop()
+    if problem is not None:
+        raise DemoFailed(problem)
+    return 0
+
+
+class DemoFailed(RbacbridgeError):
+    """The sandbox's cells or teardown did not prove the story: exit 1, the reason as the last stderr line."""
 
 
 def demo_document(config: Config, scenario: str | None, config_path: str | None, fault: str | None, before, after,

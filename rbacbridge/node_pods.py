@@ -6,8 +6,9 @@ a `PodSession` has the same `name`, `user`, `run(argv, sudo)`, `peer_address()` 
 
 Where the script runs, per node:
 
-- in the kube2iam pod on that node (any kube2iam DaemonSet, whoever installed it, only a
-  hostNetwork pod: its network namespace is the node's). Upstream's image is alpine + the
+- in rbacbridge's own kube2iam pod on that node: a running hostNetwork pod (its network namespace is
+  the node's) whose controller is rbacbridge's DaemonSet `kube2iam` in kube2iam.namespace, by the
+  DaemonSet's UID — never a pod found by image or args (`kube2iam_pods`). Upstream's image is alpine + the
   `iptables` package, entrypoint kube2iam (jtblin/kube2iam Dockerfile: `FROM alpine:3.x`,
   `RUN apk --no-cache add ca-certificates iptables`), so `sh` and `iptables` are there, and its
   iptables is the very one kube2iam writes its rule with. Not used when this run changes kube2iam
@@ -213,25 +214,30 @@ def _get(obj: Any, path: str) -> Any:
 
 
 def kube2iam_pods(ctx) -> dict[str, Kube2iamPod]:
-    """node name -> a running hostNetwork pod of a kube2iam DaemonSet there (read once per run)."""
+    """node name -> a running hostNetwork pod of rbacbridge's own kube2iam DaemonSet there (read once per run).
+
+    Only rbacbridge's own: the DaemonSet `kube2iam` in kube2iam.namespace with rbacbridge's labels, and
+    pods whose controller owner reference carries that DaemonSet's UID (`kube.own_kube2iam`). Never a pod
+    found by image or args: any tenant can run a DaemonSet that looks like kube2iam, with its own `iptables`
+    inside, and the node's rules would be read (and changed) through whatever that binary does."""
     def compute() -> dict[str, Kube2iamPod]:
         from rbacbridge import kube
 
-        gw = kube.gateway(ctx)
+        try:
+            own = kube.own_kube2iam(ctx)
+        except kube.KubeApiError as exc:
+            if exc.status != 403:
+                raise
+            notes = ctx.facts.setdefault("notes", [])
+            text = (f"cannot read rbacbridge's kube2iam DaemonSet and pods in {ctx.config.kube2iam_namespace} (403): "
+                    "no kube2iam pod is used, short-lived pods instead")
+            if text not in notes:
+                notes.append(text)
+            return {}
         found: dict[str, Kube2iamPod] = {}
-        for ds in kube.kube2iam_daemonsets(ctx):
-            for pod in gw.list_pods(ds.namespace):
-                owners = _get(pod, "metadata.ownerReferences") or []
-                if not any(o.get("kind") == "DaemonSet" and o.get("name") == ds.name for o in owners):
-                    continue
-                node = _get(pod, "spec.nodeName")
-                if (not node or node in found or not _get(pod, "spec.hostNetwork") or _get(pod, "status.phase") != "Running"
-                        or _get(pod, "metadata.deletionTimestamp")):
-                    continue
-                containers = _get(pod, "spec.containers") or []
-                chosen = next((c for c in containers if "kube2iam" in str(c.get("image") or "")), containers[0] if containers else {})
-                found[node] = Kube2iamPod(ds.namespace, _get(pod, "metadata.name"), chosen.get("name"),
-                                          _get(pod, "status.hostIP"))
+        for pod in own.pods if own is not None else ():
+            if pod.node and pod.node not in found and pod.running and pod.host_network:
+                found[pod.node] = Kube2iamPod(pod.namespace, pod.name, pod.container, pod.host_ip)
         return found
 
     return ctx.fact("nodes.kube2iam_pods", compute)
@@ -321,8 +327,9 @@ def open_session(ctx, ref) -> PodSession:
             _remember(ctx, ref.name, session.where)
             return session
     if ctx.facts.get("nodes.read_only"):
-        raise NodeError(f"{ref.name}: no kube2iam pod runs there, and this command only reads (it creates no pod): "
-                        "use --via ssh for this node")
+        raise NodeError(f"{ref.name}: no pod of rbacbridge's kube2iam DaemonSet "
+                        f"{ctx.config.kube2iam_namespace}/kube2iam runs there, and this command only reads "
+                        "(it creates no pod): use --via ssh for this node")
     namespace, image = pod_namespace(ctx.config), pod_image(ctx.config)
     session = start_pod(ctx, ref.name, ref.internal_ip, namespace, image, NODE_EXEC, ("NET_ADMIN",), timeout)
     _remember(ctx, ref.name, session.where)

@@ -1,22 +1,26 @@
 """The nodes part: exactly one kube2iam iptables rule per node (article step 14), none after teardown.
 
 Per node, over one SSH connection and in one exec: `iptables -V` (the backend), `iptables -t nat -S
-PREROUTING` and `ss -Htlnp` (who listens where). With a cluster configured, the kube2iam DaemonSets of
-the cluster (any name or namespace, `rbacbridge.kube.kube2iam_daemonsets`) say which ports running
-interceptors use. Every rule for 169.254.169.254 is classified (rbacbridge.iptables: a rule is
-rbacbridge's only when it points at this node's host IP), and the plan is
+PREROUTING` and `ss -Htlnp` (who listens where). With a cluster configured, the DaemonSets of the cluster
+that use ports on the nodes (kube2iam, kiam agents, any DaemonSet declaring a host port:
+`rbacbridge.kube.port_users`) and rbacbridge's own kube2iam DaemonSet with its pods by owner UID
+(`rbacbridge.kube.own_kube2iam`) say who uses each port (`_evidence`, listeners first). Every rule for
+169.254.169.254 is classified (rbacbridge.iptables: a rule is rbacbridge's only when it points at this
+node's host IP and no interceptor other than rbacbridge's own kube2iam uses its port), and the plan is
 
 - setup:    UNCHANGED for the kept rule, DELETE for stale rules (first) and duplicates, LEFT_ALONE
-            for other tools' rules, CONFLICT for a rule a running interceptor uses (then nothing else
-            on that node changes; `--force` deletes it), and for a missing rule a note (kube2iam adds
-            it once it runs) or, with add_missing, a CREATE;
+            for other tools' rules (rules to other ports unless named in nodes.stale_ports /
+            --stale-port), CONFLICT for a rule a running interceptor uses (then nothing else on that
+            node changes; `--force` deletes it), and for a missing rule a note (kube2iam adds it once
+            it runs) or, with add_missing, a CREATE;
 - teardown: DELETE for every rule to this node's host IP and the configured port, and for rules to
-            dead ports of this node; rules of running interceptors are left alone (`--force` deletes).
+            ports named stale that nothing uses; rules of running interceptors are left alone (`--force`
+            deletes).
 
 Changes go to the node as one guarded shell script (built from validated, quoted argv): before each
 delete it lists the rules again and deletes by exact spec only if the rule is still there (a duplicate
-only while another copy remains; a dead-port rule only while nothing listens on the port), so an
-interrupted run re-plans and converges.
+only while another copy remains; a rule to a port named stale only while nothing listens on the port),
+so an interrupted run re-plans and converges.
 
 Nodes come from `nodes.hosts` / `--node`, else from the cluster (`rbacbridge.kube.cluster_nodes`).
 The rule's host IP: `nodes.host_ip` / `--host-ip`, else the node's InternalIP, else the address the
@@ -67,6 +71,8 @@ class NodeState:
     backend: str = ""  # the node's iptables backend (`iptables -V`): nf_tables, legacy, or unknown
     listeners: dict[int, str] | None = None  # port -> who listens (None: could not tell)
     hidden: list[str] = field(default_factory=list)  # metadata rules in the other backend (not seen, not changed)
+    in_use: dict[int, str] | None = None  # port -> who uses it and is not rbacbridge's kube2iam (iptables.classify)
+    unproven: dict[int, str] = field(default_factory=dict)  # configured port -> a listener nobody could attribute
 
 
 # --- which nodes, and how to reach them --------------------------------------------------------
@@ -432,31 +438,86 @@ def run_ops(session, ops: list[Op], final_list: bool = False) -> tuple[list[bool
     return changed, after
 
 
-def _in_use(ctx, state: NodeState, desired: iptables.Desired, teardown: bool) -> tuple[dict[int, str] | None, dict[int, str]]:
-    """Per port of this node: who uses it (listener or kube2iam DaemonSet), and rbacbridge's own old ports."""
-    sets = ctx.facts.get("nodes.kube2iam_daemonsets") or []
-    moving: dict[int, str] = {}
-    in_use: dict[int, str] = {}
-    ports = {r.kube2iam.port for r in state.rules
-             if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
+_UNKNOWN = "unknown"  # nodes.own_kube2iam when the cluster could not be asked (403)
+
+
+def stale_ports(ctx) -> dict[int, str]:
+    """Ports the user names stale (nodes.stale_ports, --stale-port): port -> how it was named."""
+    ports = tuple(getattr(ctx.config, "node_stale_ports", ()) or ())
+    if ctx.config.kube2iam_port in ports:
+        raise UsageError(f"invalid stale port {ctx.config.kube2iam_port} (--stale-port, nodes.stale_ports): it is kube2iam.port, "
+                         "rbacbridge's current port; name only old ports")
+    return {port: "named stale (nodes.stale_ports / --stale-port)" for port in ports}
+
+
+def _evidence(ctx, state: NodeState, desired: iptables.Desired,
+              teardown: bool) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
+    """Per port a rule to this node points at, listeners first: (in_use, moving, unproven) for iptables.classify.
+
+    in_use: a port some DaemonSet other than rbacbridge's own declares (kube2iam's --app-port, a kiam
+    agent's --port, a hostNetwork containerPort or hostPort), or where a process listens that is not
+    rbacbridge's kube2iam pod on this node. A listener is rbacbridge's only when rbacbridge's DaemonSet
+    (kube2iam.namespace/kube2iam, its labels) declares that port and a running pod whose controller is that
+    DaemonSet's UID runs on this node (by node name or host IP). Without the cluster (or when it refuses
+    to show that DaemonSet and its pods) a listener on the configured port is `unproven`, never ours.
+    moving: rbacbridge's own DaemonSet's earlier port, which this setup moves off (remembered for the
+    whole run, so the replan after the rollout still knows it)."""
+    users = ctx.facts.get("nodes.port_users") or []
+    own = ctx.facts.get("nodes.own_kube2iam")
+    known = own is not _UNKNOWN and _cluster_configured(ctx)
+    own = None if own is _UNKNOWN else own
+    listeners = state.listeners
+    own_pod = own.pod_on(state.ref.name, state.host_ip) if own is not None else None
     replacing = not teardown and bool(ctx.facts.get("nodes.setup_updates_kube2iam"))
-    for port in ports:
-        here = [ds for ds in sets if ds.port is None or ds.port == port]
-        users = [ds.describe() + ("" if ds.port is not None else " (its --app-port could not be read)")
-                 for ds in here if not (ds.managed and ds.port is not None and replacing)]
-        if not users and any(ds.managed for ds in here):
-            # only rbacbridge's own kube2iam used this port, and this setup moves it to the configured one
-            where = ", ".join(ds.where for ds in here if ds.managed)
-            moving[port] = f"rbacbridge's kube2iam DaemonSet {where} moves from port {port} to {desired.port} in this setup"
+    remembered = ctx.facts.setdefault("nodes.own_old_ports", {})
+    in_use: dict[int, str] = {}
+    moving: dict[int, str] = {}
+    unproven: dict[int, str] = {}
+    ports = {r.kube2iam.port for r in state.rules if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip}
+    for port in sorted(ports | {desired.port}):
+        foreign = [ds for ds in users if not ds.managed and ds.uses(port)]
+        ours = own is not None and own.port == port
+        listener = listeners.get(port) if listeners is not None else None
+        if foreign:
+            in_use[port] = " and ".join(ds.describe() + ("" if ds.port is not None or not ds.tool else " (its port could not be read)")
+                                        for ds in foreign)
             continue
-        if state.listeners is not None and port in state.listeners:
-            users.append(state.listeners[port])
-        if users:
-            in_use[port] = " and ".join(users)
-    if state.listeners is None:
-        # could not check listeners: only ports some DaemonSet explains are known; the rest stay unknown
-        return None if any(p not in in_use and p not in moving for p in ports) else in_use, moving
-    return in_use, moving
+        if port == desired.port:
+            if listener is None and listeners is not None:
+                continue  # nothing there yet: rbacbridge's by the configuration (this node's IP, its port)
+            if known and ours and own_pod is not None:
+                continue  # rbacbridge's own kube2iam pod on this node listens there
+            if listener is None:  # `ss` gave no answer: cannot tell who (if anyone) listens
+                unproven[port] = f"whatever may listen on {desired.host_ip}:{port} (`ss` gave no answer)"
+                continue
+            what = listener
+            if known:
+                why = (f"no running pod of rbacbridge's kube2iam DaemonSet {own.where} on this node" if own is not None and ours
+                       else f"rbacbridge's kube2iam DaemonSet {own.where} uses port {own.port}" if own is not None
+                       else "rbacbridge's kube2iam DaemonSet does not exist")
+                in_use[port] = f"{what} ({why}: not rbacbridge's)"
+            else:
+                unproven[port] = what
+            continue
+        if ours or port in remembered:
+            ours_listening = ours and own_pod is not None
+            if listener is not None and not ours_listening:
+                in_use[port] = f"{listener} (not a pod of rbacbridge's kube2iam DaemonSet on this node)"
+            elif listeners is None and not ours_listening:
+                in_use[port] = f"whatever may listen on {desired.host_ip}:{port} (cannot tell: `ss` gave no answer)"
+            elif replacing:
+                if port not in remembered:
+                    remembered[port] = (f"rbacbridge's kube2iam DaemonSet {own.where} moves from port {port} "
+                                        f"to {desired.port} in this setup")
+                moving[port] = remembered[port]
+            elif ours:
+                in_use[port] = f"rbacbridge DaemonSet {own.where} (--app-port {port})"
+            continue
+        if listener:
+            in_use[port] = listener
+        elif listeners is None:
+            in_use[port] = f"whatever may listen on {desired.host_ip}:{port} (cannot tell: `ss` gave no answer)"
+    return in_use, moving, unproven
 
 
 def inspect(ctx, ref: NodeRef, teardown: bool) -> NodeState:
@@ -470,9 +531,10 @@ def inspect(ctx, ref: NodeRef, teardown: bool) -> NodeState:
         state.desired = iptables.Desired(interface, state.host_ip, ctx.config.kube2iam_port)
         ctx.reporter.progress(f"{ref.name}: listing nat PREROUTING")
         state.backend, state.rules, state.listeners, state.hidden = look(state.session)
-        in_use, moving = _in_use(ctx, state, state.desired, teardown)
-        state.classification = iptables.classify(state.rules, state.desired, teardown=teardown, in_use=in_use,
-                                                  moving=moving, force=ctx.force)
+        state.in_use, moving, state.unproven = _evidence(ctx, state, state.desired, teardown)
+        state.classification = iptables.classify(state.rules, state.desired, teardown=teardown, in_use=state.in_use,
+                                                  moving=moving, force=ctx.force, stale_ports=stale_ports(ctx),
+                                                  unproven=state.unproven)
     except UsageError:
         raise
     except RbacbridgeError as exc:
@@ -483,21 +545,38 @@ def inspect(ctx, ref: NodeRef, teardown: bool) -> NodeState:
 
 
 def _read_daemonsets(ctx) -> None:
-    """The cluster's kube2iam DaemonSets (fresh on every plan: setup's replan sees the new port)."""
+    """What the cluster says about ports (fresh on every plan: setup's replan sees the new port): every
+    DaemonSet that uses ports on the nodes, and rbacbridge's own kube2iam DaemonSet with its pods (by UID)."""
+    ctx.facts["nodes.port_users"] = []
+    ctx.facts["nodes.own_kube2iam"] = _UNKNOWN
     if not _cluster_configured(ctx):
-        ctx.facts["nodes.kube2iam_daemonsets"] = []
         return
     try:
-        from rbacbridge.kube import kube2iam_daemonsets
+        from rbacbridge import kube
     except ImportError:  # pragma: no cover - the kubernetes client is a dependency
         raise UsageError("a cluster is configured but cannot be asked for its kube2iam DaemonSets") from None
-    ctx.facts["nodes.kube2iam_daemonsets"] = kube2iam_daemonsets(ctx)
+    ctx.facts["nodes.port_users"] = kube.port_users(ctx)
+    try:
+        ctx.facts["nodes.own_kube2iam"] = kube.own_kube2iam(ctx)
+    except kube.KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        _note(ctx, f"cannot read rbacbridge's kube2iam DaemonSet and its pods in {ctx.config.kube2iam_namespace} (403): a "
+                   "process listening on kube2iam's port cannot be proven rbacbridge's, so rules to it are left alone "
+                   "except duplicates")
+
+
+def _note(ctx, text: str) -> None:
+    notes = ctx.facts.setdefault("notes", [])
+    if text not in notes:
+        notes.append(text)
 
 
 def inspect_all(ctx, teardown: bool) -> list[NodeState]:
     refs = node_refs(ctx)
     if not refs:
         return []
+    stale_ports(ctx)  # bad input: one line, exit 2, before any node is contacted
     preflight(ctx, refs)  # before the first connection and its progress line
     if not teardown:
         desired_interface(ctx)  # once, before the threads
@@ -544,21 +623,31 @@ def node_plan(ctx, state: NodeState, teardown: bool) -> NodePlan:
     for item in c.conflicts:
         steps.append(Step(SYSTEM, CONFLICT, KIND, node, f"conflict on {node}: {item.rule.text}", item.reason,
                           details=details(item, iptables.CONFLICT)))
+    if c.port_conflict and not c.conflicts:
+        # no rule points at the configured port, but another interceptor uses it: rbacbridge's rule would send
+        # the pods to it, and rbacbridge's kube2iam cannot listen there
+        rule = iptables.Kube2iamRule.of(c.desired)
+        steps.append(Step(SYSTEM, CONFLICT, KIND, node, f"conflict on {node}: port {rule.port} (kube2iam.port) is in use",
+                          f"port {rule.port} is used by {c.port_conflict}, not rbacbridge's kube2iam: rbacbridge's rule "
+                          f"({rule.text()}) would send the pods to it; nothing on this node changes until it is resolved",
+                          details={"node": node, "rule": rule.text(), "verdict": iptables.CONFLICT,
+                                   "used_by": c.port_conflict}))
     # Stale rules go first: deleting a duplicate removes the *first* identical copy, so a stale rule
     # sitting between copies would otherwise come first for a moment.
     for verdict in (iptables.STALE, iptables.DUPLICATE):
         for item in c.of(verdict):
+            shape = item.rule.kube2iam
+            ours = state.desired is not None and shape.port == state.desired.port
             what = "stale" if verdict == iptables.STALE else "duplicate"
             if item.forced:
                 what = "in-use (--force)"
-            elif teardown:
-                what = "kube2iam"
-            shape = item.rule.kube2iam
+            elif teardown and ours:
+                what = "rbacbridge's"
             dead = shape.port if (verdict == iptables.STALE and not item.forced and state.desired is not None
                                   and shape.port != state.desired.port) else None
             op = Op(shape, 2 if verdict == iptables.DUPLICATE else 1, dead)
             step = Step(SYSTEM, DELETE, KIND, node, f"delete {what} rule on {node}: {item.rule.text}", item.reason,
-                        run=_runner(session, op), details=details(item, verdict if not teardown else "kube2iam"))
+                        run=_runner(session, op), details=details(item, "kube2iam" if teardown and ours else verdict))
             ops.append((step, op))
     if not teardown and c.missing:
         rule = iptables.Kube2iamRule.of(c.desired)
@@ -567,12 +656,12 @@ def node_plan(ctx, state: NodeState, teardown: bool) -> NodePlan:
             step = Step(SYSTEM, CREATE, KIND, node, f"add on {node}: {rule.text()}", "missing; add_missing is on",
                         run=_runner(session, op), details={"node": node, "rule": rule.text(), "verdict": "missing"})
             ops.append((step, op))
-        else:
+        elif not c.port_conflict:
             ctx.facts.setdefault("notes", []).append(
                 f"{node}: kube2iam's rule is missing ({rule.text()}); kube2iam adds it once it runs there, --add-missing adds it now"
             )
     held_back = 0
-    if c.conflicts:
+    if c.conflicts or c.port_conflict:
         # Nothing on a node with a conflict changes until the user resolves it.
         held_back, ops = len(ops), []
         if held_back:
@@ -726,6 +815,8 @@ def _report(state: NodeState, teardown: bool, planned: NodePlan) -> NodeReport:
         report.kept = len(c.of(iptables.KEEP))
         report.left_alone = len(c.of(iptables.FOREIGN))
         report.conflicts = [f"{item.rule.text}: {item.reason}" for item in c.conflicts]
+        if c.port_conflict and not c.conflicts:
+            report.conflicts.append(f"port {state.desired.port} (kube2iam.port) is used by {c.port_conflict}")
         report.to_delete = sum(1 for _, op in planned.ops if op.need)
         report.missing = "yes" if (not teardown and c.missing) else "-"
         report.rules_after = list(report.rules_before)
@@ -779,8 +870,10 @@ def run_iptables(
                     ctx.reporter.step_done(step)
                 after = after or []
                 report.rules_after = [r.text for r in after if r.metadata]
-                # Listeners unknown here: only rbacbridge's own rules (this node's IP and port) can be left to delete.
-                final = iptables.classify(after, state.desired, teardown=teardown, in_use=None)
+                # Only rbacbridge's own rules to the configured port can be left to delete here (other ports: the
+                # run re-checked each named one; a listener that started meanwhile keeps its rule).
+                final = iptables.classify(after, state.desired, teardown=teardown, in_use=state.in_use or {},
+                                          unproven=state.unproven)
                 report.kept = len(final.of(iptables.KEEP))
                 if final.to_delete:
                     report.error = f"{state.ref.name}: {len(final.to_delete)} rule(s) still to delete after the run (changed meanwhile?)"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-import urllib.request
 from typing import Any
 
 from rbacbridge import policy_eval as pe
@@ -34,18 +33,13 @@ from rbacbridge.aws import live_documents  # noqa: F401 - also used by tests
 from rbacbridge import verify as v
 from rbacbridge.config import Config, Tenant
 from rbacbridge.errors import UsageError
+from rbacbridge.sandbox_backend import set_enforcement  # noqa: F401 - also used by tests
 
 FAULTS = ("trust", "policy", "iptables", "namespace")
+# The layer each fault's own cells are blamed on (chain cells a fault opens are escalations: see fault_cells).
+FAULT_LAYERS = {"trust": v.TRUST, "policy": v.PERMISSIONS, "iptables": v.INTERCEPTION, "namespace": v.KUBE2IAM}
 ADMIN_USER = "rbacbridge-sandbox-admin"
 _DUMMY = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
-
-
-def set_enforcement(endpoint_url: str, on: bool) -> None:
-    """moto's IAM enforcement: body 0 = enforce from the next request, inf = never."""
-    request = urllib.request.Request(endpoint_url.rstrip("/") + "/moto-api/reset-auth", data=b"0" if on else b"inf",
-                                     method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
 
 
 class Boto3Backend:
@@ -134,23 +128,97 @@ def fault_tenant(config: Config, fault: str | None) -> Tenant | None:
     raise UsageError(f"invalid --break {fault}: no tenant with workloads" + (" and a policy rbacbridge manages" if fault == "policy" else ""))
 
 
+def wrong_trust(config: Config, account: str) -> dict[str, Any]:
+    """The trust fault's document: it trusts a role that is not the node role."""
+    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
+        "AWS": config.role_arn(account, config.node_role + "-wrong")}}]}
+
+
+def misdirected_writes(config: Config, document: dict[str, Any]) -> dict[str, Any]:
+    """The policy fault's document: every statement granting s3:PutObject grants it on the shared bucket instead."""
+    document = copy.deepcopy(document)
+    for statement in pe.statements(document):
+        if "s3:PutObject" in pe._as_list(statement.get("Action")):
+            statement["Resource"] = [pe.object_arn(config.shared_bucket, "*")]  # the wrong bucket
+    return document
+
+
+CellKey = tuple  # (principal, check, bucket or target role or None)
+
+
+def expected_cells(expected: list[v.Expected]) -> dict[CellKey, Any]:
+    """Every cell of an expected matrix with the value it wants: identity -> role (None: no credentials);
+    read/write -> allowed; chain/annotation -> does the configuration grant it (the cell itself wants no)."""
+    out: dict[CellKey, Any] = {}
+    for exp in expected:
+        name = exp.principal.name
+        out[(name, v.IDENTITY, None)] = exp.role
+        out.update({(name, op, location): allowed for (location, op), allowed in exp.access.items()})
+        out.update({(name, v.CHAIN, target): bool(granted) for target, granted in exp.chains.items()})
+        out.update({(name, v.ANNOTATION, target): bool(granted) for target, granted in exp.annotations.items()})
+    return out
+
+
+def cell_key(cell: v.Cell) -> CellKey:
+    return (cell.principal, cell.check, cell.bucket if cell.check in (v.READ, v.WRITE) else cell.target)
+
+
+def fault_cells(config: Config, account: str, fault: str) -> dict[CellKey, tuple[Any, str]]:
+    """The cells a planted fault must break, from the fault's definition and the configuration only (never from
+    what was observed): cell -> (the value the fault gives it, the layer verify must blame).
+
+    The fault is applied to what setup wants (the documents, the allowed-roles, which pods kube2iam intercepts)
+    and the expected matrix is computed twice, without and with it; the cells that differ are the fault's.
+    A chain cell the fault opens (a pod left with the node role may assume the pod roles) is an escalation."""
+    target = fault_tenant(config, fault)
+    principals = v.configured_principals(config)
+    clean_documents = v.managed_documents(config, account)
+    documents, allowed, faulted_principals = copy.deepcopy(clean_documents), None, principals
+    if fault == "trust":
+        documents.trust[target.role] = wrong_trust(config, account)
+    elif fault == "policy":
+        documents.policies[target.role] = [misdirected_writes(config, d) for d in documents.policies[target.role]]
+    elif fault == "namespace":
+        allowed = {**v.intended_allowed_roles(config), **{ns: [] for ns in target.namespaces}}
+    elif fault == "iptables":  # nothing intercepts the tenant's pods: they reach the instance profile like the host
+        from dataclasses import replace
+
+        faulted_principals = [replace(p, host_network=True) if p.tenant == target.name else p for p in principals]
+    clean = expected_cells(v.expected_matrix(config, account, "after", principals, None, clean_documents))
+    faulted = expected_cells(v.expected_matrix(config, account, "after", faulted_principals, allowed, documents))
+    layers = {v.CHAIN: v.ESCALATION, v.ANNOTATION: v.KUBE2IAM}
+    return {key: (value, layers.get(key[1], FAULT_LAYERS[fault])) for key, value in faulted.items()
+            if key in clean and value != clean[key]}
+
+
+def fault_differences(config: Config, account: str, fault: str, result: v.VerifyResult) -> list[str]:
+    """How the observed mismatches differ from the ones the fault must cause (empty: exactly those)."""
+    want = fault_cells(config, account, fault)
+    got = {cell_key(c): c for c in result.mismatches}
+    out = [f"{' '.join(filter(None, k))} did not mismatch" for k in want if k not in got]
+    out += [f"{' '.join(filter(None, k))} mismatched too" for k in got if k not in want]
+    for key in want.keys() & got.keys():
+        value, layer = want[key]
+        cell = got[key]
+        if key[1] == v.IDENTITY and cell.observed != value:
+            out.append(f"{' '.join(filter(None, key))}: observed {cell.observed or 'no credentials'}, the fault gives {value or 'no credentials'}")
+        if cell.blame is None or cell.blame.layer != layer:
+            out.append(f"{' '.join(filter(None, key))} blamed on {cell.blame.layer if cell.blame else 'nothing'}, not {layer}")
+    return out
+
+
 def _plant(iam, config: Config, account: str, fault: str | None) -> list:
     """Plant the fault; return the undo actions."""
     undo: list = []
     target = fault_tenant(config, fault)
     if fault == "trust":
         original = iam.get_role(RoleName=target.role)["Role"]["AssumeRolePolicyDocument"]
-        wrong = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
-            "AWS": config.role_arn(account, config.node_role + "-wrong")}}]}
-        iam.update_assume_role_policy(RoleName=target.role, PolicyDocument=json.dumps(wrong))
+        iam.update_assume_role_policy(RoleName=target.role, PolicyDocument=json.dumps(wrong_trust(config, account)))
         undo.append(lambda: iam.update_assume_role_policy(RoleName=target.role, PolicyDocument=json.dumps(_doc(original))))
     elif fault == "policy":
         arn = config.policy_arn(account, target.policy)
         old = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
-        document = copy.deepcopy(_doc(iam.get_policy_version(PolicyArn=arn, VersionId=old)["PolicyVersion"]["Document"]))
-        for statement in pe.statements(document):
-            if "s3:PutObject" in pe._as_list(statement.get("Action")):
-                statement["Resource"] = [pe.object_arn(config.shared_bucket, "*")]  # the wrong bucket
+        document = misdirected_writes(config, _doc(iam.get_policy_version(PolicyArn=arn, VersionId=old)["PolicyVersion"]["Document"]))
         new = iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True)["PolicyVersion"]["VersionId"]
 
         def restore():

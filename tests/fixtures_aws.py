@@ -33,15 +33,18 @@ def is_mutating(operation: str) -> bool:
 
 @pytest.fixture(scope="session")
 def moto_url():
-    from moto.server import ThreadedMotoServer
+    """One moto server per test run (trust decided as AWS does), its answers checked once before any test
+    believes them: a backend that answers a known-answer probe unlike AWS ends the run with that one line."""
+    from rbacbridge.sandbox_backend import BackendMismatch, check_backend, start_moto
 
-    from tests.moto_trust import patch
-
-    patch()  # trust policies decided as AWS does (a trusted role ARN covers its sessions)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    server, url = start_moto()
+    try:
+        if os.environ.get("RBACBRIDGE_TESTS_SKIP_BACKEND_CHECK") != "1":  # ci/newest: see which tests a release breaks
+            check_backend(url)
+    except BackendMismatch as exc:
+        server.stop()
+        pytest.exit(f"error: {exc}", returncode=3)
+    yield url
     server.stop()
 
 

@@ -56,6 +56,7 @@ class NodeCluster:
     on_exec: object = None  # called with (namespace, pod) before the command runs
     lock: threading.Lock = field(default_factory=threading.Lock)
     daemonset: dict | None = None
+    pod_paths: dict[str, str] = field(default_factory=dict)  # pod name -> PATH inside it (e.g. a tenant's own `iptables`)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -73,7 +74,7 @@ class NodeCluster:
             self.pods_seen.setdefault(pod, obj)
         if self.on_exec is not None:
             self.on_exec(namespace, pod)
-        env = {"PATH": image_path(), "LC_ALL": "C"}
+        env = {"PATH": self.pod_paths.get(pod) or image_path(), "LC_ALL": "C"}
         done = subprocess.run(["ip", "netns", "exec", node.namespace, *argv], capture_output=True, timeout=60,
                               stdin=subprocess.DEVNULL, env=env)
         return done.returncode, done.stdout, done.stderr

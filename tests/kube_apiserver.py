@@ -205,6 +205,9 @@ class Store:
     # a kubelet of the test's own for a pod written without a phase: returns True if it takes the pod (e.g. the lab
     # gives it a network namespace later), False to let the store run it at once (podIP made up)
     kubelet: Callable[[dict[str, Any]], bool] | None = None
+    # called (under the store's lock) with each object an API DELETE removes, garbage-collected ones included:
+    # e.g. the lab stops a node's kube2iam stand-in when its kube2iam pod is gone, as the kubelet would
+    on_delete: Callable[[dict[str, Any]], None] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     _versions: Any = field(default_factory=lambda: itertools.count(1000))
 
@@ -352,12 +355,14 @@ class Store:
                                                 "imageID": "", "state": {"running": {"startedAt": _now()}}}
                                                for c in (obj.get("spec") or {}).get("containers") or []]}
 
-    def _collect_garbage(self, owner: dict[str, Any]) -> None:
+    def _collect_garbage(self, owner: dict[str, Any]) -> list[dict[str, Any]]:
         uid = owner["metadata"].get("uid")
+        removed = []
         for key, obj in list(self.objects.items()):
             refs = obj.get("metadata", {}).get("ownerReferences", [])
             if any(ref.get("uid") == uid for ref in refs):
-                del self.objects[key]
+                removed.append(self.objects.pop(key))
+        return removed
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], content_type: str,
                body: Any) -> tuple[int, Any]:
@@ -395,7 +400,9 @@ class Store:
             if live is None:
                 raise _not_found(plural, resource[0], name)
             del self.objects[key]
-            self._collect_garbage(live)
+            removed = [live] + self._collect_garbage(live)
+            for obj in removed if self.on_delete else ():
+                self.on_delete(copy.deepcopy(obj))
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
                          "details": {"name": name, "kind": plural}}, True
         if method == "POST":

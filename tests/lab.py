@@ -11,14 +11,16 @@ the root namespace only gets the veth ends and routes to the nodes through the "
     root ns (CLI, test, Kubernetes API server on 127.0.0.1, stand-in servers' threads)
       └─ veth ─ "aws" ns: moto (IAM, EC2, S3, STS) + control endpoint   (tests/lab_moto.py)
                  ├─ veth ─ node-a ns: sshd, iptables, 169.254.169.254 = metadata stand-in,
-                 │                    kube2iam stand-in at <node IP>:8282,
+                 │                    kube2iam stand-in at <node IP>:8282 (while its pod runs),
                  │                    docker0 bridge ─ pod ns nginx-vanilla, pod ns nginx-annotated
                  └─ veth ─ node-b ns: the same
 
 The metadata stand-in (`ImdsHandler`) plays EC2's instance metadata service: it hands out credentials
 of the role in the instance profile associated with that node's instance, so an un-intercepted pod
 gets the node role (the article's leak). The kube2iam stand-in (`Kube2iamHandler`) only receives
-traffic when the node's iptables DNAT rule sends it there. Both listen on sockets made inside the
+traffic when the node's iptables DNAT rule sends it there, and listens only while a kube2iam pod runs on
+the node (from `play_controllers` until that pod is deleted, as kube2iam's process lives and dies with its
+pod: rbacbridge tells its own kube2iam's listener from another's by that pod). Both listen on sockets made inside the
 node's namespace but are served by threads of this process, so they can reach the API server on
 127.0.0.1 and moto.
 """
@@ -46,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from rbacbridge.sandbox_backend import check_backend
 from tests import lab_decide, netns
 from tests.netns import Node, Pod
 
@@ -241,6 +244,7 @@ class LabNode:
     pod_cidr: str
     pods: dict[tuple[str, str], Pod] = field(default_factory=dict)  # (k8s namespace, pod name) -> netns pod
     servers: list[ThreadingHTTPServer] = field(default_factory=list)
+    kube2iam: ThreadingHTTPServer | None = None  # the kube2iam stand-in: listens while a kube2iam pod runs here
 
     @property
     def address(self) -> str:
@@ -265,6 +269,7 @@ class Lab:
     _ttl_cache: dict[Any, tuple[float, Any]] = field(default_factory=dict)
     _closed: bool = False
     _pods_lock: threading.RLock = field(default_factory=threading.RLock)
+    _kube2iam_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- life cycle --
 
@@ -290,6 +295,7 @@ class Lab:
                 lab._add_node(index, name, key)
             (workdir / "known_hosts").write_text("".join(n.node.known_hosts.read_text() for n in lab.nodes))
             lab._wait_moto()
+            check_backend(lab.endpoint_url)  # its own process: checked like the test run's (BackendMismatch ends the start)
             lab._seed_aws()
             lab.client("iam"), lab.client("ec2")  # made once here, not inside the stand-ins' first answer
             lab._start_api()
@@ -396,13 +402,36 @@ class Lab:
         # pods created through the API (not hostNetwork) wait for the lab kubelet below: it gives each a pod
         # network namespace and its IP (the store alone would mark them Running at once with a made-up IP)
         store.kubelet = lambda pod: not (pod.get("spec") or {}).get("hostNetwork")
+        store.on_delete = self._on_delete
         threading.Thread(target=self._kubelet, name="lab-kubelet", daemon=True).start()
 
     def _start_stand_ins(self, lab_node: LabNode) -> None:
         ns = lab_node.node.namespace
         lab_node.servers.append(serve_in_namespace(ns, METADATA_IP, 80, ImdsHandler, lab=self, instance_id=lab_node.instance_id))
-        lab_node.servers.append(serve_in_namespace(ns, lab_node.address, self.kube2iam_port, Kube2iamHandler, lab=self,
-                                                   instance_id=lab_node.instance_id))
+
+    def _kube2iam_listen(self, lab_node: LabNode) -> None:
+        """kube2iam's process on this node listens on its port (its pod runs: play_controllers)."""
+        with self._kube2iam_lock:
+            if lab_node.kube2iam is None and not self._closed:
+                lab_node.kube2iam = serve_in_namespace(lab_node.node.namespace, lab_node.address, self.kube2iam_port,
+                                                       Kube2iamHandler, lab=self, instance_id=lab_node.instance_id)
+
+    def _kube2iam_quiet(self, lab_node: LabNode) -> None:
+        """kube2iam's process on this node is gone with its pod: nothing listens on its port any more (rbacbridge
+        tells its own kube2iam's listener from another interceptor's by that pod, issue 22)."""
+        with self._kube2iam_lock:
+            server, lab_node.kube2iam = lab_node.kube2iam, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def _on_delete(self, obj: dict[str, Any]) -> None:
+        """The API server deleted an object (a DaemonSet's pods with it): a kube2iam pod's process stops."""
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if obj.get("kind") == "Pod" and labels.get("app.kubernetes.io/name") == "kube2iam":
+            lab_node = next((n for n in self.nodes if n.name == (obj.get("spec") or {}).get("nodeName")), None)
+            if lab_node is not None:
+                self._kube2iam_quiet(lab_node)
 
     def _write_config(self) -> None:
         config = {
@@ -419,6 +448,7 @@ class Lab:
             return
         self._closed = True
         for lab_node in self.nodes:
+            self._kube2iam_quiet(lab_node)
             for server in lab_node.servers:
                 server.shutdown()
                 server.server_close()
@@ -513,6 +543,7 @@ class Lab:
             labels = pod["metadata"].get("labels") or {}
             if labels.get("app.kubernetes.io/name") == "kube2iam" and pod["spec"].get("nodeName") == node_name:
                 self.api.store.delete("Pod", pod["metadata"]["name"], pod["metadata"]["namespace"])
+        self._kube2iam_quiet(lab_node)
         for rule in lab_node.node.nat_rules():
             if f"-d {METADATA_IP}/32" in rule and "DNAT" in rule:
                 lab_node.node.iptables("-t", "nat", *rule.replace("-A ", "-D ", 1).split())
@@ -648,6 +679,7 @@ class Lab:
         labels = dict(daemonset["spec"]["template"]["metadata"].get("labels") or {})
         for lab_node in self.nodes:
             self._put_pod(lab_node, namespace, f"kube2iam-{lab_node.name}", labels, {}, lab_node.address, daemonset, host_network=True)
+            self._kube2iam_listen(lab_node)
 
     def add_tenant_pod(self, node_name: str, namespace: str, name: str, role: str, allowed_roles: list[str]) -> None:
         """A third tenant: a namespace whose allowed-roles is `allowed_roles`, and a pod annotated with `role`."""

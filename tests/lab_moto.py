@@ -46,9 +46,9 @@ class _Control(BaseHTTPRequestHandler):
 def main(host: str, port: int, control_port: int) -> None:
     from moto.server import ThreadedMotoServer
 
-    from tests.moto_trust import patch
+    from rbacbridge.sandbox_backend import aws_like_trust
 
-    patch()  # trust policies decided as AWS does (a trusted role ARN covers its sessions)
+    aws_like_trust()  # trust policies decided as AWS does (a trusted role ARN covers its sessions)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()

@@ -30,13 +30,69 @@ def test_demo_runs_and_leaves_nothing():
     assert "legacy-node-profile (restored)" in out
 
 
-@pytest.mark.parametrize("fault,layer", [("trust", "trust"), ("policy", "permissions"), ("iptables", "interception")])
-def test_demo_break_is_caught_and_blamed(fault, layer):
+@pytest.mark.parametrize("fault,cells,layers", [("trust", 4, "trust"), ("policy", 2, "permissions"),
+                                                 ("iptables", 5, "escalation, interception"), ("namespace", 4, "kube2iam")])
+def test_demo_break_is_caught_and_blamed(fault, cells, layers):
     result = _demo("--break", fault)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    assert f"verify caught the planted {fault} fault" in result.stdout
-    assert f"blamed on {layer}." in result.stdout
-    assert "rbacbridge-owned resources left: 0" in result.stdout
+    assert f"verify caught the planted {fault} fault: exactly the {cells} cell(s) it must break, blamed on {layers}." in result.stdout
+    assert "rbacbridge-owned resources left: 0" in result.stdout and result.stderr == ""
+
+
+def _vanilla_writes_the_tenant_bucket(iam, config, account):
+    """The default role gets write on the tenant's bucket: nginx-vanilla can now write lanre.k8s.dev / client-c-data."""
+    import json
+
+    bucket = config.tenants[-1].write[0].split("/")[0]
+    iam.put_role_policy(RoleName=config.effective_default_role, PolicyName="extra", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
+                                                "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    return [lambda: iam.delete_role_policy(RoleName=config.effective_default_role, PolicyName="extra")]
+
+
+def plant_extra_and_run() -> None:
+    """`python -c` entry point: the demo as users run it, with one real misconfiguration planted in moto right
+    after the requested fault (or none) — one the story did not ask for."""
+    from rbacbridge import sandbox
+    from rbacbridge.__main__ import run
+
+    plant = sandbox._plant
+
+    def planting(iam, config, account, fault):
+        return plant(iam, config, account, fault) + _vanilla_writes_the_tenant_bucket(iam, config, account)
+
+    sandbox._plant = planting
+    run()
+
+
+def _demo_with_extra_fault(*args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "from tests.test_demo import plant_extra_and_run; plant_extra_and_run()"
+    result = subprocess.run([sys.executable, "-c", code, "demo", *args], capture_output=True, text=True, env=env, timeout=180)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_demo_break_exits_1_when_the_mismatches_are_not_exactly_the_faults():
+    code, out, err = _demo_with_extra_fault("--break", "policy")
+    assert code == 1
+    assert "verify caught" not in out and "differ from what the planted policy fault must cause" in out
+    assert err.count("\n") == 1 and err.startswith("error: --break policy: verify's mismatches differ from what the fault")
+    assert "first: nginx-vanilla write lanre.k8s.dev mismatched too" in err
+
+
+def test_demo_exits_1_with_the_count_and_first_cell_when_cells_differ():
+    code, out, err = _demo_with_extra_fault()
+    assert code == 1 and "end of sandbox" in out
+    assert err.startswith("error: 1 of 21 cells differ from what the configuration expects; first: nginx-vanilla write "
+                          "lanre.k8s.dev: expected denied, observed allowed") and err.count("\n") == 1
+
+
+def test_demo_abc_says_isolated_only_when_the_cells_prove_it():
+    code, out, err = _demo_with_extra_fault("--scenario", "abc")
+    after = " ".join(out.split("3c. rbacbridge verify")[1].split())
+    assert code == 1 and "isolated" not in after and "BREACH: nginx-vanilla reaches client-c-data" in after
+    assert err.startswith("error: 1 of 51 cells differ") and "nginx-vanilla write client-c-data" in err
 
 
 def test_demo_rejects_unknown_fault():

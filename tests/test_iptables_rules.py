@@ -29,17 +29,61 @@ def test_three_identical_copies_are_one_keep_and_two_duplicates():
     assert verdicts(listing(rule(), rule(), rule())) == ["keep", "duplicate", "duplicate"]
 
 
+NAMED = {8181: "named stale (nodes.stale_ports / --stale-port)"}
+
+
 def test_stale_rule_first_does_not_win_over_the_matching_one():
     text = listing(rule(iface="cni0"), rule(dest="10.43.0.1:8181"), rule())
-    result = iptables.classify(iptables.parse(text), WANT, in_use={})
+    result = iptables.classify(iptables.parse(text), WANT, in_use={}, stale_ports=NAMED)
     assert [c.verdict for c in result.rules] == ["stale", "stale", "keep"]
     assert result.kept.rule.position == 3
     assert "interface cni0 (want docker0)" in result.rules[0].reason
-    assert "port 8181 (want 8282)" in result.rules[1].reason and "dead port" in result.rules[1].reason
+    assert "port 8181 (want 8282)" in result.rules[1].reason and "--stale-port" in result.rules[1].reason
+
+
+def test_a_rule_to_another_port_is_foreign_unless_named_stale():
+    """Issue 22 (attack 3): no dead-port heuristic. A kiam agent's rule (cali+ -> this node:8183) and a
+    metadata proxy's (weave -> this node:8775), nothing listening: foreign, in fix and teardown alike."""
+    text = listing(rule(iface="cali+", dest="10.43.0.1:8183"), rule(iface="weave", dest="10.43.0.1:8775"), rule())
+    for teardown in (False, True):
+        result = iptables.classify(iptables.parse(text), WANT, teardown=teardown, in_use={})
+        assert [c.verdict for c in result.rules][:2] == ["foreign", "foreign"]
+        assert "--stale-port 8183" in result.rules[0].reason and "--stale-port 8775" in result.rules[1].reason
+    named = iptables.classify(iptables.parse(text), WANT, in_use={}, stale_ports={8183: "named stale (--stale-port)"})
+    assert [c.verdict for c in named.rules] == ["stale", "foreign", "keep"]
+
+
+def test_listeners_first_a_foreign_interceptor_on_the_configured_port_owns_its_rules():
+    """Issue 22 (attack 2): kube2iam.port 8181 and a Helm kube2iam on 8181: its rule is never rbacbridge's."""
+    helm = "kube2iam DaemonSet kube2iam/kube2iam (--app-port 8181, Helm release kube2iam)"
+    want = iptables.Desired("cali+", "10.43.0.1", 8181)
+    text = listing(HELM_8181, HELM_8181)
+    fix = iptables.classify(iptables.parse(text), want, in_use={8181: helm})
+    assert [c.verdict for c in fix.rules] == ["conflict", "conflict"] and fix.port_conflict == helm
+    assert "kube2iam.port" in fix.rules[0].reason and not fix.to_delete
+    down = iptables.classify(iptables.parse(text), want, teardown=True, in_use={8181: helm})
+    assert [c.verdict for c in down.rules] == ["foreign", "foreign"] and not down.to_delete
+    assert not iptables.classify(iptables.parse(listing()), want, in_use={8181: helm}).kept
+    assert iptables.classify(iptables.parse(listing()), want, in_use={8181: helm}).port_conflict == helm
+    forced = iptables.classify(iptables.parse(text), want, teardown=True, in_use={8181: helm}, force=True)
+    assert [c.verdict for c in forced.rules] == ["stale", "stale"] and all(c.forced for c in forced.rules)
+
+
+def test_an_unproven_listener_on_the_configured_port_keeps_all_but_duplicates():
+    """Without the cluster a listener on kube2iam.port cannot be told apart from another interceptor's."""
+    who = "process kube2iam (pid 7) listening on *:8282"
+    text = listing(rule(iface="cali+"), rule(), rule())
+    fix = iptables.classify(iptables.parse(text), WANT, in_use={}, unproven={8282: who})
+    assert [c.verdict for c in fix.rules] == ["foreign", "keep", "duplicate"]
+    assert "cannot tell whether it is its own" in fix.rules[0].reason
+    down = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={}, unproven={8282: who})
+    assert [c.verdict for c in down.rules] == ["foreign", "foreign", "foreign"]
+    forced = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={}, unproven={8282: who}, force=True)
+    assert [c.verdict for c in forced.rules] == ["stale", "stale", "stale"]
 
 
 def test_missing_when_nothing_matches():
-    result = iptables.classify(iptables.parse(listing(rule(dest="10.43.0.1:8181"))), WANT, in_use={})
+    result = iptables.classify(iptables.parse(listing(rule(dest="10.43.0.1:8181"))), WANT, in_use={}, stale_ports=NAMED)
     assert result.missing and [c.verdict for c in result.to_delete] == ["stale"]
     assert iptables.classify(iptables.parse(listing()), WANT).missing
 
@@ -88,8 +132,10 @@ def test_force_deletes_a_rule_in_use_and_says_so():
 
 
 def test_unknown_listeners_never_make_a_rule_stale():
-    result = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use=None)
-    assert [c.verdict for c in result.rules] == ["conflict"] and "cannot tell" in result.rules[0].reason
+    named = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use=None, stale_ports=NAMED)
+    assert [c.verdict for c in named.rules] == ["conflict"] and "cannot tell" in named.rules[0].reason
+    unnamed = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use=None)
+    assert [c.verdict for c in unnamed.rules] == ["foreign"]
 
 
 def test_rbacbridges_own_old_port_is_stale_while_setup_moves_its_daemonset():
@@ -98,15 +144,18 @@ def test_rbacbridges_own_old_port_is_stale_while_setup_moves_its_daemonset():
     assert [c.verdict for c in result.rules] == ["stale"] and "moves" in result.rules[0].reason
 
 
-def test_teardown_removes_ours_on_any_interface_and_dead_ports_and_leaves_interceptors_alone():
+def test_teardown_removes_ours_on_any_interface_and_named_ports_and_leaves_interceptors_alone():
     text = listing(rule(), rule(iface="cali+"), rule(dest="10.43.0.1:7000"), HELM_8181, OTHER_HOST,
-                   "-A PREROUTING -j DOCKER")
-    result = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"})
-    assert [c.verdict for c in result.rules] == ["stale", "stale", "stale", "foreign", "foreign"]
+                   rule(dest="10.43.0.1:7001"), "-A PREROUTING -j DOCKER")
+    named = {7000: "named stale (--stale-port)"}
+    result = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"},
+                               stale_ports=named)
+    assert [c.verdict for c in result.rules] == ["stale", "stale", "stale", "foreign", "foreign", "foreign"]
     assert "left alone; --force deletes it" in result.rules[3].reason
     assert not result.missing and not result.conflicts
-    forced = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"}, force=True)
-    assert [c.verdict for c in forced.rules] == ["stale", "stale", "stale", "stale", "foreign"]
+    forced = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"}, force=True,
+                               stale_ports=named)
+    assert [c.verdict for c in forced.rules] == ["stale", "stale", "stale", "stale", "foreign", "foreign"]
 
 
 def test_listeners_from_ss():

@@ -25,6 +25,17 @@ def helm_kube2iam(namespace: str = "kube2iam", name: str = "kube2iam", args: lis
     }
 
 
+def kiam_agent(namespace: str = "kiam", port: int = 8183) -> dict:
+    labels = {"app": "kiam", "component": "agent"}
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "kiam-agent", "namespace": namespace, "labels": {**labels, "app.kubernetes.io/managed-by": "Helm"}},
+            "spec": {"selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"hostNetwork": True, "containers": [{
+                                      "name": "agent", "image": "quay.io/uswitch/kiam:v4.2", "command": ["/kiam", "agent"],
+                                      "args": ["--iptables", "--host-interface=cali+", f"--port={port}", "--json-log"]}]}}}}
+
+
 @pytest.mark.parametrize("image,args,port", [
     ("jtblin/kube2iam:0.11.1", ["--iptables=true"], 8181),  # by image, default port
     ("registry.example:5000/mirror/kube2iam@sha256:abc", ["--app-port", "8282"], 8282),
@@ -101,3 +112,31 @@ def test_rbacbridges_own_daemonset_is_not_a_second_kube2iam(kube_api):
     assert planner.run(ctx, planner.plan_setup(ctx)).ok
     assert [d.managed for d in kube.kube2iam_daemonsets(kube_context(kube_api))] == [True]
     assert not planner.plan_setup(kube_context(kube_api)).conflicts
+
+
+def test_a_kiam_agent_is_an_interceptor_too_with_its_port(kube_api):
+    """Issue 22: kiam's agent (`kiam agent`, --port, default 3100) is recognised, and setup stops on it."""
+    found = kube.kube2iam_daemonset(kiam_agent(port=8183))
+    assert (found.tool, found.port, found.managed) == ("kiam", 8183, False)
+    default = kiam_agent()
+    default["spec"]["template"]["spec"]["containers"][0]["args"] = ["--iptables"]
+    assert kube.kube2iam_daemonset(default).port == 3100
+    server = kiam_agent()
+    server["spec"]["template"]["spec"]["containers"][0]["command"] = ["/kiam", "server"]
+    assert kube.kube2iam_daemonset(server) is None  # kiam's server does not intercept on the nodes
+    kube_api.store.put(kiam_agent())
+    [conflict] = planner.plan_setup(kube_context(kube_api)).conflicts
+    assert conflict.name == "kiam/kiam-agent" and "a kiam agent runs" in conflict.message
+    assert kube_api.store.mutating_requests() == []
+
+
+def test_rbacbridges_label_elsewhere_does_not_make_a_daemonset_rbacbridges(kube_api):
+    """Only kube2iam.namespace/kube2iam with rbacbridge's label is rbacbridge's own: a label anyone can write
+    on a DaemonSet in their own namespace is a lookalike, a second kube2iam."""
+    tenant = helm_kube2iam(namespace="aaa-tenant", name="kube2iam")
+    tenant["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "rbacbridge"
+    assert not kube.kube2iam_daemonset(tenant).managed
+    kube_api.store.put(tenant)
+    [conflict] = planner.plan_setup(kube_context(kube_api)).conflicts
+    assert conflict.name == "aaa-tenant/kube2iam"
+    assert kube.own_kube2iam(kube_context(kube_api)) is None

@@ -84,7 +84,7 @@ def test_stale_rules_before_the_current_one_are_deleted_and_the_current_kept(nod
     add_rule(node, port=8181)  # old port
     add_rule(node)
     add_rule(node, port=8181)
-    result = cli("fix", "--yes", *cli_opts(node))
+    result = cli("fix", "--yes", "--stale-port", "8181", *cli_opts(node))  # 8181: named as rbacbridge's old port
     assert result.returncode == 0, result.stderr
     assert kube2iam_rules(node) == [wanted(node)]
     assert "delete stale rule" in result.stdout and "port 8181 (want 8282)" in result.stdout
@@ -117,25 +117,26 @@ def test_rules_of_other_tools_chains_and_tables_are_left_alone(node):
 
 
 def test_missing_rule_is_reported_and_added_with_add_missing(node):
-    add_rule(node, port=8181)
+    add_rule(node, port=8181)  # another port nobody named stale: another tool's, left alone (issue 22)
     report = cli("fix", "--yes", "-o", "json", *cli_opts(node))
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
-    assert data["nodes"][0]["missing"] == "yes" and data["nodes"][0]["deleted"] == 1
+    assert data["nodes"][0]["missing"] == "yes" and data["nodes"][0]["deleted"] == 0
+    assert data["nodes"][0]["left_alone"] == 1
     assert any("missing" in note and "--add-missing" in note for note in data["plan"]["notes"])
-    assert kube2iam_rules(node) == []
+    assert kube2iam_rules(node) == [wanted(node, 8181)]
 
     added = cli("fix", "--yes", "--add-missing", "-o", "json", *cli_opts(node))
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["nodes"][0]["missing"] == "added"
-    assert kube2iam_rules(node) == [wanted(node)]
+    assert kube2iam_rules(node) == [wanted(node, 8181), wanted(node)]
 
 
 def test_host_ip_port_and_interface_overrides_choose_the_rule_kept(node, tmp_path):
     add_rule(node, iface="cni0", ip="10.43.0.7", port=8181)
-    add_rule(node, ip="10.43.0.7")  # the host IP given, a dead port: stale
+    add_rule(node, ip="10.43.0.7")  # the host IP given, an old port named stale: deleted
     add_rule(node)  # the SSH address is not the host IP given: another address, left alone
-    cfg = config_for(tmp_path, node, host_ip="10.43.0.7", kube2iam_port=8181, host_interface="cni0")
+    cfg = config_for(tmp_path, node, host_ip="10.43.0.7", kube2iam_port=8181, host_interface="cni0", node_stale_ports=(8282,))
     assert run_iptables(Context(cfg), "fix").ok
     assert kube2iam_rules(node) == [wanted(node, port=8181, iface="cni0").replace(node.address, "10.43.0.7"), wanted(node)]
 
@@ -148,7 +149,7 @@ def test_non_root_user_with_nopasswd_sudo_for_iptables_only(node, tmp_path):
     add_rule(node, port=8181)
     add_rule(node)
     add_rule(node)
-    result = run_iptables(Context(config_for(tmp_path, node, ssh_user=user.name)), "fix")
+    result = run_iptables(Context(config_for(tmp_path, node, ssh_user=user.name, node_stale_ports=(8181,))), "fix")
     assert result.ok, result.reports[0].error
     assert kube2iam_rules(node) == [wanted(node)]
 
@@ -211,7 +212,7 @@ def test_one_of_three_nodes_down_the_others_are_fixed_and_the_table_names_it(mak
     nodes[1].stop_sshd()
     known = known_hosts_for(tmp_path, *nodes)
     args = ["fix", "--yes", "--ssh-user", "root", "--ssh-key", str(first.client_key), "--known-hosts", str(known),
-            "--ssh-config", "none", "--host-interface", "docker0"]
+            "--ssh-config", "none", "--host-interface", "docker0", "--stale-port", "8181"]
     for n in nodes:
         args += ["--node", n.host]
     result = cli(*args)
@@ -261,7 +262,7 @@ def test_proxyjump_through_a_jump_host(make_node, tmp_path):
     )
     known = known_hosts_for(tmp_path, jump, target)
     result = cli("fix", "--yes", "--node", "inner-node", "--ssh-config", str(ssh_config), "--known-hosts", str(known),
-                 "--host-interface", "docker0")
+                 "--host-interface", "docker0", "--stale-port", "8181")
     assert result.returncode == 0, result.stderr
     # the host IP is the address the node was reached at, seen from the node (SSH_CONNECTION)
     assert kube2iam_rules(target) == [wanted(target)]
@@ -274,6 +275,9 @@ def test_remove_leaves_zero_kube2iam_rules(node):
     add_rule(node, iface="cali+")
     result = cli("remove", "--yes", *cli_opts(node))
     assert result.returncode == 0, result.stderr
+    assert kube2iam_rules(node) == [wanted(node, 8181)]  # another port, not named stale: not rbacbridge's (issue 22)
+    named = cli("remove", "--yes", "--stale-port", "8181", *cli_opts(node))
+    assert named.returncode == 0, named.stderr
     assert kube2iam_rules(node) == []
     assert cli("remove", "--yes", *cli_opts(node)).returncode == 0  # nothing left: still fine
 
@@ -303,7 +307,7 @@ def test_planner_setup_and_teardown_converge(node, tmp_path):
     add_rule(node, port=8181)
     add_rule(node)
     add_rule(node)
-    ctx = Context(config_for(tmp_path, node), parts=("nodes",))
+    ctx = Context(config_for(tmp_path, node, node_stale_ports=(8181,)), parts=("nodes",))
     plan = planner.plan_setup(ctx)
     assert [s.action for s in plan.steps].count("delete") == 2
     assert planner.run(ctx, plan).ok
@@ -402,15 +406,18 @@ def test_a_stale_first_rule_hijacks_the_pod_and_fix_restores_kube2iam(node, tmp_
     node.iptables("-t", "nat", "-I", "PREROUTING", "1", *[p.format(iface="docker0", dest=f"{node.address}:8181") for p in SHAPE])
     assert metadata_from(pod) == "stale rule target"  # first match wins: the failure fix exists for
 
-    # something still listens on 8181: not provably stale, a conflict; the node is left as it is
-    blocked = cli("fix", "--yes", *cli_opts(node))
+    # 8181 named as rbacbridge's old port, but something still listens there: a conflict; the node is left as it is
+    blocked = cli("fix", "--yes", "--stale-port", "8181", *cli_opts(node))
     assert blocked.returncode == 1 and "conflict" in blocked.stderr
     assert "listening on" in blocked.stdout and ":8181" in blocked.stdout
     assert len(kube2iam_rules(node)) == 2
 
     other.kill()
     other.wait()
-    result = cli("fix", "--yes", *cli_opts(node))  # now a dead port: stale
+    unnamed = cli("fix", "--yes", *cli_opts(node))  # a dead port nobody named: another tool's, left alone
+    assert unnamed.returncode == 0, unnamed.stderr
+    assert metadata_from(pod) == ""  # still hijacked (to a dead port)
+    result = cli("fix", "--yes", "--stale-port", "8181", *cli_opts(node))  # named and dead now: stale
     assert result.returncode == 0, result.stderr
     assert metadata_from(pod) == "kube2iam (current)"
 
@@ -506,10 +513,14 @@ def test_foreign_rules_survive_status_fix_and_remove(node, cluster_with_helm_kub
     assert "held back" in blocked.stderr  # a plan note (notes go to stderr)
     assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node), wanted(node)]
 
-    # remove: rbacbridge's rules and the dead-port one go; interceptors' and other tools' rules stay
+    # remove: rbacbridge's rules go; the dead port's only once named stale; interceptors' and other tools' rules stay
     removed = cli("remove", "--yes", "-o", "json", *cluster_opts(node, kube_api))
     assert removed.returncode == 0, removed.stderr
-    assert json.loads(removed.stdout)["nodes"][0]["deleted"] == 3
+    assert json.loads(removed.stdout)["nodes"][0]["deleted"] == 2
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000)]
+    named = cli("remove", "--yes", "-o", "json", "--stale-port", "7000", *cluster_opts(node, kube_api))
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["nodes"][0]["deleted"] == 1
     assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign
 
 
@@ -524,14 +535,17 @@ def test_with_no_cluster_the_listener_alone_decides(node):
 
     listener.kill()
     listener.wait()
-    result = cli("fix", "--yes", *cli_opts(node))  # 9000, 8181 and 7000 are all dead ports now
+    result = cli("fix", "--yes", *cli_opts(node))  # 9000, 8181 and 7000 are dead ports now, but nobody named them
     assert result.returncode == 0, result.stderr
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node)]
+    named = cli("fix", "--yes", "--stale-port", "9000", "--stale-port", "8181", "--stale-port", "7000", *cli_opts(node))
+    assert named.returncode == 0, named.stderr
     survivors = [r for r in foreign if f"{node.address}:9000" not in r and f"{node.address}:8181" not in r]
     assert len(survivors) == 3
     assert [r for r in node.nat_rules() if "169.254.169.254" in r] == survivors + [wanted(node)]
 
 
-def test_fix_deletes_a_dead_port_rule_and_duplicates_and_keeps_foreign_ones(node, cluster_with_helm_kube2iam):
+def test_fix_deletes_a_named_stale_port_rule_and_duplicates_and_keeps_foreign_ones(node, cluster_with_helm_kube2iam):
     kube_api = cluster_with_helm_kube2iam
     node.iptables("-t", "nat", "-A", "PREROUTING", *FOREIGN_OTHER_HOST)
     node.iptables("-t", "nat", "-A", "PREROUTING", *FOREIGN_REDIRECT)
@@ -540,9 +554,12 @@ def test_fix_deletes_a_dead_port_rule_and_duplicates_and_keeps_foreign_ones(node
     add_rule(node, port=7000)
     add_rule(node)
     add_rule(node)
-    result = cli("fix", "--yes", *cluster_opts(node, kube_api))
+    unnamed = cli("fix", "--yes", *cluster_opts(node, kube_api))
+    assert unnamed.returncode == 0, unnamed.stderr
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node)]
+    result = cli("fix", "--yes", "--stale-port", "7000", *cluster_opts(node, kube_api))
     assert result.returncode == 0, result.stderr
-    assert "dead port" in result.stdout
+    assert "named stale" in result.stdout
     assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node)]
 
 
@@ -559,7 +576,8 @@ def test_force_deletes_the_conflicting_rules_and_the_plan_says_so(node, cluster_
     assert result.returncode == 0, result.stderr
     survivors = [r for r in foreign if f"{node.address}:9000" not in r and f"{node.address}:8181" not in r]
     assert len(survivors) == 3
-    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == survivors + [wanted(node)]
+    # --force settles conflicts; it does not make a dead port nobody named rbacbridge's
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == survivors + [wanted(node, 7000), wanted(node)]
 
 
 def test_teardown_leaves_interceptors_and_other_tools_rules(node, cluster_with_helm_kube2iam, tmp_path):
@@ -569,9 +587,9 @@ def test_teardown_leaves_interceptors_and_other_tools_rules(node, cluster_with_h
     ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig), parts=("nodes",))
     plan = planner.plan_teardown(ctx)
     assert not plan.conflicts
-    assert len([s for s in plan.steps if s.action == "delete"]) == 3
+    assert len([s for s in plan.steps if s.action == "delete"]) == 2
     assert planner.run(ctx, plan, teardown=True).ok
-    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign
+    assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000)]
 
 
 def test_setup_stops_on_a_node_conflict_and_changes_nothing(node, cluster_with_helm_kube2iam):
@@ -586,6 +604,15 @@ def test_setup_stops_on_a_node_conflict_and_changes_nothing(node, cluster_with_h
     assert [r for r in node.nat_rules() if "169.254.169.254" in r] == foreign + [wanted(node, 7000), wanted(node), wanted(node)]
 
 
+def place_own_kube2iam_pod(store, node: Node, name: str = "kube2iam-node") -> dict:
+    """The test API server's DaemonSet controller made rbacbridge's kube2iam pod without a node: put it on `node`
+    (hostNetwork, nodeName, hostIP), as the kubelet would."""
+    pod = store.get("Pod", name, "kube-system")
+    pod["spec"].update(hostNetwork=True, nodeName=node.name)
+    pod["status"]["hostIP"] = pod["status"]["podIP"] = node.address
+    return store.put(pod)
+
+
 def test_rbacbridges_own_old_port_is_stale_in_setup_but_a_conflict_for_fix_alone(node, kube_api, tmp_path):
     from tests.kube_helpers import ACCOUNT
 
@@ -593,9 +620,16 @@ def test_rbacbridges_own_old_port_is_stale_in_setup_but_a_conflict_for_fix_alone
     ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig, account_id=ACCOUNT, kube2iam_port=8181,
                              rollout_timeout=5.0), parts=("kube",))
     assert planner.run(ctx, planner.plan_setup(ctx)).ok
-    listen(node, 8181)
+    old_kube2iam = listen(node, 8181)
     add_rule(node, port=8181)
 
+    # the listener on 8181 is not yet shown to be rbacbridge's pod on this node: not moving, a conflict
+    ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig, account_id=ACCOUNT), parts=("kube", "nodes"))
+    plan = planner.plan_setup(ctx)
+    assert not [s for s in plan.steps if s.system == "nodes" and s.action == "delete"]
+    assert [s for s in plan.conflicts if s.system == "nodes" and "not a pod of rbacbridge's kube2iam" in s.reason]
+
+    place_own_kube2iam_pod(kube_api.store, node)  # the DaemonSet's pod (by owner UID) runs on this node
     ctx = Context(config_for(tmp_path, node, kubeconfig=kube_api.kubeconfig, account_id=ACCOUNT), parts=("kube", "nodes"))
     plan = planner.plan_setup(ctx)
     [stale] = [s for s in plan.steps if s.system == "nodes" and s.action == "delete"]
@@ -605,6 +639,14 @@ def test_rbacbridges_own_old_port_is_stale_in_setup_but_a_conflict_for_fix_alone
     assert not alone.applied and alone.conflicted
     assert "rbacbridge DaemonSet kube-system/kube2iam (--app-port 8181)" in alone.reports[0].conflicts[0]
     assert kube2iam_rules(node) == [wanted(node, 8181)]
+
+    # the setup itself: the DaemonSet now declares 8282, the old process is gone with the rollout; the nodes
+    # part, planned again, still knows 8181 as rbacbridge's old port (remembered for the run) and deletes it
+    old_kube2iam.kill()
+    old_kube2iam.wait()
+    assert planner.run(ctx, plan).ok
+    assert "--app-port=8282" in kube_api.store.get("DaemonSet", "kube2iam", "kube-system")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert kube2iam_rules(node) == []
 
 
 def test_each_delete_checks_again_that_a_dead_port_is_still_dead(node, tmp_path):
@@ -617,7 +659,7 @@ def test_each_delete_checks_again_that_a_dead_port_is_still_dead(node, tmp_path)
         started.append(listen(node, 7000))
         return True
 
-    result = run_iptables(Context(config_for(tmp_path, node)), "fix", confirm=confirm)
+    result = run_iptables(Context(config_for(tmp_path, node, node_stale_ports=(7000,))), "fix", confirm=confirm)
     assert started and result.applied and result.ok
     assert result.reports[0].deleted == 0
     assert kube2iam_rules(node) == [wanted(node, 7000), wanted(node)]

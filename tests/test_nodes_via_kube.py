@@ -55,7 +55,7 @@ def plant(node: Node) -> None:
     """Stale (old interface, dead port), 3 identical copies of the rule, and two other tools' rules."""
     node.exec(["iptables", "-t", "nat", "-F", "PREROUTING"])
     add_rule(node, iface="cbr0")
-    add_rule(node, port=8181)  # nothing listens there
+    add_rule(node, port=8181)  # nothing listens there (named stale by fix and remove)
     for _ in range(3):
         add_rule(node)
     add_rule(node, ip="10.9.9.9")  # kube2iam-shaped, another address
@@ -91,7 +91,7 @@ def test_status_fix_remove_give_the_same_end_state_and_report_as_over_ssh(kube_n
         for path, opts in (("ssh", via_ssh(cluster, tmp_path)), ("kubernetes", via_kube(cluster))):
             for node in cluster.nodes:
                 plant(node)
-            extra = ["--yes"] if command != "status" else []
+            extra = ["--yes", "--stale-port", "8181"] if command != "status" else []  # 8181: named as rbacbridge's old port
             result = rbb("iptables", command, "-o", "json", *extra, *opts)
             assert result.returncode == 0, (path, command, result.stderr)
             outcomes[path] = (comparable(json.loads(result.stdout), cluster),

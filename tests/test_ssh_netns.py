@@ -109,7 +109,7 @@ def test_key_and_file_problems_are_one_line_exit_2_and_no_node_is_contacted(make
     assert node.nat_rules() == before
 
     # the control: the same node with a good key is contacted, and the log shows it
-    good = run("iptables", "fix", "--yes", *base, "--ssh-key", key, "--known-hosts", known, home=tmp_path)
+    good = run("iptables", "fix", "--yes", "--stale-port", "8181", *base, "--ssh-key", key, "--known-hosts", known, home=tmp_path)
     assert good.returncode == 0, good.stderr
     assert len(connections(node)) == 1
     assert kube2iam_rules(node) == [wanted(node)]

@@ -77,9 +77,9 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
         if via == KUBERNETES:
             # through kube2iam's own pods only: audit reads, it never creates a pod (rbacbridge.node_pods)
             ctx.facts["nodes.read_only"] = True
-            _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
+            _audit_nodes(ctx, kube2iams, inputs.kube, result, out, interceptors)
         elif ssh_options_given(cfg):
-            _audit_nodes(ctx, kube2iams, inputs.kube, result, out)
+            _audit_nodes(ctx, kube2iams, inputs.kube, result, out, interceptors)
         elif explicit_parts:  # --via ssh without a node or an SSH option
             raise UsageError(f"audit --only nodes --via {SSH} needs --node HOST[:PORT] or SSH options (--ssh-user, --ssh-key, --known-hosts)")
         else:
@@ -106,7 +106,7 @@ def _share_nodes(ctx, objects, result: AuditResult) -> None:
         result.notes.append(f"cluster nodes not usable as SSH targets: {exc}")
 
 
-def _audit_nodes(ctx, kube2iams, kube_state, result: AuditResult, out) -> None:
+def _audit_nodes(ctx, kube2iams, kube_state, result: AuditResult, out, interceptors=()) -> None:
     from rbacbridge.audit.nodes import check_node, desired_settings, read_nodes
 
     try:
@@ -119,7 +119,7 @@ def _audit_nodes(ctx, kube2iams, kube_state, result: AuditResult, out) -> None:
     out.checked += ["iptables-duplicate", "iptables-stale", "iptables-conflict", "iptables-foreign", "iptables-missing",
                     "iptables-order"]
     try:
-        states = read_nodes(ctx, interface, port, kube2iams)
+        states = read_nodes(ctx, interface, port, list(interceptors) or kube2iams)  # kiam agents use ports too
     except UsageError:
         raise
     except RbacbridgeError as exc:

@@ -58,7 +58,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("iptables-duplicate", "nodes", MEDIUM, "duplicate kube2iam rules on a node",
          "`rbacbridge iptables fix`", "#44 #141"),
     Kind("iptables-stale", "nodes", HIGH, "stale kube2iam rule (old interface, host IP or port)",
-         "`rbacbridge iptables fix`", "#194 #370"),
+         "`rbacbridge iptables fix` (a rule to an old port: `--stale-port PORT`)", "#194 #370"),
     Kind("iptables-conflict", "nodes", HIGH, "a rule to this node on a port another running interceptor uses (two interceptors)",
          "remove one interceptor; `rbacbridge iptables fix --force` deletes the rule", "#44"),
     Kind("iptables-foreign", "nodes", MEDIUM, "another tool's rule for 169.254.169.254",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KUBE2IAM_DEFAULT_PORT = 8181  # kube2iam's own default for --app-port
+KIAM_AGENT_DEFAULT_PORT = 3100  # kiam agent's own default for --port (uswitch/kiam cmd/kiam/agent.go)
 KUBE2IAM_DEFAULT_INTERFACE = "docker0"  # kube2iam's own default for --host-interface
 IMDSV2_VERSION = (0, 13, 0)  # first upstream image with IMDSv2 (token) support
 _BOOL_FLAGS = {"debug", "iptables", "auto-discover-default-role", "auto-discover-base-arn", "namespace-restrictions",
@@ -107,7 +108,8 @@ def _is_kube2iam(container: dict[str, Any]) -> bool:
     return "base-role-arn" in flags or "auto-discover-base-arn" in flags
 
 
-def _is_kiam_agent(container: dict[str, Any]) -> bool:
+def is_kiam_agent(container: dict[str, Any]) -> bool:
+    """A kiam agent container: image `kiam` running `agent` (the kiam server runs `server`)."""
     words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
     return image_name(str(container.get("image", ""))) == "kiam" and "agent" in words
 
@@ -138,10 +140,12 @@ class Interceptor:
 
     @property
     def port(self) -> int:
+        """kube2iam's --app-port (default 8181); a kiam agent's --port (default 3100)."""
+        flag, default = ("port", KIAM_AGENT_DEFAULT_PORT) if self.tool == "kiam" else ("app-port", KUBE2IAM_DEFAULT_PORT)
         try:
-            return int(self.flags.get("app-port", KUBE2IAM_DEFAULT_PORT))
+            return int(self.flags.get(flag, default))
         except ValueError:
-            return KUBE2IAM_DEFAULT_PORT
+            return default
 
     @property
     def interface(self) -> str:
@@ -236,7 +240,7 @@ def find_interceptors(daemonsets: list[dict[str, Any]]) -> list[Interceptor]:
         meta = ds.get("metadata") or {}
         template = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
         for container in template.get("containers") or []:
-            tool = "kube2iam" if _is_kube2iam(container) else "kiam" if _is_kiam_agent(container) else None
+            tool = "kube2iam" if _is_kube2iam(container) else "kiam" if is_kiam_agent(container) else None
             if tool is None:
                 continue
             tokens = [str(t) for t in (container.get("command") or [])[1:] + (container.get("args") or [])]

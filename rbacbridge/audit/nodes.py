@@ -12,10 +12,17 @@ from rbacbridge.audit.findings import Finding
 from rbacbridge.errors import RbacbridgeError, UsageError
 
 
+DEAD_PORT = "a dead port (`iptables fix` deletes it only when named: --stale-port {port})"
+
+
 def classify_rules(rules: list[iptables.ListedRule], desired: iptables.Desired,
                    in_use: dict[int, str] | None = None) -> iptables.Classification:
-    """The one place the audit classifies a node's rules: iptables ownership, as `iptables status`."""
-    return iptables.classify(rules, desired, in_use=in_use)
+    """The one place the audit classifies a node's rules: iptables ownership, as `iptables status`, except
+    that the audit (which changes nothing) reports every rule to a dead port of this node as stale: a
+    finding to look at, not a deletion (`iptables fix` deletes it only when the user names the port)."""
+    dead = {r.kube2iam.port: DEAD_PORT.format(port=r.kube2iam.port) for r in rules
+            if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
+    return iptables.classify(rules, desired, in_use=in_use, stale_ports=dead)
 
 
 @dataclass
@@ -28,14 +35,15 @@ class NodeRules:
 
 
 def ports_in_use(rules: list[iptables.ListedRule], desired: iptables.Desired, listeners: dict[int, str] | None,
-                 kube2iams: list[Any]) -> dict[int, str] | None:
-    """Who uses each other port a rule to this node points at: a kube2iam DaemonSet's --app-port or a
-    listening process. None when the listeners could not be read and a port is left unexplained."""
+                 interceptors: list[Any]) -> dict[int, str] | None:
+    """Who uses each other port a rule to this node points at: an interceptor DaemonSet's port (kube2iam's
+    --app-port, a kiam agent's --port) or a listening process. None when the listeners could not be read
+    and a port is left unexplained."""
     ports = {r.kube2iam.port for r in rules
              if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
     in_use: dict[int, str] = {}
     for port in ports:
-        users = [f"kube2iam DaemonSet {k.ref}" for k in kube2iams if k.port == port]
+        users = [f"{k.tool} {k.ref}" for k in interceptors if k.port == port]
         if listeners is not None and port in listeners:
             users.append(listeners[port])
         if users:
@@ -61,7 +69,7 @@ def desired_settings(config, kube2iams: list[Any], kube_state: Any = None) -> tu
     return interface, config.kube2iam_port, "the configuration (no kube2iam DaemonSet seen)"
 
 
-def read_nodes(ctx, interface: str | None, port: int, kube2iams: list[Any] = ()) -> list[NodeRules]:
+def read_nodes(ctx, interface: str | None, port: int, interceptors: list[Any] = ()) -> list[NodeRules]:
     from rbacbridge import nodes
 
     refs = nodes.node_refs(ctx)
@@ -76,7 +84,7 @@ def read_nodes(ctx, interface: str | None, port: int, kube2iams: list[Any] = ())
             host_ip = ctx.config.host_ip or ref.internal_ip or session.peer_address()
             result.desired = iptables.Desired(iface, host_ip, port)
             _, result.rules, listeners, _ = nodes.look(session)
-            result.in_use = ports_in_use(result.rules, result.desired, listeners, list(kube2iams))
+            result.in_use = ports_in_use(result.rules, result.desired, listeners, list(interceptors))
         except UsageError:
             raise
         except RbacbridgeError as exc:
