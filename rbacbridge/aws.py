@@ -771,10 +771,13 @@ def _plan_removed(ctx, gw: AwsGateway, account: str, draft: Draft, keep_roles: s
         if iam_key(owned.name) in keep_roles or not (teardown or owned.tenant):
             continue
         live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=owned.name)
+        label = _label(owned.tenant, ctx.config, teardown)
         if live is None or live["Role"]["RoleId"] != unique_id:
             draft.removed.append(("role", unique_id))
+            if live is not None:
+                steps.append(_named(_left_alone(Role(owned.name, {}, (), ""), f"the recorded role (id {unique_id}) is gone; "
+                                                f"this one (id {live['Role']['RoleId']}) is another"), label))
             continue
-        label = _label(owned.tenant, ctx.config, teardown)
         part = _plan_role_teardown(ctx, gw, Role(owned.name, {}, (), "", tenant=owned.tenant or None), draft, own_profiles,
                                    kept_profiles, live)
         if part and part[-1].action == DELETE:
@@ -786,10 +789,13 @@ def _plan_removed(ctx, gw: AwsGateway, account: str, draft: Draft, keep_roles: s
         if iam_key(owned.name) in keep_policies or not (teardown or owned.tenant):
             continue
         live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=ctx.config.policy_arn(account, owned.name))
+        label = _label(owned.tenant, ctx.config, teardown)
         if live is None or live["Policy"]["PolicyId"] != unique_id:
             draft.removed.append(("policy", unique_id))
+            if live is not None:
+                steps.append(_named(_left_alone(ManagedPolicy(owned.name, {}, ""), f"the recorded policy (id {unique_id}) is "
+                                                f"gone; this one (id {live['Policy']['PolicyId']}) is another"), label))
             continue
-        label = _label(owned.tenant, ctx.config, teardown)
         part = _plan_policy_teardown(ctx, gw, account, ManagedPolicy(owned.name, {}, "", owned.tenant or None), draft,
                                      deleted_roles, detach_roles=kept_roles, live=live)
         if part and part[-1].action == DELETE:

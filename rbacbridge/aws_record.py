@@ -427,8 +427,13 @@ class RecordKey:
 # --- a run's changes to the record -------------------------------------------------------------
 
 
-PLACEHOLDER_ID = {"role": "AROA" + "X" * 17, "policy": "ANPA" + "X" * 17, "profile": "AIPA" + "X" * 17}
-PLACEHOLDER_ASSOCIATION = "iip-assoc-" + "0" * 17
+def _placeholder(prefix: str, seed: str, upper: bool = True) -> str:
+    """An id not known yet, as incompressible as the real one will be (the size check must not flatter)."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:17]
+    return prefix + (digest.upper() if upper else digest)
+
+
+_PLACEHOLDER_PREFIX = {"role": "AROA", "policy": "ANPA", "profile": "AIPA"}
 
 
 @dataclass
@@ -508,9 +513,10 @@ class Draft:
         """The record after this run, with placeholders for the ids not known yet (to check it fits)."""
         record = self.first(datetime(2000, 1, 1, tzinfo=timezone.utc))
         for intent in self.intents:
-            self._claim_into(record, intent.kind, PLACEHOLDER_ID[intent.kind], Owned(intent.name, intent.tenant))
-        for instance, entry in self.replaced.items():
-            record.associations[instance] = PLACEHOLDER_ASSOCIATION
+            self._claim_into(record, intent.kind, _placeholder(_PLACEHOLDER_PREFIX[intent.kind], intent.kind + intent.name),
+                             Owned(intent.name, intent.tenant))
+        for instance in self.replaced:
+            record.associations[instance] = _placeholder("iip-assoc-", instance, upper=False)
         for kind, unique_id in self.removed:
             record.owned[kind].pop(unique_id, None)
         return record
