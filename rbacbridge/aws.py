@@ -1031,8 +1031,9 @@ def plan_setup(ctx) -> list[Step]:
     _note_metadata_options(ctx, instances)
     key = record_key(ctx, gw, account)
     if key.state == "PendingDeletion":
-        raise RbacbridgeError(f"KMS key {key.arn} ({key.ref}) is pending deletion after a teardown: run `rbacbridge "
-                              "teardown` again to finish it, or cancel the deletion (aws kms cancel-key-deletion, enable-key)")
+        raise RbacbridgeError(f"KMS key {key.arn} ({key.ref}) is pending deletion: " + (
+            "pin another key (record.kms_key), or cancel the deletion (aws kms cancel-key-deletion, enable-key)" if key.pinned
+            else "run `rbacbridge teardown` again to finish it, or cancel the deletion (aws kms cancel-key-deletion, enable-key)"))
     draft = Draft(key)
     steps: list[Step] = []
     live_profile, profile_ok = None, True

@@ -14,7 +14,7 @@ from rbacbridge import planner
 from rbacbridge.aws_record import KMS_TAG_VALUE_MAX, Owned, Record, Replaced, encode
 from rbacbridge.plan import CONFLICT, DELETE, LEFT_ALONE, RESTORE, UPDATE
 from tests.fixtures_aws import ACCOUNT, ALIAS, key_tags, kms_state, moto_url, record_key, sandbox, signed_record  # noqa: F401
-from tests.test_aws_setup import PROFILE, RO, _setup, _teardown, recorded
+from tests.test_aws_setup import PROFILE, RO, RW, _setup, _teardown, recorded
 
 OLD_TAG = "rbacbridge:previous-instance-profile"
 ADMIN = "admin-profile"
@@ -317,3 +317,58 @@ def test_a_fresh_setup_plans_the_key_then_the_record_before_anything_else(sandbo
     plan = planner.plan_setup(sandbox.context())
     assert [s.kind for s in plan.steps[:2]] == ["kms-key", "record"] and plan.steps[-1].kind == "record"
     assert not [s for s in plan.steps if s.action == CONFLICT]
+
+
+def _interrupted_after_the_first_record_write(sandbox, config, monkeypatch, clock_offset):
+    """Setup stopped right after it signed its intents (before the first create), its clock off by `clock_offset`."""
+    from datetime import datetime, timezone
+
+    import rbacbridge.aws_record as aws_record
+
+    class Stop(Exception):
+        pass
+
+    real_now = aws_record.now
+    monkeypatch.setattr(aws_record, "now", lambda: real_now() + clock_offset)
+    session = sandbox.session()
+
+    def stop(model, **_):
+        if model.name.startswith("Create") and model.name not in ("CreateKey", "CreateAlias"):
+            raise Stop()
+    session.events.register("before-call", stop)
+    ctx = sandbox.context(config, session=session)
+    assert not planner.run(ctx, planner.plan_setup(ctx)).ok
+    monkeypatch.setattr(aws_record, "now", real_now)
+    assert [p[1] for p in signed_record(sandbox)["pending"]][:2] == ["nettech-s3-read-only", "nettech-kube2iam-node"]
+    return datetime.now(timezone.utc)
+
+
+def test_a_pending_create_is_this_installs_only_inside_its_window(sandbox, monkeypatch):
+    """Setup signs its intent to create a name before the create; a resource of that name found later is
+    the one it created only when AWS's CreateDate is at most 5 minutes before the intent (clock skew) and at
+    most an hour after it. Outside that, someone else made it: a conflict, and teardown leaves it."""
+    from datetime import timedelta
+
+    iam = sandbox.client("iam")
+    config = sandbox.config()
+    # the intent was signed two hours ago; the role of that name appeared just now: not this install's
+    _interrupted_after_the_first_record_write(sandbox, config, monkeypatch, timedelta(hours=-2))
+    iam.create_role(RoleName=RW, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[]}')
+    plan = planner.plan_setup(sandbox.context(config))
+    [conflict] = plan.conflicts
+    assert conflict.name == RW and "signed the intent to create it at" in conflict.reason
+    plan, _ = _teardown(sandbox, config)
+    assert iam.get_role(RoleName=RW)["Role"] and [s.action for s in plan.steps if s.name == RW and s.kind == "iam-role"] == [LEFT_ALONE]
+    iam.delete_role(RoleName=RW)
+    # the intent is signed "later" than AWS's CreateDate by more than the skew allowed: not this install's either
+    _interrupted_after_the_first_record_write(sandbox, config, monkeypatch, timedelta(minutes=10))
+    iam.create_role(RoleName=RW, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[]}')
+    assert [s.name for s in planner.plan_setup(sandbox.context(config)).conflicts] == [RW]
+    iam.delete_role(RoleName=RW)
+    _teardown(sandbox, config)
+    # inside the window (a setup stopped between CreateRole and its last record write): it is, and setup records its id
+    _interrupted_after_the_first_record_write(sandbox, config, monkeypatch, timedelta(minutes=3))
+    role_id = iam.create_role(RoleName=RW, AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[]}')["Role"]["RoleId"]
+    plan, _ = _setup(sandbox, config)
+    assert not plan.conflicts and signed_record(sandbox)["roles"][role_id] == [RW, "nginx-annotated"]
+    assert signed_record(sandbox)["pending"] == []
