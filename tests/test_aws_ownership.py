@@ -22,9 +22,9 @@ import pytest
 
 from rbacbridge import planner
 from rbacbridge.config import Tenant
-from rbacbridge.plan import CONFLICT, LEFT_ALONE, RESTORE
-from tests.fixtures_aws import ACCOUNT, INSTALL, key_tags, kms_state, moto_url, record_key, sandbox, signed_record  # noqa: F401
-from tests.test_aws_setup import PROFILE, RO, RW, _setup, _teardown
+from rbacbridge.plan import LEFT_ALONE
+from tests.fixtures_aws import ACCOUNT, INSTALL, key_tags, kms_state, moto_url, record_key, sandbox  # noqa: F401
+from tests.test_aws_setup import PROFILE, RW, _setup, _teardown
 
 ADMIN = "admin-profile"
 ADMIN_ARN = f"arn:aws:iam::{ACCOUNT}:instance-profile/{ADMIN}"
