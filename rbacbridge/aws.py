@@ -12,7 +12,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
@@ -479,7 +479,8 @@ def claim(draft: Draft, kind: str, name: str, info: dict) -> Claim:
     if pending is not None:
         created = info.get("CreateDate")
         return Claim(False, f"this install signed the intent to create it at {pending.at}, but AWS created it at "
-                            f"{created:%Y-%m-%dT%H:%M:%SZ}: not provably this install's" if isinstance(created, datetime)
+                            f"{created.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}: not provably this install's"
+                     if isinstance(created, datetime)
                      else f"this install signed the intent to create it at {pending.at}; AWS gives no creation time", True)
     if tags.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
         return Claim(False, f"tagged {MANAGED_BY_KEY}={MANAGED_BY_VALUE} but not in this install's signed record "

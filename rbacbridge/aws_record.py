@@ -372,7 +372,7 @@ class RecordKey:
                 and self.tags.get(INSTALL_TAG) == self.install)
 
     def room(self) -> int:
-        """How many chunk tags the key can hold for this record (its other tags count against IAM's 50)."""
+        """How many chunk tags the key can hold for this record (its other tags count against KMS's 50)."""
         others = sum(1 for k in self.tags if not k.startswith(f"{RECORD_TAG}{self.install}:"))
         if not self.exists:
             others = 2  # managed-by and rbacbridge:install, set when setup creates it
