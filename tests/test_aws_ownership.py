@@ -378,3 +378,27 @@ def test_a_tenant_role_renamed_only_by_case_is_the_same_role(sandbox):
     assert [r["RoleId"] for r in iam.list_roles()["Roles"] if r["RoleName"].lower() == "client-c-s3"] == [role_id]
     plan, _ = _teardown(sandbox, sandbox.config(tenants=(renamed,)))
     assert iam.list_roles()["Roles"] == [] and iam.list_policies(Scope="Local")["Policies"] == []
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("record:\n  install_id: Team_A!\n", "invalid record.install_id"),
+    ("record:\n  install_id: -a\n", "invalid record.install_id"),
+    ("record:\n  kms_key: my-key\n", "invalid record.kms_key"),
+    ("record:\n  kms_key: alias/aws/ebs\n", "AWS managed key"),
+])
+def test_record_settings_are_checked_before_anything(sandbox, tmp_path, yaml_text, needle):
+    path = tmp_path / "rbacbridge.yaml"
+    path.write_text(yaml_text)
+    state = everything(sandbox)
+    line = _one_error_line(cli(sandbox, "setup", "--only", "aws", "--yes", "--account-id", ACCOUNT, "-c", str(path)), code=2)
+    assert needle in line and everything(sandbox) == state
+
+
+def test_the_default_install_id_comes_from_the_profile_name_and_never_merges_two():
+    from rbacbridge.config import Config, derived_install_id
+
+    assert Config().effective_install_id == "nettech-instance-profile"
+    assert derived_install_id("Nodes-Prod") == "nodes-prod"  # IAM names are unique whatever their case
+    dotted, dashed = derived_install_id("nodes.prod"), derived_install_id("nodes-prod")
+    assert dotted != dashed and dotted.startswith("nodes-prod-") and len(derived_install_id("x" * 128)) <= 64
+    assert Config(install_id="team-a").effective_install_id == "team-a"
