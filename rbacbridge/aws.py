@@ -11,11 +11,14 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE, permission_set
-from rbacbridge.config import Config, Tenant, grant_bucket, grant_objects_arn
+from rbacbridge.aws_record import (DELETION_WINDOW_DAYS, INSTALL_TAG, KEY_SPEC, KEY_USAGE, KMS_TAGS_PER_KEY, Draft, RecordKey, Replaced, accept_pending,
+                                   encode, has_old_record, old_claims)
+from rbacbridge.config import Config, Tenant, grant_bucket, grant_objects_arn, iam_key
 from rbacbridge.errors import RbacbridgeError, UsageError, one_line, shown
 from rbacbridge.plan import (CONFLICT, CREATE, DELETE, LEFT_ALONE, RESTORE, UNCHANGED, UPDATE, Execution, Step,
                              execute_in_parallel)
@@ -24,9 +27,9 @@ from rbacbridge.templating import render_json
 SYSTEM = "aws"
 OWNED_TAG = {"Key": MANAGED_BY_KEY, "Value": MANAGED_BY_VALUE}
 TENANT_TAG = "rbacbridge:tenant"  # on a tenant's role and policy: which tenant they serve
-# Versions up to 0.1 recorded the replaced profile in this EC2 tag on the instance. Anyone with
-# ec2:CreateTags can write it, so it is no longer trusted: "none" is migrated (it can only ever
-# lead to a disassociation), a profile ARN is refused and reported (see docs/aws.md).
+# Versions up to 0.1 recorded the replaced profile in this EC2 tag on the instance (later ones, unsigned,
+# in the instance profile's tags). Anyone allowed to tag can write either: never trusted, only quoted by
+# teardown so that the operator can give a profile back by hand (docs/ownership.md, upgrading).
 PREVIOUS_PROFILE_TAG = "rbacbridge:previous-instance-profile"
 NO_PREVIOUS_PROFILE = "none"
 ASSOCIATED_STATES = ("associating", "associated")
@@ -270,10 +273,11 @@ class Role:
     kind = "iam-role"
 
 
-def resource_tags(resource: Any) -> list[dict[str, str]]:
-    """The tags setup gives a resource: managed-by, and the tenant of a tenant's role or policy."""
+def resource_tags(resource: Any, install: str) -> list[dict[str, str]]:
+    """The tags setup gives a resource: managed-by, the install, and the tenant of a tenant's role or
+    policy. They say whose it is meant to be; they are never evidence that it is (the record is)."""
     tenant = getattr(resource, "tenant", None)
-    return [OWNED_TAG] + ([{"Key": TENANT_TAG, "Value": tenant}] if tenant else [])
+    return [OWNED_TAG, {"Key": INSTALL_TAG, "Value": install}] + ([{"Key": TENANT_TAG, "Value": tenant}] if tenant else [])
 
 
 @dataclass(frozen=True)
@@ -421,10 +425,6 @@ def _decode(document: Any) -> dict:
     return document
 
 
-def _owned(tags: list[dict] | None) -> bool:
-    return any(t.get("Key") == MANAGED_BY_KEY and t.get("Value") == MANAGED_BY_VALUE for t in tags or [])
-
-
 # --- planning: setup --------------------------------------------------------------------------
 
 
@@ -432,45 +432,123 @@ def _step(action: str, resource: Any, message: str, reason: str = "", run: Calla
     return Step(SYSTEM, action, resource.kind, resource.name, message, reason, run, details)
 
 
-def _ownership(ctx, resource, live_tags, tag: Callable[[], Any]) -> Step | None:
-    """A same-named resource without rbacbridge's tag blocks setup, unless --adopt tags it."""
-    if _owned(live_tags):
+def _tag_map(tags: list[dict] | None) -> dict[str, str]:
+    return {t.get("Key"): t.get("Value") for t in tags or []}
+
+
+# --- ownership: the signed record decides ---------------------------------------------------------
+#
+# A resource is this install's when the verified record names its unique id, or names it as pending
+# (setup signed the intent to create it) and AWS's CreateDate falls in the window after that intent.
+# Tags never make anything ours: managed-by=rbacbridge on a resource the record does not name is a
+# conflict to report (docs/ownership.md), and another install's tag makes it one even for --adopt.
+
+KINDS = {"iam-role": "role", "iam-policy": "policy", "iam-instance-profile": "profile"}
+
+
+@dataclass
+class Claim:
+    ours: bool
+    why: str = ""  # why it is not provably ours
+    adoptable: bool = False  # --adopt may record it (not another install's)
+    accepted: bool = False  # a pending create of this run's install, found: its id goes into the record
+
+
+def _live_parts(kind: str, live: dict) -> dict:
+    return live[{"role": "Role", "policy": "Policy", "profile": "InstanceProfile"}[kind]]
+
+
+def _unique_id(kind: str, info: dict) -> str:
+    return info[{"role": "RoleId", "policy": "PolicyId", "profile": "InstanceProfileId"}[kind]]
+
+
+def claim(draft: Draft, kind: str, name: str, info: dict) -> Claim:
+    """Is this live resource (get_role's Role, get_policy's Policy, get_instance_profile's
+    InstanceProfile) this install's?"""
+    record = draft.key.record
+    unique_id = _unique_id(kind, info)
+    if record is not None and record.owner(kind, unique_id):
+        return Claim(True)
+    pending = record.pending_for(kind, name) if record is not None else None
+    if pending is not None and accept_pending(pending.at, info.get("CreateDate")):
+        return Claim(True, accepted=True)
+    tags = _tag_map(info.get("Tags"))
+    install = tags.get(INSTALL_TAG)
+    if install and install != draft.key.install:
+        return Claim(False, f"tagged {INSTALL_TAG}={install}: another install's (not in this install's signed record)")
+    if pending is not None:
+        created = info.get("CreateDate")
+        return Claim(False, f"this install signed the intent to create it at {pending.at}, but AWS created it at "
+                            f"{created.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}: not provably this install's"
+                     if isinstance(created, datetime)
+                     else f"this install signed the intent to create it at {pending.at}; AWS gives no creation time", True)
+    if tags.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE:
+        return Claim(False, f"tagged {MANAGED_BY_KEY}={MANAGED_BY_VALUE} but not in this install's signed record "
+                            "(a tag proves nothing: anyone allowed to tag can write it)", True)
+    return Claim(False, "not rbacbridge's: not in this install's signed record", True)
+
+
+def _created_id(draft: Draft, resource: Any, kind: str, response: dict) -> dict:
+    """A create step's response: its unique id goes into the record (setup's last record write)."""
+    info = _live_parts(kind, response)
+    draft.created(kind, _unique_id(kind, info), info.get({"role": "RoleName", "policy": "PolicyName",
+                                                          "profile": "InstanceProfileName"}[kind], resource.name),
+                  getattr(resource, "tenant", None))
+    return response
+
+
+def _ownership(ctx, draft: Draft, resource: Any, info: dict, tag: Callable[[], Any]) -> Step | None:
+    """None when the live resource is this install's; else a conflict (or, with --adopt, the adoption)."""
+    kind = KINDS[resource.kind]
+    found = claim(draft, kind, resource.name, info)
+    if found.ours:
+        if found.accepted:
+            draft.claim(kind, _unique_id(kind, info), resource.name, getattr(resource, "tenant", None))
         return None
-    if ctx.adopt:
-        return _step(UPDATE, resource, f"adopt {resource.kind} {resource.name}: tag it managed-by=rbacbridge",
-                     "exists without rbacbridge's tag; --adopt given", tag)
-    return _step(CONFLICT, resource, f"{resource.kind} {resource.name} exists and is not rbacbridge's",
-                 "not tagged managed-by=rbacbridge: rename it in the config, or pass --adopt to take it over")
+    unique_id = _unique_id(kind, info)
+    created = info.get("CreateDate")
+    when = f", created {created:%Y-%m-%d}" if isinstance(created, datetime) else ""
+    if ctx.adopt and found.adoptable:
+        draft.claim(kind, unique_id, resource.name, getattr(resource, "tenant", None))
+        return _step(UPDATE, resource, f"adopt {resource.kind} {resource.name} (id {unique_id}{when}): record it as this "
+                     f"install's and tag it", f"{found.why}; --adopt given: teardown will delete it", tag)
+    hint = ("rename it in the config, or pass --adopt to take it over (recorded; teardown then deletes it)"
+            if found.adoptable else "rename it in the config (set a different name for this install)")
+    return _step(CONFLICT, resource, f"{resource.kind} {resource.name} (id {unique_id}) exists and is not this install's",
+                 f"{found.why}: {hint}")
 
 
-def _tenant_tag_step(resource: Any, live_tags: list[dict] | None, tag: Callable[[], Any]) -> list[Step]:
-    """An owned tenant resource without (or with another) rbacbridge:tenant tag gets its tenant's."""
-    if resource.tenant is None:
+def _tags_step(resource: Any, live_tags: list[dict] | None, install: str, tag: Callable[[], Any]) -> list[Step]:
+    """This install's resource without (or with other) managed-by / rbacbridge:install / tenant tags gets them."""
+    tags = _tag_map(live_tags)
+    missing = [t for t in resource_tags(resource, install) if tags.get(t["Key"]) != t["Value"]]
+    if not missing:
         return []
-    current = next((t["Value"] for t in live_tags or [] if t["Key"] == TENANT_TAG), None)
-    if current == resource.tenant:
-        return []
-    why = "made by an earlier version, before tenants were tagged" if current is None else f"tagged for tenant {current}"
-    return [_step(UPDATE, resource, f"tag {resource.kind} {resource.name} {TENANT_TAG}={resource.tenant}", why, tag)]
+    why = ", ".join(f"{t['Key']} is {shown(tags[t['Key']])}" if t["Key"] in tags else f"no {t['Key']}" for t in missing)
+    return [_step(UPDATE, resource, f"tag {resource.kind} {resource.name} " + " ".join(f"{t['Key']}={t['Value']}" for t in missing),
+                  f"{why} (made by an earlier version, or retagged)", tag)]
 
 
-def _plan_policy(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy) -> list[Step]:
-    arn = ctx.config.policy_arn(account, policy.name)
+def _plan_policy(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy, draft: Draft) -> list[Step]:
+    name = draft.key.record.recorded_name("policy", policy.name) if draft.key.record else policy.name
+    arn = ctx.config.policy_arn(account, name)
     live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
     document = json.dumps(policy.document)
+    install = draft.key.install
     if live is None:
-        return [_step(CREATE, policy, f"create policy {policy.name}", run=lambda: gw.call(
+        draft.intend("policy", policy.name, policy.tenant)
+        return [_step(CREATE, policy, f"create policy {policy.name}", run=lambda: _created_id(draft, policy, "policy", gw.call(
             "iam", "create_policy", PolicyName=policy.name, PolicyDocument=document,
-            Description=policy.description, Tags=resource_tags(policy)))]
+            Description=policy.description, Tags=resource_tags(policy, install))))]
     steps: list[Step] = []
-    tag = lambda: gw.call("iam", "tag_policy", PolicyArn=arn, Tags=resource_tags(policy))  # noqa: E731
-    conflict = _ownership(ctx, policy, live["Policy"].get("Tags"), tag)
+    tag = lambda: gw.call("iam", "tag_policy", PolicyArn=arn, Tags=resource_tags(policy, install))  # noqa: E731
+    conflict = _ownership(ctx, draft, policy, live["Policy"], tag)
     if conflict:
         steps.append(conflict)
         if conflict.action == CONFLICT:
             return steps
     else:
-        steps += _tenant_tag_step(policy, live["Policy"].get("Tags"), tag)
+        steps += _tags_step(policy, live["Policy"].get("Tags"), install, tag)
     default = live["Policy"]["DefaultVersionId"]
     current = _decode(gw.call("iam", "get_policy_version", PolicyArn=arn, VersionId=default)["PolicyVersion"]["Document"])
     if documents_equal(policy.document, current):
@@ -496,46 +574,49 @@ def _trust_without_self(role: Role, account: str, config: Config) -> dict:
     return {**role.trust, "Statement": statements}
 
 
-def _plan_role(ctx, gw: AwsGateway, account: str, role: Role) -> list[Step]:
+def _plan_role(ctx, gw: AwsGateway, account: str, role: Role, draft: Draft) -> list[Step]:
     config = ctx.config
-    live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=role.name)
+    name = draft.key.record.recorded_name("role", role.name) if draft.key.record else role.name
+    live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=name)
     trust = json.dumps(role.trust)
     update_trust = lambda: retry_eventual_consistency(lambda: gw.call(  # noqa: E731
-        "iam", "update_assume_role_policy", RoleName=role.name, PolicyDocument=trust))
+        "iam", "update_assume_role_policy", RoleName=name, PolicyDocument=trust))
     steps: list[Step] = []
     attached: set[str] = set()
     if live is None:
         first_trust = _trust_without_self(role, account, config) if role.trusts_itself else role.trust
+        draft.intend("role", role.name, role.tenant)
         steps.append(_step(CREATE, role, f"create role {role.name} ({_principals(role.trust)})", run=lambda: retry_eventual_consistency(
-            lambda: gw.call("iam", "create_role", RoleName=role.name, AssumeRolePolicyDocument=json.dumps(first_trust),
-                            Description=role.description, Tags=resource_tags(role)))))
+            lambda: _created_id(draft, role, "role", gw.call(
+                "iam", "create_role", RoleName=role.name, AssumeRolePolicyDocument=json.dumps(first_trust),
+                Description=role.description, Tags=resource_tags(role, draft.key.install))))))
         if role.trusts_itself:
             steps.append(_step(UPDATE, role, f"let role {role.name} trust its own ARN",
                                "kube2iam's default role is the node role; a role can only name itself once it exists",
                                update_trust))
     else:
-        tag = lambda: gw.call("iam", "tag_role", RoleName=role.name, Tags=resource_tags(role))  # noqa: E731
-        conflict = _ownership(ctx, role, live["Role"].get("Tags"), tag)
+        tag = lambda: gw.call("iam", "tag_role", RoleName=name, Tags=resource_tags(role, draft.key.install))  # noqa: E731
+        conflict = _ownership(ctx, draft, role, live["Role"], tag)
         if conflict:
             steps.append(conflict)
             if conflict.action == CONFLICT:
                 return steps
         else:
-            steps += _tenant_tag_step(role, live["Role"].get("Tags"), tag)
+            steps += _tags_step(role, live["Role"].get("Tags"), draft.key.install, tag)
         current = _decode(live["Role"]["AssumeRolePolicyDocument"])
         if not documents_equal(role.trust, current):
             steps.append(_step(UPDATE, role, f"update trust policy of role {role.name}",
                                describe_difference("trust policy", role.trust, current), update_trust))
-        live_attached = _attached_policies(gw, role.name)
-        attached = {p["PolicyName"] for p in live_attached}
-    for name in role.policies:
-        if name in attached:
+        live_attached = _attached_policies(gw, name)
+        attached = {iam_key(p["PolicyName"]) for p in live_attached}
+    for policy_name in role.policies:
+        if iam_key(policy_name) in attached:
             continue
-        arn = config.policy_arn(account, name)
-        steps.append(Step(SYSTEM, CREATE, "iam-attachment", f"{role.name}/{name}", f"attach policy {name} to role {role.name}",
-                          run=lambda arn=arn: gw.call("iam", "attach_role_policy", RoleName=role.name, PolicyArn=arn)))
-    if live is not None:  # the role's whole permission set: nothing but what setup attaches (item 8)
-        steps += permission_set.extra_policy_steps(ctx, gw, account, role, live_attached, _decode)
+        arn = config.policy_arn(account, policy_name)
+        steps.append(Step(SYSTEM, CREATE, "iam-attachment", f"{role.name}/{policy_name}", f"attach policy {policy_name} to role {role.name}",
+                          run=lambda arn=arn: gw.call("iam", "attach_role_policy", RoleName=name, PolicyArn=arn)))
+    if live is not None:  # the role's whole permission set: nothing but what setup attaches (issue 22, item 8)
+        steps += permission_set.extra_policy_steps(ctx, gw, account, role, live_attached, _decode, live_name=name)
     if not steps:
         steps.append(_step(UNCHANGED, role, f"role {role.name} is up to date"))
     return steps
@@ -582,407 +663,163 @@ def live_documents(iam, roles: list[str]):
     return docs
 
 
-def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None) -> list[Step]:
+def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None, draft: Draft) -> list[Step]:
     add_role = lambda: gw.call("iam", "add_role_to_instance_profile",  # noqa: E731
                                InstanceProfileName=profile.name, RoleName=profile.role)
+    install = draft.key.install
     if live is None:
+        draft.intend("profile", profile.name, None)
         return [
-            _step(CREATE, profile, f"create instance profile {profile.name}", run=lambda: gw.call(
-                "iam", "create_instance_profile", InstanceProfileName=profile.name, Tags=[OWNED_TAG])),
+            _step(CREATE, profile, f"create instance profile {profile.name}", run=lambda: _created_id(draft, profile, "profile", gw.call(
+                "iam", "create_instance_profile", InstanceProfileName=profile.name, Tags=resource_tags(profile, install)))),
             _step(CREATE, profile, f"put role {profile.role} in instance profile {profile.name}", run=add_role),
         ]
     steps: list[Step] = []
-    foreign_record = [t["Key"] for t in live["InstanceProfile"].get("Tags", [])
-                      if t["Key"].startswith(_RECORD_KEYS + (TENANT_RECORD_PREFIX,))]
-
-    def adopt() -> None:
-        gw.call("iam", "tag_instance_profile", InstanceProfileName=profile.name, Tags=[OWNED_TAG])
-        if foreign_record:  # written while it was not ours: never trusted as rbacbridge's record
-            gw.call("iam", "untag_instance_profile", InstanceProfileName=profile.name, TagKeys=foreign_record)
-
-    conflict = _ownership(ctx, profile, live["InstanceProfile"].get("Tags"), adopt)
+    info = live["InstanceProfile"]
+    tag = lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=profile.name, Tags=resource_tags(profile, install))  # noqa: E731
+    conflict = _ownership(ctx, draft, profile, info, tag)
     if conflict:
         steps.append(conflict)
         if conflict.action == CONFLICT:
             return steps
-    roles = [r["RoleName"] for r in live["InstanceProfile"].get("Roles", [])]
+    else:
+        steps += _tags_step(profile, info.get("Tags"), install, tag)
+    if has_old_record(info.get("Tags")):
+        steps.append(_step(LEFT_ALONE, profile, f"ignore the unsigned record in the tags of instance profile {profile.name}",
+                           "written by rbacbridge before the signed record (or by anyone allowed to tag it): "
+                           "never trusted; teardown only quotes it"))
+    roles = [r["RoleName"] for r in info.get("Roles", [])]
     for other in roles:
-        if other != profile.role:  # a profile holds one role
+        if iam_key(other) != iam_key(profile.role):  # a profile holds one role
             steps.append(_step(UPDATE, profile, f"take role {other} out of instance profile {profile.name}",
                                f"the profile must hold {profile.role}", lambda other=other: gw.call(
                                    "iam", "remove_role_from_instance_profile",
                                    InstanceProfileName=profile.name, RoleName=other)))
-    if profile.role not in roles:
+    if iam_key(profile.role) not in {iam_key(r) for r in roles}:
         steps.append(_step(UPDATE, profile, f"put role {profile.role} in instance profile {profile.name}", run=add_role))
     return steps or [_step(UNCHANGED, profile, f"instance profile {profile.name} holds role {profile.role}")]
 
 
-# --- the restore record -----------------------------------------------------------------------
+# --- the record in the plan ----------------------------------------------------------------------
 #
-# What setup replaced on each instance lives in IAM tags on rbacbridge's own instance profile:
-# writing them needs iam:TagInstanceProfile on that profile (EC2 tags would need only
-# ec2:CreateTags on the instance). Two kinds of tag (IAM allows 50 per profile, 256 characters a value):
-#   rbacbridge:record:<n>          "<instance>=<association id>=<profile id> <instance>=none ..." (3 entries a tag)
-#   rbacbridge:profile:<profile id> the ARN of that previous profile (one tag per distinct profile)
-# An entry is written before the association changes, from the association EC2 reported.
-
-RECORD_PREFIX = "rbacbridge:record:"
-PROFILE_PREFIX = "rbacbridge:profile:"
-_RECORD_KEYS = (RECORD_PREFIX, PROFILE_PREFIX)
-TAG_VALUE_MAX = 256
-TAGS_PER_RESOURCE = 50
-_ENTRY = re.compile(r"(i-[0-9a-f]{8,17})=(?:none|(iip-assoc-[0-9a-f]{8,17})=([A-Za-z0-9]{16,32}))")
-_ENTRY_INSTANCE = re.compile(r"(i-[0-9a-f]{8,17})=")
-_PROFILE_ID = re.compile(r"[A-Za-z0-9]{16,32}")
-_PROFILE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):instance-profile/(?:[\w+=.@-]+/)*([\w+=.@-]{1,128})")
-_RECORD_INDEX = re.compile(r"[1-9][0-9]{0,2}")
+# This install's record (rbacbridge/aws_record.py, docs/ownership.md) lives in the tags of its KMS key
+# and is signed with it. Setup creates the key first (unless record.kms_key pins one), writes the record
+# before creating or associating anything (intents, adoptions, what each instance had) and again at the
+# end (the unique ids the creates returned, what it deleted). Teardown only reads it, and deletes the key
+# last, once nothing the record names is left.
 
 
-@dataclass(frozen=True)
-class Previous:
-    """One instance's entry: the association setup replaced, or none."""
-
-    instance_id: str
-    association_id: str | None = None
-    profile_id: str | None = None
-    profile_arn: str | None = None
-
-    @property
-    def token(self) -> str:
-        if self.association_id is None:
-            return f"{self.instance_id}={NO_PREVIOUS_PROFILE}"
-        return f"{self.instance_id}={self.association_id}={self.profile_id}"
-
-    @property
-    def profile_name(self) -> str:
-        return _profile_name(self.profile_arn) if self.profile_arn else NO_PREVIOUS_PROFILE
-
-    def storable(self) -> bool:
-        if self.association_id is None:
-            return True
-        return (len(self.profile_arn or "") <= TAG_VALUE_MAX and _PROFILE_ARN.fullmatch(self.profile_arn or "") is not None
-                and _ENTRY.fullmatch(self.token) is not None)
+def _key_steps(key: RecordKey) -> list[Step]:
+    if key.exists:
+        return []
+    return [Step(SYSTEM, CREATE, "kms-key", key.alias, f"create KMS key {key.alias} ({KEY_SPEC}, {KEY_USAGE}), "
+                 f"tagged {MANAGED_BY_KEY}={MANAGED_BY_VALUE} {INSTALL_TAG}={key.install}",
+                 "it signs this install's record: only principals IAM allows kms:Sign on it can write a record that verifies",
+                 key.create)]
 
 
-class RecordFull(RbacbridgeError):
-    pass
+def _describe_replaced(instance: str, entry: Replaced) -> str:
+    if entry.unknown:
+        return f"{instance} held it already (had: unknown)"
+    if entry.had_none:
+        return f"{instance} had none"
+    return f"{instance} had {entry.profile_name} ({entry.association_id})"
 
 
-@dataclass
-class Record:
-    """rbacbridge's restore record as read from its instance profile's tags."""
-
-    tags: dict[str, str] = field(default_factory=dict)  # the record's own tags, as read
-    other_tags: int = 0  # tags on the profile that are not the record's (managed-by, the user's)
-    entries: dict[str, Previous] = field(default_factory=dict)  # consistent entries
-    tampered: dict[str, str] = field(default_factory=dict)  # instance -> why its entry is not trusted
-    unreadable: list[str] = field(default_factory=list)  # problems that name no instance
-
-    def distrust(self, instance_id: str, why: str) -> None:
-        self.entries.pop(instance_id, None)
-        self.tampered.setdefault(instance_id, why)
-
-
-def parse_record(tags: list[dict] | None, account: str) -> Record:
-    """Read the record; every inconsistency puts the instance it names in `tampered`."""
-    record = Record()
-    for tag in tags or []:
-        if tag["Key"].startswith(_RECORD_KEYS):
-            record.tags[tag["Key"]] = tag["Value"]
-        else:
-            record.other_tags += 1
-    profiles: dict[str, str | None] = {}  # id -> ARN, or None when the ARN cannot be trusted
-    for key, value in record.tags.items():
-        if key.startswith(PROFILE_PREFIX):
-            profile_id = key[len(PROFILE_PREFIX):]
-            match = _PROFILE_ARN.fullmatch(value)
-            good = _PROFILE_ID.fullmatch(profile_id) and match and match.group(1) == account
-            profiles[profile_id] = value if good else None
-            if not good:
-                record.unreadable.append(f"tag {key} = {value!r} is not an instance profile ARN of account {account}")
-        elif not _RECORD_INDEX.fullmatch(key[len(RECORD_PREFIX):]):
-            record.unreadable.append(f"unexpected record tag {key}")
-    seen: set[str] = set()
-    for key in sorted(k for k in record.tags if k.startswith(RECORD_PREFIX)):
-        for token in record.tags[key].split(" "):
-            if not token:
-                continue
-            match = _ENTRY.fullmatch(token)
-            if match is None:
-                named = _ENTRY_INSTANCE.match(token)
-                if named:
-                    seen.add(named.group(1))
-                    record.distrust(named.group(1), f"malformed entry {token!r} in tag {key}")
-                else:
-                    record.unreadable.append(f"tag {key}: entry {token!r} names no instance")
-                continue
-            instance_id, association_id, profile_id = match.groups()
-            if instance_id in seen:
-                record.distrust(instance_id, "the record names it more than once")
-                continue
-            seen.add(instance_id)
-            if association_id is None:
-                record.entries[instance_id] = Previous(instance_id)
-            elif profile_id not in profiles:
-                record.distrust(instance_id, f"entry {token!r} names profile id {profile_id}, which the record does not list")
-            elif profiles[profile_id] is None:
-                record.distrust(instance_id, f"the record's ARN for profile id {profile_id} is not an instance profile ARN of this account")
-            else:
-                record.entries[instance_id] = Previous(instance_id, association_id, profile_id, profiles[profile_id])
-    return record
+def _record_steps(draft: Draft) -> tuple[list[Step], list[Step]]:
+    """Setup's two record writes (each a kms:Sign and a kms:TagResource), or a conflict when the record would not fit."""
+    key = draft.key
+    chunks, room = len(encode(draft.projected())[0]), key.room()
+    if chunks > room:
+        return [Step(SYSTEM, CONFLICT, "record", key.ref, f"cannot record this setup: the record would need {chunks} tags "
+                     f"on KMS key {key.arn or key.alias}, which has room for {room} (KMS allows {KMS_TAGS_PER_KEY} tags a key)",
+                     "set up fewer instances or tenants per install (docs/ownership.md, limits), or remove other tags from the key")], []
+    first: list[Step] = []
+    if draft.first_needed:
+        said = [f"{p.kind} {p.name}" for p in draft.intents]
+        parts = ([f"will create {', '.join(said)}"] if said else []) + \
+            ([f"this install's: {', '.join(f'{k} {o.name} ({i})' for k, i, o in draft.claimed)}"] if draft.claimed else []) + \
+            [_describe_replaced(i, e) for i, e in sorted(draft.replaced.items())]
+        first.append(Step(SYSTEM, UPDATE if key.record else CREATE, "record", key.ref,
+                          "sign and store this install's record: " + "; ".join(parts or ["association ids"]),
+                          "in the tags of its KMS key, before anything is created or associated",
+                          draft.write_first, {"record": {i: e.profile_arn or ("unknown" if e.unknown else "none")
+                                                         for i, e in sorted(draft.replaced.items())}}))
+    last: list[Step] = []
+    if draft.last_needed:
+        last.append(Step(SYSTEM, UPDATE, "record", key.ref,
+                         "sign and store the unique ids of what setup created and associated"
+                         + (f", forget the {len(draft.removed)} resource(s) it deleted" if draft.removed else ""),
+                         "setup's last step: from then on only these ids make a resource this install's", draft.write_last))
+    return first, last
 
 
-def check_evidence(record: Record, history: dict[str, dict], own_arn: str) -> None:
-    """An association EC2 still lists under a recorded id must be that instance's, and hold the
-    recorded profile (replaced, kept as history) or rbacbridge's (EC2 kept the id on replace)."""
-    for instance_id, previous in list(record.entries.items()):
-        seen = history.get(previous.association_id or "")
-        if seen is None:
-            continue
-        if seen["InstanceId"] != instance_id:
-            record.distrust(instance_id, f"association {previous.association_id} belongs to instance {seen['InstanceId']}")
-        elif seen["IamInstanceProfile"]["Arn"] not in (previous.profile_arn, own_arn):
-            record.distrust(instance_id, f"association {previous.association_id} held {seen['IamInstanceProfile']['Arn']}, "
-                                         f"not the recorded {previous.profile_arn}")
+def _label(owned_tenant: str, config: Config, teardown: bool) -> str:
+    if not owned_tenant:
+        return "teardown" if teardown else "no longer in the config"
+    gone = teardown or all(t.name != owned_tenant for t in config.tenants)
+    return f"tenant {owned_tenant} ({'teardown' if teardown else 'no longer in the config' if gone else 'renamed resource'})"
 
 
-def record_changes(record: Record, updates: list[Previous]) -> dict[str, str]:
-    """The record tags to write so that each update replaces its instance's entry. Entries stay in
-    the tag they are in (one TagInstanceProfile call; an interrupted write leaves no duplicate)."""
-    values = {k: [t for t in v.split(" ") if t] for k, v in record.tags.items() if k.startswith(RECORD_PREFIX)}
-    changed: dict[str, str] = {}
-    for update in updates:
-        placed = False
-        for key, tokens in values.items():
-            mine = [n for n, t in enumerate(tokens) if t.startswith(update.instance_id + "=")]
-            if not mine:
-                continue
-            kept = [t for n, t in enumerate(tokens) if n not in mine[1:]]
-            kept[mine[0]] = update.token if not placed else None
-            values[key] = [t for t in kept if t]
-            placed, changed[key] = True, ""
-        if not placed:
-            key = next((k for k, t in values.items() if len(" ".join(t + [update.token])) <= TAG_VALUE_MAX), None)
-            if key is None:
-                used = {int(k[len(RECORD_PREFIX):]) for k in values if _RECORD_INDEX.fullmatch(k[len(RECORD_PREFIX):])}
-                key = RECORD_PREFIX + str(next(n for n in range(1, 1000) if n not in used))
-                values[key] = []
-            values[key].append(update.token)
-            changed[key] = ""
-        if update.profile_id and record.tags.get(PROFILE_PREFIX + update.profile_id) != update.profile_arn:
-            changed[PROFILE_PREFIX + update.profile_id] = update.profile_arn or ""
-    for key in changed:
-        if key.startswith(RECORD_PREFIX):
-            changed[key] = " ".join(values[key])
-            if len(changed[key]) > TAG_VALUE_MAX:
-                raise RecordFull(f"record tag {key} would exceed {TAG_VALUE_MAX} characters")
-    total = record.other_tags + len(set(record.tags) | set(changed))
-    if total > TAGS_PER_RESOURCE:
-        raise RecordFull(f"the record needs {total} tags on the instance profile, IAM allows {TAGS_PER_RESOURCE}")
-    return changed
-
-
-# --- planning: associations (setup) -------------------------------------------------------------
-
-
-# --- the tenant record ------------------------------------------------------------------------
-#
-# Which tenants' roles and policies setup created, in IAM tags on rbacbridge's own instance profile
-# (like the restore record: writing them needs iam:TagInstanceProfile on that profile, which tenants
-# and most principals lack; a tag on the role itself could be written by anyone allowed to tag roles).
-#   rbacbridge:tenant:<tenant name>   "role=<role> policy=<policy>" (policy= absent without grants)
-# Written before a tenant's resources are created (with the old names too while they change); an
-# entry goes only after what it names is deleted. Removing a tenant from the config deletes what its
-# entry names, and only what also carries managed-by=rbacbridge and rbacbridge:tenant=<that tenant>.
-
-TENANT_RECORD_PREFIX = "rbacbridge:tenant:"
-_TENANT_TOKEN = re.compile(r"(role|policy)=([A-Za-z0-9_+=.@-]{1,128})")
-_TENANT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
-@dataclass(frozen=True)
-class TenantEntry:
-    tenant: str
-    roles: tuple[str, ...]
-    policies: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return TENANT_RECORD_PREFIX + self.tenant
-
-    @property
-    def value(self) -> str:
-        return " ".join([f"role={r}" for r in self.roles] + [f"policy={p}" for p in self.policies])
-
-    def union(self, other: "TenantEntry | None") -> "TenantEntry":
-        if other is None:
-            return self
-        return TenantEntry(self.tenant, tuple(dict.fromkeys(other.roles + self.roles)),
-                           tuple(dict.fromkeys(other.policies + self.policies)))
-
-    def describe(self) -> str:
-        parts = [f"role {', '.join(self.roles)}"] + ([f"policy {', '.join(self.policies)}"] if self.policies else [])
-        return f"{self.tenant} ({'; '.join(parts)})"
-
-
-def parse_tenant_record(tags: list[dict] | None) -> tuple[dict[str, TenantEntry], list[str]]:
-    """The entries of the tenant record, and what in it cannot be read (never acted on)."""
-    entries: dict[str, TenantEntry] = {}
-    problems: list[str] = []
-    for tag in tags or []:
-        key, value = tag["Key"], tag["Value"]
-        if not key.startswith(TENANT_RECORD_PREFIX):
-            continue
-        name = key[len(TENANT_RECORD_PREFIX):]
-        tokens = [_TENANT_TOKEN.fullmatch(t) for t in value.split(" ") if t]
-        if not _TENANT_NAME.fullmatch(name) or not tokens or None in tokens or not any(t.group(1) == "role" for t in tokens):
-            problems.append(f"tag {key} = {shown(value)} is not a tenant entry")
-            continue
-        entries[name] = TenantEntry(name, tuple(t.group(2) for t in tokens if t.group(1) == "role"),
-                                    tuple(t.group(2) for t in tokens if t.group(1) == "policy"))
-    return entries, problems
-
-
-def desired_tenant_record(config: Config) -> dict[str, TenantEntry]:
-    # IAM tag values hold no ','; IAM names may (iam.pod_role of the article's tenant): such a tenant is not
-    # recorded, so it is never removed as a tenant (teardown still removes it as configured).
-    return {t.name: TenantEntry(t.name, (t.role,), (t.policy,) if t.policy else ()) for t in config.tenants
-            if t.managed and "," not in t.role + (t.policy or "")}
-
-
-def _record_resource(profile: str) -> InstanceProfile:
-    return InstanceProfile(profile, "")
-
-
-def _tenant_record_start(ctx, gw: AwsGateway, live_profile: dict | None) -> tuple[list[Step], dict[str, TenantEntry]]:
-    """Before any tenant resource is created: record every configured managed tenant (old names kept
-    while they change). Returns the steps and the record as it will stand (the live entries, trusted)."""
-    config = ctx.config
-    info = live_profile["InstanceProfile"] if live_profile else None
-    owned = info is not None and _owned(info.get("Tags"))
-    if info is not None and not owned and not ctx.adopt:
-        return [], {}  # the profile's conflict blocks the run
-    tags = (info.get("Tags") or []) if owned else []
-    live, problems = parse_tenant_record(tags)
-    steps = [Step(SYSTEM, LEFT_ALONE, "tenant-record", config.instance_profile,
-                  f"tenant record on instance profile {config.instance_profile} looks tampered with: {p}",
-                  "nothing is deleted on the strength of this tag") for p in problems]
-    changes: dict[str, str] = {}
-    added: list[TenantEntry] = []
-    for name, wanted in desired_tenant_record(config).items():
-        entry = wanted.union(live.get(name))
-        if len(entry.value) > TAG_VALUE_MAX:
-            steps.append(Step(SYSTEM, CONFLICT, "tenant-record", config.instance_profile,
-                              f"cannot record tenant {name}: old and new role and policy names exceed {TAG_VALUE_MAX} characters",
-                              "rename in two runs (role first, then policy), or remove the tenant and add it again"))
-            continue
-        if live.get(name) is None or live[name].value != entry.value:
-            changes[entry.key] = entry.value
-            added.append(entry)
-    if changes:
-        total = len({t["Key"] for t in tags} | set(changes)) + (0 if owned else 1)
-        if total > TAGS_PER_RESOURCE:
-            steps.append(Step(SYSTEM, CONFLICT, "tenant-record", config.instance_profile,
-                              f"cannot record {len(added)} more tenant(s) on instance profile {config.instance_profile}",
-                              f"it would need {total} tags, IAM allows {TAGS_PER_RESOURCE} (the restore record shares them)"))
-        else:
-            items = [{"Key": k, "Value": v} for k, v in sorted(changes.items())]
-            steps.append(Step(SYSTEM, UPDATE if live else CREATE, "tenant-record", config.instance_profile,
-                              f"record on instance profile {config.instance_profile} the tenants whose resources setup manages: "
-                              + "; ".join(e.describe() for e in added),
-                              "IAM tags on rbacbridge's own profile: removing a tenant later deletes only what is recorded",
-                              lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=config.instance_profile, Tags=items),
-                              {"tenants": sorted(e.tenant for e in added)}))
-    return steps, live
-
-
-def _tenant_evidence(live_tags: list[dict] | None, tenant: str) -> str | None:
-    """Why a recorded tenant resource is not provably ours (None: it is)."""
-    tags = {t["Key"]: t["Value"] for t in live_tags or []}
-    if tags.get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
-        return "not tagged managed-by=rbacbridge"
-    if tags.get(TENANT_TAG) != tenant:
-        return f"not tagged {TENANT_TAG}={tenant}"
-    return None
-
-
-def _plan_removed_tenants(ctx, gw: AwsGateway, account: str, recorded: dict[str, TenantEntry],
-                          keep_roles: set[str], keep_policies: set[str], teardown: bool) -> tuple[list[Step], set[str]]:
-    """Delete the recorded tenant roles and policies the configuration no longer has (all of them on
-    teardown), on evidence: the record, plus rbacbridge's tags naming that tenant. Detach before delete.
-    Returns the steps and the tenants whose entry can go once they have run."""
+def _plan_removed(ctx, gw: AwsGateway, account: str, draft: Draft, keep_roles: set[str], keep_policies: set[str],
+                  teardown: bool, own_profiles: set[str] = frozenset(), kept_profiles: set[str] = frozenset()) -> list[Step]:
+    """Delete what the record names that the configuration no longer has: a removed (or renamed) tenant's
+    role and policy on setup; on teardown every recorded role and policy the configured walk does not
+    cover. Only by unique id: a same-named resource with another id is not the recorded one."""
+    record = draft.key.record
+    if record is None:
+        return []
     steps: list[Step] = []
-    settled: set[str] = set()
-    why_gone = "teardown" if teardown else "no longer in the config"
-    for name, entry in sorted(recorded.items()):
-        label = f"tenant {name} ({why_gone})" if teardown or name not in desired_tenant_record(ctx.config) else f"tenant {name} (renamed resource)"
-        deleted_roles: set[str] = set()
-        for role_name in entry.roles:
-            if role_name in keep_roles:
-                continue
-            live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=role_name)
-            if live is None:
-                continue
-            role = Role(role_name, {}, (), "", tenant=name)
-            refused = _tenant_evidence(live["Role"].get("Tags"), name)
-            if refused:
-                steps.append(_step(LEFT_ALONE, role, f"{label}: leave role {role_name}, recorded for it", refused))
-                continue
-            part = _plan_role_teardown(ctx, gw, role, set(), set())
-            if part and part[-1].action == DELETE:
-                deleted_roles.add(role_name)
-            steps += [_named(s, label) for s in part]
-        for policy_name in entry.policies:
-            if policy_name in keep_policies:
-                continue
-            arn = ctx.config.policy_arn(account, policy_name)
-            live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
-            if live is None:
-                continue
-            policy = ManagedPolicy(policy_name, {}, "", name)
-            refused = _tenant_evidence(live["Policy"].get("Tags"), name)
-            if refused:
-                steps.append(_step(LEFT_ALONE, policy, f"{label}: leave policy {policy_name}, recorded for it", refused))
-                continue
-            part = _plan_policy_teardown(ctx, gw, account, policy, deleted_roles, detach_roles=set(entry.roles) & keep_roles)
-            steps += [_named(s, label) for s in part]
-        settled.add(name)
-    return steps, settled
+    deleted_roles: set[str] = set()
+    for unique_id, owned in sorted(record.owned["role"].items(), key=lambda item: item[1].name):
+        if iam_key(owned.name) in keep_roles or not (teardown or owned.tenant):
+            continue
+        live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=owned.name)
+        label = _label(owned.tenant, ctx.config, teardown)
+        if live is None or live["Role"]["RoleId"] != unique_id:
+            draft.removed.append(("role", unique_id))
+            if live is not None:
+                steps.append(_named(_left_alone(Role(owned.name, {}, (), ""), f"the recorded role (id {unique_id}) is gone; "
+                                                f"this one (id {live['Role']['RoleId']}) is another"), label))
+            continue
+        part = _plan_role_teardown(ctx, gw, Role(owned.name, {}, (), "", tenant=owned.tenant or None), draft, own_profiles,
+                                   kept_profiles, live)
+        if part and part[-1].action == DELETE:
+            deleted_roles.add(iam_key(owned.name))
+            draft.removed.append(("role", unique_id))
+        steps += [_named(s, label) for s in part]
+    kept_roles = {iam_key(o.name) for o in record.owned["role"].values() if iam_key(o.name) in keep_roles}
+    for unique_id, owned in sorted(record.owned["policy"].items(), key=lambda item: item[1].name):
+        if iam_key(owned.name) in keep_policies or not (teardown or owned.tenant):
+            continue
+        live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=ctx.config.policy_arn(account, owned.name))
+        label = _label(owned.tenant, ctx.config, teardown)
+        if live is None or live["Policy"]["PolicyId"] != unique_id:
+            draft.removed.append(("policy", unique_id))
+            if live is not None:
+                steps.append(_named(_left_alone(ManagedPolicy(owned.name, {}, ""), f"the recorded policy (id {unique_id}) is "
+                                                f"gone; this one (id {live['Policy']['PolicyId']}) is another"), label))
+            continue
+        part = _plan_policy_teardown(ctx, gw, account, ManagedPolicy(owned.name, {}, "", owned.tenant or None), draft,
+                                     deleted_roles, detach_roles=kept_roles, live=live)
+        if part and part[-1].action == DELETE:
+            draft.removed.append(("policy", unique_id))
+        steps += [_named(s, label) for s in part]
+    return steps
 
 
 def _named(step: Step, label: str) -> Step:
     step.message = f"{label}: {step.message}"
-    step.details = {**step.details, "tenant": label.split(" ")[1]}
+    if label.startswith("tenant "):
+        step.details = {**step.details, "tenant": label.split(" ")[1]}
     return step
 
 
-def _tenant_record_end(ctx, gw: AwsGateway, recorded: dict[str, TenantEntry], settled: set[str]) -> list[Step]:
-    """After the removals: each settled entry back to what the config has, or gone."""
-    profile = ctx.config.instance_profile
-    desired = desired_tenant_record(ctx.config)
-    rewrite = {desired[n].key: desired[n].value for n in settled if n in desired and desired[n].value != recorded[n].value}
-    forget = sorted(recorded[n].key for n in settled if n not in desired)
-    steps: list[Step] = []
-    if rewrite:
-        items = [{"Key": k, "Value": v} for k, v in sorted(rewrite.items())]
-        steps.append(Step(SYSTEM, UPDATE, "tenant-record", profile,
-                          f"record on instance profile {profile} only the current names of tenant(s) "
-                          + ", ".join(k[len(TENANT_RECORD_PREFIX):] for k in sorted(rewrite)),
-                          run=lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=profile, Tags=items)))
-    if forget:
-        steps.append(Step(SYSTEM, DELETE, "tenant-record", profile,
-                          "forget " + ", ".join(f"tenant {k[len(TENANT_RECORD_PREFIX):]}" for k in forget)
-                          + f" in the record on instance profile {profile}",
-                          "once its recorded resources are deleted (any not provably rbacbridge's is left alone, above)",
-                          lambda: gw.call("iam", "untag_instance_profile", InstanceProfileName=profile, TagKeys=forget)))
-    return steps
-
-
 def _kept_names(config: Config, account: str) -> tuple[set[str], set[str]]:
-    """Role and policy names the configuration still uses (never deleted as a removed tenant's)."""
+    """Role and policy names the configuration still uses (iam_key), never deleted as a removed tenant's."""
     roles = {t.role for t in config.tenants} | {config.node_role, config.pod_default_role, config.effective_default_role}
     policies = {t.policy for t in config.tenants if t.policy} | {config.node_policy, config.kube2iam_policy}
-    return roles, policies
+    return {iam_key(r) for r in roles}, {iam_key(p) for p in policies}
 
 
 # --- what the instances' metadata options mean for kube2iam ------------------------------------
@@ -1040,10 +877,6 @@ def _note_metadata_options(ctx, instances: dict[str, dict[str, Any]]) -> None:
             f"{', '.join(requiring)}, which require tokens; use jtblin/kube2iam:0.13.0 or later (kube2iam.image)")
 
 
-def _profile_name(arn: str) -> str:
-    return arn.rsplit("/", 1)[-1]
-
-
 def _live_profile(gw: AwsGateway, name: str) -> dict | None:
     return gw.get_or_none("iam", "get_instance_profile", ("NoSuchEntity",), InstanceProfileName=name)
 
@@ -1066,10 +899,6 @@ def _describe_instances(gw: AwsGateway, instance_ids: list[str]) -> dict[str, di
             raise UsageError(str(exc)) from None
         raise
     return instances
-
-
-def _tags_of(instance: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
@@ -1099,96 +928,68 @@ def _associations(gw: AwsGateway, instance_ids: list[str] | None = None, states:
     return found
 
 
-def _describe_previous(previous: Previous) -> str:
-    if previous.association_id is None:
-        return f"{previous.instance_id} had none"
-    return f"{previous.instance_id} had {previous.profile_name} ({previous.association_id})"
+def _holds(association: dict | None, own_id: str | None, own_arn: str) -> bool:
+    """Does this association hold the install's profile (by id; by ARN only before the profile exists)?"""
+    if association is None:
+        return False
+    profile = association["IamInstanceProfile"]
+    return profile.get("Id") == own_id if own_id and profile.get("Id") else profile["Arn"] == own_arn
 
 
-def _record_step(gw: AwsGateway, profile: str, record: Record, updates: list[Previous]) -> Step:
-    resource = InstanceProfile(profile, "")
-    try:
-        changes = record_changes(record, updates)
-    except RecordFull as exc:
-        return Step(SYSTEM, CONFLICT, "restore-record", profile, f"cannot record what setup replaces: {exc}",
-                    "associate these instances in smaller batches after a teardown, or use fewer distinct previous profiles")
-    tags = [{"Key": k, "Value": v} for k, v in sorted(changes.items())]
-    return Step(SYSTEM, UPDATE if record.tags else CREATE, "restore-record", resource.name,
-                f"record on instance profile {profile} what setup replaces: " + "; ".join(_describe_previous(u) for u in updates),
-                "IAM tags on rbacbridge's own profile (iam:TagInstanceProfile), written before any association changes",
-                lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=profile, Tags=tags),
-                {"record": {u.instance_id: u.profile_arn or NO_PREVIOUS_PROFILE for u in updates}})
-
-
-def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_profile: dict | None,
-                       instances: dict[str, dict[str, Any]]) -> list[Step]:
-    """Associate rbacbridge's profile with each instance, recording first what it replaces."""
+def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_profile: dict | None, draft: Draft) -> list[Step]:
+    """Associate the install's profile with each instance. What an instance had goes into the signed
+    record first (the record write precedes every association step); the association id comes last."""
     if not ids:
         return []
     name = ctx.config.instance_profile
-    tags = {i: _tags_of(instance) for i, instance in instances.items()}
     info = live_profile["InstanceProfile"] if live_profile else None
-    owned = info is not None and _owned(info.get("Tags"))
-    if info is not None and not owned and not ctx.adopt:
-        return []  # the profile's conflict blocks the run; nothing to associate
+    own_id = info["InstanceProfileId"] if info else None
     own_arn = info["Arn"] if info else f"arn:aws:iam::{account}:instance-profile/{name}"
-    tags_now = (info.get("Tags") or []) if info else []
-    record = parse_record(tags_now if owned else [t for t in tags_now if not t["Key"].startswith(_RECORD_KEYS)], account)
+    record = draft.key.record
     current = {a["InstanceId"]: a for a in _associations(gw, ids)}
-    updates: list[Previous] = []
-    migrated: list[str] = []
     steps: list[Step] = []
     for instance_id in ids:
         assoc = ProfileAssociation(instance_id, name)
         live = current.get(instance_id)
-        old_tag = tags.get(instance_id, {}).get(PREVIOUS_PROFILE_TAG)
-        if live and live["IamInstanceProfile"]["Arn"] == own_arn:
-            if instance_id in record.entries:
+        if _holds(live, own_id, own_arn):
+            entry = record.replaced.get(instance_id) if record else None
+            if entry is not None:
                 steps.append(_step(UNCHANGED, assoc, f"instance {instance_id} uses instance profile {name} "
-                                   f"(recorded: it had {record.entries[instance_id].profile_name})"))
-                if old_tag == NO_PREVIOUS_PROFILE:
-                    migrated.append(instance_id)  # an interrupted migration: finish it
-            elif instance_id in record.tampered:
-                steps.append(_step(LEFT_ALONE, assoc, f"record for instance {instance_id} looks tampered with: "
-                                   f"{record.tampered[instance_id]}", "teardown will restore nothing on it"))
-            elif old_tag == NO_PREVIOUS_PROFILE:
-                updates.append(Previous(instance_id))
-                migrated.append(instance_id)
-            elif old_tag is not None:
-                steps.append(_step(LEFT_ALONE, assoc, f"old-style record on instance {instance_id} (EC2 tag {PREVIOUS_PROFILE_TAG}"
-                                   f"={old_tag}) is not trusted and not migrated",
-                                   "anyone with ec2:CreateTags can write it: teardown will restore nothing on this instance"))
+                                   f"(recorded: it had {'an unknown profile' if entry.unknown else entry.profile_name})"))
+                if record.associations.get(instance_id) != live["AssociationId"]:
+                    draft.associations[instance_id] = live["AssociationId"]  # an interrupted setup's, or re-issued by EC2
+            elif ctx.adopt:
+                draft.replaced[instance_id] = Replaced(unknown=True)
+                draft.associations[instance_id] = live["AssociationId"]
+                steps.append(_step(UPDATE, assoc, f"record instance {instance_id}, which already holds instance profile {name}, "
+                                   "in this install's record", "--adopt: what it had before is unknown, so teardown "
+                                   "disassociates it and gives nothing back (it quotes an unsigned record's claim, if any)"))
             else:
-                steps.append(_step(LEFT_ALONE, assoc, f"instance {instance_id} holds instance profile {name} but rbacbridge has no record of it",
-                                   "associated outside rbacbridge: teardown leaves it (--force disassociates)"))
+                steps.append(_step(LEFT_ALONE, assoc, f"instance {instance_id} holds instance profile {name} but this install's "
+                                   "record does not name it", "associated outside rbacbridge, or by a version before the signed "
+                                   "record: teardown leaves it (`setup --adopt` records it, `teardown --force` disassociates)"))
             continue
-        previous = Previous(instance_id, live["AssociationId"], live["IamInstanceProfile"]["Id"],
-                            live["IamInstanceProfile"]["Arn"]) if live else Previous(instance_id)
+        previous = Replaced(live["AssociationId"], live["IamInstanceProfile"].get("Id"),
+                            live["IamInstanceProfile"]["Arn"]) if live else Replaced()
         if not previous.storable():
             steps.append(_step(CONFLICT, assoc, f"cannot record instance {instance_id}'s profile {previous.profile_arn}",
-                               "its ARN does not fit an IAM tag value (length or characters): associate it by hand"))
+                               "its association, id or ARN is not in a form the record holds: associate it by hand"))
             continue
-        if record.entries.get(instance_id) != previous:
-            updates.append(previous)
-        if old_tag is not None:
-            migrated.append(instance_id)  # superseded by the record written just before
+        draft.replaced[instance_id] = previous
         spec = {"Name": name}
+        remember = draft.associated
         if live is None:
             steps.append(_step(CREATE, assoc, f"associate instance profile {name} with instance {instance_id}",
-                               run=lambda i=instance_id: retry_eventual_consistency(lambda: gw.call(
-                                   "ec2", "associate_iam_instance_profile", IamInstanceProfile=spec, InstanceId=i))))
+                               "the record says it had none", run=lambda i=instance_id: remember(i, retry_eventual_consistency(lambda: gw.call(
+                                   "ec2", "associate_iam_instance_profile", IamInstanceProfile=spec, InstanceId=i))
+                                   ["IamInstanceProfileAssociation"]["AssociationId"])))
         else:
             steps.append(_step(UPDATE, assoc, f"replace instance profile {previous.profile_name} with {name} on instance {instance_id}",
                                f"{previous.profile_name} is recorded and comes back on teardown",
-                               lambda a=live["AssociationId"]: retry_eventual_consistency(lambda: gw.call(
-                                   "ec2", "replace_iam_instance_profile_association", IamInstanceProfile=spec, AssociationId=a))))
-    first: list[Step] = [_record_step(gw, name, record, updates)] if updates else []
-    if migrated:
-        first.append(Step(SYSTEM, DELETE, "old-style-record", ", ".join(migrated),
-                          f"remove the old-style record tag {PREVIOUS_PROFILE_TAG} from instance(s) {', '.join(migrated)}",
-                          "superseded by the record on the instance profile (written first)",
-                          run=lambda: gw.call("ec2", "delete_tags", Resources=migrated, Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
-    return first + steps
+                               lambda i=instance_id, a=live["AssociationId"]: remember(i, retry_eventual_consistency(lambda: gw.call(
+                                   "ec2", "replace_iam_instance_profile_association", IamInstanceProfile=spec, AssociationId=a))
+                                   ["IamInstanceProfileAssociation"]["AssociationId"])))
+    return steps
 
 
 def instance_ids(ctx) -> list[str]:
@@ -1221,250 +1022,292 @@ def _checked_account(ctx, gw: AwsGateway) -> str:
     return account
 
 
+def record_key(ctx, gw: AwsGateway, account: str) -> RecordKey:
+    """This install's KMS key and its verified record (RecordInvalid: exit 1, before anything changes)."""
+    return RecordKey(gw, ctx.config, account).load()
+
+
 def plan_setup(ctx) -> list[Step]:
     gw = gateway(ctx)
     account = _checked_account(ctx, gw)
     ids = instance_ids(ctx)
-    instances = _describe_instances(gw, ids)  # one describe: validation, metadata options, old-style tags
+    instances = _describe_instances(gw, ids)  # one describe: validation and metadata options
     _note_metadata_options(ctx, instances)
+    key = record_key(ctx, gw, account)
+    if key.state == "PendingDeletion":
+        raise RbacbridgeError(f"KMS key {key.arn} ({key.ref}) is pending deletion: " + (
+            "pin another key (record.kms_key), or cancel the deletion (aws kms cancel-key-deletion, enable-key)" if key.pinned
+            else "run `rbacbridge teardown` again to finish it, or cancel the deletion (aws kms cancel-key-deletion, enable-key)"))
+    draft = Draft(key)
     steps: list[Step] = []
-    live_profile = None
-    recorded: dict[str, TenantEntry] = {}
+    live_profile, profile_ok = None, True
     for resource in desired_resources(ctx.config, account, []):
         if isinstance(resource, ManagedPolicy):
-            steps += _plan_policy(ctx, gw, account, resource)
+            steps += _plan_policy(ctx, gw, account, resource, draft)
         elif isinstance(resource, Role):
-            steps += _plan_role(ctx, gw, account, resource)
+            steps += _plan_role(ctx, gw, account, resource, draft)
         elif isinstance(resource, InstanceProfile):
-            live_profile = _live_profile(gw, resource.name)
-            steps += _plan_profile(ctx, gw, resource, live_profile)
-            record_steps, recorded = _tenant_record_start(ctx, gw, live_profile)
-            steps += record_steps  # before any tenant's role or policy is created
+            name = key.record.recorded_name("profile", resource.name) if key.record else resource.name
+            live_profile = _live_profile(gw, name)
+            profile_steps = _plan_profile(ctx, gw, resource, live_profile, draft)
+            profile_ok = not any(s.action == CONFLICT for s in profile_steps)
+            steps += profile_steps
     keep_roles, keep_policies = _kept_names(ctx.config, account)
-    removal, settled = _plan_removed_tenants(ctx, gw, account, recorded, keep_roles, keep_policies, teardown=False)
-    steps += removal
-    steps += _tenant_record_end(ctx, gw, recorded, settled)
-    steps += _plan_associations(ctx, gw, account, ids, live_profile, instances)
-    return permission_set.without_repeats(steps)
+    steps += _plan_removed(ctx, gw, account, draft, keep_roles, keep_policies, teardown=False)
+    if profile_ok:  # else the profile's conflict blocks the run: nothing to associate
+        steps += _plan_associations(ctx, gw, account, ids, live_profile, draft)
+    first, last = _record_steps(draft)
+    return permission_set.without_repeats(_key_steps(key) + first + steps + last)
 
 
 # --- planning: teardown -----------------------------------------------------------------------
 
 
-def _left_alone(resource: Any, why: str = "not tagged managed-by=rbacbridge (--force deletes it anyway)") -> Step:
-    return _step(LEFT_ALONE, resource, f"leave {resource.kind} {resource.name}: not rbacbridge's", why)
+def _left_alone(resource: Any, why: str = "not in this install's signed record (--force deletes it anyway)") -> Step:
+    return _step(LEFT_ALONE, resource, f"leave {resource.kind} {resource.name}: not this install's", why)
 
 
-def _plan_associations_teardown(ctx, gw: AwsGateway, account: str, live_profile: dict | None) -> tuple[list[Step], str | None]:
-    """Give each instance rbacbridge recorded back what setup replaced, while it still holds
-    rbacbridge's profile. Returns the steps and, when the profile must stay (instances hold it
-    without a record), why."""
+def _claims_note(claims: dict[str, str], instance_id: str) -> str:
+    claimed = claims.get(instance_id)
+    if claimed is None:
+        return ""
+    if claimed == NO_PREVIOUS_PROFILE:
+        return "; an unsigned record of an earlier version claims it had none"
+    return (f"; an unsigned record of an earlier version claims it had {claimed} (never trusted: if you trust it, "
+            f"`aws ec2 associate-iam-instance-profile --instance-id {instance_id} --iam-instance-profile Arn={claimed}`)")
+
+
+def _plan_associations_teardown(ctx, gw: AwsGateway, account: str, live_profile: dict | None,
+                                draft: Draft) -> tuple[list[Step], str | None]:
+    """Give each instance the record names back what setup replaced, while it still holds the install's
+    profile. Returns the steps and, when the profile must stay (instances hold it without a record), why."""
     if live_profile is None:
         return [], None
     info = live_profile["InstanceProfile"]
-    name, own_arn = info["InstanceProfileName"], info["Arn"]
-    owned = _owned(info.get("Tags"))
-    history = _associations(gw, states=None)
-    holders = {a["InstanceId"]: a for a in history
-               if a["State"] in ASSOCIATED_STATES and a["IamInstanceProfile"]["Arn"] == own_arn}
+    name, own_arn, own_id = info["InstanceProfileName"], info["Arn"], info["InstanceProfileId"]
+    ours = claim(draft, "profile", name, info).ours
+    holders = {a["InstanceId"]: a for a in _associations(gw, states=None)
+               if a["State"] in ASSOCIATED_STATES and _holds(a, own_id, own_arn)}
     steps: list[Step] = []
-    if not owned and not ctx.force:
+    if not ours and not ctx.force:
         for instance_id in sorted(holders):
             steps.append(_step(LEFT_ALONE, ProfileAssociation(instance_id, name),
-                               f"leave instance {instance_id} with instance profile {name}: the profile is not rbacbridge's",
-                               "rbacbridge has no record of this association (--force disassociates and deletes the profile)"))
+                               f"leave instance {instance_id} with instance profile {name}: the profile is not this install's",
+                               "not in this install's signed record (--force disassociates and deletes the profile)"))
         return steps, None
-    record = parse_record(info.get("Tags") if owned else [], account)
-    check_evidence(record, {a["AssociationId"]: a for a in history}, own_arn)
-    for problem in record.unreadable:
-        steps.append(Step(SYSTEM, LEFT_ALONE, "restore-record", name, f"record on instance profile {name} looks tampered with: {problem}",
-                          "no instance is restored from this part of the record"))
-    old_tags = {i["InstanceId"]: t["Value"]
-                for page in _pages(gw, "ec2", "describe_instances", "NextToken",
-                                   Filters=[{"Name": "tag-key", "Values": [PREVIOUS_PROFILE_TAG]}])
-                for r in page["Reservations"] for i in r["Instances"]
-                for t in i.get("Tags", []) if t["Key"] == PREVIOUS_PROFILE_TAG}
+    record = draft.key.record
+    entries = record.replaced if record else {}
+    untrusted = [i for i in holders if i not in entries or entries[i].unknown]
+    claims: dict[str, str] = {}
+    if untrusted:
+        old_tags = {i["InstanceId"]: t["Value"]
+                    for page in _pages(gw, "ec2", "describe_instances", "NextToken",
+                                       Filters=[{"Name": "tag-key", "Values": [PREVIOUS_PROFILE_TAG]}])
+                    for r in page["Reservations"] for i in r["Instances"]
+                    for t in i.get("Tags", []) if t["Key"] == PREVIOUS_PROFILE_TAG}
+        claims = old_claims(info.get("Tags"), old_tags)
     unrecorded: list[str] = []
     previous_profiles: dict[str, dict | None] = {}
-    for instance_id in sorted(set(holders) | set(record.tampered)):
+    for instance_id in sorted(holders):
         assoc = ProfileAssociation(instance_id, name)
-        if instance_id not in holders:
-            steps.append(_step(LEFT_ALONE, assoc, f"record for instance {instance_id} looks tampered with: {record.tampered[instance_id]}",
-                               f"it does not hold {name}: nothing to undo there"))
-            continue
         association_id = holders[instance_id]["AssociationId"]
         disassociate = lambda a=association_id: gw.call("ec2", "disassociate_iam_instance_profile", AssociationId=a)  # noqa: E731
         remove = f"disassociate instance profile {name} from instance {instance_id}"
-        previous = record.entries.get(instance_id)
-        if previous is not None:
-            if old_tags.get(instance_id) == NO_PREVIOUS_PROFILE:
-                steps.append(_step(DELETE, assoc, f"remove the old-style record tag from instance {instance_id}", "superseded by the record",
-                                   run=lambda i=instance_id: gw.call("ec2", "delete_tags", Resources=[i], Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
-            elif instance_id in old_tags:
-                steps.append(_step(LEFT_ALONE, assoc, f"ignore EC2 tag {PREVIOUS_PROFILE_TAG}={old_tags[instance_id]} on instance {instance_id}",
-                                   "not rbacbridge's record (anyone with ec2:CreateTags can write it); the IAM record decides"))
-            if previous.association_id is None:
-                steps.append(_step(DELETE, assoc, remove, "recorded: it had no instance profile before setup", disassociate))
-                continue
-            pname = previous.profile_name
-            if pname not in previous_profiles:
-                previous_profiles[pname] = _live_profile(gw, pname)
-            live = previous_profiles[pname]
-            if live is None:
-                steps.append(_step(DELETE, assoc, remove, f"its recorded previous profile {pname} no longer exists", disassociate))
-            elif (live["InstanceProfile"]["InstanceProfileId"], live["InstanceProfile"]["Arn"]) != (previous.profile_id, previous.profile_arn):
-                steps.append(_step(LEFT_ALONE, assoc, f"do not give instance {instance_id} the profile now named {pname}",
-                                   f"it is not the recorded one (id {previous.profile_id}, {previous.profile_arn}): nothing restored"))
-                steps.append(_step(DELETE, assoc, remove, "its recorded previous profile was deleted and re-created", disassociate))
+        entry = entries.get(instance_id)
+        if entry is None:
+            if ctx.force:
+                steps.append(_step(DELETE, assoc, remove, "--force: associated without this install's record" + _claims_note(claims, instance_id),
+                                   disassociate))
             else:
-                spec = {"Arn": previous.profile_arn}
-                steps.append(_step(RESTORE, assoc, f"give instance {instance_id} back its instance profile {pname} ({previous.profile_arn})",
-                                   f"recorded by setup: association {previous.association_id} of profile id {previous.profile_id}",
-                                   lambda a=association_id, spec=spec: retry_eventual_consistency(lambda: gw.call(
-                                       "ec2", "replace_iam_instance_profile_association", IamInstanceProfile=spec, AssociationId=a)),
-                                   restore=previous.profile_arn))
-        elif instance_id in record.tampered:
-            steps.append(_step(LEFT_ALONE, assoc, f"record for instance {instance_id} looks tampered with: {record.tampered[instance_id]}",
-                               "nothing is restored on it; the profile it had (if any) must be given back by hand"))
-            steps.append(_step(DELETE, assoc, remove, "rbacbridge's own association; its record is not trusted", disassociate))
-        elif old_tags.get(instance_id) == NO_PREVIOUS_PROFILE:
-            steps.append(_step(DELETE, assoc, remove, "old-style record (EC2 tag, migrated): it had no instance profile", disassociate))
-            steps.append(_step(DELETE, assoc, f"remove the old-style record tag from instance {instance_id}",
-                               run=lambda i=instance_id: gw.call("ec2", "delete_tags", Resources=[i], Tags=[{"Key": PREVIOUS_PROFILE_TAG}])))
-        elif instance_id in old_tags:
-            steps.append(_step(LEFT_ALONE, assoc, f"refuse the old-style record on instance {instance_id}: "
-                               f"EC2 tag {PREVIOUS_PROFILE_TAG}={old_tags[instance_id]}",
-                               "anyone with ec2:CreateTags can write it, so nothing is restored; if you trust it, associate "
-                               "that profile by hand after teardown (the tag is left in place)"))
-            steps.append(_step(DELETE, assoc, remove, "rbacbridge's own association (old-style record)", disassociate))
-        elif ctx.force:
-            steps.append(_step(DELETE, assoc, remove, "--force: associated without a record of rbacbridge's", disassociate))
+                unrecorded.append(instance_id)
+                steps.append(_step(LEFT_ALONE, assoc, f"leave instance {instance_id} with instance profile {name}: this install's "
+                                   "record does not name it", "--force disassociates it" + _claims_note(claims, instance_id)))
+            continue
+        if entry.unknown:
+            steps.append(_step(DELETE, assoc, remove, "recorded by `setup --adopt`: what it had before is unknown, nothing is "
+                               "given back" + _claims_note(claims, instance_id), disassociate))
+            continue
+        if entry.had_none:
+            steps.append(_step(DELETE, assoc, remove, "recorded: it had no instance profile before setup", disassociate))
+            continue
+        pname = entry.profile_name
+        if pname not in previous_profiles:
+            previous_profiles[pname] = _live_profile(gw, pname)
+        live = previous_profiles[pname]
+        if live is None:
+            steps.append(_step(DELETE, assoc, remove, f"its recorded previous profile {pname} no longer exists", disassociate))
+        elif (live["InstanceProfile"]["InstanceProfileId"], live["InstanceProfile"]["Arn"]) != (entry.profile_id, entry.profile_arn):
+            steps.append(_step(LEFT_ALONE, assoc, f"do not give instance {instance_id} the profile now named {pname}",
+                               f"it is not the recorded one (id {entry.profile_id}, {entry.profile_arn}): nothing restored"))
+            steps.append(_step(DELETE, assoc, remove, "its recorded previous profile was deleted and re-created", disassociate))
         else:
-            unrecorded.append(instance_id)
-            steps.append(_step(LEFT_ALONE, assoc, f"leave instance {instance_id} with instance profile {name}: rbacbridge has no record of associating it",
-                               "--force disassociates it"))
+            spec = {"Arn": entry.profile_arn}
+            steps.append(_step(RESTORE, assoc, f"give instance {instance_id} back its instance profile {pname} ({entry.profile_arn})",
+                               f"signed record: association {entry.association_id} of profile id {entry.profile_id}",
+                               lambda a=association_id, spec=spec: retry_eventual_consistency(lambda: gw.call(
+                                   "ec2", "replace_iam_instance_profile_association", IamInstanceProfile=spec, AssociationId=a)),
+                               restore=entry.profile_arn))
     keep = None
     if unrecorded:
-        keep = f"still associated with {', '.join(unrecorded)} without rbacbridge's record (--force disassociates and deletes)"
+        keep = f"still associated with {', '.join(unrecorded)} without this install's record (--force disassociates and deletes)"
     return steps, keep
 
 
-def _plan_role_teardown(ctx, gw: AwsGateway, role: Role, own_profiles: set[str], kept_profiles: set[str]) -> list[Step]:
-    live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=role.name)
+def _plan_role_teardown(ctx, gw: AwsGateway, role: Role, draft: Draft, own_profiles: set[str], kept_profiles: set[str],
+                        live: dict | None = None) -> list[Step]:
+    name = draft.key.record.recorded_name("role", role.name) if draft.key.record else role.name
+    live = live or gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=name)
     if live is None:
         return []
-    if not _owned(live["Role"].get("Tags")) and not ctx.force:
-        return [_left_alone(role)]
-    profiles = gw.call("iam", "list_instance_profiles_for_role", RoleName=role.name)["InstanceProfiles"]
-    kept = [p["InstanceProfileName"] for p in profiles if p["InstanceProfileName"] in kept_profiles]
+    found = claim(draft, "role", name, live["Role"])
+    if not found.ours and not ctx.force:
+        return [_left_alone(role, f"{found.why} (--force deletes it anyway)")]
+    name = live["Role"]["RoleName"]
+    profiles = gw.call("iam", "list_instance_profiles_for_role", RoleName=name)["InstanceProfiles"]
+    kept = [p["InstanceProfileName"] for p in profiles if iam_key(p["InstanceProfileName"]) in kept_profiles]
     if kept:
+        draft.kept.append(f"role {name}")
         return [_left_alone(role, f"still in instance profile {', '.join(kept)}, which stays (see above)")]
     steps = []
-    for policy in _attached_policies(gw, role.name):
-        steps.append(Step(SYSTEM, DELETE, "iam-attachment", f"{role.name}/{policy['PolicyName']}",
-                          f"detach policy {policy['PolicyName']} from role {role.name}",
-                          run=lambda arn=policy["PolicyArn"]: gw.call("iam", "detach_role_policy", RoleName=role.name, PolicyArn=arn)))
-    for name in gw.call("iam", "list_role_policies", RoleName=role.name)["PolicyNames"]:
-        steps.append(_step(DELETE, role, f"delete inline policy {name} of role {role.name}",
-                           run=lambda name=name: gw.call("iam", "delete_role_policy", RoleName=role.name, PolicyName=name)))
+    for policy in _attached_policies(gw, name):
+        steps.append(Step(SYSTEM, DELETE, "iam-attachment", f"{name}/{policy['PolicyName']}",
+                          f"detach policy {policy['PolicyName']} from role {name}",
+                          run=lambda arn=policy["PolicyArn"]: gw.call("iam", "detach_role_policy", RoleName=name, PolicyArn=arn)))
+    for inline in gw.call("iam", "list_role_policies", RoleName=name)["PolicyNames"]:
+        steps.append(_step(DELETE, role, f"delete inline policy {inline} of role {name}",
+                           run=lambda inline=inline: gw.call("iam", "delete_role_policy", RoleName=name, PolicyName=inline)))
     for profile in profiles:
-        if profile["InstanceProfileName"] in own_profiles:
+        if iam_key(profile["InstanceProfileName"]) in own_profiles:
             continue  # the profile's own teardown takes the role out
-        steps.append(_step(DELETE, role, f"take role {role.name} out of instance profile {profile['InstanceProfileName']}",
+        steps.append(_step(DELETE, role, f"take role {name} out of instance profile {profile['InstanceProfileName']}",
                            run=lambda p=profile["InstanceProfileName"]: gw.call(
-                               "iam", "remove_role_from_instance_profile", InstanceProfileName=p, RoleName=role.name)))
-    steps.append(_step(DELETE, role, f"delete role {role.name}", run=lambda: gw.call("iam", "delete_role", RoleName=role.name)))
+                               "iam", "remove_role_from_instance_profile", InstanceProfileName=p, RoleName=name)))
+    steps.append(_step(DELETE, role, f"delete role {name}", "this install's (signed record)" if found.ours else "--force",
+                       run=lambda: gw.call("iam", "delete_role", RoleName=name)))
     return steps
 
 
-def _plan_policy_teardown(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy, roles_deleted: set[str],
-                          detach_roles: set[str] = frozenset()) -> list[Step]:
+def _plan_policy_teardown(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy, draft: Draft, roles_deleted: set[str],
+                          detach_roles: set[str] = frozenset(), live: dict | None = None) -> list[Step]:
     """Delete the policy. `roles_deleted` detach it themselves (their steps come first); `detach_roles`
-    are rbacbridge's roles that stay (a tenant's role keeps, its policy goes): detached here."""
-    arn = ctx.config.policy_arn(account, policy.name)
-    live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
+    are the install's roles that stay (a tenant's role keeps, its policy goes): detached here (iam_key names)."""
+    name = draft.key.record.recorded_name("policy", policy.name) if draft.key.record else policy.name
+    arn = ctx.config.policy_arn(account, name)
+    live = live or gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
     if live is None:
         return []
-    if not _owned(live["Policy"].get("Tags")) and not ctx.force:
-        return [_left_alone(policy)]
+    found = claim(draft, "policy", name, live["Policy"])
+    if not found.ours and not ctx.force:
+        return [_left_alone(policy, f"{found.why} (--force deletes it anyway)")]
     entities = gw.call("iam", "list_entities_for_policy", PolicyArn=arn)
-    roles = [r["RoleName"] for r in entities["PolicyRoles"] if r["RoleName"] not in roles_deleted]
-    others = [("role", r) for r in roles if r not in detach_roles]
+    roles = [r["RoleName"] for r in entities["PolicyRoles"] if iam_key(r["RoleName"]) not in roles_deleted]
+    others = [("role", r) for r in roles if iam_key(r) not in detach_roles]
     others += [("user", u["UserName"]) for u in entities["PolicyUsers"]]
     others += [("group", g["GroupName"]) for g in entities["PolicyGroups"]]
     steps: list[Step] = [
-        Step(SYSTEM, DELETE, "iam-attachment", f"{r}/{policy.name}", f"detach policy {policy.name} from role {r}",
+        Step(SYSTEM, DELETE, "iam-attachment", f"{r}/{name}", f"detach policy {name} from role {r}",
              run=lambda r=r: gw.call("iam", "detach_role_policy", RoleName=r, PolicyArn=arn))
-        for r in roles if r in detach_roles]
+        for r in roles if iam_key(r) in detach_roles]
     if others:
         names = ", ".join(f"{k} {n}" for k, n in others)
         if not ctx.force:
+            draft.kept.append(f"policy {name}")
             return [_left_alone(policy, f"still attached to {names} (--force detaches and deletes)")]
         detach = {"role": ("detach_role_policy", "RoleName"), "user": ("detach_user_policy", "UserName"),
                   "group": ("detach_group_policy", "GroupName")}
-        for kind, name in others:
+        for kind, other in others:
             operation, key = detach[kind]
-            steps.append(_step(DELETE, policy, f"detach policy {policy.name} from {kind} {name}", "--force",
-                               lambda op=operation, k=key, n=name: gw.call("iam", op, PolicyArn=arn, **{k: n})))
+            steps.append(_step(DELETE, policy, f"detach policy {name} from {kind} {other}", "--force",
+                               lambda op=operation, k=key, n=other: gw.call("iam", op, PolicyArn=arn, **{k: n})))
     for version in gw.call("iam", "list_policy_versions", PolicyArn=arn)["Versions"]:
         if not version["IsDefaultVersion"]:
-            steps.append(_step(DELETE, policy, f"delete version {version['VersionId']} of policy {policy.name}",
+            steps.append(_step(DELETE, policy, f"delete version {version['VersionId']} of policy {name}",
                                run=lambda v=version["VersionId"]: gw.call("iam", "delete_policy_version", PolicyArn=arn, VersionId=v)))
-    steps.append(_step(DELETE, policy, f"delete policy {policy.name}", run=lambda: gw.call("iam", "delete_policy", PolicyArn=arn)))
+    steps.append(_step(DELETE, policy, f"delete policy {name}", "this install's (signed record)" if found.ours else "--force",
+                       run=lambda: gw.call("iam", "delete_policy", PolicyArn=arn)))
     return steps
 
 
-def _plan_profile_teardown(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None, keep: str | None) -> list[Step]:
+def _plan_profile_teardown(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None, keep: str | None,
+                           draft: Draft) -> list[Step]:
     if live is None:
         return []
-    if not _owned(live["InstanceProfile"].get("Tags")) and not ctx.force:
-        return [_left_alone(profile)]
+    found = claim(draft, "profile", profile.name, live["InstanceProfile"])
+    if not found.ours and not ctx.force:
+        return [_left_alone(profile, f"{found.why} (--force deletes it anyway)")]
     if keep:
+        draft.kept.append(f"instance profile {profile.name}")
         return [_left_alone(profile, keep)]
-    steps = [_step(DELETE, profile, f"take role {r['RoleName']} out of instance profile {profile.name}",
+    name = live["InstanceProfile"]["InstanceProfileName"]
+    steps = [_step(DELETE, profile, f"take role {r['RoleName']} out of instance profile {name}",
                    run=lambda r=r["RoleName"]: gw.call("iam", "remove_role_from_instance_profile",
-                                                      InstanceProfileName=profile.name, RoleName=r))
+                                                      InstanceProfileName=name, RoleName=r))
              for r in live["InstanceProfile"].get("Roles", [])]
-    steps.append(_step(DELETE, profile, f"delete instance profile {profile.name}",
-                       run=lambda: gw.call("iam", "delete_instance_profile", InstanceProfileName=profile.name)))
+    steps.append(_step(DELETE, profile, f"delete instance profile {name}",
+                       run=lambda: gw.call("iam", "delete_instance_profile", InstanceProfileName=name)))
     return steps
+
+
+def _key_teardown(ctx, key: RecordKey, draft: Draft) -> list[Step]:
+    """The key goes last, only when rbacbridge made it and nothing the record names is left."""
+    if not key.exists:
+        return []
+    if key.pinned:
+        return [Step(SYSTEM, LEFT_ALONE, "kms-key", key.ref, f"keep KMS key {key.ref} (record.kms_key)",
+                     "a pinned key is never deleted by rbacbridge; this install's record stays in its tags")]
+    if draft.kept:
+        return [Step(SYSTEM, LEFT_ALONE, "kms-key", key.alias, f"keep KMS key {key.alias}: its record names what teardown leaves",
+                     f"{', '.join(draft.kept)} (see above)")]
+    if key.state != "PendingDeletion" and not key.created_by_rbacbridge:
+        return [Step(SYSTEM, LEFT_ALONE, "kms-key", key.alias, f"keep KMS key {key.arn} behind alias {key.alias}",
+                     f"it lacks the tags setup gives the key it creates ({MANAGED_BY_KEY}={MANAGED_BY_VALUE}, {INSTALL_TAG}={key.install})")]
+    schedule = key.state != "PendingDeletion"
+    return [Step(SYSTEM, DELETE, "kms-key", key.alias,
+                 (f"schedule deletion of KMS key {key.arn} in {DELETION_WINDOW_DAYS} days, then " if schedule else "")
+                 + f"delete its alias {key.alias}",
+                 "teardown's last step: nothing this install's record names is left" if schedule
+                 else "the key is already pending deletion (an interrupted teardown)", key.delete)]
 
 
 def plan_teardown(ctx) -> list[Step]:
     gw = gateway(ctx)
     account = _checked_account(ctx, gw)
+    key = record_key(ctx, gw, account)
+    draft = Draft(key)
     resources = desired_resources(ctx.config, account, [], teardown=True)
-    profiles = {r.name: _live_profile(gw, r.name) for r in resources if isinstance(r, InstanceProfile)}
+    record = key.record
+
+    def looked_up(r: Any) -> dict | None:
+        return _live_profile(gw, record.recorded_name("profile", r.name) if record else r.name)
+
+    profiles = {r.name: looked_up(r) for r in resources if isinstance(r, InstanceProfile)}
     steps: list[Step] = []
     keep: dict[str, str | None] = {}
     for name, live in profiles.items():
-        association_steps, keep[name] = _plan_associations_teardown(ctx, gw, account, live)
+        association_steps, keep[name] = _plan_associations_teardown(ctx, gw, account, live, draft)
         steps += association_steps
     # A profile that is not deleted keeps its role (taking the role out would break its instances).
-    kept_profiles = {n for n, live in profiles.items() if live is not None and (keep[n] or not (
-        ctx.force or _owned(live["InstanceProfile"].get("Tags"))))}
-    own_profiles = set(profiles) - kept_profiles
-    # Tenants recorded on rbacbridge's profile but no longer configured: theirs go first.
-    live = profiles.get(ctx.config.instance_profile)
-    recorded = parse_tenant_record(live["InstanceProfile"].get("Tags"))[0] if live and _owned(
-        live["InstanceProfile"].get("Tags")) else {}
-    configured_roles = {r.name for r in resources if isinstance(r, Role)} | {ctx.config.node_role}
-    configured_policies = {r.name for r in resources if isinstance(r, ManagedPolicy)}
-    removal, _ = _plan_removed_tenants(ctx, gw, account, recorded, configured_roles, configured_policies, teardown=True)
-    steps += removal
+    kept_profiles = {iam_key(n) for n, live in profiles.items() if live is not None and (keep[n] or not (
+        ctx.force or claim(draft, "profile", n, live["InstanceProfile"]).ours))}
+    own_profiles = {iam_key(n) for n in profiles} - kept_profiles
+    # What the record names that the configuration does not (a removed tenant's, a renamed role): first.
+    configured_roles = {iam_key(r.name) for r in resources if isinstance(r, Role)} | {iam_key(ctx.config.node_role)}
+    configured_policies = {iam_key(r.name) for r in resources if isinstance(r, ManagedPolicy)}
+    steps += _plan_removed(ctx, gw, account, draft, configured_roles, configured_policies, teardown=True,
+                           own_profiles=own_profiles, kept_profiles=kept_profiles)
     roles_deleted: set[str] = set()
     for resource in reversed(resources):
         if isinstance(resource, Role):
-            role_steps = _plan_role_teardown(ctx, gw, resource, own_profiles, kept_profiles)
+            role_steps = _plan_role_teardown(ctx, gw, resource, draft, own_profiles, kept_profiles)
             if role_steps and role_steps[-1].action == DELETE:
-                roles_deleted.add(resource.name)
+                roles_deleted.add(iam_key(resource.name))
             steps += role_steps
         elif isinstance(resource, ManagedPolicy):
             # Each policy comes after its roles in this reversed walk; their detach steps run first.
-            steps += _plan_policy_teardown(ctx, gw, account, resource, roles_deleted)
+            steps += _plan_policy_teardown(ctx, gw, account, resource, draft, roles_deleted)
         elif isinstance(resource, InstanceProfile):
-            steps += _plan_profile_teardown(ctx, gw, resource, profiles[resource.name], keep[resource.name])
-    return steps
+            steps += _plan_profile_teardown(ctx, gw, resource, profiles[resource.name], keep[resource.name], draft)
+    return steps + _key_teardown(ctx, key, draft)
 
 
 # --- running the steps -------------------------------------------------------------------------

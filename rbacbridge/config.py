@@ -147,6 +147,56 @@ policy_name = _iam_name(128)
 profile_name = _iam_name(128)
 
 
+def iam_key(name: str) -> str:
+    """An IAM name (role, policy, instance profile) as IAM compares it: names are not distinguished by case."""
+    return name.casefold()
+
+
+# The install id names the KMS alias alias/rbacbridge/<id> and the tag rbacbridge:install=<id>.
+_INSTALL_ID = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
+
+
+def install_id(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = _text(key, value)
+    if not _INSTALL_ID.fullmatch(text):
+        raise _fail(key, value, "an install id is 1-64 of a-z 0-9 _ - (starting and ending with a letter or digit)")
+    return text
+
+
+def derived_install_id(profile: str) -> str:
+    """The default install id: the instance profile's name (one install owns one profile), lower-cased
+    (IAM names are unique regardless of case); a name with other characters gets a hash suffix so
+    that two profile names never map to one id."""
+    lowered = profile.lower()
+    if _INSTALL_ID.fullmatch(lowered):
+        return lowered
+    import hashlib
+
+    base = re.sub(r"[^a-z0-9_-]+", "-", lowered).strip("-_")[:55].strip("-_") or "install"
+    return f"{base}-{hashlib.sha256(lowered.encode()).hexdigest()[:8]}"
+
+
+_KMS_KEY = re.compile(r"(?:arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:)?(?:key/(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+                      r"|mrk-[0-9a-f]{32})|alias/[A-Za-z0-9/_-]{1,250})")
+_KMS_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}")
+
+
+def kms_key(key: str, value: Any) -> str | None:
+    """A KMS key by ARN, key id, alias name (alias/...) or alias ARN."""
+    if value in (None, ""):
+        return None
+    text = _text(key, value)
+    if _KMS_KEY_ID.fullmatch(text):
+        return text
+    if not _KMS_KEY.fullmatch(text) or (not text.startswith("arn:") and text.startswith("key/")):
+        raise _fail(key, value, "expected a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), a key id, or an alias (alias/NAME or its ARN)")
+    if text.startswith("alias/aws/") or ":alias/aws/" in text:
+        raise _fail(key, value, "alias/aws/... names an AWS managed key, which cannot sign")
+    return text
+
+
 def bucket_name(key: str, value: Any) -> str:
     text = _text(key, value)
     why = None
@@ -456,6 +506,8 @@ SCHEMA: tuple[Option, ...] = (
     Option("nodes.pod_image", "node_pod_image", None, optional_image, "image of the short-lived node pod (--via kubernetes, nodes without a kube2iam pod); needs sh and iptables (else kube2iam.image)"),
     Option("nodes.pod_namespace", "node_pod_namespace", None, optional_k8s_name, "namespace of the short-lived node pods (else kube2iam.namespace); must allow hostNetwork and NET_ADMIN (PodSecurity privileged)"),
     Option("verify.probe_image", "probe_image", "amazon/aws-cli:2.22.0", image, "AWS CLI image of `verify --probe ephemeral` (pinned)"),
+    Option("record.install_id", "install_id", None, install_id, "this install's id: KMS alias alias/rbacbridge/<id>, tag rbacbridge:install=<id> (default: from iam.instance_profile)"),
+    Option("record.kms_key", "record_kms_key", None, kms_key, "KMS key (ARN, id or alias) that signs the record, pinned: never created or deleted by rbacbridge (default: setup creates alias/rbacbridge/<install id>)"),
 )
 
 _BY_PATH = {o.path: o for o in SCHEMA}
@@ -664,6 +716,8 @@ class Config:
     node_pod_image: str | None = None
     node_pod_namespace: str | None = None
     probe_image: str = "amazon/aws-cli:2.22.0"
+    install_id: str | None = None  # None: derived from instance_profile (see effective_install_id)
+    record_kms_key: str | None = None  # None: setup creates the key behind alias/rbacbridge/<install id>
     # None: no `tenants:` in the file, the article's one tenant from the legacy keys (recomputed on
     # every replace(), so --namespace and friends reach it).
     tenants: tuple[Tenant, ...] | None = None
@@ -695,6 +749,10 @@ class Config:
             if namespace in candidate.namespaces:
                 return candidate
         return None
+
+    @property
+    def effective_install_id(self) -> str:
+        return self.install_id or derived_install_id(self.instance_profile)
 
     @property
     def effective_default_role(self) -> str:
@@ -750,30 +808,34 @@ class Config:
         return config
 
     def check_consistency(self) -> None:
+        # IAM names are compared as IAM does (not distinguished by case): Client-C-S3 is client-c-s3.
         if self.legacy_tenants:
             self._check_legacy()
             return
-        if self.pod_default_role == self.node_role:
+        if iam_key(self.pod_default_role) == iam_key(self.node_role):
             raise UsageError(f"invalid iam.default_role {_quote(self.pod_default_role)}: the pods' default role must differ "
-                             "from the node role (kube2iam.default_role: node hands pods the node role)")
-        if self.node_policy == self.kube2iam_policy:
-            raise UsageError("invalid iam policies: node_policy and kube2iam_policy must differ")
+                             "from the node role (kube2iam.default_role: node hands pods the node role; IAM names ignore case)")
+        if iam_key(self.node_policy) == iam_key(self.kube2iam_policy):
+            raise UsageError("invalid iam policies: node_policy and kube2iam_policy must differ (IAM names ignore case)")
         check_tenants(self)
 
     def _check_legacy(self) -> None:
-        if self.node_role == self.pod_role:
-            raise UsageError(f"invalid iam.pod_role {_quote(self.pod_role)}: the pod role must differ from the node role")
-        if self.pod_default_role in (self.node_role, self.pod_role):
+        node, pod = iam_key(self.node_role), iam_key(self.pod_role)
+        if node == pod:
+            raise UsageError(f"invalid iam.pod_role {_quote(self.pod_role)}: the pod role must differ from the node role "
+                             "(IAM names ignore case)")
+        if iam_key(self.pod_default_role) in (node, pod):
             raise UsageError(f"invalid iam.default_role {_quote(self.pod_default_role)}: the pods' default role must differ "
-                             "from the node role and the pod role (kube2iam.default_role: node hands pods the node role)")
-        if self.default_role == self.pod_role:
+                             "from the node role and the pod role (kube2iam.default_role: node hands pods the node role; "
+                             "IAM names ignore case)")
+        if iam_key(self.default_role) == pod:
             raise UsageError(f"invalid kube2iam.default_role {_quote(self.default_role)}: every unannotated pod would get "
                              "the pod role; use dedicated (iam.default_role) or another role")
         if self.shared_bucket == self.tenant_bucket:
             raise UsageError("invalid buckets: buckets.shared and buckets.tenant must differ")
-        names = [self.node_policy, self.kube2iam_policy, self.pod_policy]
+        names = [iam_key(n) for n in (self.node_policy, self.kube2iam_policy, self.pod_policy)]
         if len(set(names)) != len(names):
-            raise UsageError("invalid iam policies: node_policy, kube2iam_policy and pod_policy must differ")
+            raise UsageError("invalid iam policies: node_policy, kube2iam_policy and pod_policy must differ (IAM names ignore case)")
 
 
 def check_tenants(config: Config) -> None:
@@ -783,12 +845,13 @@ def check_tenants(config: Config) -> None:
     roles: dict[str, str] = {}
     policies: dict[str, str] = {}
     workloads: dict[tuple[str, str], str] = {("nginx-vanilla", config.namespace): "rbacbridge's nginx-vanilla"}
-    reserved_roles = {config.node_role: "the node role (iam.node_role)"}
+    # Keyed by iam_key: IAM does not distinguish names by case (NetTech-Pod-Default is nettech-pod-default).
+    reserved_roles = {iam_key(config.node_role): "the node role (iam.node_role)"}
     if config.manages_default_role:
-        reserved_roles[config.pod_default_role] = "the pods' default role (iam.default_role)"
+        reserved_roles[iam_key(config.pod_default_role)] = "the pods' default role (iam.default_role)"
     elif config.default_role not in (NODE, AUTO):
-        reserved_roles[config.default_role] = "the role unannotated pods get (kube2iam.default_role)"
-    reserved_policies = {config.node_policy: "iam.node_policy", config.kube2iam_policy: "iam.kube2iam_policy"}
+        reserved_roles[iam_key(config.default_role)] = "the role unannotated pods get (kube2iam.default_role)"
+    reserved_policies = {iam_key(config.node_policy): "iam.node_policy", iam_key(config.kube2iam_policy): "iam.kube2iam_policy"}
     for index, item in enumerate(config.tenants):
         where = f"tenants[{index}]"
         if item.name in names:
@@ -800,17 +863,21 @@ def check_tenants(config: Config) -> None:
                             "iam.amazonaws.com/allowed-roles is per namespace, so two tenants there could take each other's roles")
             namespaces[namespace] = item.name
         same_account = item.existing_role_arn is None or config.account_id in (None, item.existing_role_arn.split(":")[4])
-        if same_account and item.role in reserved_roles:
-            raise _fail(f"{where}.role", item.role, f"that is {reserved_roles[item.role]}; a tenant needs a role of its own")
-        if item.role in roles:
-            raise _fail(f"{where}.role", item.role, f"already the role of tenant {roles[item.role]} (a role serves one tenant)")
-        roles[item.role] = item.name
+        role = iam_key(item.role)
+        if same_account and role in reserved_roles:
+            raise _fail(f"{where}.role", item.existing_role_arn or item.role,
+                        f"that is {reserved_roles[role]} (IAM names ignore case); a tenant needs a role of its own")
+        if role in roles:
+            raise _fail(f"{where}.role", item.role, f"already the role of tenant {roles[role]} (a role serves one tenant; "
+                        "IAM names ignore case)")
+        roles[role] = item.name
         if item.policy is not None:
-            if item.policy in reserved_policies:
-                raise _fail(f"{where}.policy", item.policy, f"that is {reserved_policies[item.policy]}")
-            if item.policy in policies:
-                raise _fail(f"{where}.policy", item.policy, f"already the policy of tenant {policies[item.policy]}")
-            policies[item.policy] = item.name
+            policy = iam_key(item.policy)
+            if policy in reserved_policies:
+                raise _fail(f"{where}.policy", item.policy, f"that is {reserved_policies[policy]} (IAM names ignore case)")
+            if policy in policies:
+                raise _fail(f"{where}.policy", item.policy, f"already the policy of tenant {policies[policy]} (IAM names ignore case)")
+            policies[policy] = item.name
         for workload in item.workloads:
             key = (workload, item.namespace)
             if key in workloads:

@@ -70,10 +70,12 @@ def summary(document: Any, limit: int = 3) -> str:
 
 
 def extra_policy_steps(ctx: Any, gw: Any, account: str, role: Any, live_attached: list[dict],
-                       decode: Callable[[Any], dict]) -> list[Step]:
+                       decode: Callable[[Any], dict], live_name: str | None = None) -> list[Step]:
     """Steps that take off role `role` (an rbacbridge model with `.name`, `.policies`, `.tenant`) what setup
-    does not give it. `live_attached`: the role's attached policies as IAM lists them (already read)."""
+    does not give it. `live_attached`: the role's attached policies as IAM lists them (already read);
+    `live_name`: the role's name as IAM spells it (IAM names ignore case), else `role.name`."""
     config = ctx.config
+    iam_name = live_name or role.name
     wanted = {config.policy_arn(account, name).lower() for name in role.policies}
     allowed = {arn.lower() for arn in getattr(config, "node_role_extra_policies", ())} if role.name == config.node_role else set()
     owners = owners_of_policies(config, account)
@@ -90,16 +92,16 @@ def extra_policy_steps(ctx: Any, gw: Any, account: str, role: Any, live_attached
             f"detach policy {policy['PolicyName']}{named} from role {role.name}",
             f"{arn} is not a policy setup gives {whose}: extra permissions on a managed role are drift; "
             "the policy itself is left as it is (and stays attached wherever else it is)",
-            lambda arn=arn: gw.call("iam", "detach_role_policy", RoleName=role.name, PolicyArn=arn),
+            lambda arn=arn: gw.call("iam", "detach_role_policy", RoleName=iam_name, PolicyArn=arn),
             {EXTRA: True, "policy_arn": arn, **({"tenant": role.tenant} if role.tenant else {})}))
-    for name in inline_policy_names(gw, role.name):
-        document = decode(gw.call("iam", "get_role_policy", RoleName=role.name, PolicyName=name)["PolicyDocument"])
+    for name in inline_policy_names(gw, iam_name):
+        document = decode(gw.call("iam", "get_role_policy", RoleName=iam_name, PolicyName=name)["PolicyDocument"])
         steps.append(Step(
             SYSTEM, DELETE, INLINE_KIND, f"{role.name}/{name}",
             f"delete inline policy {name} of role {role.name}",
             f"{whose} holds no inline policy; this one allows {summary(document)} (its document is in this step's "
             "details, `plan -o json`, to restore by hand if it was meant)",
-            lambda name=name: gw.call("iam", "delete_role_policy", RoleName=role.name, PolicyName=name),
+            lambda name=name: gw.call("iam", "delete_role_policy", RoleName=iam_name, PolicyName=name),
             {EXTRA: True, "document": document, **({"tenant": role.tenant} if role.tenant else {})}))
     return steps
 

@@ -39,7 +39,7 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
     read_roles = list(dict.fromkeys(managed_roles + [config.effective_default_role]))
     existing = list(dict.fromkeys(t.existing_role_arn for t in config.tenants if t.existing_role_arn))
     instances = config.instance_ids or ("*",)
-    return render_json(
+    policy = render_json(
         TEMPLATE,
         policy_arns=[config.policy_arn(account, name) for name in
                      dict.fromkeys((config.node_policy, config.kube2iam_policy, *(t.policy for t in config.tenants if t.policy)))],
@@ -50,12 +50,25 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
         pass_role_arns=[config.role_arn(account, name) for name in
                         dict.fromkeys([config.node_role] + [_role_name(r) for r in restore_roles])],
         instance_arns=[f"arn:{PARTITION}:ec2:{config.region}:{account}:instance/{i}" for i in instances],
-        previous_profile_tag=_previous_profile_tag(),
     )
+    policy["Statement"] += record_key_statements(config, account)
+    return policy
 
 
-def _previous_profile_tag() -> str:
-    # The tag key lives with the code that writes it; aws.py imports boto3 only inside functions.
-    from rbacbridge.aws import PREVIOUS_PROFILE_TAG
-
-    return PREVIOUS_PROFILE_TAG
+def record_key_statements(config: Config, account: str) -> list[dict[str, Any]]:
+    """The KMS statements: the key behind alias/rbacbridge/<install id>, or the pinned record.kms_key."""
+    install = config.effective_install_id
+    kms = f"arn:{PARTITION}:kms:{config.region}:{account}"
+    alias = f"alias/rbacbridge/{install}"
+    pinned = config.record_kms_key
+    key_arn, by_alias = f"{kms}:key/*", True
+    if pinned is not None:
+        if ":key/" in pinned:
+            key_arn, by_alias = pinned, False
+        elif pinned.startswith(("alias/", "arn:")):
+            alias = "alias/" + pinned.split(":alias/", 1)[-1].removeprefix("alias/")
+        else:  # a bare key id
+            key_arn, by_alias = f"{kms}:key/{pinned}", False
+    return render_json("operator-policy-kms.json.j2", creates_key=pinned is None, install_id=install, alias=alias,
+                       alias_arn=f"{kms}:{alias}", any_key_arn=f"{kms}:key/*", key_arn=key_arn, by_alias=by_alias,
+                       record_tags=f"rbacbridge:record:{install}:*")

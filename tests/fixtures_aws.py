@@ -137,3 +137,52 @@ def policy_document(iam, name: str) -> dict:
     version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
     document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
     return json.loads(document) if isinstance(document, str) else document
+
+
+INSTALL = "nettech-instance-profile"  # the default install id: the default instance profile's name
+ALIAS = f"alias/rbacbridge/{INSTALL}"
+
+
+def record_key(sandbox, alias: str = ALIAS) -> dict | None:
+    """The KMS key behind an install's alias (describe_key's KeyMetadata), or None."""
+    kms = sandbox.client("kms")
+    try:
+        return kms.describe_key(KeyId=alias)["KeyMetadata"]
+    except kms.exceptions.NotFoundException:
+        return None
+
+
+def key_tags(sandbox, key_id: str) -> dict[str, str]:
+    return {t["TagKey"]: t["TagValue"] for t in sandbox.client("kms").list_resource_tags(KeyId=key_id)["Tags"]}
+
+
+def signed_record(sandbox, install: str = INSTALL, alias: str | None = None) -> dict | None:
+    """An install's record read the way an operator could with the AWS CLI (list-resource-tags, join the
+    chunks, base64 -d | zlib-flate -uncompress), its signature checked by KMS itself (kms verify):
+    independent of rbacbridge's reader. None when the key holds no record."""
+    import base64
+    import hashlib
+    import zlib
+
+    key = record_key(sandbox, alias or f"alias/rbacbridge/{install}")
+    if key is None:
+        return None
+    tags = key_tags(sandbox, key["KeyId"])
+    prefix = f"rbacbridge:record:{install}:"
+    if f"{prefix}sig" not in tags:
+        return None
+    count, signature = tags[f"{prefix}sig"].split(" ")
+    payload = "".join(tags[f"{prefix}{n}"] for n in range(1, int(count) + 1))
+    message = f"rbacbridge-record/v1 install={install} chunks={count} sha256={hashlib.sha256(payload.encode()).hexdigest()}"
+    verdict = sandbox.client("kms").verify(KeyId=key["KeyId"], Message=message.encode(), MessageType="RAW",
+                                           Signature=base64.b64decode(signature), SigningAlgorithm="ECDSA_SHA_256")
+    assert verdict["SignatureValid"], "the record's signature does not verify"
+    return json.loads(zlib.decompress(base64.b64decode(payload)))
+
+
+def kms_state(sandbox) -> dict:
+    """rbacbridge's aliases and every key's state (what teardown must leave: no alias, keys pending deletion)."""
+    kms = sandbox.client("kms")
+    aliases = sorted(a["AliasName"] for a in kms.list_aliases()["Aliases"] if a["AliasName"].startswith("alias/rbacbridge/"))
+    keys = {k["KeyId"]: kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"]["KeyState"] for k in kms.list_keys()["Keys"]}
+    return {"aliases": aliases, "keys": keys}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rbacbridge import planner
 from rbacbridge.plan import CONFLICT, UNCHANGED
-from tests.fixtures_aws import ACCOUNT, is_mutating, moto_url, policy_document, sandbox  # noqa: F401
+from tests.fixtures_aws import ACCOUNT, is_mutating, moto_url, policy_document, sandbox, signed_record  # noqa: F401
 
 RO, RW, PROFILE = "nettech-s3-read-only", "nettech-s3-read-write", "nettech-instance-profile"
 DEFAULT = "nettech-pod-default"
@@ -126,16 +126,9 @@ def assert_article_state(sandbox, instance_id, previous_profile=None):
 
 
 def recorded(sandbox) -> dict[str, str]:
-    """The restore record, read the way an operator would (aws iam get-instance-profile): instance -> previous ARN."""
-    tags = {t["Key"]: t["Value"] for t in
-            sandbox.client("iam").get_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"].get("Tags", [])}
-    out = {}
-    for key, value in tags.items():
-        if key.startswith("rbacbridge:record:"):
-            for entry in value.split():
-                parts = entry.split("=")
-                out[parts[0]] = "none" if parts[1] == "none" else tags[f"rbacbridge:profile:{parts[2]}"]
-    return out
+    """What the signed record says each instance had (instance -> previous profile ARN, "none", or "unknown")."""
+    record = signed_record(sandbox) or {"replaced": {}}
+    return {i: (e[2] if len(e) == 3 else "unknown" if e == ["?"] else "none") for i, e in record["replaced"].items()}
 
 
 def test_setup_creates_the_article_state(sandbox):
@@ -160,7 +153,11 @@ def test_setup_calls_in_dependency_order(sandbox):
             assert any(o == "CreatePolicy" and p["PolicyName"] == policy for _, o, p in calls[:index])
             assert any(o == "CreateRole" and p["RoleName"] == params["RoleName"] for _, o, p in calls[:index])
     assert order.index("AddRoleToInstanceProfile") < order.index("AssociateIamInstanceProfile")
-    assert order.index("TagInstanceProfile") < order.index("AssociateIamInstanceProfile")
+    # The record's key exists before anything else; the record (KMS tags) is signed and written before
+    # anything is created or associated, and again (the new unique ids) after the last association.
+    assert order[:3] == ["CreateKey", "CreateAlias", "TagResource"]
+    assert order[-1] == "TagResource" and order.count("TagResource") == 2
+    assert "TagInstanceProfile" not in order
     assert "CreateTags" not in order
     assert "UpdateAssumeRolePolicy" not in order  # no self-trust: pods never get the node role
 

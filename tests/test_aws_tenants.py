@@ -9,10 +9,11 @@ import json
 from rbacbridge import planner
 from rbacbridge.config import Tenant
 from rbacbridge.plan import DELETE, LEFT_ALONE, UNCHANGED
-from tests.fixtures_aws import ACCOUNT, moto_url, policy_document, sandbox  # noqa: F401
+from tests.fixtures_aws import ACCOUNT, moto_url, policy_document, sandbox, signed_record  # noqa: F401
 
 NODE_ARN = f"arn:aws:iam::{ACCOUNT}:role/nettech-s3-read-only"
 OWNED = {"Key": "managed-by", "Value": "rbacbridge"}
+INSTALL = {"Key": "rbacbridge:install", "Value": "nettech-instance-profile"}
 A = Tenant("client-a", ("client-a",), "client-a-s3", None, "client-a-s3", ("nettech-helm-test",), (), ("nginx-client-a",))
 B = Tenant("client-b", ("client-b",), "client-b-s3", None, None, (), (), ())
 C = Tenant("client-c", ("client-c", "client-c-jobs"), "client-c-s3", None, "client-c-policy", ("nettech-helm-test",),
@@ -41,6 +42,12 @@ def _tenant_state(iam, tenant: Tenant) -> dict:
     return json.loads(json.dumps(state, sort_keys=True, default=str))
 
 
+def _recorded(sandbox, kind: str) -> dict[str, str]:
+    """Name -> tenant of the roles or policies the signed record names (by unique id, checked live)."""
+    record = signed_record(sandbox)
+    return {name: tenant for name, tenant in record[kind].values()}
+
+
 def _assumable(iam) -> list[str]:
     document = policy_document(iam, "nettech-kube2iam-node")
     return sorted(next(s for s in document["Statement"] if s["Sid"] == "AssumePodRoles")["Resource"])
@@ -64,7 +71,7 @@ def test_three_tenants_least_privilege(sandbox):
         role = iam.get_role(RoleName=tenant.role)["Role"]
         trust = role["AssumeRolePolicyDocument"]
         assert [s["Principal"] for s in trust["Statement"]] == [{"AWS": NODE_ARN}]
-        assert OWNED in role["Tags"] and {"Key": "rbacbridge:tenant", "Value": tenant.name} in role["Tags"]
+        assert OWNED in role["Tags"] and INSTALL in role["Tags"] and {"Key": "rbacbridge:tenant", "Value": tenant.name} in role["Tags"]
         attached = [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=tenant.role)["AttachedPolicies"]]
         assert attached == ([tenant.policy] if tenant.policy else [])
     tags = iam.get_policy(PolicyArn=f"arn:aws:iam::{ACCOUNT}:policy/client-c-policy")["Policy"]["Tags"]
@@ -72,10 +79,12 @@ def test_three_tenants_least_privilege(sandbox):
     assert "nettech-s3-read-write" not in {r["RoleName"] for r in iam.list_roles()["Roles"]}  # no legacy tenant
     assert _assumable(iam) == sorted(f"arn:aws:iam::{ACCOUNT}:role/{n}" for n in
                                      ("client-a-s3", "client-b-s3", "client-c-s3", "nettech-pod-default"))
-    profile_tags = {t["Key"]: t["Value"] for t in
-                    iam.get_instance_profile(InstanceProfileName="nettech-instance-profile")["InstanceProfile"]["Tags"]}
-    assert profile_tags["rbacbridge:tenant:client-c"] == "role=client-c-s3 policy=client-c-policy"
-    assert profile_tags["rbacbridge:tenant:client-b"] == "role=client-b-s3"
+    # The signed record names each tenant's role and policy by unique id, with its tenant.
+    record = signed_record(sandbox)
+    assert record["roles"][iam.get_role(RoleName="client-c-s3")["Role"]["RoleId"]] == ["client-c-s3", "client-c"]
+    assert record["policies"][iam.get_policy(PolicyArn=f"arn:aws:iam::{ACCOUNT}:policy/client-c-policy")["Policy"]["PolicyId"]] == [
+        "client-c-policy", "client-c"]
+    assert _recorded(sandbox, "roles")["client-b-s3"] == "client-b" and "client-b-s3" not in _recorded(sandbox, "policies")
     again = planner.plan_setup(sandbox.context(config))
     assert {s.action for s in again.steps} == {UNCHANGED}
 
@@ -99,25 +108,34 @@ def test_add_then_remove_a_tenant_touches_only_it(sandbox):
     calls = [(op, p.get("RoleName") or p.get("PolicyArn", "").rsplit("/", 1)[-1]) for _, op, p in sandbox.mutating_calls]
     assert calls.index(("DetachRolePolicy", "client-c-s3")) < calls.index(("DeleteRole", "client-c-s3"))
     assert calls.index(("DetachRolePolicy", "client-c-s3")) < calls.index(("DeletePolicy", "client-c-policy"))
-    assert calls.index(("DeletePolicy", "client-c-policy")) < calls.index(("UntagInstanceProfile", ""))
+    # the record forgets C's ids in its last write, after the deletions
+    assert calls.index(("DeletePolicy", "client-c-policy")) < len(calls) - 1 and calls[-1][0] == "TagResource"
     assert f"arn:aws:iam::{ACCOUNT}:role/client-c-s3" not in _assumable(iam)
-    profile = iam.get_instance_profile(InstanceProfileName="nettech-instance-profile")["InstanceProfile"]
-    assert "rbacbridge:tenant:client-c" not in {t["Key"] for t in profile["Tags"]}
+    assert "client-c-s3" not in _recorded(sandbox, "roles") and "client-c-policy" not in _recorded(sandbox, "policies")
 
 
 def test_removed_tenant_deleted_only_on_evidence(sandbox):
-    _run(sandbox, sandbox.config(tenants=(A, C)))
+    """Removing a tenant acts on the signed record's unique ids, never on tags: untagging C's role does not
+    save it from its own install, and tags claiming a tenant (or a same-named role with another id) are
+    never enough to delete anything."""
+    _run(sandbox, sandbox.config(tenants=(A, B, C)))
     iam = sandbox.client("iam")
-    iam.untag_role(RoleName="client-c-s3", TagKeys=["rbacbridge:tenant"])  # no longer provably the tenant's
-    plan = _run(sandbox, sandbox.config(tenants=(A,)))
-    assert iam.get_role(RoleName="client-c-s3")["Role"]
-    assert any(s.action == LEFT_ALONE and s.name == "client-c-s3" and "rbacbridge:tenant=client-c" in s.reason
-               for s in plan.steps)
-    # a role whose tags claim a tenant, but that the record does not name, is never deleted either
+    iam.untag_role(RoleName="client-c-s3", TagKeys=["managed-by", "rbacbridge:install", "rbacbridge:tenant"])
+    # B's role deleted and re-created by someone else: same name, another id, not the recorded one
+    iam.delete_role(RoleName="client-b-s3")
+    iam.create_role(RoleName="client-b-s3", AssumeRolePolicyDocument="{}", Tags=[OWNED, INSTALL])
+    # a role whose tags claim a tenant of this install, but that the record does not name
     iam.create_role(RoleName="forged", AssumeRolePolicyDocument="{}",
-                    Tags=[OWNED, {"Key": "rbacbridge:tenant", "Value": "client-z"}])
-    _run(sandbox, sandbox.config(tenants=(A,)))
-    assert iam.get_role(RoleName="forged")["Role"]
+                    Tags=[OWNED, INSTALL, {"Key": "rbacbridge:tenant", "Value": "client-z"}])
+    plan = _run(sandbox, sandbox.config(tenants=(A,)))
+    roles = {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert "client-c-s3" not in roles  # recorded by id: deleted, tags or no tags
+    assert {"client-b-s3", "forged"} <= roles
+    assert not [s for s in plan.changes if s.name in ("client-b-s3", "forged")]
+    assert [s.action for s in plan.steps if s.name == "client-b-s3"] == [LEFT_ALONE]
+    assert "client-b-s3" not in _recorded(sandbox, "roles")  # the recorded id is gone: forgotten
+    _run(sandbox, sandbox.config(tenants=(A,)), teardown=True)
+    assert {"client-b-s3", "forged"} <= {r["RoleName"] for r in iam.list_roles()["Roles"]}
 
 
 def test_policy_dropped_but_role_kept(sandbox):
@@ -130,9 +148,7 @@ def test_policy_dropped_but_role_kept(sandbox):
     assert "client-c-policy" not in {p["PolicyName"] for p in iam.list_policies(Scope="Local")["Policies"]}
     ops = [op for _, op, _ in sandbox.mutating_calls]
     assert ops.index("DetachRolePolicy") < ops.index("DeletePolicy")
-    tags = {t["Key"]: t["Value"] for t in
-            iam.get_instance_profile(InstanceProfileName="nettech-instance-profile")["InstanceProfile"]["Tags"]}
-    assert tags["rbacbridge:tenant:client-c"] == "role=client-c-s3"
+    assert _recorded(sandbox, "roles")["client-c-s3"] == "client-c" and "client-c-policy" not in _recorded(sandbox, "policies")
 
 
 def test_existing_role_tenant_untouched(sandbox):

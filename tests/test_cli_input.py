@@ -581,7 +581,9 @@ def test_access_denied_names_the_permission_and_does_not_advise_a_re_run(sandbox
     iam.create_user(UserName="reader")
     iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["iam:Get*", "iam:List*", "sts:GetCallerIdentity", "ec2:Describe*"],
+        # IAM and EC2 read-only; the KMS key of the signed record it may create and use (so the first refused
+        # call is IAM's: the record is written before anything is created, and the key before that)
+        "Statement": [{"Effect": "Allow", "Action": ["iam:Get*", "iam:List*", "sts:GetCallerIdentity", "ec2:Describe*", "kms:*"],
                        "Resource": "*"}]}))
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     instance = sandbox.new_instance()

@@ -183,6 +183,18 @@ def condition_context(operation: str, params: dict) -> dict[str, list[str]]:
     return {}
 
 
+def _matches(operator: str, value: str, wanted: list) -> bool:
+    from fnmatch import fnmatchcase
+
+    if operator.endswith("StringLike"):
+        return any(fnmatchcase(value, w) for w in wanted)
+    if operator.endswith("NumericEquals"):
+        return any(float(value) == float(w) for w in wanted)
+    if operator.endswith(("StringEquals", "ArnEquals")):
+        return value in [str(w) for w in wanted]
+    raise AssertionError(f"condition operator {operator} not understood by this test")
+
+
 def conditions_hold(condition: dict, context: dict[str, list[str]]) -> bool:
     for operator, keys in condition.items():
         for key, wanted in keys.items():
@@ -192,13 +204,13 @@ def conditions_hold(condition: dict, context: dict[str, list[str]]) -> bool:
                 if (values is None) != (wanted == ["true"]):
                     return False
             elif operator.startswith("ForAllValues:"):
-                if not all(v in wanted for v in values or []):
+                if not all(_matches(operator, v, wanted) for v in values or []):
                     return False
-            elif operator in ("StringEquals", "ArnEquals"):
-                if not values or not all(v in wanted for v in values):
+            elif operator.startswith("ForAnyValue:"):
+                if not any(_matches(operator, v, wanted) for v in values or []):
                     return False
-            else:
-                raise AssertionError(f"condition operator {operator} not understood by this test")
+            elif not values or not all(_matches(operator, v, wanted) for v in values):
+                return False
     return True
 
 
@@ -208,9 +220,75 @@ def decide(policy: dict, action: str, resource: str, context: dict) -> policy_ev
     return policy_eval.evaluate([{"Statement": usable}], action, resource)
 
 
+class KmsSeen:
+    """The KMS side as AWS would authorize it, replayed from the calls in order: which key an alias names
+    and which aliases and tags each key has at the time of each call (KMS authorizes key operations on the
+    key, with kms:ResourceAliases and aws:ResourceTag/* from its state then)."""
+
+    def __init__(self):
+        self.alias_target: dict[str, str] = {}  # alias -> key ARN
+        self.tags: dict[str, dict[str, str]] = {}
+        self.new_key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/created-by-this-call"
+
+    def key(self, key_id: str) -> str | None:
+        if key_id.startswith("alias/"):
+            return self.alias_target.get(key_id)
+        return key_id if key_id.startswith("arn:") else f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}"
+
+    def context(self, key: str) -> dict[str, list[str]]:
+        out = {"kms:ResourceAliases": sorted(a for a, k in self.alias_target.items() if k == key)}
+        out.update({f"aws:ResourceTag/{k}": [v] for k, v in self.tags.get(key, {}).items()})
+        return out
+
+    def requests(self, operation: str, params: dict, response_key: str | None):
+        action = f"kms:{operation}"
+        if operation == "CreateKey":
+            tags = {t["TagKey"]: t["TagValue"] for t in params.get("Tags", [])}
+            requested = {f"aws:RequestTag/{k}": [v] for k, v in tags.items()} | {"aws:TagKeys": list(tags)}
+            yield action, "*", {"kms:KeySpec": [params["KeySpec"]], "kms:KeyUsage": [params["KeyUsage"]], **requested}
+            yield "kms:TagResource", self.new_key, requested  # Tags on CreateKey need kms:TagResource too
+            return
+        if operation in ("CreateAlias", "DeleteAlias"):
+            alias = params["AliasName"]
+            key = self.key(params["TargetKeyId"]) if operation == "CreateAlias" else self.alias_target.get(alias)
+            if operation == "CreateAlias" and key not in self.tags:
+                self.tags[key] = getattr(self, "created_tags", {})
+            yield action, f"arn:aws:kms:{REGION}:{ACCOUNT}:{alias}", {}
+            yield action, key, self.context(key)
+            return
+        key = self.key(params["KeyId"])
+        if key is None:
+            return  # an alias that does not exist (yet): KMS answers NotFound, nothing is authorized
+        context = self.context(key)
+        if operation == "Sign":
+            context.update({"kms:SigningAlgorithm": [params["SigningAlgorithm"]], "kms:MessageType": [params["MessageType"]]})
+        elif operation == "TagResource":
+            context.update({"aws:TagKeys": [t["TagKey"] for t in params["Tags"]]})
+            context.update({f"aws:RequestTag/{t['TagKey']}": [t["TagValue"]] for t in params["Tags"]})
+        elif operation == "UntagResource":
+            context["aws:TagKeys"] = list(params["TagKeys"])
+        elif operation == "ScheduleKeyDeletion":
+            context["kms:ScheduleKeyDeletionPendingWindowInDays"] = [str(params["PendingWindowInDays"])]
+        yield action, key, context
+
+    def after(self, operation: str, params: dict) -> None:
+        if operation == "CreateKey":  # its ARN first shows in the CreateAlias that follows
+            self.created_tags = {t["TagKey"]: t["TagValue"] for t in params.get("Tags", [])}
+        elif operation == "CreateAlias":
+            self.alias_target[params["AliasName"]] = self.key(params["TargetKeyId"])
+        elif operation == "DeleteAlias":
+            self.alias_target.pop(params["AliasName"], None)
+
+
 def requests(calls: list[tuple[str, str, dict]], profile_roles: dict[str, str], instance: str):
-    """(action, resource, context) of every call, with the iam:PassRole AWS implies for associations."""
+    """(action, resource, context) of every call, with the iam:PassRole AWS implies for associations and the
+    kms:TagResource CreateKey's tags imply."""
+    kms = KmsSeen()
     for service, operation, params in calls:
+        if service == "kms":
+            yield from kms.requests(operation, params, None)
+            kms.after(operation, params)
+            continue
         yield f"{service}:{operation}", resource_of(service, operation, params, instance), condition_context(operation, params)
         if operation in ("AssociateIamInstanceProfile", "ReplaceIamInstanceProfileAssociation"):
             spec = params["IamInstanceProfile"]
@@ -218,7 +296,7 @@ def requests(calls: list[tuple[str, str, dict]], profile_roles: dict[str, str], 
             yield "iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/{profile_roles[profile]}", condition_context("PassRole", {})
 
 
-def test_every_call_of_setup_teardown_and_verify_is_allowed_by_the_scoped_policy(sandbox):
+def test_every_call_of_setup_teardown_and_verify_is_allowed_by_the_scoped_policy(sandbox, tmp_path):
     iam = sandbox.client("iam")
     # the node had a profile before setup: setup replaces it, teardown gives it back (PassRole on its role)
     iam.create_role(RoleName="legacy-node-role", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
@@ -240,7 +318,8 @@ def test_every_call_of_setup_teardown_and_verify_is_allowed_by_the_scoped_policy
     roles = {"nettech-instance-profile": config.node_role, "legacy-profile": "legacy-node-role"}
     calls = list(requests(sandbox.calls, roles, instance))
     operations = {action for action, _, _ in calls}
-    assert {"iam:CreateRole", "iam:AttachRolePolicy", "ec2:ReplaceIamInstanceProfileAssociation", "iam:TagInstanceProfile",
+    assert {"iam:CreateRole", "iam:AttachRolePolicy", "ec2:ReplaceIamInstanceProfileAssociation", "kms:CreateKey", "kms:CreateAlias",
+            "kms:Sign", "kms:TagResource", "kms:GetPublicKey", "kms:ScheduleKeyDeletion", "kms:DeleteAlias",
             "iam:PassRole", "iam:DeleteInstanceProfile", "iam:ListRolePolicies", "iam:GetPolicyVersion"} - operations == set()
     policy = printed_policy("--instance-id", instance, "--restore-role", "legacy-node-role")
     denied = [(a, r, str(decide(policy, a, r, c))) for a, r, c in calls if not decide(policy, a, r, c).allowed]
@@ -255,6 +334,24 @@ def test_every_call_of_setup_teardown_and_verify_is_allowed_by_the_scoped_policy
                       {"iam:PolicyARN": ["arn:aws:iam::aws:policy/AdministratorAccess"]}).allowed
     assert not decide(policy, "ec2:DeleteTags", resource_of("ec2", "DeleteTags", {}, instance), {"aws:TagKeys": ["Name"]}).allowed
     assert not decide(policy, "ec2:DeleteTags", resource_of("ec2", "DeleteTags", {}, instance), {}).allowed  # all tags
+    # the record's key: only the key behind this install's alias, only the record's tags, only ECDSA over RAW
+    key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b3e2f1c-1234-4abc-8def-0123456789ab"
+    ours = {"kms:ResourceAliases": ["alias/rbacbridge/nettech-instance-profile"]}
+    assert decide(policy, "kms:Sign", key, {**ours, "kms:SigningAlgorithm": ["ECDSA_SHA_256"], "kms:MessageType": ["RAW"]}).allowed
+    assert not decide(policy, "kms:Sign", key, {"kms:ResourceAliases": ["alias/payments"], "kms:SigningAlgorithm": ["ECDSA_SHA_256"],
+                                                "kms:MessageType": ["RAW"]}).allowed
+    assert not decide(policy, "kms:Sign", key, {**ours, "kms:SigningAlgorithm": ["ECDSA_SHA_256"], "kms:MessageType": ["DIGEST"]}).allowed
+    assert not decide(policy, "kms:TagResource", key, {**ours, "aws:TagKeys": ["rbacbridge:record:other-install:1"]}).allowed
+    assert not decide(policy, "kms:ScheduleKeyDeletion", key, {"kms:ResourceAliases": ["alias/payments"],
+                                                               "kms:ScheduleKeyDeletionPendingWindowInDays": ["7"]}).allowed
+    assert not decide(policy, "kms:CreateKey", "*", {"kms:KeySpec": ["SYMMETRIC_DEFAULT"], "kms:KeyUsage": ["ENCRYPT_DECRYPT"],
+                                                     "aws:RequestTag/managed-by": ["rbacbridge"], "aws:TagKeys": ["managed-by"]}).allowed
+    (tmp_path / "pinned.yaml").write_text(f"record:\n  kms_key: {key}\n")
+    pinned = printed_policy("--instance-id", instance, "-c", str(tmp_path / "pinned.yaml"))
+    assert not {"CreateRecordKey", "DeleteRecordKey", "AliasRecordKey"} & {s["Sid"] for s in pinned["Statement"]}
+    assert decide(pinned, "kms:Sign", key, {"kms:SigningAlgorithm": ["ECDSA_SHA_256"], "kms:MessageType": ["RAW"]}).allowed
+    assert not decide(pinned, "kms:Sign", key.replace("0b3e2f1c", "0b3e2f1d"), {"kms:SigningAlgorithm": ["ECDSA_SHA_256"],
+                                                                             "kms:MessageType": ["RAW"]}).allowed
     without_restore = printed_policy("--instance-id", instance)
     assert not decide(without_restore, "iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/legacy-node-role",
                       condition_context("PassRole", {})).allowed
@@ -306,7 +403,7 @@ def test_permissions_cover_every_tenant_and_no_existing_role(sandbox, tmp_path):
     ctx = sandbox.context(fewer)
     assert planner.run(ctx, planner.plan_teardown(ctx), teardown=True).ok
     calls = list(requests(sandbox.calls, {"nettech-instance-profile": config.node_role}, instance))
-    assert {"iam:DeleteRole", "iam:DetachRolePolicy", "iam:UntagInstanceProfile", "iam:TagInstanceProfile",
+    assert {"iam:DeleteRole", "iam:DetachRolePolicy", "kms:TagResource", "kms:Sign",
             "iam:CreatePolicy", "iam:DeletePolicy"} <= {a for a, _, _ in calls}
     policy = printed_policy("-c", str(path), "--instance-id", instance)
     denied = [(a, r) for a, r, c in calls if not decide(policy, a, r, c).allowed]

@@ -40,10 +40,26 @@ class RoleInfo:
     profiles: list[str]  # instance profile ARNs holding the role
 
 
+class ByIamName(dict):
+    """Roles by name, looked up as IAM does: names are not distinguished by case."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        super().__setitem__(name.casefold(), value)
+
+    def __getitem__(self, name: str) -> Any:
+        return super().__getitem__(name.casefold())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.casefold())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.casefold(), default)
+
+
 @dataclass
 class AwsState:
     account: str = ""
-    roles: dict[str, RoleInfo] = field(default_factory=dict)  # by name
+    roles: dict[str, RoleInfo] = field(default_factory=ByIamName)  # by name, whatever its case
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # ARN -> default version document
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance id -> description
     unreadable: set[str] = field(default_factory=set)  # attached policies that could not be read
