@@ -127,6 +127,13 @@ def _copy_paths(patterns: list[str], source: Path, target: Path) -> list[str]:
     return copied
 
 
+def _hooks_name_steps(after: dict[str, Callable[[], None]], names: list[str | None]) -> None:
+    """A hook runs after the step (job) of its name, when that succeeded: the name must exist."""
+    unknown = sorted(set(after) - set(names))
+    if unknown:
+        raise NotEmulated(f"no step or job named {unknown} to run the test's hook after")
+
+
 # --- GitHub Actions --------------------------------------------------------------------------------------
 
 _STEP_KEYS = {"name", "id", "if", "uses", "with", "run", "env", "shell", "working-directory"}
@@ -208,6 +215,7 @@ class GitHubRunner:
         for key, value in (job.get("env") or {}).items():
             env[key] = self.expand(value, env)
         shell = ((job.get("defaults") or {}).get("run") or {}).get("shell")
+        _hooks_name_steps(self.after, [s.get("name") for s in job["steps"]])
         steps: list[Step] = []
         failed = False
         for index, spec in enumerate(job["steps"]):
@@ -233,8 +241,6 @@ class GitHubRunner:
                 failed = True
             elif name in self.after:
                 self.after.pop(name)()
-        if self.after:
-            raise NotEmulated(f"no successful step named {sorted(self.after)} to run the test's hook after")
         return Result(steps, self.workdir)
 
     def _run(self, name: str, spec: dict, env: dict[str, str], shell: str | None, index: int) -> Step:
@@ -382,6 +388,7 @@ class GitLabRunner:
 
     def run(self) -> Result:
         jobs = self.jobs()
+        _hooks_name_steps(self.after, [name for name, _ in jobs])
         python_bin = self.python_bin or runner_python(self.workdir / "python")
         default = self.document.get("default") or {}
         steps: list[Step] = []
@@ -401,8 +408,6 @@ class GitLabRunner:
                 failed = True
             elif name in self.after:
                 self.after.pop(name)()
-        if self.after:
-            raise NotEmulated(f"no successful job named {sorted(self.after)} to run the test's hook after")
         return Result(steps, self.workdir)
 
     def _job(self, name: str, job: dict, default: dict, python_bin: Path, done: list[tuple[str, dict, str]]) -> Step:

@@ -143,10 +143,14 @@ def test_github_hook_runs_after_its_step_and_must_exist(tmp_path, user_repo, pyt
     GitHubRunner(workflow, tmp_path / "run", user_repo=user_repo, python_bin=python_bin,
                  after={"Setup": lambda: (tmp_path / "run" / "workspace" / "hook").write_text("hook\n")}).run()
     assert (tmp_path / "run" / "workspace" / "seen").read_text() == "setup\nhook\n"
-    with pytest.raises(NotEmulated, match="Set-up"):
+    with pytest.raises(NotEmulated, match="Set-up"):  # a renamed step: the test's hook must not silently vanish
         GitHubRunner(workflow, tmp_path / "again", user_repo=user_repo, python_bin=python_bin,
                      after={"Set-up": lambda: hooked.append(1)}).run()
     assert hooked == []
+    failing = write(tmp_path / "failing.yml", "jobs:\n  one:\n    steps:\n      - {name: Setup, run: exit 3}\n")
+    result = GitHubRunner(failing, tmp_path / "failing", user_repo=user_repo, python_bin=python_bin,
+                          after={"Setup": lambda: hooked.append(1)}).run()
+    assert [(s.status, s.returncode) for s in result.steps] == [("failure", 3)] and hooked == []
 
 
 def test_gitlab_stages_when_artifacts_variables_extends_and_skips(tmp_path, user_repo, python_bin):
