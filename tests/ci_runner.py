@@ -27,6 +27,9 @@ then job), overridden by `project_variables`; `file_variables` are written to fi
 holds the path, as GitLab does for "File" variables. `image:` is not run: the same Python as above is on
 PATH. A command for which `skip(command)` returns a reason is not run (e.g. `apt-get`); it is recorded.
 
+`after={name: fn}`: the test's own action right after the step (job) of that name succeeded, e.g. the lab
+playing the cluster's controllers; a name that is not in the YAML raises `NotEmulated`.
+
 The environment is built from scratch: PATH of the system directories (+ the Python), HOME in the work
 directory, LANG, and this machine's PIP_* settings (its package index) — nothing of the test process's
 PATH, PYTHONPATH or venv leaks in, so an example that does not install rbacbridge cannot find one.
@@ -427,6 +430,8 @@ class GitLabRunner:
         env = base_env(home, python_bin)
         env.update(GITLAB_CI="true", CI_PROJECT_DIR=str(project), CI_JOB_NAME=name, CI_JOB_STAGE=str(job.get("stage")))
         variables = {**(self.document.get("variables") or {}), **(job.get("variables") or {}), **self.project_variables}
+        if any(isinstance(v, dict) for v in variables.values()):
+            raise NotEmulated(f"job {name}: variables with value/description/options")
         env.update({k: str(v) for k, v in variables.items()})
         for key, content in self.file_variables.items():
             path = tmp / key
