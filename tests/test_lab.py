@@ -479,7 +479,7 @@ def not_apt(command: str) -> str | None:
     return "the runner machine has git" if command.lstrip().startswith("apt-get") else None
 
 
-@pytest.mark.timeout(900)  # a fresh venv (pip) per job, and setup + verify + teardown
+@pytest.mark.timeout(600)  # a fresh venv (pip) per job, and setup + verify + teardown
 @pytest.mark.parametrize("example", ["github-actions.yml", "gitlab-ci.yml"])
 def test_ci_example_runs_as_written(lab: Lab, example: str):
     """examples/ci/EXAMPLE, its steps taken from the YAML, run by tests/ci_runner.py in a fresh runner
