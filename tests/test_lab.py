@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import resource
+import shutil
+import subprocess
+import tempfile
 import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
+import yaml
 
 from rbacbridge.report import principals_of  # verify -o json v3: principals grouped by tenant
-from tests.lab import ACCOUNT, ALLOWED_ROLES, LEGACY_PROFILE, METADATA_IP, Lab, available
+from tests.ci_runner import GitHubRunner, GitLabRunner
+from tests.lab import ACCOUNT, ALLOWED_ROLES, LEGACY_PROFILE, LEGACY_ROLE, METADATA_IP, REPO, Lab, available
 
 _why = available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
@@ -413,3 +422,124 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     for tenant in TENANTS:
         assert ALLOWED_ROLES not in (store.get("Namespace", tenant["namespaces"][0])["metadata"].get("annotations") or {})
     print(f"\ntenants scenario {time.monotonic() - began:.1f}s")
+
+
+# --- issue 21: the CI examples, their shell steps as written (tests/ci_runner.py), against the lab ----------
+
+EXAMPLES = REPO / "examples" / "ci"
+RBACBRIDGE_REPOSITORY = "example/rbacbridge"  # the repository variable the GitHub example checks out: this one
+CLEAN = {  # the lab before any setup (and after every teardown): what the lab seeded, nothing of rbacbridge's
+    "roles": [LEGACY_ROLE], "policies": [], "instance profiles": [LEGACY_PROFILE],
+    "associations": {"node-a": [LEGACY_PROFILE], "node-b": []}, "daemonsets": [], "rbacbridge objects": [],
+    "kube-system pods": [], "kube2iam DNAT rules": {"node-a": [], "node-b": []},
+}
+
+
+def lab_state(lab: Lab) -> dict:
+    """What setup changes and teardown must put back: IAM, the nodes' instance profiles, kube2iam and
+    rbacbridge's objects in the API server, the metadata DNAT rules on the nodes."""
+    iam, ec2, store = lab.client("iam"), lab.client("ec2"), lab.api.store
+    associations = {}
+    for n in lab.nodes:
+        found = ec2.describe_iam_instance_profile_associations(Filters=[
+            {"Name": "instance-id", "Values": [n.instance_id]}, {"Name": "state", "Values": ["associated"]}])
+        associations[n.name] = [a["IamInstanceProfile"]["Arn"].rsplit("/", 1)[-1] for a in found["IamInstanceProfileAssociations"]]
+    return {
+        "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),
+        "policies": sorted(p["PolicyName"] for p in iam.list_policies(Scope="Local")["Policies"]),
+        "instance profiles": sorted(p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]),
+        "associations": associations,
+        "daemonsets": sorted(f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in store.objects_of("DaemonSet")),
+        "rbacbridge objects": sorted(f"{kind} {o['metadata'].get('namespace', '')}/{o['metadata']['name']}"
+                                     for kind in ("Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+                                     for o in store.objects_of(kind)
+                                     if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "rbacbridge"),
+        "kube-system pods": sorted(p["metadata"]["name"] for p in store.objects_of("Pod", "kube-system")),
+        "kube2iam DNAT rules": {n.name: kube2iam_rules(lab, n.name) for n in lab.nodes},
+    }
+
+
+def user_repository(lab: Lab, path: Path) -> Path:
+    """The repository a user keeps rbacbridge.yaml in: the lab's file without this machine's paths — the
+    kubeconfig, SSH key and known_hosts reach the pipeline as CI secrets, as on a real runner."""
+    config = yaml.safe_load(Path(lab.config_file).read_text())
+    del config["kubernetes"]["kubeconfig"], config["nodes"]["ssh_key"], config["nodes"]["known_hosts"]
+    path.mkdir(parents=True)
+    (path / "rbacbridge.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def junit_counts(path: Path) -> dict[str, int]:
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    return {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "failures", "errors")}
+
+
+def not_apt(command: str) -> str | None:
+    """The GitLab build job's `apt-get install git` (for the slim image): this machine has git; not run as root here."""
+    return "the runner machine has git" if command.lstrip().startswith("apt-get") else None
+
+
+@pytest.mark.timeout(600)  # a fresh venv (pip) per job, and setup + verify + teardown
+@pytest.mark.parametrize("example", ["github-actions.yml", "gitlab-ci.yml"])
+def test_ci_example_runs_as_written(lab: Lab, example: str):
+    """examples/ci/EXAMPLE, its steps taken from the YAML, run by tests/ci_runner.py in a fresh runner
+    environment: rbacbridge installed from a clone of this repository at HEAD (the tree under test), the
+    lab's rbacbridge.yaml as the user's, kubeconfig / SSH key / known_hosts as secrets. The lab has no
+    controllers: after the Setup step the test places the pods and starts kube2iam on each node."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("needs a git checkout of rbacbridge (the examples install it from one)")
+    began, cpu = time.monotonic(), _cpu_seconds()
+    before = lab_state(lab)
+    assert before == CLEAN, "the lab is not clean before the pipeline (did an earlier test here fail?)"
+
+    def controllers() -> None:
+        lab.play_controllers()
+        for n in lab.nodes:
+            lab.kube2iam_start(n.name)
+
+    aws = {k: v for k, v in lab.env().items() if k.startswith("AWS_")}  # the lab's moto and its admin key
+    secrets = {"KUBECONFIG": Path(lab.kubeconfig).read_text(), "NODE_SSH_KEY": Path(lab.ssh_key).read_text(),
+               "NODE_KNOWN_HOSTS": Path(lab.known_hosts).read_text()}
+    workdir = Path(tempfile.mkdtemp(prefix="rbl-ci-"))
+    try:
+        user_repo = user_repository(lab, workdir / "user-repo")
+        if example == "github-actions.yml":
+            runner = GitHubRunner(
+                EXAMPLES / example, workdir / "runner", user_repo=user_repo, repositories={RBACBRIDGE_REPOSITORY: REPO},
+                vars={"RBACBRIDGE_REPOSITORY": RBACBRIDGE_REPOSITORY, "RBACBRIDGE_REF": head.stdout.strip()},
+                secrets={"AWS_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/ci", "NODE_SSH_KEY": secrets["NODE_SSH_KEY"],
+                         "NODE_KNOWN_HOSTS": secrets["NODE_KNOWN_HOSTS"],
+                         "KUBECONFIG_B64": base64.b64encode(secrets["KUBECONFIG"].encode()).decode()},
+                aws_env=aws, after={"Setup": controllers})
+            result = runner.run()
+            junits = [runner.workspace / "rbacbridge-verify.xml", runner.artifacts / "rbacbridge-reports" / "rbacbridge-verify.xml"]
+        else:
+            runner = GitLabRunner(
+                EXAMPLES / example, workdir / "runner", user_repo=user_repo, file_variables=secrets, skip=not_apt,
+                project_variables={"RBACBRIDGE_REPO": str(REPO), "RBACBRIDGE_REF": head.stdout.strip(), **aws},
+                after={"rbacbridge-setup": controllers})
+            result = runner.run()
+            junits = [runner.workdir / "jobs" / "rbacbridge-verify" / "project" / "rbacbridge-verify.xml"]
+        log = result.log()
+        assert [(s.name, s.status) for s in result.steps] == [(s.name, "success") for s in result.steps], log
+        for junit in junits:  # the report verify wrote (and, on GitHub, the one kept as an artifact)
+            assert junit.exists(), log
+            counts = junit_counts(junit)
+            assert counts["tests"] > 0 and counts["failures"] == 0 and counts["errors"] == 0, (counts, log)
+        printed = "".join(s.output for s in result.steps)
+        assert aws["AWS_SECRET_ACCESS_KEY"] not in printed and "PRIVATE KEY" not in printed
+        after = lab_state(lab)
+        assert after == CLEAN, (after, log)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n{example}: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in result.steps)
+          + f"; test {time.monotonic() - began:.1f}s, {_cpu_seconds() - cpu:.0f} CPU-s")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the pipeline's processes): on a shared machine the
+    wall-clock time says more about the neighbours."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
