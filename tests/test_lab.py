@@ -67,6 +67,7 @@ def failed(document: dict) -> list[tuple[str, dict]]:
     return [(p["name"], c) for p in principals_of(document) for c in p["cells"] if not c["match"]]
 
 
+@pytest.mark.timeout(600)  # the article, its isolation faults and the --via kubernetes runs: ~100 s idle, 300+ s on a busy machine
 def test_article_end_to_end(lab: Lab):
     began = time.monotonic()
     iam, ec2 = lab.client("iam"), lab.client("ec2")
