@@ -450,6 +450,14 @@ def config_reference() -> None:
         typer.echo(f"{path:32} {default:28} {text}")
 
 
+@app.command("config-schema")
+def config_schema() -> None:
+    """The JSON Schema (draft 2020-12) of rbacbridge.yaml, for editors and linters. Offline."""
+    from rbacbridge.config_schema import schema_json
+
+    sys.stdout.write(schema_json())
+
+
 @app.command()
 @with_config(_ACCOUNT, _AWS, _INSTANCES)
 def permissions(

@@ -1,12 +1,12 @@
-"""Every `rbacbridge ...` command the README shows (in its code blocks) and the demo prints (in
-backticks) parses and exits 0 — the offline ones: help, config-reference, render, permissions, and
+"""Every `rbacbridge ...` command the README and the documentation site's pages (docs/**/*.md) show (in
+their code blocks) and the demo prints (in backticks) parses and exits 0 — the offline ones: help, config-reference, render, permissions, and
 plan/setup/teardown against moto (AWS_ENDPOINT_URL; setup/teardown with --dry-run added, and
 `--only aws` when the command names no part; an example instance id is replaced by one that exists
 in moto). Commands that need a real cluster, nodes or account
 are skipped by the small explicit list SKIP below, each with its reason.
 
 The extractor is generic (any code block, `$ ` prompts, `python -m rbacbridge`, pipes, redirects and
-trailing comments cut off), so the README can be rewritten without touching this test.
+trailing comments cut off), so the README and the pages can be rewritten without touching this test.
 """
 
 from __future__ import annotations
@@ -77,6 +77,16 @@ def readme_commands() -> list[str]:
     return commands_in(code_lines(readme.read_text(encoding="utf-8"))) if readme.exists() else []
 
 
+def documented_commands() -> list[str]:
+    """The README's commands, then those of every page of the documentation site not already shown."""
+    found = readme_commands()
+    for page in sorted((REPO / "docs").rglob("*.md")):
+        for command in commands_in(code_lines(page.read_text(encoding="utf-8"))):
+            if command not in found:
+                found.append(command)
+    return found
+
+
 def skip_reason(command: str) -> str | None:
     if HELP.search(command) and not re.search(r"\$[A-Za-z_{(]|<[^>]*>", command):
         return None  # any help is offline
@@ -128,6 +138,7 @@ def check(command: str, tmp_path: Path, moto: str) -> None:
 
 
 README_COMMANDS = readme_commands()
+DOCUMENTED_COMMANDS = documented_commands()
 
 
 def test_the_extractor_finds_commands_and_cuts_shell_syntax():
@@ -139,10 +150,11 @@ def test_the_extractor_finds_commands_and_cuts_shell_syntax():
     assert skip_reason("rbacbridge verify --stage before") and not skip_reason("rbacbridge verify --help")
     assert len(README_COMMANDS) >= 3, README_COMMANDS  # the README shows commands; none found means a broken extractor
     assert sum(skip_reason(c) is None for c in README_COMMANDS) >= 2, README_COMMANDS
+    assert len(DOCUMENTED_COMMANDS) > len(README_COMMANDS), "no command found in docs/: a broken extractor"
 
 
-@pytest.mark.parametrize("command", README_COMMANDS or ["rbacbridge --help"])
-def test_readme_command_runs(command, tmp_path, moto_url):
+@pytest.mark.parametrize("command", DOCUMENTED_COMMANDS or ["rbacbridge --help"])
+def test_documented_command_runs(command, tmp_path, moto_url):
     check(command, tmp_path, moto_url)
 
 
