@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rbacbridge.errors import RbacbridgeError, UsageError
+from rbacbridge.nodes.session import command_line
 
 # paramiko's transport thread logs its own failures (with a traceback) at ERROR; with no handler
 # configured Python would print them on stderr. rbacbridge reports each failure in one line itself.
@@ -473,15 +474,6 @@ class SshSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def command_line(argv: list[str], sudo: bool = False) -> str:
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise UsageError("a command is a non-empty list of strings")
-    for part in argv:
-        if "\x00" in part or "\n" in part or "\r" in part:
-            raise UsageError(f"refusing to send a command argument with a control character: {part!r}")
-    return shlex.join((["sudo", "-n", "--"] if sudo else []) + list(argv))
 
 
 def connect(target: SshTarget, _depth: int = 0) -> SshSession:

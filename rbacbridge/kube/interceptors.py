@@ -89,7 +89,6 @@ def kube2iam_daemonset(obj: dict[str, Any], own: tuple[str, str] = ("kube-system
     needs rbacbridge's own namespace/name (`own`) as well as its label."""
     from rbacbridge.audit.kube2iam import is_kiam_agent
 
-    meta = obj.get("metadata") or {}
     containers = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
     for container in containers:
         words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
