@@ -49,7 +49,7 @@ def via(ctx) -> str:
 
 def node_refs(ctx) -> list[NodeRef]:
     def compute() -> list[NodeRef]:
-        from rbacbridge.ssh import parse_host_port
+        from rbacbridge.nodes.ssh import parse_host_port
 
         cfg = ctx.config
         if via(ctx) == "kubernetes":
@@ -98,7 +98,7 @@ def _cluster_refs(ctx) -> list[NodeRef]:
 
 
 def iptables_ipv4(value: str | None) -> bool:
-    from rbacbridge.ssh import is_ipv4
+    from rbacbridge.nodes.ssh import is_ipv4
 
     return is_ipv4(value)
 
@@ -113,7 +113,7 @@ def _unique(refs: list[NodeRef]) -> list[NodeRef]:
 
 
 def ssh_target(ctx, ref: NodeRef):
-    from rbacbridge.ssh import SshTarget
+    from rbacbridge.nodes.ssh import SshTarget
 
     cfg = ctx.config
     return SshTarget(

@@ -22,8 +22,8 @@ def preflight(ctx, refs: list[NodeRef] | None = None) -> None:
     Without `refs`, nodes named in the config/flags are checked in full; nodes that will come from
     the cluster get the host-independent checks now and the full one in `inspect_all`.
     """
-    from rbacbridge.ssh import check_settings
-    from rbacbridge.ssh import preflight as check_target
+    from rbacbridge.nodes.ssh import check_settings
+    from rbacbridge.nodes.ssh import preflight as check_target
 
     if via(ctx) == "kubernetes":
         if refs is not None:
@@ -60,9 +60,8 @@ def session_for(ctx, ref: NodeRef) -> Session:
 
             session = sessions[ref.name] = open_session(ctx, ref)
         return session
-    transport = session._client.get_transport() if session is not None else None
-    if session is None or transport is None or not transport.is_active():
-        from rbacbridge.ssh import connect
+    if session is None or not session.is_open():
+        from rbacbridge.nodes.ssh import connect
 
         ctx.reporter.progress(f"{ref.name}: connecting over SSH")
         session = connect(ssh_target(ctx, ref))
