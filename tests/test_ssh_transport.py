@@ -12,6 +12,7 @@ import paramiko
 import pytest
 
 from rbacbridge import ssh
+from rbacbridge.nodes.ssh import files as ssh_files  # where the parse cache reads _SETTLED
 from tests.fixtures_nodes import host_ruleset_unchanged, make_node, netns, node  # noqa: F401
 
 
@@ -75,7 +76,7 @@ def test_host_keys_are_what_paramiko_would_check_against(tmp_path):
 
 
 def test_a_rewritten_known_hosts_is_read_again_even_with_the_same_size_and_mtime(tmp_path, monkeypatch):
-    monkeypatch.setattr(ssh, "_SETTLED", -1.0)  # reuse parses of files written just now (ctime cannot be set back)
+    monkeypatch.setattr(ssh_files, "_SETTLED", -1.0)  # reuse parses of files written just now (ctime cannot be set back)
     old, new = _key("ed25519"), _key("ed25519")
     path = tmp_path / "known_hosts"
     path.write_text(_line("10.0.0.1", old))
