@@ -240,6 +240,18 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[n:n + size] for n in range(0, len(items), size)]
 
 
+def _iam_list(gw: AwsGateway, operation: str, key: str, **params: Any) -> list:
+    """Every item of a paginated IAM list (IsTruncated / Marker), each page through gw.call."""
+    out: list = []
+    marker = None
+    while True:
+        page = gw.call("iam", operation, **params, **({"Marker": marker} if marker else {}))
+        out += page[key]
+        if not page.get("IsTruncated"):
+            return out
+        marker = page["Marker"]
+
+
 def _pages(gw: AwsGateway, service: str, operation: str, token: str, **params: Any):
     """Every page of a paginated read, each through gw.call (same error handling)."""
     while True:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import json
 
 from rbacbridge.aws import permission_set
+from rbacbridge.aws.client import AwsGateway, _iam_list, retry_eventual_consistency
 from rbacbridge.aws.documents import _as_list, _decode, _principals, describe_difference, documents_equal
-from rbacbridge.aws.client import AwsGateway, retry_eventual_consistency
-from rbacbridge.aws.ownership import _created_id, _ownership, _tags_step
+from rbacbridge.aws.ownership import _created_id, _ownership_steps
 from rbacbridge.aws.record_store import Draft
 from rbacbridge.aws.resources import SYSTEM, InstanceProfile, ManagedPolicy, Role, _step, resource_tags
 from rbacbridge.aws.unsigned_records import has_old_record
 from rbacbridge.config import Config, iam_key
-from rbacbridge.plan import CONFLICT, CREATE, DELETE, LEFT_ALONE, UNCHANGED, UPDATE, Step
+from rbacbridge.plan import CREATE, DELETE, LEFT_ALONE, UNCHANGED, UPDATE, Step
 
 
 def _plan_policy(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy, draft: Draft) -> list[Step]:
-    name = draft.key.record.recorded_name("policy", policy.name) if draft.key.record else policy.name
+    name = draft.key.recorded_name("policy", policy.name)
     arn = ctx.config.policy_arn(account, name)
     live = gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
     document = json.dumps(policy.document)
@@ -33,13 +33,10 @@ def _plan_policy(ctx, gw: AwsGateway, account: str, policy: ManagedPolicy, draft
             Description=policy.description, Tags=resource_tags(policy, install))))]
     steps: list[Step] = []
     tag = lambda: gw.call("iam", "tag_policy", PolicyArn=arn, Tags=resource_tags(policy, install))  # noqa: E731
-    conflict = _ownership(ctx, draft, policy, live["Policy"], tag)
+    owned, conflict = _ownership_steps(ctx, draft, policy, live["Policy"], tag)
+    steps += owned
     if conflict:
-        steps.append(conflict)
-        if conflict.action == CONFLICT:
-            return steps
-    else:
-        steps += _tags_step(policy, live["Policy"].get("Tags"), install, tag)
+        return steps
     default = live["Policy"]["DefaultVersionId"]
     current = _decode(gw.call("iam", "get_policy_version", PolicyArn=arn, VersionId=default)["PolicyVersion"]["Document"])
     if documents_equal(policy.document, current):
@@ -67,7 +64,7 @@ def _trust_without_self(role: Role, account: str, config: Config) -> dict:
 
 def _plan_role(ctx, gw: AwsGateway, account: str, role: Role, draft: Draft) -> list[Step]:
     config = ctx.config
-    name = draft.key.record.recorded_name("role", role.name) if draft.key.record else role.name
+    name = draft.key.recorded_name("role", role.name)
     live = gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=name)
     trust = json.dumps(role.trust)
     update_trust = lambda: retry_eventual_consistency(lambda: gw.call(  # noqa: E731
@@ -87,13 +84,10 @@ def _plan_role(ctx, gw: AwsGateway, account: str, role: Role, draft: Draft) -> l
                                update_trust))
     else:
         tag = lambda: gw.call("iam", "tag_role", RoleName=name, Tags=resource_tags(role, draft.key.install))  # noqa: E731
-        conflict = _ownership(ctx, draft, role, live["Role"], tag)
+        owned, conflict = _ownership_steps(ctx, draft, role, live["Role"], tag)
+        steps += owned
         if conflict:
-            steps.append(conflict)
-            if conflict.action == CONFLICT:
-                return steps
-        else:
-            steps += _tags_step(role, live["Role"].get("Tags"), draft.key.install, tag)
+            return steps
         current = _decode(live["Role"]["AssumeRolePolicyDocument"])
         if not documents_equal(role.trust, current):
             steps.append(_step(UPDATE, role, f"update trust policy of role {role.name}",
@@ -114,14 +108,7 @@ def _plan_role(ctx, gw: AwsGateway, account: str, role: Role, draft: Draft) -> l
 
 
 def _attached_policies(gw: AwsGateway, role: str) -> list[dict]:
-    out: list[dict] = []
-    marker = None
-    while True:
-        page = gw.call("iam", "list_attached_role_policies", RoleName=role, **({"Marker": marker} if marker else {}))
-        out += page["AttachedPolicies"]
-        if not page.get("IsTruncated"):
-            return out
-        marker = page["Marker"]
+    return _iam_list(gw, "list_attached_role_policies", "AttachedPolicies", RoleName=role)
 
 
 def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | None, draft: Draft) -> list[Step]:
@@ -138,13 +125,10 @@ def _plan_profile(ctx, gw: AwsGateway, profile: InstanceProfile, live: dict | No
     steps: list[Step] = []
     info = live["InstanceProfile"]
     tag = lambda: gw.call("iam", "tag_instance_profile", InstanceProfileName=profile.name, Tags=resource_tags(profile, install))  # noqa: E731
-    conflict = _ownership(ctx, draft, profile, info, tag)
+    owned, conflict = _ownership_steps(ctx, draft, profile, info, tag)
+    steps += owned
     if conflict:
-        steps.append(conflict)
-        if conflict.action == CONFLICT:
-            return steps
-    else:
-        steps += _tags_step(profile, info.get("Tags"), install, tag)
+        return steps
     if has_old_record(info.get("Tags")):
         steps.append(_step(LEFT_ALONE, profile, f"ignore the unsigned record in the tags of instance profile {profile.name}",
                            "written by rbacbridge before the signed record (or by anyone allowed to tag it): "

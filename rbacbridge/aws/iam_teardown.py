@@ -17,7 +17,7 @@ from rbacbridge.plan import DELETE, Step
 
 def _plan_role_teardown(ctx, gw: AwsGateway, role: Role, draft: Draft, own_profiles: set[str], kept_profiles: set[str],
                         live: dict | None = None) -> list[Step]:
-    name = draft.key.record.recorded_name("role", role.name) if draft.key.record else role.name
+    name = draft.key.recorded_name("role", role.name)
     live = live or gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=name)
     if live is None:
         return []
@@ -53,7 +53,7 @@ def _plan_policy_teardown(ctx, gw: AwsGateway, account: str, policy: ManagedPoli
                           detach_roles: set[str] = frozenset(), live: dict | None = None) -> list[Step]:
     """Delete the policy. `roles_deleted` detach it themselves (their steps come first); `detach_roles`
     are the install's roles that stay (a tenant's role keeps, its policy goes): detached here (iam_key names)."""
-    name = draft.key.record.recorded_name("policy", policy.name) if draft.key.record else policy.name
+    name = draft.key.recorded_name("policy", policy.name)
     arn = ctx.config.policy_arn(account, name)
     live = live or gw.get_or_none("iam", "get_policy", ("NoSuchEntity",), PolicyArn=arn)
     if live is None:

@@ -94,6 +94,15 @@ def _ownership(ctx, draft: Draft, resource: Any, info: dict, tag: Callable[[], A
                  f"{found.why}: {hint}")
 
 
+def _ownership_steps(ctx, draft: Draft, resource: Any, info: dict, tag: Callable[[], Any]) -> tuple[list[Step], bool]:
+    """An existing resource's ownership steps (the adoption, or the missing tags of this install's), and
+    whether it is a conflict (then nothing else is planned for it)."""
+    conflict = _ownership(ctx, draft, resource, info, tag)
+    if conflict:
+        return [conflict], conflict.action == CONFLICT
+    return _tags_step(resource, info.get("Tags"), draft.key.install, tag), False
+
+
 def _tags_step(resource: Any, live_tags: list[dict] | None, install: str, tag: Callable[[], Any]) -> list[Step]:
     """This install's resource without (or with other) managed-by / rbacbridge:install / tenant tags gets them."""
     tags = _tag_map(live_tags)

@@ -53,6 +53,10 @@ class RecordKey:
         self.record: Record | None = None
         self._lock = threading.Lock()
 
+    def recorded_name(self, kind: str, name: str) -> str:
+        """The name as this install's record spells it (IAM names ignore case), else as configured."""
+        return self.record.recorded_name(kind, name) if self.record else name
+
     @property
     def alias(self) -> str:
         return ALIAS_PREFIX + self.install

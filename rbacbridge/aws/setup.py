@@ -42,7 +42,7 @@ def plan_setup(ctx) -> list[Step]:
         elif isinstance(resource, Role):
             steps += _plan_role(ctx, gw, account, resource, draft)
         elif isinstance(resource, InstanceProfile):
-            name = key.record.recorded_name("profile", resource.name) if key.record else resource.name
+            name = key.recorded_name("profile", resource.name)
             live_profile = _live_profile(gw, name)
             profile_steps = _plan_profile(ctx, gw, resource, live_profile, draft)
             profile_ok = not any(s.action == CONFLICT for s in profile_steps)

@@ -7,8 +7,6 @@ else left alone with the reason); the KMS key last, once nothing the record name
 
 from __future__ import annotations
 
-from typing import Any
-
 from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from rbacbridge.aws.associations import _plan_associations_teardown
 from rbacbridge.aws.client import _checked_account, gateway
@@ -29,12 +27,8 @@ def plan_teardown(ctx) -> list[Step]:
     key = record_key(ctx, gw, account)
     draft = Draft(key)
     resources = desired_resources(ctx.config, account, [], teardown=True)
-    record = key.record
-
-    def looked_up(r: Any) -> dict | None:
-        return _live_profile(gw, record.recorded_name("profile", r.name) if record else r.name)
-
-    profiles = {r.name: looked_up(r) for r in resources if isinstance(r, InstanceProfile)}
+    profiles = {r.name: _live_profile(gw, key.recorded_name("profile", r.name))
+                for r in resources if isinstance(r, InstanceProfile)}
     steps: list[Step] = []
     keep: dict[str, str | None] = {}
     for name, live in profiles.items():

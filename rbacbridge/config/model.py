@@ -151,7 +151,6 @@ class Config:
         config.check_consistency()
         return config
 
-
     def check_consistency(self) -> None:
         """What no single setting shows (names that collide); `checks.check_config`."""
         check_config(self)
