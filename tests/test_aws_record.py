@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from rbacbridge import planner
-from rbacbridge.aws_record import KMS_TAG_VALUE_MAX, Owned, Record, Replaced, encode
+from rbacbridge.aws.record import KMS_TAG_VALUE_MAX, Owned, Record, Replaced, encode
 from rbacbridge.plan import CONFLICT, DELETE, LEFT_ALONE, RESTORE, UPDATE
 from tests.fixtures_aws import ACCOUNT, ALIAS, key_tags, kms_state, moto_url, record_key, sandbox, signed_record  # noqa: F401
 from tests.test_aws_setup import PROFILE, RO, RW, _setup, _teardown, recorded
@@ -323,13 +323,13 @@ def _interrupted_after_the_first_record_write(sandbox, config, monkeypatch, cloc
     """Setup stopped right after it signed its intents (before the first create), its clock off by `clock_offset`."""
     from datetime import datetime, timezone
 
-    import rbacbridge.aws_record as aws_record
+    import rbacbridge.aws.record_store as record_store
 
     class Stop(Exception):
         pass
 
-    real_now = aws_record.now
-    monkeypatch.setattr(aws_record, "now", lambda: real_now() + clock_offset)
+    real_now = record_store.now
+    monkeypatch.setattr(record_store, "now", lambda: real_now() + clock_offset)
     session = sandbox.session()
 
     def stop(model, **_):
@@ -338,7 +338,7 @@ def _interrupted_after_the_first_record_write(sandbox, config, monkeypatch, cloc
     session.events.register("before-call", stop)
     ctx = sandbox.context(config, session=session)
     assert not planner.run(ctx, planner.plan_setup(ctx)).ok
-    monkeypatch.setattr(aws_record, "now", real_now)
+    monkeypatch.setattr(record_store, "now", real_now)
     assert [p[1] for p in signed_record(sandbox)["pending"]][:2] == ["nettech-s3-read-only", "nettech-kube2iam-node"]
     return datetime.now(timezone.utc)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rbacbridge.aws.client import _iam_list
 from rbacbridge.plan import DELETE, Step
 
 SYSTEM = "aws"
@@ -30,14 +31,7 @@ EXTRA = "extra"  # details key marking a step of this module
 
 
 def inline_policy_names(gw: Any, role: str) -> list[str]:
-    out: list[str] = []
-    marker = None
-    while True:
-        page = gw.call("iam", "list_role_policies", RoleName=role, **({"Marker": marker} if marker else {}))
-        out += page["PolicyNames"]
-        if not page.get("IsTruncated"):
-            return out
-        marker = page["Marker"]
+    return _iam_list(gw, "list_role_policies", "PolicyNames", RoleName=role)
 
 
 def owners_of_policies(config: Any, account: str) -> dict[str, str]:
