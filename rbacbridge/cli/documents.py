@@ -1,0 +1,80 @@
+"""Commands that print a document: `config-reference` (every setting), `permissions` (the operator's IAM
+policy), `render` (the Kubernetes manifests)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from rbacbridge.cli.options import ACCOUNT, AWS, INSTANCES, INTERFACE, KUBE, NAMESPACE, with_config
+from rbacbridge.errors import UsageError
+
+def config_reference() -> None:
+    """Every setting of rbacbridge.yaml with its default."""
+    from rbacbridge.config import SCHEMA, TENANT_REFERENCE
+
+    for option in SCHEMA:
+        default = option.default
+        if default in ((), None):
+            default = "-"
+        elif isinstance(default, tuple) and isinstance(default[0], dict):  # tolerations: as YAML flow style
+            import json
+
+            default = json.dumps(list(default)).replace('"', "")
+        typer.echo(f"{option.path:32} {str(default):28} {option.help}")
+    for path, default, text in TENANT_REFERENCE:
+        typer.echo(f"{path:32} {default:28} {text}")
+
+
+@with_config(ACCOUNT, AWS, INSTANCES)
+def permissions(
+    cfg,
+    restore_role: Annotated[Optional[list[str]], typer.Option("--restore-role", help="role of an instance profile the nodes had before setup (teardown gives it back; repeatable)", show_default=False)] = None,
+) -> None:
+    """Print the least-privilege IAM policy (JSON) the operator needs for plan, setup, teardown and verify,
+    scoped to the configured names, account, region and --instance-id's. Offline."""
+    import json
+
+    from rbacbridge.permissions import operator_policy
+
+    document = operator_policy(cfg, cfg.account_id, tuple(restore_role or ()))
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+@with_config(ACCOUNT, INTERFACE, KUBE, NAMESPACE)
+def render(
+    cfg,
+    output: Annotated[str, typer.Option("--output", "-o", metavar="[yaml|json]", help="yaml (a multi-document stream) or json (one List)")] = "yaml",
+    out_dir: Annotated[Optional[str], typer.Option("--out-dir", help="write one file per object into this directory (the whole set or nothing; symlinks refused) instead of stdout", show_default=False)] = None,
+) -> None:
+    """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
+    for `kubectl apply -f -` or GitOps. Offline unless --kubeconfig/--context is given (then
+    --host-interface auto is detected from that cluster; offline it falls back to docker0)."""
+    from rbacbridge import kube
+
+    if output not in kube.RENDER_FORMATS:
+        raise UsageError(f"invalid --output {output!r}: choose from {', '.join(kube.RENDER_FORMATS)}")
+    if out_dir is not None and not out_dir.strip():
+        raise UsageError("--out-dir must name a directory (got an empty string)")
+    if not cfg.account_id:
+        raise UsageError("render needs --account-id (or account_id in the config) for kube2iam's --base-role-arn")
+    err = sys.stderr
+    if cfg.host_interface != "auto":
+        interface = cfg.host_interface
+    elif cfg.kubeconfig or cfg.context:
+        from rbacbridge.planner import Context
+
+        interface, reason = kube.host_interface(Context(config=cfg, parts=("kube",)))
+        print(f"note: {reason}", file=err)
+    else:
+        interface = kube.FALLBACK_INTERFACE
+        print(f"note: host interface {interface} (offline; pass --host-interface, or --kubeconfig/--context to detect it)", file=err)
+    objects = kube.desired_objects(cfg, interface)
+    if out_dir is None:
+        sys.stdout.write(kube.render_stream(objects, output))
+        return
+    documents = kube.render_documents(objects, output)
+    directory = kube.write_manifests(out_dir, documents)
+    print(f"wrote {len(documents)} manifests to {directory}", file=err)
