@@ -2,13 +2,14 @@
 and the planner; nothing heavy (boto3, kubernetes, paramiko, rich tables) is imported before a command runs,
 so `rbacbridge --help` stays instant.
 
-    app.py         the typer app, global options, the table of commands
-    entry.py       main(): argv -> app -> one error line and an exit code; Ctrl-C / SIGTERM
-    group.py       the typer group class (keeps --help from importing pydantic)
-    options.py     the options several commands share, and the Config they build
-    common.py      the planner Context a command runs with, asking before changes, json/yaml output
-    plan_apply.py  plan, setup, teardown
-    verify.py, audit.py, iptables.py, tenant.py, demo.py
+    app.py         the typer app, its global options and the table of commands
+    entry.py       main(): argv -> app -> one error line and an exit code; Ctrl-C and SIGTERM
+    group.py       the typer group class (--help without pydantic; Ctrl-C in a command -> Interrupted)
+    options.py     the options several commands share (Annotated aliases) and config_from(), their Config
+    common.py      the planner Context a command runs with, asking before a change, json/yaml output
+    plan_apply.py  plan, setup, teardown          verify.py    verify
+    iptables.py    iptables status|fix|remove     audit.py     audit
+    tenant.py      tenant add|remove|list         demo.py      demo
     documents.py   config-reference, permissions, render
 """
 

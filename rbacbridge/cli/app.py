@@ -1,7 +1,5 @@
 """The typer app: the global options and the table of commands (in the order `rbacbridge --help` lists them)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
@@ -38,7 +36,6 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="on an error, also print the Python trace (anywhere on the line; or RBACBRIDGE_DEBUG=1)")] = False,
 ) -> None:
     """Global options (they go before the command; --debug may go anywhere)."""
-
 
 
 # Commands first, then the groups: `--help` lists them in this order.

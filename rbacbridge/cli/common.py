@@ -9,6 +9,7 @@ import typer
 
 from rbacbridge.errors import UsageError
 
+
 def dump(fmt: str, data) -> None:
     """Structured output on stdout: json or yaml."""
     from rbacbridge import output as out

@@ -1,13 +1,12 @@
 """`rbacbridge demo`: the sandbox walk-through (rbacbridge/demo.py) on an embedded moto server."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer
 
 from rbacbridge.cli.options import choice
 from rbacbridge.errors import UsageError
+
 
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="leave the sandbox running until Ctrl-C")] = False,
@@ -29,4 +28,3 @@ def demo(
     if config is not None and scenario != "article":
         raise UsageError("give --scenario or -c FILE, not both")
     raise typer.Exit(run_demo(keep=keep, fault=break_, config_path=config, scenario=scenario, output=output))
-

@@ -1,15 +1,15 @@
 """Commands that print a document: `config-reference` (every setting), `permissions` (the operator's IAM
 policy), `render` (the Kubernetes manifests)."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Optional
 
 import typer
 
-from rbacbridge.cli.options import ACCOUNT, AWS, INSTANCES, INTERFACE, KUBE, NAMESPACE, with_config
+from rbacbridge.cli.options import (AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, HostInterfaceOpt, InstanceOpt, KubeconfigOpt,
+                                    NamespaceOpt, ProfileOpt, RegionOpt, config_from)
 from rbacbridge.errors import UsageError
+
 
 def config_reference() -> None:
     """Every setting of rbacbridge.yaml with its default."""
@@ -28,13 +28,15 @@ def config_reference() -> None:
         typer.echo(f"{path:32} {default:28} {text}")
 
 
-@with_config(ACCOUNT, AWS, INSTANCES)
 def permissions(
-    cfg,
     restore_role: Annotated[Optional[list[str]], typer.Option("--restore-role", help="role of an instance profile the nodes had before setup (teardown gives it back; repeatable)", show_default=False)] = None,
+    config: ConfigOpt = None, account_id: AccountOpt = None,
+    profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None, instance_id: InstanceOpt = None,
 ) -> None:
     """Print the least-privilege IAM policy (JSON) the operator needs for plan, setup, teardown and verify,
     scoped to the configured names, account, region and --instance-id's. Offline."""
+    cfg = config_from(permissions, locals())
+
     import json
 
     from rbacbridge.permissions import operator_policy
@@ -43,15 +45,17 @@ def permissions(
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
-@with_config(ACCOUNT, INTERFACE, KUBE, NAMESPACE)
 def render(
-    cfg,
     output: Annotated[str, typer.Option("--output", "-o", metavar="[yaml|json]", help="yaml (a multi-document stream) or json (one List)")] = "yaml",
     out_dir: Annotated[Optional[str], typer.Option("--out-dir", help="write one file per object into this directory (the whole set or nothing; symlinks refused) instead of stdout", show_default=False)] = None,
+    config: ConfigOpt = None, account_id: AccountOpt = None, host_interface: HostInterfaceOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
 ) -> None:
     """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
     for `kubectl apply -f -` or GitOps. Offline unless --kubeconfig/--context is given (then
     --host-interface auto is detected from that cluster; offline it falls back to docker0)."""
+    cfg = config_from(render, locals())
+
     from rbacbridge import kube
 
     if output not in kube.RENDER_FORMATS:

@@ -12,6 +12,7 @@ from rbacbridge.cli.app import app
 from rbacbridge.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, INTERRUPTED_MESSAGE, Interrupted,
                                RbacbridgeError, one_line)
 
+
 def main() -> None:
     """Run the CLI: one line on stderr and an exit code from rbacbridge.errors for every failure."""
     argv = sys.argv[1:]

@@ -1,9 +1,12 @@
 """The typer group class every group of the CLI uses (`rbacbridge`, `rbacbridge iptables`, `rbacbridge tenant`):
-it keeps `--help` from importing pydantic (docs/startup.md; bench/bench_startup.py measures it)."""
+it keeps `--help` from importing pydantic (docs/startup.md; bench/bench_startup.py measures it), and turns a
+Ctrl-C inside a command into `Interrupted` (one line, exit 130: rbacbridge.cli.entry)."""
 
 from __future__ import annotations
 
 import typer.core
+
+from rbacbridge.errors import Interrupted
 
 
 class Group(typer.core.TyperGroup):
@@ -19,6 +22,13 @@ class Group(typer.core.TyperGroup):
                 param.default = False
             _plain_strings(param)
         return params
+
+    def invoke(self, ctx):
+        """Ctrl-C in a command is `Interrupted`: one line and exit 130, whatever typer does with a KeyboardInterrupt."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
 
     def get_command(self, ctx, cmd_name):
         command = super().get_command(ctx, cmd_name)

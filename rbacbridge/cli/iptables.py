@@ -1,15 +1,14 @@
 """`rbacbridge iptables status|fix|remove`: kube2iam's rule on each node (rbacbridge/nodes.py)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
 
 from rbacbridge.cli.common import approve, dump, run_context
 from rbacbridge.cli.group import Group
-from rbacbridge.cli.options import (INTERFACE, KUBE, NODES, RULE, SSH, STALE, VIA, DryRunOpt, OutputOpt, YesOpt,
-                                    output_format, with_config)
+from rbacbridge.cli.options import (AcceptNewOpt, AddMissingOpt, ConfigOpt, ContextOpt, DryRunOpt, HostInterfaceOpt, HostIpOpt,
+                                    KnownHostsOpt, KubeconfigOpt, NodeOpt, OutputOpt, PortOpt, SshConfigOpt, SshKeyOpt,
+                                    SshPortOpt, SshUserOpt, StalePortOpt, ViaOpt, YesOpt, config_from, output_format)
 from rbacbridge.errors import RbacbridgeError, one_line
 
 iptables_app = typer.Typer(
@@ -18,7 +17,6 @@ iptables_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-
 
 
 def _iptables_run(cfg, command: str, dry_run: bool, yes: bool, output: str, force: bool = False) -> None:
@@ -51,9 +49,16 @@ def _iptables_run(cfg, command: str, dry_run: bool, yes: bool, output: str, forc
 
 
 def _iptables_cmd(command: str, doc: str):
-    @with_config(NODES, SSH, RULE, INTERFACE, KUBE, VIA, STALE)
-    def cmd(cfg, dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table",
-            force: Annotated[bool, typer.Option("--force", help="also delete rules to this node that a running interceptor uses (a conflict otherwise)")] = False) -> None:
+    def cmd(
+        dry_run: DryRunOpt = False, yes: YesOpt = False, output: OutputOpt = "table",
+        force: Annotated[bool, typer.Option("--force", help="also delete rules to this node that a running interceptor uses (a conflict otherwise)")] = False,
+        config: ConfigOpt = None, node: NodeOpt = None,
+        ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
+        ssh_config: SshConfigOpt = None, accept_new_host_keys: AcceptNewOpt = False,
+        host_ip: HostIpOpt = None, port: PortOpt = None, add_missing: AddMissingOpt = False, host_interface: HostInterfaceOpt = None,
+        kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, via: ViaOpt = None, stale_port: StalePortOpt = None,
+    ) -> None:
+        cfg = config_from(cmd, locals())
         _iptables_run(cfg, command, dry_run, yes, output, force)
 
     cmd.__doc__ = doc
@@ -61,12 +66,18 @@ def _iptables_cmd(command: str, doc: str):
 
 
 @iptables_app.command("status")
-@with_config(NODES, SSH, RULE, INTERFACE, KUBE, VIA, STALE)
-def iptables_status(cfg, output: OutputOpt = "table") -> None:
+def iptables_status(
+    output: OutputOpt = "table",
+    config: ConfigOpt = None, node: NodeOpt = None,
+    ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
+    ssh_config: SshConfigOpt = None, accept_new_host_keys: AcceptNewOpt = False,
+    host_ip: HostIpOpt = None, port: PortOpt = None, add_missing: AddMissingOpt = False, host_interface: HostInterfaceOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, via: ViaOpt = None, stale_port: StalePortOpt = None,
+) -> None:
     """Show each node's kube2iam rules: kept, duplicate, stale, missing, other tools'. Changes nothing."""
+    cfg = config_from(iptables_status, locals())
     _iptables_run(cfg, "status", dry_run=False, yes=False, output=output)
 
 
 _iptables_cmd("fix", "Keep exactly one rule matching the kube2iam settings on each node; delete duplicates and stale rules.")
 _iptables_cmd("remove", "Delete kube2iam's rules to this node on each node (teardown: no pod's metadata call goes to a dead port); other tools' and other interceptors' rules are left alone.")
-

@@ -1,16 +1,13 @@
 """`rbacbridge tenant add|remove|list`: edit the tenants: of the config file, then print the plan."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer
 
 from rbacbridge.cli.common import dump
 from rbacbridge.cli.group import Group
-from rbacbridge.cli.options import (ACCOUNT, AWS, KUBE, AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, KubeconfigOpt,
-                                    OnlyOpt, OutputOpt, ProfileOpt, RegionOpt, flag_name, load_config, output_format,
-                                    with_config)
+from rbacbridge.cli.options import (AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, KubeconfigOpt, OnlyOpt, OutputOpt,
+                                    ProfileOpt, RegionOpt, config_from, output_format)
 from rbacbridge.cli.plan_apply import show_plan
 from rbacbridge.errors import Interrupted, RbacbridgeError, UsageError
 
@@ -22,7 +19,6 @@ tenant_app = typer.Typer(
 )
 
 NoPlanOpt = Annotated[bool, typer.Option("--no-plan", help="only edit the file; do not plan against AWS and the cluster")]
-_PLAN_FLAGS = ACCOUNT + AWS + KUBE
 
 
 def _config_file(config: str | None) -> str:
@@ -31,19 +27,15 @@ def _config_file(config: str | None) -> str:
     return config
 
 
-def _after_edit(edit, plan_values: dict, only, output: str, no_plan: bool) -> None:
-    """Say what the edit did (stderr), then print the plan that applies it (stdout, as `rbacbridge plan`)."""
+def _after_edit(command, edit, values: dict, only, output: str, no_plan: bool) -> None:
+    """Say what the edit did (stderr), then print the plan that applies it (stdout, as `rbacbridge plan`),
+    with the Config of the file as written and `command`'s AWS and Kubernetes options (`values`)."""
     for message in edit.messages:
         typer.echo(message, err=True)
     if no_plan:
         return
-    labels = {field: flag_name(annotation) for _, annotation, _, field, _ in _PLAN_FLAGS}
-    overrides = {field: plan_values[name] for name, _, _, field, _ in _PLAN_FLAGS}
     try:
-        from rbacbridge.aws import resolve_region
-
-        cfg = load_config(str(edit.path), labels, **overrides)
-        cfg, _ = resolve_region(cfg)
+        cfg = config_from(command, {**values, "config": str(edit.path)})
         show_plan(cfg, only, output)
     except (RbacbridgeError, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
@@ -79,7 +71,7 @@ def tenant_add(
     fmt = output_format(output)
     edit = tenants.add(_config_file(config), name, list(namespace or []), list(read or []), list(write or []),
                        role, existing_role, policy, list(workload or []))
-    _after_edit(edit, locals(), only, fmt, no_plan)
+    _after_edit(tenant_add, edit, locals(), only, fmt, no_plan)
 
 
 @tenant_app.command("remove")
@@ -97,13 +89,14 @@ def tenant_remove(
 
     fmt = output_format(output)
     edit = tenants.remove(_config_file(config), name)
-    _after_edit(edit, locals(), only, fmt, no_plan)
+    _after_edit(tenant_remove, edit, locals(), only, fmt, no_plan)
 
 
 @tenant_app.command("list")
-@with_config()
-def tenant_list(cfg, output: OutputOpt = "table") -> None:
+def tenant_list(output: OutputOpt = "table", config: ConfigOpt = None) -> None:
     """The tenants of the config (without tenants: the article's one, from the legacy keys). Offline."""
+    cfg = config_from(tenant_list, locals())
+
     from rbacbridge import output as out
     from rbacbridge import tenants
 

@@ -1,19 +1,18 @@
 """`rbacbridge verify`: the S3 access matrix and the role chains, expected vs observed (rbacbridge/verify/)."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 from rbacbridge.cli.common import dump, run_context
-from rbacbridge.cli.options import ACCOUNT, AWS, KUBE, NAMESPACE, SSH, VIA, choice, with_config
+from rbacbridge.cli.options import (AcceptNewOpt, AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, KnownHostsOpt, KubeconfigOpt,
+                                    NamespaceOpt, ProfileOpt, RegionOpt, SshConfigOpt, SshKeyOpt, SshPortOpt, SshUserOpt,
+                                    ViaOpt, choice, config_from)
 from rbacbridge.errors import RbacbridgeError, UsageError
 
-@with_config(ACCOUNT, AWS, KUBE, NAMESPACE, SSH, VIA)
+
 def verify(
-    cfg,
     stage: Annotated[str, typer.Option("--stage", metavar="[before|after]", help="before: every principal expects the node role (article steps 10-11); after: kube2iam's matrix (step 15)")] = "after",
     output: Annotated[str, typer.Option("--output", "-o", metavar="[table|json|yaml|junit]", help="output format")] = "table",
     junit_file: Annotated[Optional[str], typer.Option("--junit-file", metavar="FILE", help="also write a JUnit XML report here", show_default=False)] = None,
@@ -25,9 +24,16 @@ def verify(
     every_node: Annotated[bool, typer.Option("--every-node", help="probe every cell on every node (default: bucket and chain cells once per workload and observed role)")] = False,
     tenant: Annotated[Optional[str], typer.Option("--tenant", metavar="NAME", help="only this tenant's pods (their own and cross-tenant cells); no host, no default-role pod", show_default=False)] = None,
     no_annotation_probe: Annotated[bool, typer.Option("--no-annotation-probe", help="create no probe pods: skip the annotation cells (a pod in one tenant's namespace annotated with another tenant's role)")] = False,
+    config: ConfigOpt = None, account_id: AccountOpt = None,
+    profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+    ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
+    ssh_config: SshConfigOpt = None, accept_new_host_keys: AcceptNewOpt = False, via: ViaOpt = None,
 ) -> None:
     """Check the S3 access matrix per tenant and the chains into managed roles: expected (from the configuration)
     vs observed (real calls), after a drift check. Exit 0 all match, 1 a mismatch or finding, 3 could not verify."""
+    cfg = config_from(verify, locals())
+
     from rbacbridge import report
     from rbacbridge.config import node_addresses
     from rbacbridge.errors import shown
@@ -61,7 +67,6 @@ def verify(
     raise typer.Exit(result.exit_code)
 
 
-
 def _render_verify(result, output: str, junit_file: str | None) -> None:
     from rbacbridge import report
 
@@ -82,4 +87,3 @@ def _render_verify(result, output: str, junit_file: str | None) -> None:
     else:
         report.print_table(result)
     report.github_output(result)  # only under GITHUB_ACTIONS=true
-
