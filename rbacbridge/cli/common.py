@@ -59,6 +59,7 @@ class CliReporter:
 
 
 def run_context(cfg, only, output, force=False, adopt=False):
+    """The planner's Context for a command: its Config, the parts `--only` names, progress on stderr."""
     from rbacbridge.planner import Context, parse_parts
 
     return Context(config=cfg, parts=parse_parts(only), force=force, adopt=adopt, reporter=CliReporter(output))
