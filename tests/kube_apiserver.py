@@ -47,6 +47,14 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("rbac.authorization.k8s.io", "v1", "clusterroles"): ("ClusterRole", False),
     ("rbac.authorization.k8s.io", "v1", "clusterrolebindings"): ("ClusterRoleBinding", False),
 }
+
+# --- RBAC objects `audit --who-can` lists (issue 27): namespaced Roles and RoleBindings --------------------
+RESOURCES.update({
+    ("rbac.authorization.k8s.io", "v1", "roles"): ("Role", True),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"): ("RoleBinding", True),
+})
+# --- end of the who-can block -------------------------------------------------------------------------------
+
 KIND_TO_RESOURCE = {kind: key for key, (kind, _) in RESOURCES.items()}
 VALIDATE_VERSION = "1.33.0"
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -85,6 +85,7 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
         else:
             out.notes.append(f"nodes not audited (iptables rules): --via {SSH} without --node or SSH options "
                              "(--ssh-user, --ssh-key, --known-hosts)")
+    ctx.facts["audit.inputs"] = inputs  # audit --who-can joins the same reads (rbacbridge.audit.who_can)
     result.findings = out.findings
     result.notes = out.notes + [n for n in ctx.facts.get("notes", []) if n not in out.notes]
     result.checked = list(dict.fromkeys(out.checked))

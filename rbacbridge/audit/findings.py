@@ -105,6 +105,7 @@ class AuditResult:
     errors: list[str] = field(default_factory=list)  # reads that failed: the audit is incomplete
     checked: list[str] = field(default_factory=list)  # finding kinds that were evaluated
     counts: dict[str, int] = field(default_factory=dict)  # objects read per kind
+    who_can: Any = None  # rbacbridge.audit.who_can.WhoCan with --who-can
 
     @property
     def complete(self) -> bool:
@@ -119,3 +120,24 @@ class AuditResult:
 
     def ids(self) -> set[str]:
         return {f.kind for f in self.findings}
+
+
+# --- who can obtain which role (`audit --who-can`, rules in rbacbridge.audit.who_can.rules) ---------
+KINDS += (
+    Kind("who-can-other-tenant-role", "kube", HIGH, "a subject can obtain another tenant's role",
+         "narrow the subject's RoleBindings, or the namespaces' iam.amazonaws.com/allowed-roles"),
+    Kind("who-can-chain-other-tenant-role", "aws", HIGH, "an sts:AssumeRole chain leads into another tenant's role",
+         "remove sts:AssumeRole from the first roles' policies, or narrow the target's trust policy"),
+    Kind("who-can-node-role", "kube", HIGH, "a subject who is not a cluster admin can obtain the node role",
+         "label the namespace pod-security.kubernetes.io/enforce=baseline, run kube2iam on every node, "
+         "set `kube2iam.default_role: dedicated` (`rbacbridge setup --adopt`)"),
+    Kind("who-can-edit-allowed-roles", "kube", HIGH, "a subject who is not a cluster admin can edit a namespace's allowed-roles",
+         "drop update/patch on namespaces from its roles (the annotation decides which roles kube2iam hands out)"),
+    Kind("allowed-roles-absent", "kube", LOW, "namespace where pods can be run has no allowed-roles annotation",
+         "annotate iam.amazonaws.com/allowed-roles (`rbacbridge setup` does for its tenants)"),
+    Kind("allowed-roles-broader-than-config", "kube", HIGH, "allowed-roles matches roles the configuration does not give the namespace",
+         "replace the pattern with the tenant's exact role (`rbacbridge setup --adopt`)", "#341"),
+    Kind("hostnetwork-admitted-in-tenant-namespace", "kube", HIGH, "Pod Security admits hostNetwork pods in a tenant's namespace",
+         "kubectl label namespace NAME pod-security.kubernetes.io/enforce=baseline"),
+)
+BY_ID = {k.id: k for k in KINDS}

@@ -11,7 +11,7 @@ from typing import Any
 from rbacbridge.audit import SCHEMA_ID, exit_code
 from rbacbridge.audit.findings import KINDS, SEVERITIES, AuditResult
 
-FORMATS = ("table", "json", "junit")
+FORMATS = ("table", "json", "junit", "sarif")
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
 WIDTH = 80
 
@@ -36,6 +36,7 @@ def to_dict(result: AuditResult, fail_on: str) -> dict[str, Any]:
         "notes": list(result.notes),
         "errors": list(result.errors),
         "counts": dict(result.counts),
+        **({"who_can": result.who_can.to_dict()} if result.who_can is not None else {}),
     }
 
 
@@ -107,6 +108,10 @@ def print_table(result: AuditResult, fail_on: str, stream=None) -> None:
         out.print(table)
     else:
         out.print("rbacbridge audit: no findings")
+    if result.who_can is not None:
+        from rbacbridge.audit.who_can.render import print_who_can
+
+        print_who_can(result.who_can, out)
     for note in result.notes:
         out.print(f"[dim]note:[/dim] {escape(note)}", overflow="fold")
     for error in result.errors:
