@@ -109,7 +109,9 @@ def test_json_follows_the_schema_and_the_table_fits(cluster, tmp_path):
     run = audit(cluster, "--who-can", "-c", config, "-o", "json")
     report = json.loads(run.stdout)
     jsonschema.validate(report, load_schema())
-    assert report["who_can"]["schema"] == "rbacbridge.who-can/v1"
+    assert report["schema"] == "rbacbridge.audit/v2" and report["who_can"]["schema"] == "rbacbridge.who-can/v1"
+    with pytest.raises(jsonschema.ValidationError):  # a v1 report carries no who_can
+        jsonschema.validate(dict(report, schema="rbacbridge.audit/v1"), load_schema())
     assert [s["subject"]["name"] for s in report["who_can"]["subjects"]] == [
         "alpha-devs", "system:masters", "ci/deployer", "bob", "carol", "root-admin"]
     table = audit(cluster, "--who-can", "-c", config)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from rbacbridge.audit import SCHEMA_ID, exit_code
+
+SCHEMA_ID_WHO_CAN = "rbacbridge.audit/v2"  # the v1 report plus who_can and its finding kinds (audit --who-can)
 from rbacbridge.audit.findings import KINDS, SEVERITIES, AuditResult
 
 FORMATS = ("table", "json", "junit", "sarif")
@@ -24,7 +26,7 @@ def to_dict(result: AuditResult, fail_on: str) -> dict[str, Any]:
     code = exit_code(result, fail_on)
     summary = {s: sum(1 for f in result.findings if f.severity == s) for s in reversed(SEVERITIES)}
     return {
-        "schema": SCHEMA_ID,
+        "schema": SCHEMA_ID if result.who_can is None else SCHEMA_ID_WHO_CAN,
         "ok": code == 0,
         "exit_code": code,
         "fail_on": fail_on,

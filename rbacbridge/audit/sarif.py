@@ -18,6 +18,7 @@ from typing import Any
 from rbacbridge import __version__
 from rbacbridge.audit import SCHEMA_ID, exit_code
 from rbacbridge.audit.findings import KINDS, AuditResult, Finding
+from rbacbridge.audit.render import SCHEMA_ID_WHO_CAN
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 INFORMATION_URI = "https://github.com/rbacbridge/rbacbridge"
@@ -107,7 +108,7 @@ def to_sarif_dict(result: AuditResult, fail_on: str, config_path: str | None = N
         "invocations": [{"executionSuccessful": result.complete, "exitCode": code,
                          "toolExecutionNotifications": notifications}],
         "results": results,
-        "properties": {"rbacbridge": {"schema": SCHEMA_ID, "fail_on": fail_on, "exit_code": code, "ok": code == 0,
+        "properties": {"rbacbridge": {"schema": SCHEMA_ID if result.who_can is None else SCHEMA_ID_WHO_CAN, "fail_on": fail_on, "exit_code": code, "ok": code == 0,
                                       "complete": result.complete, "parts": list(result.parts), "checked": list(result.checked),
                                       "counts": dict(result.counts)}},
     }
