@@ -1,5 +1,6 @@
 """`rbacbridge audit --who-can` on a large cluster: 2,000 namespaces, 20,000 RBAC bindings, 500 IAM roles
 (and 500 RBAC Roles/ClusterRoles).
+Bindings give deployers, job runners, exec and (in 1 namespace of 50) namespace editors.
 
 The test API server (tests/kube_apiserver.py) holds 2,000 namespaces of 500 tenants (4 each, allowed-roles
 `["tNNN-*"]` glob, every 7th without a Pod Security label), 450 namespaced Roles + 50 ClusterRoles (two
@@ -94,6 +95,8 @@ def build(field: Brownfield, namespaces: int, bindings: int, roles: int) -> str:
             if made >= bindings:
                 break
             role = kinds[k % len(kinds)]
+            if role == "ns-editor" and n % 50:  # a namespace editor in 1 namespace of 50 (every role there is theirs)
+                role = "deployer"
             subject = (service_account(ns, f"app-{k}") if k < 4 else user(f"user-{(n * 7 + k) % 1000:03d}") if k < 8
                        else group(f"team-{n % roles:03d}"))
             ref = ("Role", "local-runner") if ns in role_namespaces and k == 9 else ("ClusterRole", role)

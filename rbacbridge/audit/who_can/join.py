@@ -45,21 +45,33 @@ class World:
     account: str = ""
 
 
-@dataclass
 class Reach:
-    arn: str
-    namespaces: list[str] = field(default_factory=list)
-    how: list[str] = field(default_factory=list)
-    path: list[str] = field(default_factory=list)  # chained: [first role, ..., this role]
+    """One role a subject can obtain: where, how, and (chained) the path. Namespaces and hows are kept
+    as ordered sets: a cluster-wide subject adds thousands."""
+
+    __slots__ = ("arn", "_namespaces", "_how", "path")
+
+    def __init__(self, arn: str, namespaces: list[str] | None = None, how: list[str] | None = None,
+                 path: list[str] | None = None):
+        self.arn = arn
+        self._namespaces = dict.fromkeys(namespaces or [])
+        self._how = dict.fromkeys(how or [])
+        self.path = path or []  # chained: [first role, ..., this role]
+
+    @property
+    def namespaces(self) -> list[str]:
+        return list(self._namespaces)
+
+    @property
+    def how(self) -> list[str]:
+        return list(self._how)
 
     def add(self, namespace: str, how: str) -> None:
-        if namespace not in self.namespaces:
-            self.namespaces.append(namespace)
-        if how not in self.how:
-            self.how.append(how)
+        self._namespaces[namespace] = None
+        self._how[how] = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.arn, "namespaces": sorted(self.namespaces), "how": self.how}
+        out: dict[str, Any] = {"role": self.arn, "namespaces": sorted(self._namespaces), "how": list(self._how)}
         if self.path:
             out["path"] = self.path
         return out
@@ -127,6 +139,7 @@ class Join:
         self._edges: dict[str, list[str]] | None = None
         self._reach: dict[str, dict[str, list[str]]] = {}
         self.views = {(_meta(n).get("name") or ""): self._view(n) for n in world.namespaces}
+        self.every = sorted(self.views)
 
     # -- IAM --
 
@@ -256,7 +269,7 @@ class Join:
         rbac = self.world.rbac
         grants = rbac.effective(subject)
         answer = SubjectAnswer(subject, rbac.is_admin(subject), sorted({g.binding for g in grants}))
-        every = sorted(self.views)
+        every = self.every
         for grant in grants:
             where = every if grant.namespace is None else [grant.namespace] if grant.namespace in self.views else []
             caps = grant.caps
@@ -295,7 +308,7 @@ class Join:
                     continue
                 known = answer.chained.get(target)
                 if known is None or len(path) < len(known.path):
-                    answer.chained[target] = Reach(target, sorted(answer.direct[start].namespaces),
+                    answer.chained[target] = Reach(target, sorted(answer.direct[start]._namespaces),
                                                    ["sts:AssumeRole chain"], path)
         for target in sorted(answer.chained):
             if target in self.node_arns:
