@@ -24,6 +24,7 @@ class WhoCan:
     answers: list[Any]  # join.SubjectAnswer
     kube2iam: Any  # matching.Kube2iamSettings | None
     node_roles: list[str]
+    node_role_reach: dict[str, list[str]] = field(default_factory=dict)  # role -> path from the node role
     counts: dict[str, int] = field(default_factory=dict)
     iam_read: bool = True
 
@@ -35,6 +36,7 @@ class WhoCan:
                 "source": settings.source, "namespace_restrictions": settings.restrictions, "format": settings.format,
                 "base_role_arn": settings.base_arn, "default_role": settings.default_role_arn},
             "node_roles": self.node_roles,
+            "node_role_reach": [{"role": role, "path": path} for role, path in sorted(self.node_role_reach.items())],
             "iam_read": self.iam_read,
             "subjects": [a.to_dict() for a in self.answers],
             "counts": dict(self.counts),
@@ -74,7 +76,8 @@ def run(ctx, result, config_given: bool) -> WhoCan | None:
               "role_bindings": len(objects["RoleBinding"]), "cluster_role_bindings": len(objects["ClusterRoleBinding"]),
               "subjects": len(answers)}
     result.counts.update({f"rbac_{k}": v for k, v in counts.items() if k != "subjects"})
-    who_can = WhoCan(answers, world.kube2iam, sorted(join.node_arns), counts, iam_read=world.roles is not None)
+    who_can = WhoCan(answers, world.kube2iam, sorted(join.node_arns), join.node_role_reach(), counts,
+                     iam_read=world.roles is not None)
     result.who_can = who_can
     return who_can
 

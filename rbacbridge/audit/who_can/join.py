@@ -103,6 +103,8 @@ class SubjectAnswer:
                 "node_role": {"obtainable": bool(self.node_role), "how": self.node_role}}
 
 
+
+
 @dataclass
 class NamespaceView:
     name: str
@@ -179,6 +181,15 @@ class Join:
                 edges[role.arn] = targets
         self._edges = edges
         return edges
+
+    def node_role_reach(self) -> dict[str, list[str]]:
+        """What the node role can assume (kube2iam's own power), by chain: target -> path."""
+        out: dict[str, list[str]] = {}
+        for node in sorted(self.node_arns):
+            for target, path in self.reach(node).items():
+                if target not in out or len(path) < len(out[target]):
+                    out[target] = path
+        return out
 
     def reach(self, start: str) -> dict[str, list[str]]:
         """Roles reachable from `start` by sts:AssumeRole hops: target -> path (start ... target), shortest first."""
@@ -303,6 +314,8 @@ class Join:
                     if arn in self.node_keys:
                         node_how.append(f"{namespace}: {how}")
         for start in sorted(answer.direct):
+            if start in self.node_keys:
+                continue  # the node role reaches what it may assume: listed once (node_role_reach), not per subject
             for target, path in self.reach(start).items():
                 if target in answer.direct:
                     continue
