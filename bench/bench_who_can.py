@@ -162,20 +162,22 @@ def main() -> None:
         gw = KubeGateway.from_config(cfg)
         objects = {kind: gw.list(kind) for kind in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")}
         reads = time.perf_counter() - start
-        joins = []
+        joins, join_cpu = [], []
         for _ in range(args.rounds):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             world, tenancy, intended, _ = who_can.build_world(ctx.facts["audit.inputs"], objects, True, result.findings)
             join, answers = run_join(world)
             found = rules.findings(join, answers, tenancy, intended)
             joins.append(time.perf_counter() - start)
+            join_cpu.append(time.process_time() - cpu)
         print(f"cluster: {counts['Namespace']} namespaces, {counts['Role']} Roles + {counts['ClusterRole']} ClusterRoles, "
               f"{counts['RoleBinding']} RoleBindings + {counts['ClusterRoleBinding']} ClusterRoleBindings, "
               f"{args.roles + 1} IAM roles (built in {built:.1f} s)")
         print(f"rbacbridge audit --who-can -o json (whole process): median {statistics.median(walls):.2f} s wall, "
               f"{statistics.median(cpus):.2f} s CPU ({len(walls)} rounds; min {min(walls):.2f} s); report {size / 1e6:.1f} MB")
         print(f"in-process: audit reads + 4 RBAC lists {reads:.2f} s; join + rules median {statistics.median(joins):.2f} s "
-              f"(min {min(joins):.2f} s); {len(answers)} subjects answered, {len(found)} who-can findings")
+              f"(min {min(joins):.2f} s, CPU {statistics.median(join_cpu):.2f} s); {len(answers)} subjects answered, {len(found)} who-can findings")
+        print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
         print(f"Kubernetes requests: {len(kube_requests)} ({', '.join(kube_requests)}), all GET")
     finally:
         server.stop()
