@@ -7,17 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rbacbridge.nodes.rules import Desired, Kube2iamRule, ListedRule, check_interface
-from rbacbridge.nodes.verdicts import CONFLICT, DUPLICATE, FOREIGN, STALE, Classification, classify
 from rbacbridge.audit.findings import Finding
 from rbacbridge.errors import RbacbridgeError, UsageError
+from rbacbridge.nodes.rules import Desired, Kube2iamRule, ListedRule, check_interface
+from rbacbridge.nodes.verdicts import CONFLICT, DUPLICATE, FOREIGN, STALE, Classification, classify
 
 
 DEAD_PORT = "a dead port (`iptables fix` deletes it only when named: --stale-port {port})"
 
 
-def classify_rules(rules: list[ListedRule], desired: Desired,
-                   in_use: dict[int, str] | None = None) -> Classification:
+def classify_rules(rules: list[ListedRule], desired: Desired, in_use: dict[int, str] | None = None) -> Classification:
     """The one place the audit classifies a node's rules: iptables ownership, as `iptables status`, except
     that the audit (which changes nothing) reports every rule to a dead port of this node as stale: a
     finding to look at, not a deletion (`iptables fix` deletes it only when the user names the port)."""

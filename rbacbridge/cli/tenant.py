@@ -70,7 +70,7 @@ def tenant_add(
 
     fmt = output_format(output)
     edit = tenant_edits.add(_config_file(config), name, list(namespace or []), list(read or []), list(write or []),
-                       role, existing_role, policy, list(workload or []))
+                            role, existing_role, policy, list(workload or []))
     _after_edit(tenant_add, edit, locals(), only, fmt, no_plan)
 
 
