@@ -8,7 +8,7 @@ Rows (each for 1 node and for N nodes):
                    3 deletions.
 - floor, paramiko: per node SSHClient + load_host_keys + RejectPolicy + connect(key) + exec `true` +
                    close, the nodes side by side in a pool of N threads (plain paramiko, as documented).
-- floor, ssh.py:   the same through rbacbridge.ssh (connect + run(["true"])): the SSH cost `fix` cannot go
+- floor, ssh.py:   the same through rbacbridge.nodes.ssh (connect + run(["true"])): the SSH cost `fix` cannot go
                    below with its own transport.
 - --compare DIR:   `fix` again with the rbacbridge found in DIR (e.g. a checkout of main): old vs new.
 
@@ -44,7 +44,10 @@ SHAPE = "-d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 80 -j DNAT --to-
 WORKER = r'''
 import json, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
-from rbacbridge import ssh
+try:
+    from rbacbridge.nodes import ssh
+except ImportError:  # --compare with a checkout from before the nodes package
+    from rbacbridge import ssh
 from rbacbridge.config import Config
 from rbacbridge.nodes import run_iptables
 from rbacbridge.planner import Context

@@ -2,7 +2,7 @@
 
     node = Node.start("n1")                     # namespace rbn-<id>, veth to the root namespace
     node.exec(["iptables", "-t", "nat", "-S"])  # run inside the namespace (root, no SSH)
-    target = node.ssh_target()                  # rbacbridge.ssh.SshTarget with key + known_hosts
+    target = node.ssh_target()                  # rbacbridge.nodes.ssh.SshTarget with key + known_hosts
     pod = node.add_pod("web")                   # bridge docker0 on the node + a pod namespace behind it
     node.close()                                # kill every pid in the namespace, delete veth + namespace
 
@@ -318,7 +318,7 @@ class Node:
         self.exec(["iptables", *args])
 
     def ssh_target(self, user: str = "root", **kw):
-        from rbacbridge.ssh import SshTarget
+        from rbacbridge.nodes.ssh import SshTarget
 
         values = dict(host=self.address, port=self.ssh_port, user=user, key_file=str(self.client_key),
                       known_hosts=str(self.known_hosts), ssh_config="none", connect_timeout=5, label=self.name)

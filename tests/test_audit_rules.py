@@ -51,14 +51,14 @@ def test_kube2iam_is_found_by_image_command_or_flags_and_kiam_agents_count_as_in
 
 
 def test_a_kiam_agents_port_is_in_use_for_the_audits_node_rules():
-    from rbacbridge import iptables
     from rbacbridge.audit.nodes import check_node, NodeRules, ports_in_use
+    from rbacbridge.nodes.rules import Desired, parse
 
     (kiam,) = find_interceptors([daemonset("kiam", "kiam-agent", "quay.io/uswitch/kiam:v4.2", ["agent", "--port=8183"])])
-    desired = iptables.Desired("cali+", "10.0.0.2", 8181)
+    desired = Desired("cali+", "10.0.0.2", 8181)
     text = ("-P PREROUTING ACCEPT\n-A PREROUTING -d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT "
             "--to-destination 10.0.0.2:8183\n")
-    rules = iptables.parse(text)
+    rules = parse(text)
     in_use = ports_in_use(rules, desired, {}, [kiam])
     assert in_use == {8183: "kiam DaemonSet kiam/kiam-agent"}
     kinds = {f.kind for f in check_node(NodeRules("n1", desired, rules, in_use=in_use), "test")}

@@ -6,11 +6,12 @@ import subprocess
 
 import pytest
 
-from rbacbridge import iptables
+from rbacbridge.nodes import rules
+from rbacbridge.nodes.verdicts import classify
 from rbacbridge.errors import UsageError
 
 RULE = "-A PREROUTING -d 169.254.169.254/32 -i {iface} -p tcp -m tcp --dport 80 -j DNAT --to-destination {dest}"
-WANT = iptables.Desired("docker0", "10.43.0.1", 8282)
+WANT = rules.Desired("docker0", "10.43.0.1", 8282)
 
 
 def listing(*rules: str) -> str:
@@ -22,7 +23,7 @@ def rule(iface="docker0", dest="10.43.0.1:8282") -> str:
 
 
 def verdicts(text: str, desired=WANT) -> list[str]:
-    return [c.verdict for c in iptables.classify(iptables.parse(text), desired).rules]
+    return [c.verdict for c in classify(rules.parse(text), desired).rules]
 
 
 def test_three_identical_copies_are_one_keep_and_two_duplicates():
@@ -34,7 +35,7 @@ NAMED = {8181: "named stale (nodes.stale_ports / --stale-port)"}
 
 def test_stale_rule_first_does_not_win_over_the_matching_one():
     text = listing(rule(iface="cni0"), rule(dest="10.43.0.1:8181"), rule())
-    result = iptables.classify(iptables.parse(text), WANT, in_use={}, stale_ports=NAMED)
+    result = classify(rules.parse(text), WANT, in_use={}, stale_ports=NAMED)
     assert [c.verdict for c in result.rules] == ["stale", "stale", "keep"]
     assert result.kept.rule.position == 3
     assert "interface cni0 (want docker0)" in result.rules[0].reason
@@ -46,26 +47,26 @@ def test_a_rule_to_another_port_is_foreign_unless_named_stale():
     metadata proxy's (weave -> this node:8775), nothing listening: foreign, in fix and teardown alike."""
     text = listing(rule(iface="cali+", dest="10.43.0.1:8183"), rule(iface="weave", dest="10.43.0.1:8775"), rule())
     for teardown in (False, True):
-        result = iptables.classify(iptables.parse(text), WANT, teardown=teardown, in_use={})
+        result = classify(rules.parse(text), WANT, teardown=teardown, in_use={})
         assert [c.verdict for c in result.rules][:2] == ["foreign", "foreign"]
         assert "--stale-port 8183" in result.rules[0].reason and "--stale-port 8775" in result.rules[1].reason
-    named = iptables.classify(iptables.parse(text), WANT, in_use={}, stale_ports={8183: "named stale (--stale-port)"})
+    named = classify(rules.parse(text), WANT, in_use={}, stale_ports={8183: "named stale (--stale-port)"})
     assert [c.verdict for c in named.rules] == ["stale", "foreign", "keep"]
 
 
 def test_listeners_first_a_foreign_interceptor_on_the_configured_port_owns_its_rules():
     """Issue 22 (attack 2): kube2iam.port 8181 and a Helm kube2iam on 8181: its rule is never rbacbridge's."""
     helm = "kube2iam DaemonSet kube2iam/kube2iam (--app-port 8181, Helm release kube2iam)"
-    want = iptables.Desired("cali+", "10.43.0.1", 8181)
+    want = rules.Desired("cali+", "10.43.0.1", 8181)
     text = listing(HELM_8181, HELM_8181)
-    fix = iptables.classify(iptables.parse(text), want, in_use={8181: helm})
+    fix = classify(rules.parse(text), want, in_use={8181: helm})
     assert [c.verdict for c in fix.rules] == ["conflict", "conflict"] and fix.port_conflict == helm
     assert "kube2iam.port" in fix.rules[0].reason and not fix.to_delete
-    down = iptables.classify(iptables.parse(text), want, teardown=True, in_use={8181: helm})
+    down = classify(rules.parse(text), want, teardown=True, in_use={8181: helm})
     assert [c.verdict for c in down.rules] == ["foreign", "foreign"] and not down.to_delete
-    assert not iptables.classify(iptables.parse(listing()), want, in_use={8181: helm}).kept
-    assert iptables.classify(iptables.parse(listing()), want, in_use={8181: helm}).port_conflict == helm
-    forced = iptables.classify(iptables.parse(text), want, teardown=True, in_use={8181: helm}, force=True)
+    assert not classify(rules.parse(listing()), want, in_use={8181: helm}).kept
+    assert classify(rules.parse(listing()), want, in_use={8181: helm}).port_conflict == helm
+    forced = classify(rules.parse(text), want, teardown=True, in_use={8181: helm}, force=True)
     assert [c.verdict for c in forced.rules] == ["stale", "stale"] and all(c.forced for c in forced.rules)
 
 
@@ -73,19 +74,19 @@ def test_an_unproven_listener_on_the_configured_port_keeps_all_but_duplicates():
     """Without the cluster a listener on kube2iam.port cannot be told apart from another interceptor's."""
     who = "process kube2iam (pid 7) listening on *:8282"
     text = listing(rule(iface="cali+"), rule(), rule())
-    fix = iptables.classify(iptables.parse(text), WANT, in_use={}, unproven={8282: who})
+    fix = classify(rules.parse(text), WANT, in_use={}, unproven={8282: who})
     assert [c.verdict for c in fix.rules] == ["foreign", "keep", "duplicate"]
     assert "cannot tell whether it is its own" in fix.rules[0].reason
-    down = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={}, unproven={8282: who})
+    down = classify(rules.parse(text), WANT, teardown=True, in_use={}, unproven={8282: who})
     assert [c.verdict for c in down.rules] == ["foreign", "foreign", "foreign"]
-    forced = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={}, unproven={8282: who}, force=True)
+    forced = classify(rules.parse(text), WANT, teardown=True, in_use={}, unproven={8282: who}, force=True)
     assert [c.verdict for c in forced.rules] == ["stale", "stale", "stale"]
 
 
 def test_missing_when_nothing_matches():
-    result = iptables.classify(iptables.parse(listing(rule(dest="10.43.0.1:8181"))), WANT, in_use={}, stale_ports=NAMED)
+    result = classify(rules.parse(listing(rule(dest="10.43.0.1:8181"))), WANT, in_use={}, stale_ports=NAMED)
     assert result.missing and [c.verdict for c in result.to_delete] == ["stale"]
-    assert iptables.classify(iptables.parse(listing()), WANT).missing
+    assert classify(rules.parse(listing()), WANT).missing
 
 
 def test_other_tools_rules_are_foreign_and_other_rules_ignored():
@@ -97,7 +98,7 @@ def test_other_tools_rules_are_foreign_and_other_rules_ignored():
         "-A PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 443 -j DNAT --to-destination 10.43.0.1:8443",
         rule(),
     )
-    result = iptables.classify(iptables.parse(text), WANT, in_use={})
+    result = classify(rules.parse(text), WANT, in_use={})
     assert [c.verdict for c in result.rules] == ["foreign", "foreign", "foreign", "foreign", "keep"]
     assert "REDIRECT" in result.rules[2].reason and "destination port 443" in result.rules[3].reason
 
@@ -111,7 +112,7 @@ HELM_8181 = rule(iface="cali+", dest="10.43.0.1:8181")
 
 @pytest.mark.parametrize("teardown", [False, True])
 def test_a_rule_to_another_address_is_never_ours(teardown):
-    result = iptables.classify(iptables.parse(listing(OTHER_HOST, rule(iface="eth1", dest="10.43.0.9:8282"))), WANT,
+    result = classify(rules.parse(listing(OTHER_HOST, rule(iface="eth1", dest="10.43.0.9:8282"))), WANT,
                                teardown=teardown, in_use={}, force=True)
     assert [c.verdict for c in result.rules] == ["foreign", "foreign"]
     assert "not this node (10.43.0.1)" in result.rules[0].reason and not result.to_delete
@@ -119,27 +120,27 @@ def test_a_rule_to_another_address_is_never_ours(teardown):
 
 def test_this_node_on_another_port_in_use_is_a_conflict_naming_the_user():
     daemonset = "kube2iam DaemonSet kube2iam/kube2iam (--app-port 8181, Helm release kube2iam)"
-    result = iptables.classify(iptables.parse(listing(HELM_8181, rule(), rule())), WANT, in_use={8181: daemonset})
+    result = classify(rules.parse(listing(HELM_8181, rule(), rule())), WANT, in_use={8181: daemonset})
     assert [c.verdict for c in result.rules] == ["conflict", "keep", "duplicate"]
     assert daemonset in result.conflicts[0].reason and "--force" in result.conflicts[0].reason
     assert result.conflicts[0].used_by == daemonset
 
 
 def test_force_deletes_a_rule_in_use_and_says_so():
-    result = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use={8181: "process nginx (pid 7)"}, force=True)
+    result = classify(rules.parse(listing(HELM_8181)), WANT, in_use={8181: "process nginx (pid 7)"}, force=True)
     [item] = result.to_delete
     assert item.verdict == "stale" and item.forced and "because of --force" in item.reason and "nginx" in item.reason
 
 
 def test_unknown_listeners_never_make_a_rule_stale():
-    named = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use=None, stale_ports=NAMED)
+    named = classify(rules.parse(listing(HELM_8181)), WANT, in_use=None, stale_ports=NAMED)
     assert [c.verdict for c in named.rules] == ["conflict"] and "cannot tell" in named.rules[0].reason
-    unnamed = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use=None)
+    unnamed = classify(rules.parse(listing(HELM_8181)), WANT, in_use=None)
     assert [c.verdict for c in unnamed.rules] == ["foreign"]
 
 
 def test_rbacbridges_own_old_port_is_stale_while_setup_moves_its_daemonset():
-    result = iptables.classify(iptables.parse(listing(HELM_8181)), WANT, in_use={8181: "x"},
+    result = classify(rules.parse(listing(HELM_8181)), WANT, in_use={8181: "x"},
                                moving={8181: "rbacbridge's kube2iam DaemonSet moves"})
     assert [c.verdict for c in result.rules] == ["stale"] and "moves" in result.rules[0].reason
 
@@ -148,12 +149,12 @@ def test_teardown_removes_ours_on_any_interface_and_named_ports_and_leaves_inter
     text = listing(rule(), rule(iface="cali+"), rule(dest="10.43.0.1:7000"), HELM_8181, OTHER_HOST,
                    rule(dest="10.43.0.1:7001"), "-A PREROUTING -j DOCKER")
     named = {7000: "named stale (--stale-port)"}
-    result = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"},
+    result = classify(rules.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"},
                                stale_ports=named)
     assert [c.verdict for c in result.rules] == ["stale", "stale", "stale", "foreign", "foreign", "foreign"]
     assert "left alone; --force deletes it" in result.rules[3].reason
     assert not result.missing and not result.conflicts
-    forced = iptables.classify(iptables.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"}, force=True,
+    forced = classify(rules.parse(text), WANT, teardown=True, in_use={8181: "kube2iam DaemonSet x/y"}, force=True,
                                stale_ports=named)
     assert [c.verdict for c in forced.rules] == ["stale", "stale", "stale", "stale", "foreign", "foreign"]
 
@@ -163,7 +164,7 @@ def test_listeners_from_ss():
            "LISTEN 0 5 *:8181 *:*\n"
            "LISTEN 0 5 [::]:9000 [::]:*\n"
            "garbage\n")
-    found = iptables.parse_listeners(out)
+    found = rules.parse_listeners(out)
     assert found == {22: "process sshd (pid 123) listening on 10.231.0.2:22",
                      8181: "a process listening on *:8181", 9000: "a process listening on [::]:9000"}
 
@@ -175,7 +176,7 @@ def test_listeners_from_ss():
     ("sudo: a password is required\n", "unknown"),
 ])
 def test_backend_from_version(text, backend):
-    assert iptables.backend_of(text) == backend
+    assert rules.backend_of(text) == backend
 
 
 @pytest.mark.parametrize("garbage", [
@@ -187,31 +188,31 @@ def test_backend_from_version(text, backend):
     '-P PREROUTING ACCEPT\n-A PREROUTING -m comment --comment "unterminated\n',
 ])
 def test_garbage_output_is_an_error(garbage):
-    with pytest.raises(iptables.IptablesOutputError, match="unexpected iptables output"):
-        iptables.parse(garbage)
+    with pytest.raises(rules.IptablesOutputError, match="unexpected iptables output"):
+        rules.parse(garbage)
 
 
 def test_delete_and_append_argv_are_the_spec_not_a_position():
-    shape = iptables.parse(listing(rule(iface="cali+", dest="10.1.2.3:8181")))[0].kube2iam
-    assert iptables.delete_argv(shape) == [
+    shape = rules.parse(listing(rule(iface="cali+", dest="10.1.2.3:8181")))[0].kube2iam
+    assert rules.delete_argv(shape) == [
         "iptables", "-w", "5", "-t", "nat", "-D", "PREROUTING", "-d", "169.254.169.254/32", "-i", "cali+",
         "-p", "tcp", "-m", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.1.2.3:8181",
     ]
-    assert iptables.append_argv(iptables.Kube2iamRule.of(WANT))[5:7] == ["-A", "PREROUTING"]
-    assert iptables.Kube2iamRule.of(WANT).text() == rule()
+    assert rules.append_argv(rules.Kube2iamRule.of(WANT))[5:7] == ["-A", "PREROUTING"]
+    assert rules.Kube2iamRule.of(WANT).text() == rule()
 
 
 @pytest.mark.parametrize("iface", ["eth0;reboot", "$(id)", "a b", "x" * 16, ""])
 def test_interfaces_with_shell_metacharacters_are_rejected(iface):
     with pytest.raises(UsageError):
-        iptables.Desired(iface, "10.0.0.1", 8282)
+        rules.Desired(iface, "10.0.0.1", 8282)
 
 
 def test_host_ip_must_be_ipv4():
     with pytest.raises(UsageError):
-        iptables.Desired("docker0", "fe80::1", 8282)
+        rules.Desired("docker0", "fe80::1", 8282)
     with pytest.raises(UsageError):
-        iptables.Desired("docker0", "10.0.0.1;id", 8282)
+        rules.Desired("docker0", "10.0.0.1;id", 8282)
 
 
 # --- the guarded script sent to a node (rbacbridge.nodes): quoted parts, sudo -n, order ------
@@ -229,8 +230,8 @@ class _Session:
 def test_change_script_is_one_exec_of_quoted_parts_with_sudo_for_iptables_only():
     from rbacbridge import nodes
 
-    stale = iptables.Kube2iamRule("cali+", "10.43.0.1", 7000)
-    dup = iptables.Kube2iamRule.of(WANT)
+    stale = rules.Kube2iamRule("cali+", "10.43.0.1", 7000)
+    dup = rules.Kube2iamRule.of(WANT)
     session = _Session("deploy")
     try:
         nodes.run_ops(session, [nodes.Op(stale, 1, dead_port=7000), nodes.Op(dup, 2)])

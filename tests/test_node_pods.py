@@ -1,4 +1,4 @@
-"""rbacbridge.node_pods without nodes: the pod it renders, --via auto, the `ss` stand-in for images without iproute2."""
+"""rbacbridge.nodes.pods without nodes: the pod it renders, --via auto, the `ss` stand-in for images without iproute2."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 
 from tests.fixtures_kube import kube_api  # noqa: F401
 
-from rbacbridge import iptables
+from rbacbridge.nodes import rules
 from rbacbridge.config import Config
-from rbacbridge.node_pods import HOST_PROBE, KUBERNETES, NODE_EXEC, SS_FALLBACK, SSH, pod_name, render_pod, resolve_via
+from rbacbridge.nodes.pods import HOST_PROBE, NODE_EXEC, SS_FALLBACK, pod_name, render_pod
+from rbacbridge.nodes.targets import KUBERNETES, SSH, resolve_via
 
 
 @pytest.mark.parametrize("component,caps", [(NODE_EXEC, ("NET_ADMIN",)), (HOST_PROBE, ())])
@@ -66,10 +67,10 @@ def test_the_ss_stand_in_lists_listening_ports_like_ss():
         listener6.listen()
         idle.bind(("127.0.0.1", 0))  # bound, not listening
         port, port6, idle_port = listener.getsockname()[1], listener6.getsockname()[1], idle.getsockname()[1]
-        found = iptables.parse_listeners(forced_ss("-Htln"))
+        found = rules.parse_listeners(forced_ss("-Htln"))
         assert port in found and port6 in found and idle_port not in found
-        assert set(found) == set(iptables.parse_listeners(subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout))
-        assert list(iptables.parse_listeners(forced_ss("-Htln", f"sport = :{port}"))) == [port]
+        assert set(found) == set(rules.parse_listeners(subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout))
+        assert list(rules.parse_listeners(forced_ss("-Htln", f"sport = :{port}"))) == [port]
         assert forced_ss("-Htln", f"sport = :{idle_port}") == ""
 
 

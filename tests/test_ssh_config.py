@@ -1,4 +1,4 @@
-"""rbacbridge.ssh's offline checks: the ssh config is read like OpenSSH, every key or file problem is
+"""rbacbridge.nodes.ssh's offline checks: the ssh config is read like OpenSSH, every key or file problem is
 a UsageError before anything is contacted (no network here: the hosts are TEST-NET addresses and
 nothing connects). The real connections are in tests/test_ssh_netns.py."""
 
@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from rbacbridge.errors import UsageError
-from rbacbridge.ssh import ACCEPT_NEW, STRICT, SshTarget, preflight, resolve
+from rbacbridge.nodes.ssh import ACCEPT_NEW, STRICT, SshTarget, preflight, resolve
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""rbacbridge.ssh's own transport: its TCP socket (no Nagle, quick ACKs) and known_hosts parsed once
+"""rbacbridge.nodes.ssh's own transport: its TCP socket (no Nagle, quick ACKs) and known_hosts parsed once
 per version of the file must decide host keys exactly as paramiko loading every file would."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import time
 import paramiko
 import pytest
 
-from rbacbridge import ssh
+from rbacbridge.nodes import ssh
+from rbacbridge.nodes.ssh.known_hosts import client_for, known_host_name
 from rbacbridge.nodes.ssh import files as ssh_files  # where the parse cache reads _SETTLED
 from tests.fixtures_nodes import host_ruleset_unchanged, make_node, netns, node  # noqa: F401
 
@@ -68,8 +69,8 @@ def test_host_keys_are_what_paramiko_would_check_against(tmp_path):
     for hostname, port in (("10.0.0.1", 22), ("10.0.0.2", 2222), ("10.0.0.3", 22), ("10.0.0.4", 22), ("10.0.0.9", 22)):
         resolved = ssh.Resolved(hostname=hostname, port=port, user="root", key_files=(), known_hosts=tuple(user),
                                 global_known_hosts=(str(system), str(tmp_path / "missing")))
-        client = ssh._client_for(resolved)
-        name = ssh._known_host_name(hostname, port)
+        client = client_for(resolved)
+        name = known_host_name(hostname, port)
         assert _decided(client.get_host_keys().lookup(name)) == _decided(_reference(name, [str(system)], user)), name
         assert isinstance(client._policy, paramiko.RejectPolicy)
     assert _decided(_reference("10.0.0.9", [str(system)], user)) is None
@@ -83,14 +84,14 @@ def test_a_rewritten_known_hosts_is_read_again_even_with_the_same_size_and_mtime
     past = time.time() - 3600
     os.utime(path, (past, past))  # settled: its parse is reused
     resolved = ssh.Resolved(hostname="10.0.0.1", port=22, user="root", key_files=(), known_hosts=(str(path),))
-    assert ssh._client_for(resolved).get_host_keys().lookup("10.0.0.1")["ssh-ed25519"] == old
-    assert ssh._client_for(resolved).get_host_keys().lookup("10.0.0.1")["ssh-ed25519"] == old
+    assert client_for(resolved).get_host_keys().lookup("10.0.0.1")["ssh-ed25519"] == old
+    assert client_for(resolved).get_host_keys().lookup("10.0.0.1")["ssh-ed25519"] == old
     path.write_text(_line("10.0.0.1", new))  # same length, then the same mtime again (ctime moves)
     os.utime(path, (past, past))
     assert len(path.read_text()) == len(_line("10.0.0.1", old))
-    assert ssh._client_for(resolved).get_host_keys().lookup("10.0.0.1")["ssh-ed25519"] == new
+    assert client_for(resolved).get_host_keys().lookup("10.0.0.1")["ssh-ed25519"] == new
     path.write_text("")  # the host is no longer known: refused (RejectPolicy), not remembered
-    assert ssh._client_for(resolved).get_host_keys().lookup("10.0.0.1") is None
+    assert client_for(resolved).get_host_keys().lookup("10.0.0.1") is None
 
 
 @netns

@@ -70,12 +70,12 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
     elif inputs.kube is not None or config_given:
         checks.check_escalation_offline(inputs, kube2iams, out)
     if "nodes" in parts:
-        from rbacbridge.node_pods import KUBERNETES, SSH, resolve_via
+        from rbacbridge.nodes.targets import KUBERNETES, SSH, resolve_via
 
         via = resolve_via(cfg, ssh_given=ssh_options_given(cfg))
         ctx.facts["nodes.via"] = via
         if via == KUBERNETES:
-            # through kube2iam's own pods only: audit reads, it never creates a pod (rbacbridge.node_pods)
+            # through kube2iam's own pods only: audit reads, it never creates a pod (rbacbridge.nodes.pods)
             ctx.facts["nodes.read_only"] = True
             _audit_nodes(ctx, kube2iams, inputs.kube, result, out, interceptors)
         elif ssh_options_given(cfg):

@@ -134,9 +134,9 @@ def check_kube(inputs: Inputs, out: Outcome) -> list[Interceptor]:
 
 
 def _check_outsider_namespaces(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> None:
-    """A namespace of no tenant whose allowed-roles match a tenant's role or the node role (rbacbridge.exposure).
+    """A namespace of no tenant whose allowed-roles match a tenant's role or the node role (kube/namespaces.py).
     Which namespaces are the tenants' and which roles they get is in the configuration: checked with -c only."""
-    from rbacbridge import exposure, policy_eval
+    from rbacbridge.kube import ALLOWED_ROLES, add_pod_evidence, find_exposures, managed_roles, shorten
 
     kube, cfg = inputs.kube, inputs.config
     assert kube is not None
@@ -148,13 +148,13 @@ def _check_outsider_namespaces(inputs: Inputs, kube2iams: list[Interceptor], out
     base = next((i.base_role_arn for i in kube2iams if i.base_role_arn), None)
     account = cfg.account_id or (policy_eval.account_of(base) if base else None) or ""
     tenant_namespaces = {ns for t in cfg.tenants for ns in t.namespaces}
-    exposures = exposure.find(kube.namespaces, tenant_namespaces, exposure.managed_roles(cfg, account), account)
+    exposures = find_exposures(kube.namespaces, tenant_namespaces, managed_roles(cfg, account), account)
     pods_by_namespace: dict[str, list[dict[str, Any]]] = {}
     for pod in kube.pods:
         pods_by_namespace.setdefault(_meta(pod).get("namespace", ""), []).append(pod)
-    exposure.add_pod_evidence(exposures, lambda ns: pods_by_namespace.get(ns, []), account)
+    add_pod_evidence(exposures, lambda ns: pods_by_namespace.get(ns, []), account)
     for e in exposures:
-        evidence = f"{exposure.ALLOWED_ROLES}: {exposure.shorten(e.raw)}; matches {_list([r.arn for r in e.roles], 3)}"
+        evidence = f"{ALLOWED_ROLES}: {shorten(e.raw)}; matches {_list([r.arn for r in e.roles], 3)}"
         if e.pods:
             evidence += "; " + _list(e.pods, 3)
         out.add(Finding("namespace-allows-managed-role", [f"Namespace {e.namespace}"] + [f"Role {r.name}" for r in e.roles],

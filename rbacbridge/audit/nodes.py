@@ -7,34 +7,34 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rbacbridge import iptables
 from rbacbridge.audit.findings import Finding
 from rbacbridge.errors import RbacbridgeError, UsageError
+from rbacbridge.nodes.rules import Desired, Kube2iamRule, ListedRule, check_interface
+from rbacbridge.nodes.verdicts import CONFLICT, DUPLICATE, FOREIGN, STALE, Classification, classify
 
 
 DEAD_PORT = "a dead port (`iptables fix` deletes it only when named: --stale-port {port})"
 
 
-def classify_rules(rules: list[iptables.ListedRule], desired: iptables.Desired,
-                   in_use: dict[int, str] | None = None) -> iptables.Classification:
+def classify_rules(rules: list[ListedRule], desired: Desired, in_use: dict[int, str] | None = None) -> Classification:
     """The one place the audit classifies a node's rules: iptables ownership, as `iptables status`, except
     that the audit (which changes nothing) reports every rule to a dead port of this node as stale: a
     finding to look at, not a deletion (`iptables fix` deletes it only when the user names the port)."""
     dead = {r.kube2iam.port: DEAD_PORT.format(port=r.kube2iam.port) for r in rules
             if r.kube2iam is not None and r.kube2iam.host_ip == desired.host_ip and r.kube2iam.port != desired.port}
-    return iptables.classify(rules, desired, in_use=in_use, stale_ports=dead)
+    return classify(rules, desired, in_use=in_use, stale_ports=dead)
 
 
 @dataclass
 class NodeRules:
     node: str
-    desired: iptables.Desired | None = None
-    rules: list[iptables.ListedRule] | None = None
+    desired: Desired | None = None
+    rules: list[ListedRule] | None = None
     error: str | None = None
     in_use: dict[int, str] | None = None  # port -> who uses it (listener, kube2iam DaemonSet); None: unknown
 
 
-def ports_in_use(rules: list[iptables.ListedRule], desired: iptables.Desired, listeners: dict[int, str] | None,
+def ports_in_use(rules: list[ListedRule], desired: Desired, listeners: dict[int, str] | None,
                  interceptors: list[Any]) -> dict[int, str] | None:
     """Who uses each other port a rule to this node points at: an interceptor DaemonSet's port (kube2iam's
     --app-port, a kiam agent's --port) or a listening process. None when the listeners could not be read
@@ -58,7 +58,7 @@ def desired_settings(config, kube2iams: list[Any], kube_state: Any = None) -> tu
     else the configuration (`auto`: the network plugin in the DaemonSets already read, if any)."""
     if kube2iams:
         first = kube2iams[0]
-        iptables.check_interface(first.interface)  # UsageError: judged by the caller, not the user's input
+        check_interface(first.interface)  # UsageError: judged by the caller, not the user's input
         return first.interface, first.port, f"{first.ref} (--host-interface={first.interface}, --app-port={first.port})"
     interface = None if config.host_interface == "auto" else config.host_interface
     if interface is None and kube_state is not None:
@@ -82,7 +82,7 @@ def read_nodes(ctx, interface: str | None, port: int, interceptors: list[Any] = 
         try:
             session = nodes.session_for(ctx, ref)
             host_ip = ctx.config.host_ip or ref.internal_ip or session.peer_address()
-            result.desired = iptables.Desired(iface, host_ip, port)
+            result.desired = Desired(iface, host_ip, port)
             _, result.rules, listeners, _ = nodes.look(session)
             result.in_use = ports_in_use(result.rules, result.desired, listeners, list(interceptors))
         except UsageError:
@@ -106,19 +106,19 @@ def check_node(state: NodeRules, source: str) -> list[Finding]:
         return []
     c = classify_rules(state.rules, state.desired, state.in_use)
     node = f"Node {state.node}"
-    want = iptables.Kube2iamRule.of(state.desired).text()
+    want = Kube2iamRule.of(state.desired).text()
     out: list[Finding] = []
-    duplicates = c.of(iptables.DUPLICATE)
+    duplicates = c.of(DUPLICATE)
     if duplicates:
         out.append(Finding("iptables-duplicate", [node], f"{len(duplicates) + 1} copies of: {duplicates[0].rule.text}",
                            f"{state.node}: {len(duplicates)} duplicate kube2iam rule(s)"))
-    for item in c.of(iptables.STALE):
+    for item in c.of(STALE):
         out.append(Finding("iptables-stale", [node], f"rule {item.rule.position}: {item.rule.text} ({item.reason})",
                            f"{state.node}: {item.reason}"))
-    for item in c.of(iptables.CONFLICT):
+    for item in c.of(CONFLICT):
         out.append(Finding("iptables-conflict", [node], f"rule {item.rule.position}: {item.rule.text} ({item.reason})",
                            f"{state.node}: {item.reason}"))
-    for item in c.of(iptables.FOREIGN):
+    for item in c.of(FOREIGN):
         out.append(Finding("iptables-foreign", [node], f"rule {item.rule.position}: {item.rule.text}",
                            f"{state.node}: {item.reason}"))
     if c.missing:

@@ -1,4 +1,4 @@
-"""`rbacbridge iptables status|fix|remove`: kube2iam's rule on each node (rbacbridge/nodes.py)."""
+"""`rbacbridge iptables status|fix|remove`: kube2iam's rule on each node (rbacbridge/nodes/)."""
 
 from typing import Annotated
 

@@ -10,7 +10,7 @@ An alias marked `Sets("field")` overrides that Config field when the flag is giv
 `--config` and lays the command's marked options over it. An option of a command's own (verify's `--node`,
 tenant add's `--namespace`) carries no mark and sets nothing, whatever its name.
 
-A new setting with a flag: the field in rbacbridge/config.py (its check names the flag in errors), an
+A new setting with a flag: the field in rbacbridge/config/ (its check names the flag in errors), an
 alias here marked `Sets("field")`, and the alias in the parameters of each command that takes it.
 """
 

@@ -66,11 +66,11 @@ def tenant_add(
 ) -> None:
     """Add a tenant to the config file (a file without tenants: first gets the article's tenant as an
     explicit entry), validate the whole result, write it atomically, print the plan."""
-    from rbacbridge import tenants
+    from rbacbridge.config import tenant_edits
 
     fmt = output_format(output)
-    edit = tenants.add(_config_file(config), name, list(namespace or []), list(read or []), list(write or []),
-                       role, existing_role, policy, list(workload or []))
+    edit = tenant_edits.add(_config_file(config), name, list(namespace or []), list(read or []), list(write or []),
+                            role, existing_role, policy, list(workload or []))
     _after_edit(tenant_add, edit, locals(), only, fmt, no_plan)
 
 
@@ -85,10 +85,10 @@ def tenant_remove(
     kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
 ) -> None:
     """Remove a tenant from the config file, then print the plan (setup deletes what rbacbridge made for it)."""
-    from rbacbridge import tenants
+    from rbacbridge.config import tenant_edits
 
     fmt = output_format(output)
-    edit = tenants.remove(_config_file(config), name)
+    edit = tenant_edits.remove(_config_file(config), name)
     _after_edit(tenant_remove, edit, locals(), only, fmt, no_plan)
 
 
@@ -98,10 +98,10 @@ def tenant_list(output: OutputOpt = "table", config: ConfigOpt = None) -> None:
     cfg = config_from(tenant_list, locals())
 
     from rbacbridge import output as out
-    from rbacbridge import tenants
+    from rbacbridge.config import tenant_edits
 
     fmt = output_format(output)
-    rows = tenants.rows(cfg)
+    rows = tenant_edits.rows(cfg)
     if fmt != "table":
         dump(fmt, {"tenants": rows})
         return

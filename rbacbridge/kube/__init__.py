@@ -28,6 +28,7 @@ from rbacbridge.kube.facts import (FALLBACK_INTERFACE, ClusterNode, cluster_node
 from rbacbridge.kube.interceptors import kube2iam_daemonset, kube2iam_daemonsets, own_kube2iam, port_users
 from rbacbridge.kube.manifest_files import write_manifests
 from rbacbridge.kube.manifests import RENDER_FORMATS, desired_objects, render_documents, render_stream, role_reference
+from rbacbridge.kube.namespaces import add_pod_evidence, find_exposures, managed_roles, shorten
 from rbacbridge.kube.objects import ALLOWED_ROLES, KUBE2IAM_SELECTOR, MANAGED_BY, OWNER, is_ours, owns_annotation
 from rbacbridge.kube.planning import plan_setup, plan_teardown
 from rbacbridge.kube.rollout import after_setup, after_teardown, pod_not_ready_reason
@@ -46,4 +47,6 @@ __all__ = [
     "parse_provider_id", "pod_not_ready_reason",
     # interceptors
     "kube2iam_daemonset", "kube2iam_daemonsets", "own_kube2iam", "port_users",
+    # namespaces outside every tenant that allow a managed role (audit)
+    "add_pod_evidence", "find_exposures", "managed_roles", "shorten",
 ]

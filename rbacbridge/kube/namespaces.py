@@ -176,8 +176,8 @@ def _meta(obj: Any) -> dict[str, Any]:
     return (obj or {}).get("metadata") or {}
 
 
-def find(namespaces: list[dict[str, Any]], tenant_namespaces: set[str], roles: list[ManagedRole], account: str,
-         skip: set[str] = frozenset()) -> list[Exposure]:
+def find_exposures(namespaces: list[dict[str, Any]], tenant_namespaces: set[str], roles: list[ManagedRole],
+                   account: str, skip: set[str] = frozenset()) -> list[Exposure]:
     """Namespaces (API objects) not in `tenant_namespaces` whose allowed-roles match one of `roles`."""
     from rbacbridge.verify.expected import role_allowed_in_namespace
 
@@ -228,7 +228,7 @@ def plan_outsider_findings(ctx: Any, gw: Any) -> list[Step]:
     tenant_namespaces = {ns for t in config.tenants for ns in t.namespaces}
     # rbacbridge's own annotation on a namespace no tenant has any more is removed by the plan (plan_stale_annotations)
     stale = {_meta(n).get("name", "") for n in namespaces if owns_annotation(n)}
-    exposures = find(namespaces, tenant_namespaces, managed_roles(config, account), account, skip=stale)
+    exposures = find_exposures(namespaces, tenant_namespaces, managed_roles(config, account), account, skip=stale)
     if not exposures:
         return []
     add_pod_evidence(exposures, lambda ns: gw.list_pods(ns), account)

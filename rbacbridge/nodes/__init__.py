@@ -14,8 +14,9 @@ Modules, each importing only those listed before it (the transports only `sessio
     planning           inspect every node, plan its steps; the planner's part interface
     iptables_commands  the engine behind `rbacbridge iptables status|fix|remove`
 
-Other parts import from this package (the names below), from rbacbridge.iptables (rules and verdicts),
-rbacbridge.ssh and rbacbridge.node_pods (the transports), never from its modules.
+Other parts import from this package (the names below), and from these modules only: rbacbridge.nodes.rules
+and rbacbridge.nodes.verdicts (pure), rbacbridge.nodes.targets (resolve_via), and the transports'
+packages rbacbridge.nodes.ssh and rbacbridge.nodes.pods (their `__init__` names).
 """
 
 from rbacbridge.nodes.evidence import desired_interface

@@ -28,7 +28,8 @@ def _get(obj: Any, path: str) -> Any:
 
 def interception_problems(ctx: Any, node_names: set[str]) -> dict[str, tuple[bool, str]]:
     """Per node: what is wrong with its DNAT rules for 169.254.169.254 (read over SSH), if anything."""
-    from rbacbridge import iptables, nodes
+    from rbacbridge import nodes
+    from rbacbridge.nodes.verdicts import CONFLICT, FOREIGN, STALE
 
     problems: dict[str, tuple[bool, str]] = {}
     try:
@@ -41,7 +42,7 @@ def interception_problems(ctx: Any, node_names: set[str]) -> dict[str, tuple[boo
         rules, desired = state.classification.rules, state.classification.desired
         want = f"{desired.host_ip}:{desired.port}" if desired else "kube2iam"
         first = rules[0] if rules else None
-        if first is not None and first.verdict in (iptables.STALE, iptables.FOREIGN, iptables.CONFLICT):
+        if first is not None and first.verdict in (STALE, FOREIGN, CONFLICT):
             problems[state.ref.name] = (False, f"the first DNAT rule for 169.254.169.254 is not kube2iam's at {want} "
                                                f"({first.reason}) and wins: `{first.rule.text}` (rbacbridge iptables fix)")
         elif state.classification.missing:
@@ -94,7 +95,7 @@ DRIFT_LAYERS = {("aws", "iam-role"): TRUST, ("aws", "iam-policy"): PERMISSIONS, 
 def drift_findings(ctx: Any) -> tuple[list[Finding], int]:
     """Live state vs what setup wants, from the one planner (aws and kube parts): every planned step whose
     action is not `unchanged` is drift, worded exactly as `rbacbridge plan` words it; a `finding` step (a namespace
-    outside the tenants allowing a managed role, rbacbridge.exposure) is a finding of its own kind. Returns
+    outside the tenants allowing a managed role, rbacbridge.kube.namespaces) is a finding of its own kind. Returns
     (findings, steps compared)."""
     from rbacbridge import planner
     from rbacbridge.plan import FINDING, UNCHANGED

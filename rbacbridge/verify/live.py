@@ -82,9 +82,10 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
     if not any(p.kind == "host" for p in configured):  # --tenant: that tenant's pods only
         ensure_cli_all(checks)
         return principals
-    from rbacbridge.node_pods import KUBERNETES, resolve_via, start_host_probes
     from rbacbridge.nodes import NodeRef, ssh_target
-    from rbacbridge.ssh import parse_host_port
+    from rbacbridge.nodes.pods import start_host_probes
+    from rbacbridge.nodes.ssh import parse_host_port
+    from rbacbridge.nodes.targets import KUBERNETES, resolve_via
 
     hosts: list[tuple[str, str]] = []  # (label, SSH address)
     internal: dict[str, str] = {}

@@ -40,7 +40,7 @@ class LocalRunner:
 
 
 class SshRunner:
-    """The host node over SSH (rbacbridge.ssh, imported lazily); one session shared by the probes.
+    """The host node over SSH (rbacbridge.nodes.ssh, imported lazily); one session shared by the probes.
 
     At most CHANNELS commands run at once on it: OpenSSH's sshd refuses more than MaxSessions (default 10)
     channels per connection ("ChannelException(2, 'Connect failed')"), which a host with many cells (tenants)
@@ -51,7 +51,7 @@ class SshRunner:
     def __init__(self, target: Any):
         import threading
 
-        from rbacbridge.ssh import preflight
+        from rbacbridge.nodes.ssh import preflight
 
         preflight(target)  # a bad key or known_hosts is bad input (exit 2), found before any contact
         self.target = target
@@ -62,7 +62,7 @@ class SshRunner:
     def _connect(self):
         with self._lock:  # one connection, however many probe threads ask at once
             if self._session is None:
-                from rbacbridge.ssh import connect
+                from rbacbridge.nodes.ssh import connect
 
                 self._session = connect(self.target)
             return self._session
