@@ -238,7 +238,7 @@ def expected_matrix(config: Config, account: str, stage: str = "after", principa
     documents = documents or managed_documents(config, account)
     arns = role_arns(config, account)
     out = []
-    for principal in principals or configured_principals(config):
+    for principal in principals if principals is not None else configured_principals(config):
         role, why = expected_role(config, account, stage, principal, allowed_roles, documents)
         policies = documents.policies.get(role) if role else []
         access = {(loc, op): allowed for loc in buckets_of(config)

@@ -75,7 +75,7 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
 
         found, no_node = schedulable_node(list(gateway.list("Node", label_selector=config.node_selector)))
         probe_nodes = [found] if found else []
-        if found is None and options.node is None:
+        if found is None and options.node is None and options.tenant is None:  # nor a node for the host cells
             from rbacbridge.errors import IncompleteError
 
             raise IncompleteError(f"could not verify: no running pod with label {labels[0] if labels else '(none configured)'} "
@@ -285,6 +285,8 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
                 close()
     result.findings, result.drift_checked, result.drift_steps = findings, options.drift_check, drift_steps
     result.unverified = list(ctx.facts.get("verify.unverified", []))
+    result.tenants = (config.tenant(options.tenant),) if options.tenant is not None else tuple(config.tenants)
+    result.require_evidence()
     result.accept_unverified = options.allow_unverified
     if not options.drift_check:
         result.notes.append("drift check skipped (--no-drift-check)")

@@ -213,11 +213,15 @@ class VerifyResult:
 
     @property
     def unverified_tenants(self) -> list[str | None]:
-        """Tenants of the run (None: the default role) not verified on every node: a probe pod could not run, or
-        no cell at all. A tenant is never verified with zero cells."""
-        out = list(dict.fromkeys(u.tenant for u in self.unverified))
-        out += [t.name for t in self.tenants if t.name not in out and not self.tenant_cells(t.name)]
-        return out
+        """Tenants of the run (None: the default role) not verified on every node (see `unverified`)."""
+        return list(dict.fromkeys(u.tenant for u in self.unverified))
+
+    def require_evidence(self) -> None:
+        """A tenant is never verified with zero cells: each tenant of the run without one, and not yet reported,
+        becomes an Unverified entry (the live run and the sandbox call this once the matrix is done)."""
+        seen = set(self.unverified_tenants)
+        self.unverified += [Unverified(t.name, t.namespaces[0], None, "no cell: no pod of this tenant was probed")
+                            for t in self.tenants if t.name not in seen and not self.tenant_cells(t.name)]
 
     @property
     def exit_code(self) -> int:
