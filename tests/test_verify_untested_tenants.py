@@ -108,6 +108,9 @@ def test_a_tenant_without_a_pod_on_a_node_gets_one_probe_pod_there_deleted_after
     leftover = store.put({"apiVersion": "v1", "kind": "Pod", "metadata": {  # a killed run's probe pod: ours by label
         "name": TENANT_PROBE_PREFIX + "0ld", "namespace": "client-x",
         "labels": {**MANAGED, "app.kubernetes.io/name": TENANT_PROBE_NAME}}, "spec": {"containers": [{"name": "p", "image": "x"}]}})
+    elsewhere = store.put({"apiVersion": "v1", "kind": "Pod", "metadata": {  # also where no probe pod is needed now
+        "name": TENANT_PROBE_PREFIX + "0lder", "namespace": "client-a",
+        "labels": {**MANAGED, "app.kubernetes.io/name": TENANT_PROBE_NAME}}, "spec": {"containers": [{"name": "p", "image": "x"}]}})
     created = []
     store.admission = lambda obj: created.append(obj) if obj["kind"] == "Pod" else None  # sees every pod created
     monkeypatch.setattr(v.live, "ensure_cli_all", lambda checks: None)  # no AWS CLI to look for: nothing is probed here
@@ -127,6 +130,7 @@ def test_a_tenant_without_a_pod_on_a_node_gets_one_probe_pod_there_deleted_after
         assert all(o["metadata"]["labels"] == {**MANAGED, "app.kubernetes.io/name": TENANT_PROBE_NAME} for o in created)
         live = {p["metadata"]["name"] for p in _tenant_probes(store)}
         assert live == {p.pod for p in probes.values()} and leftover["metadata"]["name"] not in live
+        assert store.get("Pod", elsewhere["metadata"]["name"], "client-a") is None
         expected = {e.principal.name: e for e in v.expected_matrix(config, ACCOUNT, "after", [p for p, _ in targets])}
         x = expected["probe-pod:client-x@node-b"]
         assert x.role == "client-x-s3" and set(x.annotations) == {"client-a-s3", "client-b-s3"}

@@ -95,13 +95,16 @@ def _probe_pods(ctx: Any, gateway: Any, options: LiveOptions, chosen: list[tuple
     """Probe pods for every tenant of the run (and the default role, without --tenant) with no chosen pod on a
     node; those that cannot run, and every group when there is no node at all, become Unverified entries."""
     from rbacbridge.verify.model import Unverified
-    from rbacbridge.verify.tenant_probe import need_for, start_probe_pods
+    from rbacbridge.verify.tenant_probe import need_for, remove_leftovers, start_probe_pods
 
     config: Config = ctx.config
     groups: list[str | None] = [t.name for t in ((config.tenant(options.tenant),) if options.tenant else config.tenants)]
     if options.tenant is None:
         groups.append(None)
     covered = {(want.tenant, _get(pod, "spec.nodeName")) for want, pod in chosen}
+    gone = remove_leftovers(gateway, [need_for(config, g, None).namespace for g in groups])
+    if gone:
+        ctx.facts.setdefault("notes", []).append(f"removed probe pod(s) an earlier run left: {', '.join(gone)}")
     unverified = ctx.facts.setdefault("verify.unverified", [])
     if not nodes:
         unverified += [Unverified(g, need_for(config, g, None).namespace, None, no_node or "no node") for g in groups]

@@ -110,11 +110,10 @@ def start_one(gateway: Any, config: Config, need: ProbeNeed, timeout: float = PR
 
 def start_probe_pods(gateway: Any, config: Config, needs: list[ProbeNeed], timeout: float = PROBE_START,
                      poll: float = 0.5) -> dict[ProbeNeed, ProbePodRunner | str]:
-    """Leftovers of earlier runs deleted (by label, in these namespaces), then every probe pod at once; all
-    started pods are deleted again if this is interrupted."""
+    """Every probe pod at once; all started pods are deleted again if this is interrupted (leftovers of earlier
+    runs: `clean_leftovers`, first)."""
     if not needs:
         return {}
-    clean_leftovers(gateway, [n.namespace for n in needs], TENANT_PROBE_NAME, TENANT_PROBE_PREFIX)
     with ThreadPoolExecutor(max_workers=min(16, len(needs)), thread_name_prefix="rbv-tenant-probe") as pool:
         futures = {need: pool.submit(start_one, gateway, config, need, timeout, poll) for need in needs}
     out: dict[ProbeNeed, ProbePodRunner | str] = {}
@@ -129,6 +128,11 @@ def start_probe_pods(gateway: Any, config: Config, needs: list[ProbeNeed], timeo
         close_all(out)
         raise failure
     return out
+
+
+def remove_leftovers(gateway: Any, namespaces: list[str]) -> list[str]:
+    """Probe pods a killed run left in these namespaces, deleted by rbacbridge's label (every run, probe pods or not)."""
+    return clean_leftovers(gateway, namespaces, TENANT_PROBE_NAME, TENANT_PROBE_PREFIX)
 
 
 def close_all(started: dict[ProbeNeed, ProbePodRunner | str]) -> None:
