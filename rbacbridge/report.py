@@ -1,7 +1,8 @@
-"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v3), JUnit XML,
+"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v4), JUnit XML,
 GitHub Actions annotations and job summary. No work here.
 
-The JSON Schema is `JSON_SCHEMA` below; `docs/verify-schema.json` is a copy of it (a test keeps them equal).
+The JSON Schema is `JSON_SCHEMA` (rbacbridge/report_schema.py); `docs/verify-schema.json` is a copy of it
+(a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from rbacbridge.verify import ANNOTATION, CHAIN, CHECKS, IDENTITY, LAYERS, Cell, Finding, PrincipalResult, VerifyResult
-
-SCHEMA = "rbacbridge.verify/v3"
+from rbacbridge.report_schema import JSON_SCHEMA, SCHEMA  # noqa: F401 - the schema lives there (data only)
+from rbacbridge.verify import ANNOTATION, CHAIN, IDENTITY, Cell, Finding, PrincipalResult, Unverified, VerifyResult
 FORMATS = ("table", "json", "junit")
 OK_GLYPH, BAD_GLYPH = "✓", "✗"
 
@@ -50,6 +50,20 @@ def finding_text(finding: Finding) -> str:
     return f"[{finding.layer}] {finding.message}" + (f" ({finding.reason})" if finding.reason else "")
 
 
+def gap_name(gap: Unverified) -> str:
+    return f"{gap.subject} not verified" + (f" on node {gap.node}" if gap.node else "")
+
+
+def gap_text(gap: Unverified) -> str:
+    return f"{gap_name(gap)}: {gap.reason}"
+
+
+def principal_label(principal: Any) -> str:
+    """What the table shows under a principal's name: its tenant, and whether it is a probe pod verify started."""
+    parts = [f"tenant {principal.tenant}"] if principal.tenant else []
+    return ", ".join(parts + (["probe pod"] if principal.probe_pod else []))
+
+
 # --- JSON ------------------------------------------------------------------------------------------
 
 def to_dict(result: VerifyResult) -> dict[str, Any]:
@@ -81,6 +95,7 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
             "pod": p.principal.pod,
             "node": p.principal.node,
             "managed": p.principal.managed,
+            "probe_pod": p.principal.probe_pod,
             "configured_annotation": p.principal.role_annotation,
             "live_annotation": p.principal.live_annotation if p.principal.annotation_seen else None,
             "expected_role": p.expected.role,
@@ -93,15 +108,24 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
     def summary(cells: list[Cell]) -> dict[str, int]:
         return {"cells": len(cells), "matched": sum(c.match for c in cells), "mismatched": sum(not c.match for c in cells)}
 
+    unverified = result.unverified_tenants
+
     def tenant(t: Any) -> dict[str, Any]:
         members = [p for p in result.principals if p.principal.tenant == t.name]
         cells = [c for p in members for c in [p.identity, *p.cells]]
+        verified = t.name not in unverified
         return {"name": t.name, "namespaces": list(t.namespaces), "role": t.role, "role_arn": t.role_arn(result.account),
-                "managed": t.managed, "read": list(t.read), "write": list(t.write), "ok": all(c.match for c in cells),
+                "managed": t.managed, "read": list(t.read), "write": list(t.write),
+                "ok": verified and bool(cells) and all(c.match for c in cells), "verified": verified,
+                "unverified": [gap(u) for u in result.unverified if u.tenant == t.name],
                 "summary": summary(cells), "principals": [principal(p) for p in members]}
+
+    def gap(u: Unverified) -> dict[str, Any]:
+        return {"tenant": u.tenant, "namespace": u.namespace, "node": u.node, "reason": u.reason}
 
     cells = result.all_cells
     drift = [f for f in result.findings if f.kind == "drift"]
+    named = [t.name for t in result.tenants]
     return {
         "schema": SCHEMA,
         "stage": result.stage,
@@ -111,7 +135,11 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
         "roles": {k: result.roles[k] for k in ("default", "node") if k in result.roles},
         "ok": result.ok,
         "exit_code": result.exit_code,
-        "summary": {**summary(cells), "findings": len(result.findings)},
+        "summary": {**summary(cells), "findings": len(result.findings),
+                    "tenants_verified": sum(n not in unverified for n in named),
+                    "tenants_unverified": sum(n in unverified for n in named)},
+        "unverified": [gap(u) for u in result.unverified],
+        "accept_unverified": result.accept_unverified,
         "drift": {"checked": result.drift_checked, "steps": result.drift_steps, "differences": len(drift)},
         "tenants": [tenant(t) for t in result.tenants],
         "others": [principal(p) for p in result.principals if p.principal.tenant is None],
@@ -139,13 +167,17 @@ def to_junit(result: VerifyResult) -> str:
     drift = [f for f in result.findings if f.kind == "drift"]
     others = [f for f in result.findings if f.kind != "drift"]
     drift_cases = max(1, len(drift))
-    tests = len(cells) + drift_cases + len(others)
+    gaps = result.unverified
+    tests = len(cells) + drift_cases + len(others) + len(gaps)
     failures = len(result.mismatches) + len(result.findings)
-    suites = ET.Element("testsuites", name="rbacbridge verify", tests=str(tests), failures=str(failures), errors="0")
+    errors = 0 if result.accept_unverified else len(gaps)
+    suites = ET.Element("testsuites", name="rbacbridge verify", tests=str(tests), failures=str(failures), errors=str(errors))
     for p in result.principals:
         own = [p.identity, *p.cells]
         suite = ET.SubElement(suites, "testsuite", name=f"rbacbridge.verify.{result.stage}.{p.principal.name}",
                               tests=str(len(own)), failures=str(sum(not c.match for c in own)), errors="0", skipped="0")
+        if p.principal.probe_pod:  # a short-lived pod verify started for a tenant with no running pod there
+            ET.SubElement(ET.SubElement(suite, "properties"), "property", name="probe_pod", value="true")
         for c in own:
             case = ET.SubElement(suite, "testcase", classname=f"rbacbridge.verify.{p.principal.name}", name=cell_name(c))
             if not c.match:
@@ -171,6 +203,15 @@ def to_junit(result: VerifyResult) -> str:
         for f in others:
             case = ET.SubElement(suite, "testcase", classname=f"rbacbridge.verify.{f.kind}", name=finding_name(f))
             ET.SubElement(case, "failure", message=finding_text(f), type=f.layer).text = f.reason
+    if gaps:  # no evidence: an error (could not run), or skipped with --allow-unverified
+        suite = ET.SubElement(suites, "testsuite", name=f"rbacbridge.verify.{result.stage}.unverified", tests=str(len(gaps)),
+                              failures="0", errors=str(errors), skipped=str(len(gaps) - errors))
+        for gap in gaps:
+            case = ET.SubElement(suite, "testcase", classname="rbacbridge.verify.unverified", name=gap_name(gap))
+            if result.accept_unverified:
+                ET.SubElement(case, "skipped", message=f"{gap_text(gap)} (--allow-unverified)")
+            else:
+                ET.SubElement(case, "error", message=gap_text(gap), type="not-verified").text = gap.reason
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
@@ -228,7 +269,8 @@ def table(result: VerifyResult):
     for index, p in enumerate(result.principals):
         by_key = {(c.bucket, c.check): c for c in p.cells}
         side = [c for c in p.cells if c.check in side_checks]
-        tenant = f"[dim]tenant {escape(p.principal.tenant)}[/dim]" if p.principal.tenant else ""
+        label = principal_label(p.principal)
+        tenant = f"[dim]{escape(label)}[/dim]" if label else ""
         rows = max(len(result.buckets), len(side), 2 if tenant else 1)
         for i in range(rows):
             bucket = result.buckets[i] if i < len(result.buckets) else None
@@ -273,22 +315,47 @@ def print_table(result: VerifyResult) -> None:
     for f in result.findings:
         out.print(f"[red]{BAD_GLYPH}[/red] {escape(f.kind)} {escape(f.subject)}: [bold]{f.layer}[/bold]: {escape(f.message)}"
                   + (f" [dim]({escape(f.reason)})[/dim]" if f.reason else ""))
+    for gap in result.unverified:
+        mark = "[yellow]![/yellow]" if result.accept_unverified else f"[red]{BAD_GLYPH}[/red]"
+        out.print(f"{mark} [bold]{escape(gap_name(gap))}[/bold]: {escape(gap.reason)}")
     for note in result.notes:
         out.print(f"[dim]note:[/dim] {escape(note)}")
     out.print(verdict(result))
 
 
+def tenant_count(result: VerifyResult) -> str:
+    """How many of the run's tenants were verified (evidence on every node), how many not; the default role too."""
+    names, unverified = [t.name for t in result.tenants], result.unverified_tenants
+    if not names and not unverified:
+        return ""
+    bad = sum(n in unverified for n in names)
+    text = f"tenants: {len(names) - bad} verified, {bad} not verified"
+    if None in unverified:
+        text += "; default role not verified"
+    if unverified and result.accept_unverified:
+        text += " (accepted: --allow-unverified)"
+    return text
+
+
 def verdict(result: VerifyResult) -> str:
     cells = result.all_cells
+    count = tenant_count(result)
+    count = f"; {count}" if count else ""
     if result.ok:
-        return f"{len(cells)} checks, all match"
+        return f"{len(cells)} checks, all match" + count
     parts = []
     if result.mismatches:
         parts.append(f"{len(result.mismatches)} mismatch(es)")
     if result.findings:
         parts.append(f"{len(result.findings)} finding(s)")
-    tail = " (could not verify: AWS unreachable)" if result.exit_code == 3 else ""
-    return f"{len(cells)} checks, " + ", ".join(parts) + tail
+    why = []
+    if result.exit_code == 3:
+        if result.mismatches:
+            why.append("AWS unreachable")
+        if result.unverified_tenants and not result.accept_unverified:
+            why.append("not every tenant verified, --allow-unverified accepts that")
+    tail = f" (could not verify: {'; '.join(why)})" if why else ""
+    return f"{len(cells)} checks" + (", " + ", ".join(parts) if parts else "") + tail + count
 
 
 # --- GitHub Actions --------------------------------------------------------------------------------
@@ -307,6 +374,9 @@ def github_annotations(result: VerifyResult) -> list[str]:
              for c in result.mismatches]
     lines += [f"::error title={_escape_property('rbacbridge verify: ' + finding_name(f))}::{_escape_data(finding_text(f))}"
               for f in result.findings]
+    level = "warning" if result.accept_unverified else "error"
+    lines += [f"::{level} title={_escape_property('rbacbridge verify: ' + gap_name(g))}::{_escape_data(g.reason)}"
+              for g in result.unverified]
     return lines
 
 
@@ -339,7 +409,8 @@ def to_markdown(result: VerifyResult) -> str:
     for p in result.principals:
         by_key = {(c.bucket, c.check): c for c in p.cells}
         ident = f"{OK_GLYPH if p.identity.match else BAD_GLYPH} {p.observed.role or 'none'}" + \
-            (f" (tenant {p.principal.tenant})" if p.principal.tenant in named else "")
+            (f" (tenant {p.principal.tenant})" if p.principal.tenant in named else "") + \
+            (" (probe pod)" if p.principal.probe_pod else "")
         for i, bucket in enumerate(result.buckets):
             lines.append(f"| {_md(p.principal.name) if i == 0 else ''} | {_md(ident) if i == 0 else ''} | {_md(bucket)} | "
                          f"{_md_cell(by_key.get((bucket, 'read')))} | {_md_cell(by_key.get((bucket, 'write')))} |")
@@ -352,6 +423,7 @@ def to_markdown(result: VerifyResult) -> str:
         body += "\n" + "\n".join(chain_lines) + "\n"
     problems = [f"- **{_md(cell_name(c))}**: {_md(failure_text(c))}" for c in result.mismatches]
     problems += [f"- **{_md(finding_name(f))}**: {_md(finding_text(f))}" for f in result.findings]
+    problems += [f"- **{_md(gap_name(g))}**: {_md(g.reason)}" for g in result.unverified]
     drift = ("drift check: skipped (--no-drift-check)" if not result.drift_checked else
              f"drift check: {result.drift_steps} planned steps compared, "
              f"{sum(f.kind == 'drift' for f in result.findings)} differ")
@@ -375,124 +447,3 @@ def github_output(result: VerifyResult, environ: dict[str, str] | None = None, s
                 fh.write(to_markdown(result) + "\n")
         except OSError as exc:
             out.write(f"::warning title=rbacbridge verify::cannot write the job summary: {_escape_data(str(exc.strerror or exc))}\n")
-
-
-# --- the JSON Schema (draft 2020-12) of `rbacbridge verify -o json` ----------------------------------
-
-_NULLABLE_STRING = {"type": ["string", "null"]}
-
-_CELL_SCHEMA = {
-    "type": "object",
-    "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame",
-                 "owners", "cross_tenant"],
-    "additionalProperties": False,
-    "properties": {
-        "check": {"enum": list(CHECKS)},
-        "bucket": _NULLABLE_STRING,
-        "target": _NULLABLE_STRING,
-        "expected": {"type": ["string", "boolean", "null"]},
-        "observed": {"type": ["string", "boolean", "null"]},
-        "predicted": {"type": ["boolean", "null"]},
-        "match": {"type": "boolean"},
-        "error": _NULLABLE_STRING,
-        "detail": {"type": "string"},
-        "blame": {
-            "oneOf": [
-                {"type": "null"},
-                {"type": "object", "required": ["layer", "message"], "additionalProperties": False,
-                 "properties": {"layer": {"enum": list(LAYERS)}, "message": {"type": "string"}}},
-            ]
-        },
-        "owners": {"type": "array", "items": {"type": "string"}},
-        "cross_tenant": {"type": "boolean"},
-    },
-}
-
-_PRINCIPAL_SCHEMA = {
-    "type": "object",
-    "required": ["name", "kind", "tenant", "namespace", "pod", "node", "managed", "configured_annotation", "live_annotation",
-                 "expected_role", "expected_because", "observed_arn", "observed_role", "cells"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string"},
-        "kind": {"enum": ["host", "pod"]},
-        "tenant": _NULLABLE_STRING,
-        "namespace": _NULLABLE_STRING,
-        "pod": _NULLABLE_STRING,
-        "node": _NULLABLE_STRING,
-        "managed": {"type": "boolean"},
-        "configured_annotation": _NULLABLE_STRING,
-        "live_annotation": _NULLABLE_STRING,
-        "expected_role": _NULLABLE_STRING,
-        "expected_because": {"type": "string"},
-        "observed_arn": _NULLABLE_STRING,
-        "observed_role": _NULLABLE_STRING,
-        "cells": {"type": "array", "items": _CELL_SCHEMA},
-    },
-}
-
-_COUNTS = {"type": "object", "required": ["cells", "matched", "mismatched"], "additionalProperties": False,
-           "properties": {k: {"type": "integer", "minimum": 0} for k in ("cells", "matched", "mismatched")}}
-
-JSON_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": SCHEMA,
-    "type": "object",
-    "required": ["schema", "stage", "account", "region", "buckets", "roles", "ok", "exit_code", "summary", "drift",
-                 "tenants", "others", "findings", "notes"],
-    "additionalProperties": False,
-    "properties": {
-        "schema": {"const": SCHEMA},
-        "stage": {"enum": ["before", "after"]},
-        "account": {"type": "string", "pattern": "^[0-9]{12}$"},
-        "region": {"type": "string"},
-        "buckets": {"type": "array", "items": {"type": "string"}},
-        "roles": {"type": "object", "additionalProperties": {"type": "string"},
-                  "propertyNames": {"enum": ["default", "node"]}},
-        "ok": {"type": "boolean"},
-        "exit_code": {"enum": [0, 1, 3]},
-        "summary": {"type": "object", "required": ["cells", "matched", "mismatched", "findings"], "additionalProperties": False,
-                    "properties": {k: {"type": "integer", "minimum": 0} for k in ("cells", "matched", "mismatched", "findings")}},
-        "drift": {"type": "object", "required": ["checked", "steps", "differences"], "additionalProperties": False,
-                  "properties": {"checked": {"type": "boolean"}, "steps": {"type": "integer", "minimum": 0},
-                                 "differences": {"type": "integer", "minimum": 0}}},
-        "tenants": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "namespaces", "role", "role_arn", "managed", "read", "write", "ok", "summary", "principals"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {"type": "string"},
-                    "namespaces": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                    "role": {"type": "string"},
-                    "role_arn": {"type": "string"},
-                    "managed": {"type": "boolean"},
-                    "read": {"type": "array", "items": {"type": "string"}},
-                    "write": {"type": "array", "items": {"type": "string"}},
-                    "ok": {"type": "boolean"},
-                    "summary": _COUNTS,
-                    "principals": {"type": "array", "items": _PRINCIPAL_SCHEMA},
-                },
-            },
-        },
-        "others": {"type": "array", "items": _PRINCIPAL_SCHEMA},
-        "findings": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["kind", "subject", "message", "reason", "layer", "node"],
-                "additionalProperties": False,
-                "properties": {
-                    "kind": {"enum": ["drift", "hostNetwork", "outsiderNamespace"]},
-                    "subject": {"type": "string"},
-                    "message": {"type": "string"},
-                    "reason": {"type": "string"},
-                    "layer": {"enum": list(LAYERS)},
-                    "node": _NULLABLE_STRING,
-                },
-            },
-        },
-        "notes": {"type": "array", "items": {"type": "string"}},
-    },
-}

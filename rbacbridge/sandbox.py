@@ -171,7 +171,7 @@ def fault_cells(config: Config, account: str, fault: str) -> dict[CellKey, tuple
     and the expected matrix is computed twice, without and with it; the cells that differ are the fault's.
     A chain cell the fault opens (a pod left with the node role may assume the pod roles) is an escalation."""
     target = fault_tenant(config, fault)
-    principals = v.configured_principals(config)
+    principals = v.with_probe_pods(config, v.configured_principals(config))
     clean_documents = v.managed_documents(config, account)
     documents, allowed, faulted_principals = copy.deepcopy(clean_documents), None, principals
     if fault == "trust":
@@ -270,7 +270,8 @@ def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str =
         raise UsageError(f"invalid --stage {stage!r}: choose from {', '.join(v.STAGES)}")
     if starting_point and (stage != "before" or fault):
         raise UsageError("the starting point is a stage-before matrix without a planted fault")
-    principals = v.configured_principals(config, tenant)  # an unknown tenant fails here, before any call
+    # an unknown tenant fails here, before any call; a tenant without workloads gets a probe pod (issue 28)
+    principals = v.with_probe_pods(config, v.configured_principals(config, tenant), tenant)
     region = config.region
     set_enforcement(endpoint_url, False)
     admin = _bootstrap_admin(endpoint_url, region)
@@ -292,12 +293,16 @@ def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str =
             result = v.run_matrix(config, account, stage, targets, documents=documents, diagnostics=diagnostics)
         finally:
             set_enforcement(endpoint_url, False)
+        result.require_evidence()  # never triggers: every tenant has a workload's pod or a probe pod here
         result.notes.append("sandbox: calls made with each principal's role credentials; moto enforced the live policies")
         if starting_point:
             result.notes.append("sandbox: the article's starting point: every tenant's grants on the node role "
                                 f"({', '.join(starting_point_policies(config)) or 'none'}), no kube2iam")
         if fault:
             result.notes.append(f"sandbox: fault planted: {fault} (tenant {broken.name})")
+        for p in (p for p in principals if p.probe_pod):
+            result.notes.append(f"tenant {p.tenant} has no workloads: checked from a probe pod ({p.name}) in namespace "
+                                f"{p.namespace}, annotated with its role (live verify starts one the same way)")
         return result
     finally:
         for action in reversed(undo):

@@ -339,6 +339,35 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
     assert not probe_pods(lab), probe_pods(lab)  # every probe pod deleted again (the API server's own view)
     assert {p["observed_role"] for p in good["others"] if p["kind"] == "pod"} == {DEFAULT_ROLE}  # nginx-vanilla
 
+    # issue 28: client-b's pods run on node-a only (scaled down on node-b). verify probes client-b on node-b from a
+    # probe pod in its namespace, annotated with its own role, pinned there, deleted afterwards; the report says so
+    lab.play_controllers({"nginx-client-b": ["node-a"]})
+    created: list[dict] = []
+    store.admission = lambda obj: created.append(copy.deepcopy(obj)) if obj["kind"] == "Pod" else None  # records only
+    try:
+        started = time.monotonic()
+        done = lab.cli("verify", "-c", config, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts, "--ssh-key",
+                       lab.ssh_key, "-o", "json", "--no-drift-check", timeout=300)  # one more principal's CLI processes
+        assert done.returncode == 0, f"{done.stdout[-20000:]}\n{done.stderr[-3000:]}"
+        probed = json.loads(done.stdout)
+        print(f"\nverify with a probe pod for client-b on node-b: {time.monotonic() - started:.1f}s")
+    finally:
+        store.admission = None
+    b = next(t for t in probed["tenants"] if t["name"] == "client-b")
+    assert b["ok"] and b["verified"] and probed["summary"]["tenants_verified"] == 3, failed(probed)
+    by_node = {p["node"]: p for p in b["principals"]}
+    assert sorted(by_node) == ["node-a", "node-b"] and not by_node["node-a"]["probe_pod"] and by_node["node-b"]["probe_pod"]
+    probe = by_node["node-b"]
+    assert probe["name"] == "probe-pod:client-b@node-b" and probe["observed_role"] == "client-b-s3"  # from the stand-in kube2iam
+    assert probe["pod"].startswith("rbacbridge-tenant-probe-") and probe["namespace"] == "team-b"
+    cross = [c for c in probe["cells"] if c["cross_tenant"]]
+    assert cross and all(c["observed"] is False and c["match"] for c in cross)
+    tenant_probes = [o for o in created if o["metadata"]["name"].startswith("rbacbridge-tenant-probe-")]
+    assert [(o["metadata"]["namespace"], o["spec"]["nodeName"], o["metadata"]["annotations"]["iam.amazonaws.com/role"])
+            for o in tenant_probes] == [("team-b", "node-b", "client-b-s3")]  # one pod: only (client-b, node-b) lacked one
+    assert not [p for p in store.objects_of("Pod") if p["metadata"]["name"].startswith("rbacbridge-tenant-probe-")]
+    lab.play_controllers()
+
     # cross-tenant: a pod in A's namespace asking for C's role gets no credentials, and cannot reach C's bucket
     lab.add_pod("node-b", "team-a", "team-a-own-pod", {"iam.amazonaws.com/role": "client-c-s3"})
     intruder = lab.pod_exec("team-a", "team-a-own-pod", ["aws", "sts", "get-caller-identity", "--output", "json"])

@@ -69,7 +69,7 @@ def test_json_matches_the_schema_file(results):
     for result in (good, bad, drifted):
         document = json.loads(report.to_json(result))
         jsonschema.validate(document, schema)
-        assert document["schema"] == "rbacbridge.verify/v3"
+        assert document["schema"] == "rbacbridge.verify/v4"
         assert document["summary"]["cells"] == CELLS
     document = json.loads(report.to_json(bad))
     assert document["ok"] is False and document["exit_code"] == 1 and document["summary"]["mismatched"] == 5
@@ -83,6 +83,12 @@ def test_json_matches_the_schema_file(results):
     assert [f["kind"] for f in document["findings"]] == ["drift", "hostNetwork"]
     with pytest.raises(jsonschema.ValidationError):  # the schema is strict: a v2 document does not pass
         jsonschema.validate(dict(json.loads(report.to_json(good)), schema="rbacbridge.verify/v2"), schema)
+    v3 = json.loads(report.to_json(good))  # nor a v3 one (issue 28 added the tenants' verified and unverified)
+    v3["schema"] = "rbacbridge.verify/v3"
+    for tenant in v3["tenants"]:
+        del tenant["verified"], tenant["unverified"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(v3, schema)
 
 
 def _table(result, monkeypatch, capsys, columns):

@@ -196,6 +196,9 @@ def add(path: str | Path, name: str, namespaces: list[str], read: list[str] = ()
     text = _with_item(text, data, _entry(tenant))
     messages.append(f"added tenant {name} to {path}: role {existing or role_name}"
                     + (" (existing: linked only)" if existing else "") + f", namespace(s) {', '.join(namespaces)}")
+    if not workloads:
+        messages.append(f"tenant {name} has no --workload: verify checks it from a short-lived probe pod in namespace "
+                        f"{namespaces[0]} annotated with its role, on each node verify covers (demo -c: the same in the sandbox)")
     config = load_text(text, shown(str(path)))  # the whole result, before anything is written
     _write_atomically(path, text)
     return Edit(path, config, messages)

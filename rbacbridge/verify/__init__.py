@@ -9,10 +9,12 @@ Work only; rendering lives in `rbacbridge.report`. The package, in reading order
   diagnose   live facts that sharpen the blame or fail verify on their own (drift, hostNetwork pods)
   ephemeral  --probe ephemeral: an AWS CLI container added to a pod
   annotation_probe  annotation cells, live: a probe pod per tenant namespace annotated with another tenant's role
+  tenant_probe  a tenant (or the default role) with no running pod on a node: a probe pod there with its role
   live       the live run: principals found in the cluster, probed where they run
 
 Principals come from the configuration's tenants: the host node, the default-role pod (nginx-vanilla)
-and every tenant's workloads. Checks per principal: its identity (`sts get-caller-identity`: which role
+and every tenant's workloads; a tenant (or the default role) with no running, ready pod on a node verify
+covers is checked from a probe pod there, or reported "not verified" with the reason. Checks per principal: its identity (`sts get-caller-identity`: which role
 it really got), per location (buckets.shared and every tenant's grants) read (`s3:ListBucket` on the
 bucket) and write (`s3:PutObject` + `s3:DeleteObject` on a probe object under the grant), and after
 kube2iam one chain cell per role (can the pod obtain it by calling `sts:AssumeRole` itself?) and, for a
@@ -31,8 +33,8 @@ from rbacbridge.verify.model import Documents  # noqa: F401
 from rbacbridge.verify.expected import (annotation_targets, buckets_of, chain_path, chain_prediction,  # noqa: F401
                                         chain_targets, configured_principals, default_principals, expected_matrix,
                                         expected_role, has_chain_cells, intended_allowed_roles, kube2iam_hands,
-                                        location_owners, managed_documents, probe_key, role_allowed_in_namespace,
-                                        role_arns, role_owners)
+                                        location_owners, managed_documents, probe_key, probe_principal,
+                                        role_allowed_in_namespace, role_arns, role_owners, with_probe_pods)
 from rbacbridge.verify.probes import (CLI_CHECK, INSTALL_CLI_SCRIPT, AwsCliBackend, CommandRunner,  # noqa: F401
                                       KubeExecRunner, LocalRunner, ProbeBackend, SshRunner, UnavailableBackend, classify,
                                       ensure_cli, ensure_cli_all, observe, probe_annotation, probe_chain,
@@ -44,3 +46,4 @@ from rbacbridge.verify.ephemeral import EPHEMERAL_LIFETIME, EPHEMERAL_PREFIX, en
 from rbacbridge.verify.annotation_probe import AnnotationAsk, clean_leftovers, rotation, run_asks  # noqa: F401
 from rbacbridge.verify.live import (LiveOptions, configured_annotation, live_targets, pick_pod,  # noqa: F401
                                     pods_per_node, run_live)
+from rbacbridge.verify.tenant_probe import TENANT_PROBE_PREFIX, ProbeNeed, ProbePodRunner, start_probe_pods  # noqa: F401

@@ -55,38 +55,47 @@ def rotation(config: Config, tenant: str | None = None) -> list[AnnotationAsk]:
 
 def probe_pod(ask: AnnotationAsk, image: str, name: str) -> dict[str, Any]:
     """The probe Pod: rbacbridge's label, the other tenant's role annotation, an AWS CLI image that sleeps."""
+    return pod_body(name, ask.namespace, image, ask.annotation, PROBE_NAME)
+
+
+def pod_body(name: str, namespace: str, image: str, annotation: str | None, label: str,
+             node: str | None = None) -> dict[str, Any]:
+    """A short-lived AWS CLI pod of verify's: rbacbridge's labels (`label`: which kind of probe), the role
+    annotation (None: none, kube2iam's default role), pinned to `node` if given; it sleeps, then ends by itself."""
     from rbacbridge import kube
 
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ask.namespace,
-                     "labels": {kube.MANAGED_BY: kube.OWNER, PROBE_NAME_LABEL: PROBE_NAME},
-                     "annotations": {ROLE_ANNOTATION: ask.annotation}},
-        "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": PROBE_LIFETIME, "automountServiceAccountToken": False,
-                 "terminationGracePeriodSeconds": 0,
-                 "containers": [{"name": "probe", "image": image, "imagePullPolicy": "IfNotPresent",
-                                 "command": ["sleep", str(PROBE_LIFETIME)],
-                                 # kube2iam may need a moment for a new pod: botocore's 1 s default is short
-                                 "env": [{"name": "AWS_METADATA_SERVICE_TIMEOUT", "value": "5"},
-                                         {"name": "AWS_METADATA_SERVICE_NUM_ATTEMPTS", "value": "3"}]}]},
-    }
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace,
+                                "labels": {kube.MANAGED_BY: kube.OWNER, PROBE_NAME_LABEL: label}}
+    if annotation:
+        metadata["annotations"] = {ROLE_ANNOTATION: annotation}
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never", "activeDeadlineSeconds": PROBE_LIFETIME, "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 0,
+        "containers": [{"name": "probe", "image": image, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", str(PROBE_LIFETIME)],
+                        # kube2iam may need a moment for a new pod: botocore's 1 s default is short
+                        "env": [{"name": "AWS_METADATA_SERVICE_TIMEOUT", "value": "5"},
+                                {"name": "AWS_METADATA_SERVICE_NUM_ATTEMPTS", "value": "3"}]}]}
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
-def selector() -> str:
+def selector(label: str = PROBE_NAME) -> str:
     from rbacbridge import kube
 
-    return f"{kube.MANAGED_BY}={kube.OWNER},{PROBE_NAME_LABEL}={PROBE_NAME}"
+    return f"{kube.MANAGED_BY}={kube.OWNER},{PROBE_NAME_LABEL}={label}"
 
 
-def clean_leftovers(gateway: Any, namespaces: list[str]) -> list[str]:
+def clean_leftovers(gateway: Any, namespaces: list[str], label: str = PROBE_NAME, prefix: str = PROBE_POD_PREFIX) -> list[str]:
     """Delete probe pods an earlier run left behind (by rbacbridge's label only); returns their names."""
     from rbacbridge import kube
 
     gone = []
     for namespace in dict.fromkeys(namespaces):
-        for pod in gateway.list_pods(namespace, selector()):
+        for pod in gateway.list_pods(namespace, selector(label)):
             meta = pod.get("metadata") or {}
-            if kube.is_ours(pod) and meta.get("name", "").startswith(PROBE_POD_PREFIX):
+            if kube.is_ours(pod) and meta.get("name", "").startswith(prefix):
                 gateway.delete("Pod", meta["name"], namespace)
                 gone.append(f"{namespace}/{meta['name']}")
     return gone

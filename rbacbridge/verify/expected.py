@@ -42,6 +42,30 @@ def configured_principals(config: Config, tenant: str | None = None) -> list[Pri
 
 default_principals = configured_principals  # the name earlier versions used
 
+PROBE_POD_NAME = "probe-pod"  # principal names: probe-pod:<tenant>, probe-pod:default-role (then @node on several nodes)
+
+
+def probe_principal(config: Config, tenant: str | None, node: str | None = None) -> Principal:
+    """The principal of a probe pod for `tenant` (None: kube2iam's default role): in the tenant's first
+    namespace, annotated as setup annotates the tenant's workloads (the default role: unannotated, in
+    kubernetes.namespace). It stands in for a tenant with no running pod (issue 28)."""
+    from rbacbridge.kube import role_reference
+
+    if tenant is None:
+        return Principal(f"{PROBE_POD_NAME}:default-role", "pod", namespace=config.namespace, node=node,
+                         workload=PROBE_POD_NAME, probe_pod=True)
+    item = config.tenant(tenant)
+    return Principal(f"{PROBE_POD_NAME}:{item.name}", "pod", namespace=item.namespaces[0], role_annotation=role_reference(item),
+                     tenant=item.name, node=node, workload=PROBE_POD_NAME, probe_pod=True)
+
+
+def with_probe_pods(config: Config, principals: list[Principal], tenant: str | None = None) -> list[Principal]:
+    """`principals` plus a probe pod for every tenant of the run that has no pod among them (the sandbox:
+    a tenant without workloads is checked from a probe pod, as the live verify does)."""
+    chosen = (config.tenant(tenant),) if tenant is not None else config.tenants
+    has = {p.tenant for p in principals if p.kind == "pod"}
+    return principals + [probe_principal(config, t.name) for t in chosen if t.name not in has]
+
 
 def managed_documents(config: Config, account: str) -> Documents:
     """The documents setup wants: trust and attached policies of every role the AWS part creates
@@ -214,7 +238,7 @@ def expected_matrix(config: Config, account: str, stage: str = "after", principa
     documents = documents or managed_documents(config, account)
     arns = role_arns(config, account)
     out = []
-    for principal in principals or configured_principals(config):
+    for principal in principals if principals is not None else configured_principals(config):
         role, why = expected_role(config, account, stage, principal, allowed_roles, documents)
         policies = documents.policies.get(role) if role else []
         access = {(loc, op): allowed for loc in buckets_of(config)

@@ -38,6 +38,7 @@ class LiveOptions:
     share: bool = True  # bucket and chain cells once per workload and observed role (--every-node: on every node)
     tenant: str | None = None  # --tenant: that tenant's pods only (no host, no default-role pod)
     annotation_probe: bool = True  # probe pods annotated with another tenant's role (--no-annotation-probe: skip)
+    allow_unverified: bool = False  # --allow-unverified: a tenant whose probe pod could not run does not fail the run
 
 
 def configured_annotation(config: Config, workload: str) -> str | None:
@@ -46,18 +47,85 @@ def configured_annotation(config: Config, workload: str) -> str | None:
 
 
 def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeBackend]]:
-    """The host node over SSH, every configured workload's pods (one per node) through Kubernetes exec."""
+    """The host node over SSH, every configured workload's pods (one per node) through Kubernetes exec, and a
+    probe pod for every tenant (and the default role) with no running, ready pod on a node verify covers
+    (verify.tenant_probe; those that cannot run are noted in ctx.facts["verify.unverified"])."""
     config: Config = ctx.config
     from rbacbridge import kube
+    from rbacbridge.verify.tenant_probe import close_all
 
     gateway = kube.gateway(ctx)
     configured = configured_principals(config, options.tenant)
+    notes = ctx.facts.setdefault("notes", [])
+    chosen: list[tuple[Principal, Any]] = []
+    labels = []
+    for want in (w for w in configured if w.kind == "pod"):
+        pods, label = _pods_of(gateway, want.namespace, want.workload)
+        ready = pods_per_node(pods, label)
+        labels.append(label)
+        if not ready:
+            owner = f"tenant {want.tenant}" if want.tenant else "the default role"
+            notes.append(f"workload {want.namespace}/{want.workload} ({owner}) has no running, ready pod ({label}): "
+                         "not probed")
+        chosen += [(want, pod) for pod in ready]
+    pod_nodes = list(dict.fromkeys(_get(pod, "spec.nodeName") for _, pod in chosen))
+    probe_nodes, no_node = pod_nodes, None
+    if not pod_nodes:  # nothing runs: probe pods on one schedulable node (its host cells there too)
+        from rbacbridge.verify.tenant_probe import schedulable_node
+
+        found, no_node = schedulable_node(list(gateway.list("Node", label_selector=config.node_selector)))
+        probe_nodes = [found] if found else []
+        if found is None and options.node is None and options.tenant is None:  # nor a node for the host cells
+            from rbacbridge.errors import IncompleteError
+
+            raise IncompleteError(f"could not verify: no running pod with label {labels[0] if labels else '(none configured)'} "
+                                  f"nor of any other configured workload, and {no_node} for a probe pod "
+                                  "(run `rbacbridge setup` first)")
+    several = len(probe_nodes) > 1  # kube2iam and its rule are per node: probe the pods on every node
+    started = _probe_pods(ctx, gateway, options, chosen, probe_nodes, no_node)
+    try:
+        return _targets(ctx, options, gateway, configured, chosen, started, probe_nodes, several)
+    except BaseException:
+        close_all(started)  # the probe pods go now: run_live never gets these targets to close
+        raise
+
+
+def _probe_pods(ctx: Any, gateway: Any, options: LiveOptions, chosen: list[tuple[Principal, Any]], nodes: list[Any],
+                no_node: str | None) -> dict[Any, Any]:
+    """Probe pods for every tenant of the run (and the default role, without --tenant) with no chosen pod on a
+    node; those that cannot run, and every group when there is no node at all, become Unverified entries."""
+    from rbacbridge.verify.model import Unverified
+    from rbacbridge.verify.tenant_probe import need_for, remove_leftovers, start_probe_pods
+
+    config: Config = ctx.config
+    groups: list[str | None] = [t.name for t in ((config.tenant(options.tenant),) if options.tenant else config.tenants)]
+    if options.tenant is None:
+        groups.append(None)
+    covered = {(want.tenant, _get(pod, "spec.nodeName")) for want, pod in chosen}
+    gone = remove_leftovers(gateway, [need_for(config, g, None).namespace for g in groups])
+    if gone:
+        ctx.facts.setdefault("notes", []).append(f"removed probe pod(s) an earlier run left: {', '.join(gone)}")
+    unverified = ctx.facts.setdefault("verify.unverified", [])
+    if not nodes:
+        unverified += [Unverified(g, need_for(config, g, None).namespace, None, no_node or "no node") for g in groups]
+        return {}
+    needs = [need_for(config, g, node) for g in groups for node in nodes if (g, node) not in covered]
+    started = start_probe_pods(gateway, config, needs)
+    for need, runner in started.items():
+        if isinstance(runner, str):
+            unverified.append(Unverified(need.tenant, need.namespace, need.node, runner))
+    return started
+
+
+def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Principal], chosen: list[tuple[Principal, Any]],
+             started: dict[Any, Any], pod_nodes: list[Any], several: bool) -> list[tuple[Principal, ProbeBackend]]:
+    config: Config = ctx.config
+    from rbacbridge import kube
+    from rbacbridge.verify.expected import probe_principal
+
     principals: list[tuple[Principal, ProbeBackend]] = []
     checks: list[tuple[CommandRunner, bool, str]] = []
-    chosen = [(want, pod) for want in configured if want.kind == "pod"
-              for pod in pods_per_node(*_pods_of(gateway, want.namespace, want.workload))]
-    pod_nodes = list(dict.fromkeys(_get(pod, "spec.nodeName") for _, pod in chosen))
-    several = len(pod_nodes) > 1  # kube2iam and its rule are per node: probe the pods on every node
+    notes = ctx.facts.setdefault("notes", [])
     for want, pod in chosen:
         namespace = want.namespace
         pod_name = _get(pod, "metadata.name")
@@ -66,7 +134,7 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
         node_name = _get(pod, "spec.nodeName")
         managed = labels.get(kube.MANAGED_BY) == kube.OWNER
         if not managed:
-            ctx.facts.setdefault("notes", []).append(
+            notes.append(
                 f"pod {namespace}/{pod_name} is not rbacbridge's (no {kube.MANAGED_BY}={kube.OWNER} label): reported, "
                 f"not trusted; its expected role still comes from the configuration")
         principal = replace(want, name=f"{want.name}@{node_name}" if several else want.name, pod=pod_name,
@@ -78,6 +146,16 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
         else:
             runner = KubeExecRunner(gateway, namespace, pod_name)
             checks.append((runner, options.install_cli, f"pod {namespace}/{pod_name}"))
+        principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+    for need, runner in started.items():
+        if isinstance(runner, str):
+            continue
+        base = probe_principal(config, need.tenant, runner.node)
+        principal = replace(base, name=f"{base.name}@{runner.node}" if several else base.name, pod=runner.pod)
+        owner = f"tenant {need.tenant}" if need.tenant else "the default role"
+        notes.append(f"{owner} has no running, ready pod on node {need.node or runner.node}: checked from probe pod "
+                     f"{need.namespace}/{runner.pod} there ({ROLE_ANNOTATION}: {need.annotation or '(none)'}; deleted afterwards)")
+        checks.append((runner, False, f"probe pod {need.namespace}/{runner.pod}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
     if not any(p.kind == "host" for p in configured):  # --tenant: that tenant's pods only
         ensure_cli_all(checks)
@@ -93,7 +171,7 @@ def live_targets(ctx: Any, options: LiveOptions) -> list[tuple[Principal, ProbeB
         hosts.append((options.node, options.node))
     else:
         nodes = {n.name: n for n in kube.cluster_nodes(ctx)}
-        for pod_node in pod_nodes or [None]:
+        for pod_node in pod_nodes or [None]:  # the nodes of the pods (and probe pods); nothing runs: any node
             node = nodes.get(pod_node) or (next(iter(nodes.values()), None) if not several else None)
             if node is None:
                 raise UsageError(f"no cluster node {pod_node or ''} found for the host probe; give --node HOST")
@@ -136,11 +214,16 @@ def _pods_of(gateway: Any, namespace: str, name: str) -> tuple[list[Any], str]:
     return [], f"app.kubernetes.io/name={name}"
 
 
+def _ready(pod: Any) -> bool:
+    """Running, not being deleted, and not reported unready (a Ready condition that is False)."""
+    ready = next((c.get("status") for c in _get(pod, "status.conditions") or [] if c.get("type") == "Ready"), None)
+    return _get(pod, "status.phase") == "Running" and not _get(pod, "metadata.deletionTimestamp") and ready != "False"
+
+
 def pods_per_node(pods: list[Any], label: str) -> list[Any]:
-    """The first running pod (by name) on each node, nodes in name order."""
-    pick_pod(pods, label)  # raises when none runs
-    running = sorted((p for p in pods if _get(p, "status.phase") == "Running" and not _get(p, "metadata.deletionTimestamp")),
-                     key=lambda p: (str(_get(p, "spec.nodeName")), _get(p, "metadata.name")))
+    """The first running, ready pod (by name) on each node, nodes in name order (none: an empty list; the
+    tenant is then checked from a probe pod)."""
+    running = sorted((p for p in pods if _ready(p)), key=lambda p: (str(_get(p, "spec.nodeName")), _get(p, "metadata.name")))
     chosen: dict[Any, Any] = {}
     for pod in running:
         chosen.setdefault(_get(pod, "spec.nodeName"), pod)
@@ -205,6 +288,10 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
             if close:
                 close()
     result.findings, result.drift_checked, result.drift_steps = findings, options.drift_check, drift_steps
+    result.unverified = list(ctx.facts.get("verify.unverified", []))
+    result.tenants = (config.tenant(options.tenant),) if options.tenant is not None else tuple(config.tenants)
+    result.require_evidence()
+    result.accept_unverified = options.allow_unverified
     if not options.drift_check:
         result.notes.append("drift check skipped (--no-drift-check)")
     if options.tenant is not None:

@@ -64,6 +64,7 @@ class Principal:
     managed: bool = True  # labelled app.kubernetes.io/managed-by=rbacbridge (else reported, not trusted)
     tenant: str | None = None  # the tenant whose workload it is (from the configuration); None: host, default-role pod
     workload: str | None = None  # the Deployment (pods); the principal's name without @node
+    probe_pod: bool = False  # a short-lived pod verify started for a tenant (or the default role) with no pod there
 
 
 @dataclass
@@ -155,6 +156,20 @@ class Finding:
     node: str | None = None
 
 
+@dataclass(frozen=True)
+class Unverified:
+    """A tenant (None: the default role) that has no principal on a node, because its probe pod could not run."""
+
+    tenant: str | None
+    namespace: str
+    node: str | None  # None: the scheduler's choice (no node known)
+    reason: str
+
+    @property
+    def subject(self) -> str:
+        return f"tenant {self.tenant}" if self.tenant is not None else "the default role"
+
+
 @dataclass
 class PrincipalResult:
     principal: Principal
@@ -178,6 +193,8 @@ class VerifyResult:
     tenants: tuple = ()  # the configuration's tenants in this run (rbacbridge.config.Tenant; --tenant: that one)
     drift_checked: bool = False  # False: --no-drift-check (or a run without a cluster, e.g. the sandbox)
     drift_steps: int = 0  # planned steps compared (aws + kube parts)
+    unverified: list[Unverified] = field(default_factory=list)  # tenants (or the default role) with no evidence on a node
+    accept_unverified: bool = False  # --allow-unverified: they are reported, and do not fail the run
 
     @property
     def all_cells(self) -> list[Cell]:
@@ -189,12 +206,28 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches and not self.findings
+        return not self.mismatches and not self.findings and (self.accept_unverified or not self.unverified_tenants)
+
+    def tenant_cells(self, name: str) -> list[Cell]:
+        return [c for p in self.principals if p.principal.tenant == name for c in [p.identity, *p.cells]]
+
+    @property
+    def unverified_tenants(self) -> list[str | None]:
+        """Tenants of the run (None: the default role) not verified on every node (see `unverified`)."""
+        return list(dict.fromkeys(u.tenant for u in self.unverified))
+
+    def require_evidence(self) -> None:
+        """A tenant is never verified with zero cells: each tenant of the run without one, and not yet reported,
+        becomes an Unverified entry (the live run and the sandbox call this once the matrix is done)."""
+        seen = set(self.unverified_tenants)
+        self.unverified += [Unverified(t.name, t.namespaces[0], None, "no cell: no pod of this tenant was probed")
+                            for t in self.tenants if t.name not in seen and not self.tenant_cells(t.name)]
 
     @property
     def exit_code(self) -> int:
         """0 all match; 1 a cell mismatched or a finding; 3 nothing definite failed, but some cells could
-        not be checked because AWS could not be reached (no verdict)."""
+        not be checked because AWS could not be reached, or a tenant could not be verified (no verdict;
+        --allow-unverified accepts the latter)."""
         from rbacbridge.errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK
 
         if self.ok:
