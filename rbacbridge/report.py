@@ -94,9 +94,11 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
         return {"cells": len(cells), "matched": sum(c.match for c in cells), "mismatched": sum(not c.match for c in cells)}
 
     def tenant(t: Any) -> dict[str, Any]:
+        from rbacbridge.config.partitions import partition_for
+
         members = [p for p in result.principals if p.principal.tenant == t.name]
         cells = [c for p in members for c in [p.identity, *p.cells]]
-        return {"name": t.name, "namespaces": list(t.namespaces), "role": t.role, "role_arn": t.role_arn(result.account),
+        return {"name": t.name, "namespaces": list(t.namespaces), "role": t.role, "role_arn": t.role_arn(result.account, partition_for(result.region).name),
                 "managed": t.managed, "read": list(t.read), "write": list(t.write), "ok": all(c.match for c in cells),
                 "summary": summary(cells), "principals": [principal(p) for p in members]}
 

@@ -51,7 +51,7 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
         if inputs.kube is not None:
             ids |= {i for i in (checks._instance_of(n) for n in inputs.kube.nodes) if i}
         try:
-            inputs.aws = read_aws(aws.gateway(ctx), sorted(ids))
+            inputs.aws = read_aws(aws.gateway(ctx), sorted(ids), cfg.partition.name)
         except UsageError as exc:
             if "kube" in parts and not explicit_parts:
                 raise UsageError(f"{exc} (or audit the cluster alone: --only kube,nodes)") from None

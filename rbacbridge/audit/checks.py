@@ -370,7 +370,7 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
             entry[0].append(asked)
         entry[1].append(obj)
 
-    base = next((i.base_role_arn for i in kube2iams if i.base_role_arn), None) or f"arn:aws:iam::{aws.account}:role/"
+    base = next((i.base_role_arn for i in kube2iams if i.base_role_arn), None) or f"arn:{aws.partition}:iam::{aws.account}:role/"
     for role, evidence, obj in _default_roles(inputs, kube2iams):
         node_text = f" = node role {', '.join(sorted(node_names))}" if node_names else ""
         if role == NODE or role in node_names:
@@ -383,11 +383,11 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
                                     f"role {node.name} is kube2iam's default role but does not trust its own ARN: unannotated pods get no credentials"))
             continue
         info = aws.roles.get(role)
-        want(f"arn:aws:iam::{aws.account}:role/{role}" if info is None else info.arn, evidence, f"default role ({obj})")
+        want(f"arn:{aws.partition}:iam::{aws.account}:role/{role}" if info is None else info.arn, evidence, f"default role ({obj})")
         if info is None:
             continue
         docs = aws.documents(info)
-        probe = f"arn:aws:iam::{aws.account}:role/any-other-role"
+        probe = f"arn:{aws.partition}:iam::{aws.account}:role/any-other-role"
         targets = [r.arn for r in sorted(aws.roles.values(), key=lambda r: r.name) if r.name != role
                    and policy_eval.is_allowed(docs, "sts:AssumeRole", r.arn)]
         if not targets and policy_eval.is_allowed(docs, "sts:AssumeRole", probe):
@@ -404,9 +404,9 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
         cfg = inputs.config
         for tenant in cfg.tenants:
             if tenant.legacy:  # the article's tenant, from the legacy key
-                want(tenant.role_arn(aws.account), f"iam.pod_role: {tenant.role}", "config iam.pod_role")
+                want(cfg.tenant_role_arn(tenant, aws.account), f"iam.pod_role: {tenant.role}", "config iam.pod_role")
             else:
-                want(tenant.role_arn(aws.account), f"tenant {tenant.name} role: {tenant.existing_role_arn or tenant.role}",
+                want(cfg.tenant_role_arn(tenant, aws.account), f"tenant {tenant.name} role: {tenant.existing_role_arn or tenant.role}",
                      f"config tenant {tenant.name}")
     if nodes:
         for arn, (asked, objects) in sorted(wanted.items()):
