@@ -45,6 +45,7 @@ class RecordKey:
         self.gw = gw
         self.install = config.effective_install_id
         self.account = account
+        self.partition = config.partition.name
         self.pinned = config.record_kms_key is not None
         self.ref = config.record_kms_key or ALIAS_PREFIX + self.install
         self.arn: str | None = None
@@ -121,7 +122,7 @@ class RecordKey:
         """CreateKey (tagged, policy delegating to IAM) then its alias; the key exists before anything else."""
         created = self.gw.call("kms", "create_key", KeySpec=KEY_SPEC, KeyUsage=KEY_USAGE,
                                Description=f"rbacbridge: signs the record of install {self.install}",
-                               Policy=json.dumps(key_policy(self.account, self.config.partition.name)),
+                               Policy=json.dumps(key_policy(self.account, self.partition)),
                                Tags=[{"TagKey": MANAGED_BY_KEY, "TagValue": MANAGED_BY_VALUE},
                                      {"TagKey": INSTALL_TAG, "TagValue": self.install}])
         self.arn, self.state = created["KeyMetadata"]["Arn"], "Enabled"
