@@ -19,14 +19,14 @@ def ssh_options_given(config) -> bool:
     return bool(config.node_hosts or config.ssh_user or config.ssh_key or config.known_hosts or config.ssh_config)
 
 
-def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> AuditResult:
+def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False, allow_absent: bool = False) -> AuditResult:
     from rbacbridge.audit import checks
     from rbacbridge.audit.collect import read_aws, read_kube
 
     cfg = ctx.config
     parts = ctx.parts
     result = AuditResult(parts=tuple(parts))
-    inputs = checks.Inputs(config=cfg, config_given=config_given)
+    inputs = checks.Inputs(config=cfg, config_given=config_given, allow_absent=allow_absent)
     out = checks.Outcome()
     interceptors = []
     if "kube" in parts:

@@ -17,6 +17,7 @@ def audit(
     output: Annotated[str, typer.Option("--output", "-o", metavar="[table|json|junit]", help="output format")] = "table",
     fail_on: Annotated[str, typer.Option("--fail-on", metavar="[high|medium|low]", help="exit 1 when a finding reaches this severity")] = "high",
     junit_file: Annotated[Optional[str], typer.Option("--junit-file", help="also write a JUnit XML report here", show_default=False)] = None,
+    allow_absent: Annotated[bool, typer.Option("--allow-absent", help="nothing installed yet is expected: no kube2iam DaemonSet, or none of the roles -c names, is a note, not a finding (a partial install still is)")] = False,
     config: ConfigOpt = None, profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
     kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, host_interface: HostInterfaceOpt = None, node: NodeOpt = None,
     ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
@@ -35,7 +36,7 @@ def audit(
     if fail_on not in FAIL_ON:
         raise UsageError(f"invalid --fail-on {fail_on!r}: choose from {', '.join(FAIL_ON)}")
     ctx = run_context(cfg, only, "json" if output != "table" else "table")
-    result = run_audit(ctx, config_given=config is not None, explicit_parts=only is not None)
+    result = run_audit(ctx, config_given=config is not None, explicit_parts=only is not None, allow_absent=allow_absent)
     if junit_file:
         try:
             with open(junit_file, "w", encoding="utf-8") as fh:
