@@ -39,7 +39,7 @@ def _as_tuple(value: list | None) -> tuple | None:
 
 FORMATS = ("table", "json", "yaml")
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="rbacbridge.yaml (article values are the defaults)", show_default=False)]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="rbacbridge.yaml; - reads standard input [default: RBACBRIDGE_CONFIG, else ./rbacbridge.yaml, else the article's values]", show_default=False)]
 
 # AWS
 AccountOpt = Annotated[Optional[str], Sets("account_id"), typer.Option("--account-id", metavar="ACCOUNT", help="AWS account id (12 digits); must match the credentials in use", show_default=False)]
@@ -78,9 +78,9 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan only;
 
 def config_from(command: Callable, values: dict[str, Any]):
     """The Config `command` runs with: the --config file over the defaults, then each option of `command`
-    marked `Sets` that was given, over the file; `values` are its arguments (`locals()` on entry).
+    marked `Sets` that was given, over the file; `values` are its arguments (`locals()` on entry). The file is
+    found as rbacbridge.config.discovery says; one line on stderr names it when `-c` did not.
     A command with --region gets the region resolved like the aws CLI (flag, config, environment, profile)."""
-    from rbacbridge import config
 
     overrides: dict[str, Any] = {}
     flags: dict[str, str] = {}  # Config field -> the flag that set it, for error messages
@@ -89,12 +89,32 @@ def config_from(command: Callable, values: dict[str, Any]):
             if isinstance(mark, Sets):
                 overrides[mark.field] = mark.convert(values[name]) if mark.convert else values[name]
                 flags[mark.field] = _flag_name(annotation)
-    cfg = config.load(values["config"]).with_overrides(flags=flags, **overrides)
+    cfg, source = load_config(values["config"])
+    cfg = cfg.with_overrides(flags=flags, **overrides)
     if "region" in overrides:
         from rbacbridge.aws import resolve_region
 
         cfg, _ = resolve_region(cfg)
+    say_source(source)  # once the file and the flags are valid: bad input stays one line
     return cfg
+
+
+def load_config(flag: str | None):
+    """(Config, Source): the file `-c` names, else RBACBRIDGE_CONFIG, else ./rbacbridge.yaml, else the
+    built-in defaults (rbacbridge.config.discovery)."""
+    from rbacbridge import config
+    from rbacbridge.config.discovery import find
+
+    source = find(flag)
+    return config.load(source.path, source=source), source
+
+
+def say_source(source) -> None:
+    """One line on stderr naming the configuration when the command line did not (-c): found, or the defaults."""
+    from rbacbridge.config.discovery import FLAG
+
+    if source.how != FLAG:
+        typer.echo(source.describe(), err=True)
 
 
 def _flag_name(annotation) -> str:
