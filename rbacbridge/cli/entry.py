@@ -9,8 +9,7 @@ import sys
 import typer
 
 from rbacbridge.cli.app import app
-from rbacbridge.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, INTERRUPTED_MESSAGE, Interrupted,
-                               RbacbridgeError, one_line)
+from rbacbridge.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, RbacbridgeError, one_line
 
 
 def main() -> None:
@@ -71,7 +70,7 @@ def _watchdog() -> None:
         time.sleep(INTERRUPT_GRACE)
         cleanup.undo_all()
         if not _interrupt_said:
-            _error_line(INTERRUPTED_MESSAGE)
+            _error_line(cleanup.interrupt_line())
         os._exit(EXIT_INTERRUPTED)
 
     threading.Thread(target=run, name="rbacbridge-interrupted", daemon=True).start()
@@ -88,7 +87,7 @@ def interrupted() -> int:
         signal.signal(signum, signal.SIG_IGN)
     if not _interrupt_said:
         _interrupt_said.append(True)
-        _error_line(INTERRUPTED_MESSAGE)
+        _error_line(cleanup.interrupt_line())
     return EXIT_INTERRUPTED
 
 
@@ -129,7 +128,12 @@ def _exit(code: int) -> None:
 
 
 def _run(argv: list[str], debug: bool) -> int:
+    from rbacbridge.cli import completion
+
     try:
+        completion.enable()
+        if completion.early(argv):  # `--show-completion [SHELL]`: an optional value click cannot parse
+            return EXIT_OK
         code = app(args=argv, prog_name="rbacbridge", standalone_mode=False)
         if code == EXIT_INTERRUPTED:
             return interrupted()  # typer turned Ctrl-C into a silent exit code 130

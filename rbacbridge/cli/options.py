@@ -22,11 +22,14 @@ from rbacbridge.errors import UsageError
 
 
 class Sets:
-    """Marks a shared option: the Config field its value overrides (after `convert`; None is "not given")."""
+    """Marks a shared option: the Config field its value overrides (after `convert`; None is "not given").
+    `replaced_by`: a deprecated spelling of that flag, still working for one release; using it says so on
+    stderr."""
 
-    def __init__(self, field: str, convert: Callable[[Any], Any] | None = None):
+    def __init__(self, field: str, convert: Callable[[Any], Any] | None = None, replaced_by: str | None = None):
         self.field = field
         self.convert = convert
+        self.replaced_by = replaced_by
 
 
 def _flag_set(value: bool) -> bool | None:
@@ -51,7 +54,9 @@ InstanceOpt = Annotated[Optional[list[str]], Sets("instance_ids", _as_tuple), ty
 # Kubernetes
 KubeconfigOpt = Annotated[Optional[str], Sets("kubeconfig"), typer.Option("--kubeconfig", metavar="FILE", help="kubeconfig file", show_default=False)]
 ContextOpt = Annotated[Optional[str], Sets("context"), typer.Option("--context", metavar="NAME", help="kubeconfig context", show_default=False)]
-NamespaceOpt = Annotated[Optional[str], Sets("namespace"), typer.Option("--namespace", "-n", metavar="NAMESPACE", help="namespace of the nginx Deployments, the tenant's namespace [default: default]", show_default=False)]
+NginxNamespaceOpt = Annotated[Optional[str], Sets("namespace"), typer.Option("--nginx-namespace", metavar="NAMESPACE", help="kubernetes.namespace: nginx-vanilla's namespace (and, without tenants:, the article's tenant's) [default: default]", show_default=False)]
+# `-n/--namespace` is a tenant's namespace (tenant add); here it was kubernetes.namespace until 0.1: deprecated.
+OldNamespaceOpt = Annotated[Optional[str], Sets("namespace", replaced_by="--nginx-namespace"), typer.Option("--namespace", "-n", metavar="NAMESPACE", help="deprecated: --nginx-namespace", hidden=True, show_default=False)]
 HostInterfaceOpt = Annotated[Optional[str], Sets("host_interface"), typer.Option("--host-interface", metavar="IFACE", help="kube2iam --host-interface [default: auto = from the cluster's network plugin]", show_default=False)]
 NodeSelectorOpt = Annotated[Optional[str], Sets("node_selector"), typer.Option("--node-selector", metavar="SELECTOR", help="label selector for the worker nodes", show_default=False)]
 
@@ -84,11 +89,21 @@ def config_from(command: Callable, values: dict[str, Any]):
 
     overrides: dict[str, Any] = {}
     flags: dict[str, str] = {}  # Config field -> the flag that set it, for error messages
+    deprecated: list[str] = []
     for name, annotation in get_type_hints(command, include_extras=True).items():
         for mark in getattr(annotation, "__metadata__", ()):
-            if isinstance(mark, Sets):
-                overrides[mark.field] = mark.convert(values[name]) if mark.convert else values[name]
-                flags[mark.field] = _flag_name(annotation)
+            if not isinstance(mark, Sets) or (mark.replaced_by and values[name] is None):
+                continue
+            if mark.replaced_by:
+                if overrides.get(mark.field) is not None:
+                    raise UsageError(f"give {mark.replaced_by} only ({_flag_name(annotation)} is its deprecated spelling)")
+                deprecated.append(f"warning: {_spellings(annotation)} of `rbacbridge {_command_name(command)}` is deprecated: "
+                                  f"use {mark.replaced_by} (-n/--namespace means a tenant's namespace, as in tenant add; "
+                                  "the old spelling goes in the next release)")
+            elif mark.field in overrides and values[name] is None:
+                continue  # the deprecated spelling gave it
+            overrides[mark.field] = mark.convert(values[name]) if mark.convert else values[name]
+            flags[mark.field] = _flag_name(annotation)
     cfg, source = load_config(values["config"])
     cfg = cfg.with_overrides(flags=flags, **overrides)
     if "region" in overrides:
@@ -96,7 +111,23 @@ def config_from(command: Callable, values: dict[str, Any]):
 
         cfg, _ = resolve_region(cfg)
     say_source(source)  # once the file and the flags are valid: bad input stays one line
+    for line in deprecated:
+        typer.echo(line, err=True)
     return cfg
+
+
+def _command_name(command: Callable) -> str:
+    return command.__name__.removeprefix("tenant_").removeprefix("iptables_").replace("_", "-")
+
+
+def _spellings(annotation) -> str:
+    """`-n/--namespace`: every spelling an Annotated option declares, short first."""
+    for mark in annotation.__metadata__:
+        declared = [getattr(mark, "default", None), *(getattr(mark, "param_decls", ()) or ())]
+        names = sorted((d for d in declared if isinstance(d, str) and d.startswith("-")), key=len)
+        if names:
+            return "/".join(names)
+    raise ValueError(f"no flag declared in {annotation}")
 
 
 def load_config(flag: str | None):

@@ -6,12 +6,14 @@ import typer
 
 from rbacbridge.cli.common import dump
 from rbacbridge.cli.group import Group
+from rbacbridge.cli.examples import examples
 from rbacbridge.cli.options import (AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, KubeconfigOpt, OnlyOpt, OutputOpt,
                                     ProfileOpt, RegionOpt, config_from, output_format)
 from rbacbridge.cli.plan_apply import show_plan
 from rbacbridge.errors import Interrupted, RbacbridgeError, UsageError
 
 tenant_app = typer.Typer(
+    epilog=examples("tenant"),
     cls=Group,
     help="Edit the tenants: of the config file (-c, else RBACBRIDGE_CONFIG, else ./rbacbridge.yaml; comments and "
          "order kept), then print the plan that applies it. Changes nothing but the file.",
@@ -54,7 +56,7 @@ def _after_edit(command, source, edit, values: dict, only, output: str, no_plan:
                               f"(run `rbacbridge plan -c {edit.path}` when it can)") from None
 
 
-@tenant_app.command("add")
+@tenant_app.command("add", epilog=examples("tenant add"))
 def tenant_add(
     name: Annotated[str, typer.Argument(metavar="NAME", help="tenant name (Kubernetes name rules)", show_default=False)],
     namespace: Annotated[Optional[list[str]], typer.Option("--namespace", "-n", metavar="NS", help="a namespace of the tenant (repeatable; the first holds its workloads)", show_default=False)] = None,
@@ -84,7 +86,7 @@ def tenant_add(
     _after_edit(tenant_add, source, edit, locals(), only, fmt, no_plan)
 
 
-@tenant_app.command("remove")
+@tenant_app.command("remove", epilog=examples("tenant remove"))
 def tenant_remove(
     name: Annotated[str, typer.Argument(metavar="NAME", help="the tenant to remove", show_default=False)],
     config: ConfigOpt = None,
@@ -103,7 +105,7 @@ def tenant_remove(
     _after_edit(tenant_remove, source, edit, locals(), only, fmt, no_plan)
 
 
-@tenant_app.command("list")
+@tenant_app.command("list", epilog=examples("tenant list"))
 def tenant_list(output: OutputOpt = "table", config: ConfigOpt = None) -> None:
     """The tenants of the config (without tenants: the article's one, from the legacy keys). Offline."""
     cfg = config_from(tenant_list, locals())
