@@ -257,6 +257,22 @@ def test_n_is_a_tenants_namespace_and_the_old_spelling_still_works_with_a_warnin
     assert sorted(files(tmp_path)) == ["t.yaml"]
 
 
+def test_bad_inputs_page_lists_every_case():
+    """docs/reference/bad-inputs.md names every bad-input case of the suite (it is written from their runs)."""
+    from tests.test_cli_input import CASES
+    from tests.test_tenant_cli import BAD
+
+    page = (ROOT / "docs" / "reference" / "bad-inputs.md").read_text()
+    for name, *_ in CASES:
+        assert f"`test_bad_input_is_one_line_and_exit_2[{name}]`" in page, name
+    for argv, _ in BAD:
+        assert f"`test_bad_input_exit_2_file_unchanged[{' '.join(argv)}]`" in page, argv
+    for test in ("test_config_reads_are_bounded", "test_config_is_found_like_kubectl_and_the_source_is_said",
+                 "test_ctrl_c_during_the_demo_says_what_is_left", "test_missing_sandbox_extra_names_the_command_for_this_installation",
+                 "test_n_is_a_tenants_namespace_and_the_old_spelling_still_works_with_a_warning"):
+        assert f"`{test}`" in page, test
+
+
 # --- 10. the sandbox extra, for how rbacbridge was installed ---------------------------------------------------
 
 _WITHOUT_MOTO = ("import sys; sys.modules['moto'] = sys.modules['moto.server'] = None\n"
