@@ -201,8 +201,6 @@ def run_main(monkeypatch, capfd, argv, env) -> tuple[int, str, str]:
 
 def assert_one_line(code, err, expected=None):
     lines = [line for line in err.splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("config: "):
-        lines = lines[1:]  # without -c, the configuration read is named first (rbacbridge.config.discovery)
     assert code == 2, err
     assert "Traceback" not in err
     assert len(lines) == 1, err

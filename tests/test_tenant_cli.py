@@ -127,7 +127,7 @@ def test_list_of_a_legacy_file(tmp_path):
     assert listed == [{"name": "nginx-annotated", "namespaces": ["default"], "role": "app-rw", "existing_role_arn": None,
                        "managed": True, "policy": "nettech-s3-read-write", "read": ["nettech-helm-test"],
                        "write": ["lanre.k8s.dev"], "workloads": ["nginx-annotated"], "from_legacy_keys": True}]
-    table = _cli("tenant", "list", "-c", str(path))
+    table = _cli("tenant", "list", "-c", str(path), env={"COLUMNS": "200"})  # piped: 80 columns would fold the names
     assert table.returncode == 0 and "nginx-annotated" in table.stdout
 
 

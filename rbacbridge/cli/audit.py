@@ -8,7 +8,7 @@ import typer
 from rbacbridge.cli.common import run_context
 from rbacbridge.cli.options import (AcceptNewOpt, ConfigOpt, ContextOpt, EndpointOpt, HostInterfaceOpt, HostIpOpt, KnownHostsOpt,
                                     KubeconfigOpt, NodeOpt, OnlyOpt, PortOpt, ProfileOpt, RegionOpt, SshConfigOpt, SshKeyOpt,
-                                    SshPortOpt, SshUserOpt, ViaOpt, config_from)
+                                    SshPortOpt, SshUserOpt, ViaOpt, config_from, config_was_read)
 from rbacbridge.errors import RbacbridgeError, UsageError
 
 
@@ -35,7 +35,7 @@ def audit(
     if fail_on not in FAIL_ON:
         raise UsageError(f"invalid --fail-on {fail_on!r}: choose from {', '.join(FAIL_ON)}")
     ctx = run_context(cfg, only, "json" if output != "table" else "table")
-    result = run_audit(ctx, config_given=config is not None, explicit_parts=only is not None)
+    result = run_audit(ctx, config_given=config_was_read(), explicit_parts=only is not None)
     if junit_file:
         try:
             with open(junit_file, "w", encoding="utf-8") as fh:

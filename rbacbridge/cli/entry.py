@@ -128,23 +128,36 @@ def _exit(code: int) -> None:
 
 
 def _run(argv: list[str], debug: bool) -> int:
+    from rbacbridge.cli.options import flush_said
+
+    try:
+        return _run_app(argv, debug)
+    finally:
+        flush_said(drop=True)  # a `config:` line never said (bad input) is not said after the error
+
+
+def _run_app(argv: list[str], debug: bool) -> int:
     from rbacbridge.cli import completion
+    from rbacbridge.cli.options import flush_said
 
     try:
         completion.enable()
         if completion.early(argv):  # `--show-completion [SHELL]`: an optional value click cannot parse
             return EXIT_OK
         code = app(args=argv, prog_name="rbacbridge", standalone_mode=False)
+        flush_said()
         if code == EXIT_INTERRUPTED:
             return interrupted()  # typer turned Ctrl-C into a silent exit code 130
         return code if isinstance(code, int) else EXIT_OK
     except typer.Exit as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):
             return interrupted()  # typer turns Ctrl-C into a silent Exit(130)
+        flush_said()
         return exc.exit_code
     except RbacbridgeError as exc:
         if isinstance(exc, Interrupted):
             return interrupted()
+        flush_said(drop=exc.exit_code == EXIT_USAGE)  # bad input: the error alone; a failure: which config failed
         if debug:
             _trace()
         _error_line(str(exc))

@@ -110,9 +110,8 @@ def config_from(command: Callable, values: dict[str, Any]):
         from rbacbridge.aws import resolve_region
 
         cfg, _ = resolve_region(cfg)
-    say_source(source)  # once the file and the flags are valid: bad input stays one line
-    for line in deprecated:
-        typer.echo(line, err=True)
+    say_source(source)
+    _pending.extend(deprecated)
     return cfg
 
 
@@ -140,12 +139,33 @@ def load_config(flag: str | None):
     return config.load(source.path, source=source), source
 
 
+_pending: list[str] = []  # the `config:` line, until the command first says something (or ends)
+_read: list[bool] = []  # whether the last config_from read a file (-c or found), for audit's notes
+
+
 def say_source(source) -> None:
-    """One line on stderr naming the configuration when the command line did not (-c): found, or the defaults."""
+    """One line on stderr naming the configuration when the command line did not (-c): found, or the defaults.
+    Said with the command's first output (`flush_said`), or when it ends; a bad input refused before that
+    (exit 2) stays one line."""
     from rbacbridge.config.discovery import FLAG
 
+    _pending.clear()
+    _read[:] = [source.path is not None]
     if source.how != FLAG:
-        typer.echo(source.describe(), err=True)
+        _pending.append(source.describe())
+
+
+def config_was_read() -> bool:
+    """The last config_from read a file (given with -c, or found), not only the built-in defaults."""
+    return bool(_read and _read[0])
+
+
+def flush_said(drop: bool = False) -> None:
+    lines = list(_pending)
+    _pending.clear()
+    if not drop:
+        for line in lines:
+            typer.echo(line, err=True)
 
 
 def _flag_name(annotation) -> str:
