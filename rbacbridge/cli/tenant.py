@@ -10,7 +10,7 @@ from rbacbridge.cli.examples import examples
 from rbacbridge.cli.options import (AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, KubeconfigOpt, OnlyOpt, OutputOpt,
                                     ProfileOpt, RegionOpt, config_from, output_format)
 from rbacbridge.cli.plan_apply import show_plan
-from rbacbridge.errors import Interrupted, RbacbridgeError, UsageError
+from rbacbridge.errors import Interrupted, RbacbridgeError
 
 tenant_app = typer.Typer(
     epilog=examples("tenant"),

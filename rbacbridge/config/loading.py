@@ -14,7 +14,7 @@ from rbacbridge.config.model import Config
 from rbacbridge.config.schema import _BY_PATH, _SECTIONS, SCHEMA
 from rbacbridge.config.tenancy import LEGACY_KEYS, tenants
 from rbacbridge.config.values import _READING_FILE, Text, _is_null, _key, _kind
-from rbacbridge.errors import UsageError, shown
+from rbacbridge.errors import UsageError
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
