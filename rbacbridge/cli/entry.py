@@ -157,7 +157,7 @@ def _run_app(argv: list[str], debug: bool) -> int:
     except RbacbridgeError as exc:
         if isinstance(exc, Interrupted):
             return interrupted()
-        flush_said(drop=exc.exit_code == EXIT_USAGE)  # bad input: the error alone; a failure: which config failed
+        flush_said(drop=True)  # a failure before any output is its one line alone
         if debug:
             _trace()
         _error_line(str(exc))

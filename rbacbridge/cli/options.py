@@ -111,7 +111,10 @@ def config_from(command: Callable, values: dict[str, Any]):
 
         cfg, _ = resolve_region(cfg)
     say_source(source)
-    _pending.extend(deprecated)
+    if deprecated:
+        from rbacbridge.output import say_before_output
+
+        say_before_output(deprecated, replace=False)
     return cfg
 
 
@@ -139,20 +142,19 @@ def load_config(flag: str | None):
     return config.load(source.path, source=source), source
 
 
-_pending: list[str] = []  # the `config:` line, until the command first says something (or ends)
 _read: list[bool] = []  # whether the last config_from read a file (-c or found), for audit's notes
 
 
 def say_source(source) -> None:
     """One line on stderr naming the configuration when the command line did not (-c): found, or the defaults.
-    Said with the command's first output (`flush_said`), or when it ends; a bad input refused before that
-    (exit 2) stays one line."""
+    Said with the command's first output (`flush_said`), or when it ends; a failure before any output
+    (bad input, exit 2; an error, exit 1 or 3) stays its one `error:` line."""
     from rbacbridge.config.discovery import FLAG
 
-    _pending.clear()
+    from rbacbridge.output import say_before_output
+
     _read[:] = [source.path is not None]
-    if source.how != FLAG:
-        _pending.append(source.describe())
+    say_before_output([source.describe()] if source.how != FLAG else [])
 
 
 def config_was_read() -> bool:
@@ -161,11 +163,9 @@ def config_was_read() -> bool:
 
 
 def flush_said(drop: bool = False) -> None:
-    lines = list(_pending)
-    _pending.clear()
-    if not drop:
-        for line in lines:
-            typer.echo(line, err=True)
+    from rbacbridge.output import flush_before_output
+
+    flush_before_output(drop)
 
 
 def _flag_name(annotation) -> str:
