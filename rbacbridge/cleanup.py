@@ -24,6 +24,7 @@ _undoing = threading.Lock()  # one undo_all at a time: a second caller waits for
 _undo: dict[Hashable, Callable[[], Any]] = {}
 _in_flight = 0
 _stopping = False
+_interrupt_line: str | None = None  # what an interruption of this run says, when "run it again" does not fit
 
 
 class Stopped(RbacbridgeError):
@@ -93,10 +94,24 @@ def undo_all(wait: float = IN_FLIGHT_WAIT) -> list[Hashable]:
     return [key for key, _ in items]
 
 
+def on_interrupt_say(line: str) -> None:
+    """The line an interruption of this run ends with (the CLI adds `error: `), instead of the usual advice
+    to run the same command again (rbacbridge.errors.INTERRUPTED_MESSAGE): the demo has nothing to finish."""
+    global _interrupt_line
+    _interrupt_line = line
+
+
+def interrupt_line() -> str:
+    from rbacbridge.errors import INTERRUPTED_MESSAGE
+
+    return _interrupt_line or INTERRUPTED_MESSAGE
+
+
 def reset() -> None:
     """For a process that runs the CLI more than once (tests): forget the stop."""
-    global _stopping, _in_flight
+    global _stopping, _in_flight, _interrupt_line
     with _cond:
         _stopping = False
         _in_flight = 0
         _undo.clear()
+        _interrupt_line = None

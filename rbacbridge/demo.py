@@ -222,13 +222,14 @@ def run_demo(keep: bool = False, fault: str | None = None, config_path: str | No
     The backend is checked first (known-answer probes: a wrong answer is one line, exit 3, before any story).
     Exit 0 only when the cells prove the story (every cell matches; with --break, exactly the fault's cells
     mismatch, blamed on its layer) and teardown left nothing; otherwise the last line on stderr says why (exit 1)."""
-    from rbacbridge import planner
+    from rbacbridge import cleanup, planner
     from rbacbridge.aws import AwsGateway
     from rbacbridge.output import console, dump_json, print_plan, step_line
     from rbacbridge.sandbox_backend import check_backend, start_moto
 
     if output not in OUTPUTS:
         raise UsageError(f"invalid --output {output!r}: choose from {', '.join(OUTPUTS)}")
+    cleanup.on_interrupt_say(INTERRUPTED_LINE)
     base = demo_config(config_path, scenario)  # bad input: exit 2 before the sandbox starts
     tables = output == "table"
     out = console(stderr=not tables)
@@ -317,6 +318,10 @@ def run_demo(keep: bool = False, fault: str | None = None, config_path: str | No
     if problem is not None:
         raise DemoFailed(problem)
     return 0
+
+
+INTERRUPTED_LINE = ("interrupted: the demo stopped and its sandbox (the embedded moto server) is gone with everything in "
+                    "it; nothing real was touched (`rbacbridge demo` starts a new one)")
 
 
 class DemoFailed(RbacbridgeError):

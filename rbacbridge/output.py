@@ -22,16 +22,60 @@ _ACTION_STYLE = {
 }
 
 
-def console(stderr: bool = False):
+_before_output: list[str] = []  # lines said on stderr just before the run's first output (the `config:` line)
+
+
+def say_before_output(lines: list[str], replace: bool = True) -> None:
+    """The lines said on stderr before the run's first output (rbacbridge.cli.options: which config was read,
+    a deprecated flag): they replace the pending ones, or are added (`replace=False`)."""
+    if replace:
+        _before_output.clear()
+    _before_output.extend(lines)
+
+
+def flush_before_output(drop: bool = False) -> None:
+    """Say them now (first output, or the end of a run), or forget them (`drop`: a failure is its one line)."""
+    lines = list(_before_output)
+    _before_output.clear()
+    if not drop and lines:
+        sys.stderr.write("".join(f"{line}\n" for line in lines))
+        sys.stderr.flush()
+
+
+PIPED_WIDTH = 80  # a pipe, a file or a CI log without COLUMNS: what rich, less and most terminals assume
+
+
+def width(stream=None, most: int | None = None) -> int:
+    """The one width policy of every table and line rbacbridge renders: COLUMNS when it is set (a positive
+    number), else the terminal's width, else PIPED_WIDTH; at most `most` (a table that fills the line stays
+    readable on a wide terminal)."""
+    import os
+
+    stream = stream or sys.stdout
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        chosen = int(columns)
+    else:
+        chosen = PIPED_WIDTH
+        try:
+            if stream.isatty():
+                chosen = os.get_terminal_size(stream.fileno()).columns or PIPED_WIDTH
+        except (AttributeError, OSError, ValueError):
+            pass
+    return min(chosen, most) if most else chosen
+
+
+def console(stderr: bool = False, file=None, most: int | None = None):
+    """A rich console on stdout (or stderr, or `file`) as wide as `width` says."""
     from rich.console import Console
 
-    stream = sys.stderr if stderr else sys.stdout
-    # Pipes and CI logs get a wide line instead of rich's 80 columns.
-    width = None if stream.isatty() else 160
-    return Console(stderr=stderr, highlight=False, width=width)
+    flush_before_output()
+    stream = file or (sys.stderr if stderr else sys.stdout)
+    return Console(file=file, stderr=stderr, highlight=False, width=width(stream, most))
 
 
 def dump_json(data: Any) -> None:
+    flush_before_output()
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 

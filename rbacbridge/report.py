@@ -221,10 +221,10 @@ def to_junit(result: VerifyResult) -> str:
 # --- table -----------------------------------------------------------------------------------------
 
 def console():
-    """stdout, as wide as COLUMNS says (else the terminal; 80 when piped): the matrix fits 80 columns."""
-    from rich.console import Console
+    """stdout, as wide as rbacbridge.output.width says (COLUMNS, else the terminal, else 80): the matrix fits 80 columns."""
+    from rbacbridge.output import console as make
 
-    return Console(highlight=False)
+    return make()
 
 
 def _short(value: Any) -> str:

@@ -52,7 +52,10 @@ def start_moto():
     try:
         from moto.server import ThreadedMotoServer
     except ImportError:
-        raise UsageError("the sandbox needs moto: pip install 'rbacbridge[sandbox]'") from None
+        from rbacbridge.installation import extra_hint
+
+        raise UsageError("the sandbox needs moto (the [sandbox] extra), not installed with this rbacbridge; add it with "
+                         + extra_hint("sandbox", "moto[server]")) from None
     aws_like_trust()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -366,7 +366,8 @@ def test_plan_cli_puts_notes_and_warnings_on_stderr_and_in_json(sandbox, tmp_pat
     base = [sys.executable, "-m", "rbacbridge", "plan", "--only", "aws", "--account-id", ACCOUNT, "--instance-id", instance]
 
     def cli(*extra: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(base + list(extra), capture_output=True, text=True, env=sandbox.env(), timeout=60)
+        done = subprocess.run(base + list(extra), capture_output=True, text=True, timeout=60,
+                              env=dict(sandbox.env(), COLUMNS="200"))  # piped: 80 columns would fold the notes
         assert done.returncode == 0, done.stderr
         return done
 

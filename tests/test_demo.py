@@ -10,6 +10,7 @@ import pytest
 def _demo(*args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["COLUMNS"] = "200"  # the story's sentences on one line each (piped output is 80 columns otherwise)
     return subprocess.run([sys.executable, "-m", "rbacbridge", "demo", *args], capture_output=True, text=True,
                           env=env, timeout=180)
 
@@ -68,6 +69,7 @@ def plant_extra_and_run() -> None:
 def _demo_with_extra_fault(*args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["COLUMNS"] = "200"  # the story's sentences on one line each (piped output is 80 columns otherwise)
     code = "from tests.test_demo import plant_extra_and_run; plant_extra_and_run()"
     result = subprocess.run([sys.executable, "-c", code, "demo", *args], capture_output=True, text=True, env=env, timeout=180)
     return result.returncode, result.stdout, result.stderr
@@ -106,6 +108,7 @@ def test_demo_keep_prints_commands_that_work_against_the_kept_sandbox():
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["COLUMNS"] = "200"  # the story's sentences on one line each (piped output is 80 columns otherwise)
     demo = subprocess.Popen([sys.executable, "-m", "rbacbridge", "demo", "--keep"], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=env)
     try:

@@ -87,11 +87,11 @@ tenants:
 """
 
 
-def _cli(*argv, env=None):
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+def _cli(*argv, env=None, cwd=None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RBACBRIDGE_CONFIG"}
     base["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run([sys.executable, "-m", "rbacbridge", *argv], capture_output=True, text=True,
-                          env={**base, **(env or {})}, timeout=60, stdin=subprocess.DEVNULL)
+                          env={**base, **(env or {})}, timeout=60, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
 def test_add_then_remove_keeps_comments_and_order(tmp_path):
@@ -127,7 +127,7 @@ def test_list_of_a_legacy_file(tmp_path):
     assert listed == [{"name": "nginx-annotated", "namespaces": ["default"], "role": "app-rw", "existing_role_arn": None,
                        "managed": True, "policy": "nettech-s3-read-write", "read": ["nettech-helm-test"],
                        "write": ["lanre.k8s.dev"], "workloads": ["nginx-annotated"], "from_legacy_keys": True}]
-    table = _cli("tenant", "list", "-c", str(path))
+    table = _cli("tenant", "list", "-c", str(path), env={"COLUMNS": "200"})  # piped: 80 columns would fold the names
     assert table.returncode == 0 and "nginx-annotated" in table.stdout
 
 
@@ -158,9 +158,14 @@ def test_bad_input_exit_2_file_unchanged(tmp_path, argv, expected):
     assert sorted(os.listdir(tmp_path)) == ["rbacbridge.yaml"]  # no temporary file left
 
 
-def test_without_config_file(tmp_path):
-    result = _cli("tenant", "add", "client-z", "-n", "client-z")
-    assert result.returncode == 2 and "-c/--config" in result.stderr
+def test_without_config_file_edits_the_one_found(tmp_path):
+    """No -c: the file every command would read (RBACBRIDGE_CONFIG, else ./rbacbridge.yaml) is the one edited."""
+    path = tmp_path / "team.yaml"
+    path.write_text(COMMENTED)
+    result = _cli("tenant", "add", "client-z", "-n", "client-z", "--no-plan", env={"RBACBRIDGE_CONFIG": str(path)}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == f"config: {path} (from RBACBRIDGE_CONFIG)"
+    assert "name: client-z" in path.read_text() and not (tmp_path / "rbacbridge.yaml").exists()
 
 
 def test_add_prints_the_plan_and_changes_nothing_else(sandbox, tmp_path):

@@ -36,7 +36,7 @@ def _root():
     from rbacbridge.cli import app
 
     command = typer.main.get_command(app)
-    return command, command.context_class(command, info_name="rbacbridge")
+    return command, command.context_class(command, info_name="rbacbridge", **(command.context_settings or {}))
 
 
 def _is_group(command) -> bool:
@@ -87,7 +87,7 @@ def command_markdown(words: list[str], level: int = 2, recurse: bool = True) -> 
             lines += [f"| {kind} | meaning |", "|---|---|", *rows, ""]
     epilog = getattr(command, "epilog", None)
     if epilog:
-        lines += [escape(epilog.strip()), ""]
+        lines += epilog_markdown(epilog)
     if _is_group(command) and recurse:
         children = list(_children(command, ctx))
         if children:
@@ -99,6 +99,19 @@ def command_markdown(words: list[str], level: int = 2, recurse: bool = True) -> 
             for child, _ in children:
                 lines.append(command_markdown([*words, child.name], level + 1 if words else level, recurse))
     return "\n".join(lines)
+
+
+def epilog_markdown(epilog: str) -> list[str]:
+    """A command's epilog: its text paragraphs escaped; a paragraph click keeps as written (`\\b`, the
+    examples of rbacbridge/cli/examples.py) as its heading line, then a code block."""
+    lines: list[str] = []
+    for paragraph in epilog.strip().split("\n\n"):
+        if paragraph.startswith("\b\n"):
+            heading, *body = paragraph[2:].split("\n")
+            lines += [escape(heading), "", "```text", *(line.strip() for line in body), "```", ""]
+        else:
+            lines += [escape(paragraph.strip()), ""]
+    return lines
 
 
 def cli_reference() -> str:

@@ -1,4 +1,4 @@
-"""Rendering only: the audit result as a table (80 columns), JSON (schema rbacbridge.audit/v1) or JUnit."""
+"""Rendering only: the audit result as a table (rbacbridge.output.width: 80 columns in a pipe), JSON (schema rbacbridge.audit/v1) or JUnit."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rbacbridge.audit.findings import KINDS, SEVERITIES, AuditResult
 
 FORMATS = ("table", "json", "junit", "sarif")
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
-WIDTH = 80
+MOST_WIDTH = 120  # the table fills the line: past 120 columns its rows get hard to read
 
 
 def load_schema() -> dict[str, Any]:
@@ -88,13 +88,12 @@ _STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
 def print_table(result: AuditResult, fail_on: str, stream=None) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    stream = stream or sys.stdout
-    width = WIDTH if not stream.isatty() else min(Console(file=stream).width, 120)
-    out = Console(file=stream, width=width, highlight=False)
+    from rbacbridge.output import console
+
+    out = console(file=stream or sys.stdout, most=MOST_WIDTH)  # COLUMNS, else the terminal, else 80
     findings = result.sorted_findings()
     if findings:
         table = Table(title="rbacbridge audit", title_justify="left", show_lines=True, expand=True)

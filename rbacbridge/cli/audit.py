@@ -8,7 +8,7 @@ import typer
 from rbacbridge.cli.common import run_context
 from rbacbridge.cli.options import (AcceptNewOpt, ConfigOpt, ContextOpt, EndpointOpt, HostInterfaceOpt, HostIpOpt, KnownHostsOpt,
                                     KubeconfigOpt, NodeOpt, OnlyOpt, PortOpt, ProfileOpt, RegionOpt, SshConfigOpt, SshKeyOpt,
-                                    SshPortOpt, SshUserOpt, ViaOpt, config_from)
+                                    SshPortOpt, SshUserOpt, ViaOpt, config_from, config_was_read)
 from rbacbridge.errors import RbacbridgeError, UsageError
 
 
@@ -39,11 +39,11 @@ def audit(
     ctx = run_context(cfg, only, "json" if output != "table" else "table")
     if who_can and "kube" not in ctx.parts:
         raise UsageError("--who-can needs the kube part: drop --only, or include kube (e.g. --only kube,aws)")
-    result = run_audit(ctx, config_given=config is not None, explicit_parts=only is not None, allow_absent=allow_absent)
+    result = run_audit(ctx, config_given=config_was_read(), explicit_parts=only is not None, allow_absent=allow_absent)
     if who_can:
         from rbacbridge.audit import who_can as who_can_part
 
-        who_can_part.run(ctx, result, config_given=config is not None)
+        who_can_part.run(ctx, result, config_given=config_was_read())
     if junit_file:
         try:
             with open(junit_file, "w", encoding="utf-8") as fh:

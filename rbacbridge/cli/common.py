@@ -13,6 +13,9 @@ from rbacbridge.errors import UsageError
 def dump(fmt: str, data) -> None:
     """Structured output on stdout: json or yaml."""
     from rbacbridge import output as out
+    from rbacbridge.cli.options import flush_said
+
+    flush_said()
 
     if fmt == "yaml":
         import yaml
@@ -33,7 +36,10 @@ class CliReporter:
     def err(self):
         """rich's console, made when there is something to say (`-o json` with nothing to report never loads rich)."""
         if self._err is None:
+            from rbacbridge.cli.options import flush_said
             from rbacbridge.output import console
+
+            flush_said()
 
             self._err = console(stderr=True)
         return self._err
@@ -62,7 +68,8 @@ def run_context(cfg, only, output, force=False, adopt=False):
     """The planner's Context for a command: its Config, the parts `--only` names, progress on stderr."""
     from rbacbridge.planner import Context, parse_parts
 
-    return Context(config=cfg, parts=parse_parts(only), force=force, adopt=adopt, reporter=CliReporter(output))
+    parts = parse_parts(only)
+    return Context(config=cfg, parts=parts, force=force, adopt=adopt, reporter=CliReporter(output))
 
 
 def approve(changes: int, yes: bool, command: str) -> None:

@@ -12,7 +12,7 @@ def demo(
     keep: Annotated[bool, typer.Option("--keep", help="leave the sandbox running until Ctrl-C")] = False,
     break_: Annotated[Optional[str], typer.Option("--break", metavar="[trust|policy|iptables|namespace]", help="plant one fault for verify to catch: trust, policy, iptables or namespace", show_default=False)] = None,
     scenario: Annotated[str, typer.Option("--scenario", metavar="[article|abc]", help="article: the walkthrough's one tenant; abc: clients A, B and C, only C with a bucket (the breach before kube2iam, isolation after)")] = "article",
-    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="run the sandbox with this rbacbridge.yaml's tenants (instead of --scenario)", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="run the sandbox with this rbacbridge.yaml's tenants (instead of --scenario; - reads standard input)", show_default=False)] = None,
     output: Annotated[str, typer.Option("--output", "-o", metavar="[table|json]", help="json: the before and after matrices on stdout (the story on stderr)")] = "table",
 ) -> None:
     """Sandbox walk-through on an embedded moto server: plan, setup, no-op re-run, verify matrix before and after

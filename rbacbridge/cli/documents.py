@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from rbacbridge.cli.options import (AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, HostInterfaceOpt, InstanceOpt, KubeconfigOpt,
-                                    NamespaceOpt, ProfileOpt, RegionOpt, config_from)
+                                    NginxNamespaceOpt, OldNamespaceOpt, ProfileOpt, RegionOpt, config_from)
 from rbacbridge.errors import UsageError
 
 
@@ -56,7 +56,7 @@ def render(
     output: Annotated[str, typer.Option("--output", "-o", metavar="[yaml|json]", help="yaml (a multi-document stream) or json (one List)")] = "yaml",
     out_dir: Annotated[Optional[str], typer.Option("--out-dir", help="write one file per object into this directory (the whole set or nothing; symlinks refused) instead of stdout", show_default=False)] = None,
     config: ConfigOpt = None, account_id: AccountOpt = None, host_interface: HostInterfaceOpt = None,
-    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, nginx_namespace: NginxNamespaceOpt = None, namespace: OldNamespaceOpt = None,
 ) -> None:
     """Write the Kubernetes manifests (kube2iam RBAC + DaemonSet, nginx Deployments, namespace annotation)
     for `kubectl apply -f -` or GitOps. Offline unless --kubeconfig/--context is given (then

@@ -9,8 +9,7 @@ import sys
 import typer
 
 from rbacbridge.cli.app import app
-from rbacbridge.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, INTERRUPTED_MESSAGE, Interrupted,
-                               RbacbridgeError, one_line)
+from rbacbridge.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, RbacbridgeError, one_line
 
 
 def main() -> None:
@@ -71,7 +70,7 @@ def _watchdog() -> None:
         time.sleep(INTERRUPT_GRACE)
         cleanup.undo_all()
         if not _interrupt_said:
-            _error_line(INTERRUPTED_MESSAGE)
+            _error_line(cleanup.interrupt_line())
         os._exit(EXIT_INTERRUPTED)
 
     threading.Thread(target=run, name="rbacbridge-interrupted", daemon=True).start()
@@ -88,7 +87,7 @@ def interrupted() -> int:
         signal.signal(signum, signal.SIG_IGN)
     if not _interrupt_said:
         _interrupt_said.append(True)
-        _error_line(INTERRUPTED_MESSAGE)
+        _error_line(cleanup.interrupt_line())
     return EXIT_INTERRUPTED
 
 
@@ -129,18 +128,36 @@ def _exit(code: int) -> None:
 
 
 def _run(argv: list[str], debug: bool) -> int:
+    from rbacbridge.cli.options import flush_said
+
     try:
+        return _run_app(argv, debug)
+    finally:
+        flush_said(drop=True)  # a `config:` line never said (bad input) is not said after the error
+
+
+def _run_app(argv: list[str], debug: bool) -> int:
+    from rbacbridge.cli import completion
+    from rbacbridge.cli.options import flush_said
+
+    try:
+        completion.enable()
+        if completion.early(argv):  # `--show-completion [SHELL]`: an optional value click cannot parse
+            return EXIT_OK
         code = app(args=argv, prog_name="rbacbridge", standalone_mode=False)
+        flush_said()
         if code == EXIT_INTERRUPTED:
             return interrupted()  # typer turned Ctrl-C into a silent exit code 130
         return code if isinstance(code, int) else EXIT_OK
     except typer.Exit as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):
             return interrupted()  # typer turns Ctrl-C into a silent Exit(130)
+        flush_said()
         return exc.exit_code
     except RbacbridgeError as exc:
         if isinstance(exc, Interrupted):
             return interrupted()
+        flush_said(drop=True)  # a failure before any output is its one line alone
         if debug:
             _trace()
         _error_line(str(exc))

@@ -21,6 +21,7 @@ class Group(typer.core.TyperGroup):
             if getattr(param, "is_flag", False) and param.default is None:
                 param.default = False
             _plain_strings(param)
+            _completes(param)
         return params
 
     def invoke(self, ctx):
@@ -35,7 +36,20 @@ class Group(typer.core.TyperGroup):
         help_option = command.get_help_option(ctx) if command is not None else None
         for param in [*getattr(command, "params", ()), *([help_option] if help_option else [])]:
             _plain_strings(param)
+            _completes(param)
         return command
+
+
+def _completes(param) -> None:
+    """A choice option (metavar `[a|b|c]`) completes its values in the shell; `--only` its parts, comma by comma."""
+    if getattr(param, "_custom_shell_complete", False) is not None:
+        return
+    from rbacbridge.cli import completion
+
+    if "--only" in getattr(param, "opts", ()):
+        param._custom_shell_complete = completion.complete_parts
+    elif completion.choices_of(param):
+        param._custom_shell_complete = completion.complete_choices(completion.choices_of(param))
 
 
 def _plain_strings(param) -> None:

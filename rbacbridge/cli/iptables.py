@@ -6,12 +6,14 @@ import typer
 
 from rbacbridge.cli.common import approve, dump, run_context
 from rbacbridge.cli.group import Group
+from rbacbridge.cli.examples import examples
 from rbacbridge.cli.options import (AcceptNewOpt, AddMissingOpt, ConfigOpt, ContextOpt, DryRunOpt, HostInterfaceOpt, HostIpOpt,
                                     KnownHostsOpt, KubeconfigOpt, NodeOpt, OutputOpt, PortOpt, SshConfigOpt, SshKeyOpt,
                                     SshPortOpt, SshUserOpt, StalePortOpt, ViaOpt, YesOpt, config_from, output_format)
 from rbacbridge.errors import RbacbridgeError, one_line
 
 iptables_app = typer.Typer(
+    epilog=examples("iptables"),
     cls=Group,
     help="kube2iam's iptables rule on each node (over SSH or through Kubernetes, --via): report it, keep exactly one, or remove it.",
     no_args_is_help=True,
@@ -62,10 +64,10 @@ def _iptables_cmd(command: str, doc: str):
         _iptables_run(cfg, command, dry_run, yes, output, force)
 
     cmd.__doc__ = doc
-    iptables_app.command(command)(cmd)
+    iptables_app.command(command, epilog=examples(f"iptables {command}"))(cmd)
 
 
-@iptables_app.command("status")
+@iptables_app.command("status", epilog=examples("iptables status"))
 def iptables_status(
     output: OutputOpt = "table",
     config: ConfigOpt = None, node: NodeOpt = None,

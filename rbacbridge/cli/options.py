@@ -22,11 +22,14 @@ from rbacbridge.errors import UsageError
 
 
 class Sets:
-    """Marks a shared option: the Config field its value overrides (after `convert`; None is "not given")."""
+    """Marks a shared option: the Config field its value overrides (after `convert`; None is "not given").
+    `replaced_by`: a deprecated spelling of that flag, still working for one release; using it says so on
+    stderr."""
 
-    def __init__(self, field: str, convert: Callable[[Any], Any] | None = None):
+    def __init__(self, field: str, convert: Callable[[Any], Any] | None = None, replaced_by: str | None = None):
         self.field = field
         self.convert = convert
+        self.replaced_by = replaced_by
 
 
 def _flag_set(value: bool) -> bool | None:
@@ -39,7 +42,7 @@ def _as_tuple(value: list | None) -> tuple | None:
 
 FORMATS = ("table", "json", "yaml")
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="rbacbridge.yaml (article values are the defaults)", show_default=False)]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="rbacbridge.yaml; - reads standard input [default: RBACBRIDGE_CONFIG, else ./rbacbridge.yaml, else the article's values]", show_default=False)]
 
 # AWS
 AccountOpt = Annotated[Optional[str], Sets("account_id"), typer.Option("--account-id", metavar="ACCOUNT", help="AWS account id (12 digits); must match the credentials in use", show_default=False)]
@@ -51,7 +54,9 @@ InstanceOpt = Annotated[Optional[list[str]], Sets("instance_ids", _as_tuple), ty
 # Kubernetes
 KubeconfigOpt = Annotated[Optional[str], Sets("kubeconfig"), typer.Option("--kubeconfig", metavar="FILE", help="kubeconfig file", show_default=False)]
 ContextOpt = Annotated[Optional[str], Sets("context"), typer.Option("--context", metavar="NAME", help="kubeconfig context", show_default=False)]
-NamespaceOpt = Annotated[Optional[str], Sets("namespace"), typer.Option("--namespace", "-n", metavar="NAMESPACE", help="namespace of the nginx Deployments, the tenant's namespace [default: default]", show_default=False)]
+NginxNamespaceOpt = Annotated[Optional[str], Sets("namespace"), typer.Option("--nginx-namespace", metavar="NAMESPACE", help="kubernetes.namespace: nginx-vanilla's namespace (and, without tenants:, the article's tenant's) [default: default]", show_default=False)]
+# `-n/--namespace` is a tenant's namespace (tenant add); here it was kubernetes.namespace until 0.1: deprecated.
+OldNamespaceOpt = Annotated[Optional[str], Sets("namespace", replaced_by="--nginx-namespace"), typer.Option("--namespace", "-n", metavar="NAMESPACE", help="deprecated: --nginx-namespace", hidden=True, show_default=False)]
 HostInterfaceOpt = Annotated[Optional[str], Sets("host_interface"), typer.Option("--host-interface", metavar="IFACE", help="kube2iam --host-interface [default: auto = from the cluster's network plugin]", show_default=False)]
 NodeSelectorOpt = Annotated[Optional[str], Sets("node_selector"), typer.Option("--node-selector", metavar="SELECTOR", help="label selector for the worker nodes", show_default=False)]
 
@@ -78,23 +83,89 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan only;
 
 def config_from(command: Callable, values: dict[str, Any]):
     """The Config `command` runs with: the --config file over the defaults, then each option of `command`
-    marked `Sets` that was given, over the file; `values` are its arguments (`locals()` on entry).
+    marked `Sets` that was given, over the file; `values` are its arguments (`locals()` on entry). The file is
+    found as rbacbridge.config.discovery says; one line on stderr names it when `-c` did not.
     A command with --region gets the region resolved like the aws CLI (flag, config, environment, profile)."""
-    from rbacbridge import config
 
     overrides: dict[str, Any] = {}
     flags: dict[str, str] = {}  # Config field -> the flag that set it, for error messages
+    deprecated: list[str] = []
     for name, annotation in get_type_hints(command, include_extras=True).items():
         for mark in getattr(annotation, "__metadata__", ()):
-            if isinstance(mark, Sets):
-                overrides[mark.field] = mark.convert(values[name]) if mark.convert else values[name]
-                flags[mark.field] = _flag_name(annotation)
-    cfg = config.load(values["config"]).with_overrides(flags=flags, **overrides)
+            if not isinstance(mark, Sets) or (mark.replaced_by and values[name] is None):
+                continue
+            if mark.replaced_by:
+                if overrides.get(mark.field) is not None:
+                    raise UsageError(f"give {mark.replaced_by} only ({_flag_name(annotation)} is its deprecated spelling)")
+                deprecated.append(f"warning: {_spellings(annotation)} of `rbacbridge {_command_name(command)}` is deprecated: "
+                                  f"use {mark.replaced_by} (-n/--namespace means a tenant's namespace, as in tenant add; "
+                                  "the old spelling goes in the next release)")
+            elif mark.field in overrides and values[name] is None:
+                continue  # the deprecated spelling gave it
+            overrides[mark.field] = mark.convert(values[name]) if mark.convert else values[name]
+            flags[mark.field] = _flag_name(annotation)
+    cfg, source = load_config(values["config"])
+    cfg = cfg.with_overrides(flags=flags, **overrides)
     if "region" in overrides:
         from rbacbridge.aws import resolve_region
 
         cfg, _ = resolve_region(cfg)
+    say_source(source)
+    if deprecated:
+        from rbacbridge.output import say_before_output
+
+        say_before_output(deprecated, replace=False)
     return cfg
+
+
+def _command_name(command: Callable) -> str:
+    return command.__name__.removeprefix("tenant_").removeprefix("iptables_").replace("_", "-")
+
+
+def _spellings(annotation) -> str:
+    """`-n/--namespace`: every spelling an Annotated option declares, short first."""
+    for mark in annotation.__metadata__:
+        declared = [getattr(mark, "default", None), *(getattr(mark, "param_decls", ()) or ())]
+        names = sorted((d for d in declared if isinstance(d, str) and d.startswith("-")), key=len)
+        if names:
+            return "/".join(names)
+    raise ValueError(f"no flag declared in {annotation}")
+
+
+def load_config(flag: str | None):
+    """(Config, Source): the file `-c` names, else RBACBRIDGE_CONFIG, else ./rbacbridge.yaml, else the
+    built-in defaults (rbacbridge.config.discovery)."""
+    from rbacbridge import config
+    from rbacbridge.config.discovery import find
+
+    source = find(flag)
+    return config.load(source.path, source=source), source
+
+
+_read: list[bool] = []  # whether the last config_from read a file (-c or found), for audit's notes
+
+
+def say_source(source) -> None:
+    """One line on stderr naming the configuration when the command line did not (-c): found, or the defaults.
+    Said with the command's first output (`flush_said`), or when it ends; a failure before any output
+    (bad input, exit 2; an error, exit 1 or 3) stays its one `error:` line."""
+    from rbacbridge.config.discovery import FLAG
+
+    from rbacbridge.output import say_before_output
+
+    _read[:] = [source.path is not None]
+    say_before_output([source.describe()] if source.how != FLAG else [])
+
+
+def config_was_read() -> bool:
+    """The last config_from read a file (given with -c, or found), not only the built-in defaults."""
+    return bool(_read and _read[0])
+
+
+def flush_said(drop: bool = False) -> None:
+    from rbacbridge.output import flush_before_output
+
+    flush_before_output(drop)
 
 
 def _flag_name(annotation) -> str:

@@ -7,7 +7,7 @@ import typer
 
 from rbacbridge.cli.common import approve, dump, run_context
 from rbacbridge.cli.options import (AcceptNewOpt, AccountOpt, ConfigOpt, ContextOpt, DryRunOpt, EndpointOpt, HostInterfaceOpt,
-                                    InstanceOpt, KnownHostsOpt, KubeconfigOpt, NamespaceOpt, NodeOpt, NodeSelectorOpt, OnlyOpt,
+                                    InstanceOpt, KnownHostsOpt, KubeconfigOpt, NginxNamespaceOpt, OldNamespaceOpt, NodeOpt, NodeSelectorOpt, OnlyOpt,
                                     OutputOpt, ProfileOpt, RegionOpt, SshConfigOpt, SshKeyOpt, SshPortOpt, SshUserOpt,
                                     StalePortOpt, ViaOpt, YesOpt, config_from, output_format)
 from rbacbridge.errors import EXIT_CHANGES_PENDING, EXIT_FAILED, EXIT_OK, IncompleteError, RbacbridgeError, UsageError
@@ -20,7 +20,7 @@ def plan(
     output: OutputOpt = "table",
     config: ConfigOpt = None, account_id: AccountOpt = None,
     profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None, instance_id: InstanceOpt = None,
-    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, nginx_namespace: NginxNamespaceOpt = None, namespace: OldNamespaceOpt = None,
     host_interface: HostInterfaceOpt = None, node_selector: NodeSelectorOpt = None, node: NodeOpt = None,
     ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
     ssh_config: SshConfigOpt = None, accept_new_host_keys: AcceptNewOpt = False, via: ViaOpt = None,
@@ -60,7 +60,7 @@ def setup(
     output: OutputOpt = "table",
     config: ConfigOpt = None, account_id: AccountOpt = None,
     profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None, instance_id: InstanceOpt = None,
-    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, nginx_namespace: NginxNamespaceOpt = None, namespace: OldNamespaceOpt = None,
     host_interface: HostInterfaceOpt = None, node_selector: NodeSelectorOpt = None, node: NodeOpt = None,
     ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
     ssh_config: SshConfigOpt = None, accept_new_host_keys: AcceptNewOpt = False, via: ViaOpt = None,
@@ -87,7 +87,7 @@ def teardown(
     output: OutputOpt = "table",
     config: ConfigOpt = None, account_id: AccountOpt = None,
     profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None, instance_id: InstanceOpt = None,
-    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, nginx_namespace: NginxNamespaceOpt = None, namespace: OldNamespaceOpt = None,
     host_interface: HostInterfaceOpt = None, node_selector: NodeSelectorOpt = None, node: NodeOpt = None,
     ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
     ssh_config: SshConfigOpt = None, accept_new_host_keys: AcceptNewOpt = False, via: ViaOpt = None,

@@ -7,7 +7,7 @@ import typer
 
 from rbacbridge.cli.common import dump, run_context
 from rbacbridge.cli.options import (AcceptNewOpt, AccountOpt, ConfigOpt, ContextOpt, EndpointOpt, KnownHostsOpt, KubeconfigOpt,
-                                    NamespaceOpt, ProfileOpt, RegionOpt, SshConfigOpt, SshKeyOpt, SshPortOpt, SshUserOpt,
+                                    NginxNamespaceOpt, OldNamespaceOpt, ProfileOpt, RegionOpt, SshConfigOpt, SshKeyOpt, SshPortOpt, SshUserOpt,
                                     ViaOpt, choice, config_from)
 from rbacbridge.errors import RbacbridgeError, UsageError
 
@@ -27,7 +27,7 @@ def verify(
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="a tenant with no running pod whose probe pod could not run (admission, RBAC, no node, image) is reported \"not verified\" but does not fail the run (else exit 3)")] = False,
     config: ConfigOpt = None, account_id: AccountOpt = None,
     profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
-    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, nginx_namespace: NginxNamespaceOpt = None, namespace: OldNamespaceOpt = None,
     ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
     ssh_config: SshConfigOpt = None, accept_new_host_keys: AcceptNewOpt = False, via: ViaOpt = None,
 ) -> None:

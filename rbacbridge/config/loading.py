@@ -14,7 +14,7 @@ from rbacbridge.config.model import Config
 from rbacbridge.config.schema import _BY_PATH, _SECTIONS, SCHEMA
 from rbacbridge.config.tenancy import LEGACY_KEYS, tenants
 from rbacbridge.config.values import _READING_FILE, Text, _is_null, _key, _kind
-from rbacbridge.errors import UsageError, shown
+from rbacbridge.errors import UsageError
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -71,20 +71,19 @@ def _strict_loader():
     return Loader
 
 
-def load(path: str | Path | None) -> Config:
-    """Read rbacbridge.yaml (if given) over the defaults."""
-    if path is None:
+def load(path: str | Path | None, source=None) -> Config:
+    """Read rbacbridge.yaml (if given; "-": standard input) over the defaults. `source`: a
+    `discovery.Source` already found (it names where the file came from in error lines)."""
+    from rbacbridge.config.discovery import FLAG, Source, read_bytes
+
+    if source is None:
+        source = Source(None if path is None else str(path), FLAG)
+    raw = read_bytes(source)
+    if raw is None:
         config = Config()
         config.check_consistency()
         return config
-    import yaml
-
-    file = Path(path)
-    where = shown(str(path))
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read config {where}: {exc.strerror or exc}") from None
+    where = source.named()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

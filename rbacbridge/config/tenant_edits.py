@@ -40,15 +40,14 @@ def _read(path: Path) -> tuple[Any, Any, str]:
     from ruamel.yaml.comments import CommentedMap
     from ruamel.yaml.error import YAMLError
 
+    from rbacbridge.config.discovery import FLAG, Source, read_bytes
+
     where = shown(str(path))
-    text = ""
-    if path.exists():
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot read config {where}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"config {where} is not UTF-8 text") from None
+    raw = read_bytes(Source(str(path), FLAG), missing_ok=True)  # a regular file of at most 1 MiB, or none yet
+    try:
+        text = raw.decode("utf-8") if raw is not None else ""
+    except UnicodeDecodeError:
+        raise UsageError(f"config {where} is not UTF-8 text") from None
     load_text(text, where)  # the file as it is must be valid: never edit what rbacbridge cannot read
     yaml = YAML()
     yaml.preserve_quotes = True
@@ -164,8 +163,10 @@ def _convert_legacy(text: str, data, current: Config, messages: list[str]) -> st
 
 def add(path: str | Path, name: str, namespaces: list[str], read: list[str] = (), write: list[str] = (),
         role: str | None = None, existing_role: str | None = None, policy: str | None = None,
-        workloads: list[str] = ()) -> Edit:
-    """Add tenant NAME to the file's `tenants:` (converting the legacy keys first when it has none)."""
+        workloads: list[str] = (), keep_article_tenant: bool = False) -> Edit:
+    """Add tenant NAME to the file's `tenants:`. A file without `tenants:` gets only NAME, unless it sets the
+    article's tenant itself (the legacy keys) or `keep_article_tenant`: then that tenant becomes an explicit
+    entry first. Either way the messages say what became of the article's tenant."""
     path = Path(path)
     name = k8s_name("NAME", name)
     if not namespaces:
@@ -191,8 +192,17 @@ def add(path: str | Path, name: str, namespaces: list[str], read: list[str] = ()
         raise UsageError(f"tenant {shown(name)} already exists in {shown(str(path))} (tenant remove {name} first to replace it)")
     messages: list[str] = [] if path.exists() else [f"creating {path}"]
     if "tenants" not in data:
-        text = _convert_legacy(text, data, current, messages)
-        data = yaml.load(text)
+        legacy_keys = _legacy_keys_in(data)
+        if legacy_keys or keep_article_tenant:
+            text = _convert_legacy(text, data, current, messages)
+            messages[-1] += (" (--keep-article-tenant)" if keep_article_tenant and not legacy_keys
+                             else f" (the file sets it: {', '.join(legacy_keys)})")
+            data = yaml.load(text)
+        else:
+            article = current.tenants[0]
+            messages.append(f"not carried over: the article's built-in tenant {article.name} (namespace "
+                            f"{article.namespace}, role {article.role}, writes {', '.join(article.write) or 'nothing'}); "
+                            f"tenants: holds only what you add (--keep-article-tenant carries it over)")
     text = _with_item(text, data, _entry(tenant))
     messages.append(f"added tenant {name} to {path}: role {existing or role_name}"
                     + (" (existing: linked only)" if existing else "") + f", namespace(s) {', '.join(namespaces)}")
@@ -202,6 +212,17 @@ def add(path: str | Path, name: str, namespaces: list[str], read: list[str] = ()
     config = load_text(text, shown(str(path)))  # the whole result, before anything is written
     _write_atomically(path, text)
     return Edit(path, config, messages)
+
+
+def _legacy_keys_in(data) -> list[str]:
+    """The legacy keys (the article's tenant) the file itself sets."""
+    found = []
+    for path in LEGACY_KEYS:
+        section, key = path.split(".")
+        mapping = data.get(section) if data is not None else None
+        if isinstance(mapping, dict) and key in mapping:
+            found.append(path)
+    return found
 
 
 def _item_lines(entry, dash: int) -> list[str]:
