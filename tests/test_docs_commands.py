@@ -66,6 +66,8 @@ def commands_in(lines: list[str]) -> list[str]:
             if not match:
                 continue
             command = match.group(1)
+            if part.strip()[:match.start(1)].endswith("$("):  # eval "$(rbacbridge ...)": the command ends at its ")"
+                command = command.split(")", 1)[0]
             command = re.split(r"\s+#|\s\|\s|\s\d?>>?|\s<\s", command)[0].strip()  # comments, pipes, redirects
             if command not in found:
                 found.append(command)

@@ -28,9 +28,9 @@ def cluster(kube_api, sandbox):
     return Tenants(kube_api, sandbox).build()
 
 
-def audit(cluster: Tenants, *args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+def audit(cluster: Tenants, *args: str, cwd: str | None = None, columns: str = "200") -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "rbacbridge", "audit", "--kubeconfig", cluster.kube_api.kubeconfig, "--only", "aws,kube", *args]
-    env = dict(cluster.sandbox.env(), COLUMNS="200")
+    env = dict(cluster.sandbox.env(), COLUMNS=columns)
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
@@ -114,7 +114,7 @@ def test_json_follows_the_schema_and_the_table_fits(cluster, tmp_path):
         jsonschema.validate(dict(report, schema="rbacbridge.audit/v1"), load_schema())
     assert [s["subject"]["name"] for s in report["who_can"]["subjects"]] == [
         "alpha-devs", "system:masters", "ci/deployer", "bob", "carol", "root-admin"]
-    table = audit(cluster, "--who-can", "-c", config)
+    table = audit(cluster, "--who-can", "-c", config, columns="80")
     assert "who can obtain which role (6 subjects)" in table.stdout
     assert max(len(line) for line in table.stdout.splitlines()) <= 80
 
