@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from rbacbridge.cli import audit, demo, documents, iptables, plan_apply, tenant, verify
+from rbacbridge.cli import audit, demo, documents, iptables, migrate, plan_apply, tenant, verify
 from rbacbridge.cli.group import Group
 from rbacbridge.errors import EXIT_OK
 
@@ -51,3 +51,4 @@ app.command()(verify.verify)
 app.command()(audit.audit)
 app.add_typer(tenant.tenant_app, name="tenant")
 app.add_typer(iptables.iptables_app, name="iptables")
+app.add_typer(migrate.migrate_app, name="migrate")
