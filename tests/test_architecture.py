@@ -217,6 +217,8 @@ MAY_IMPORT = {
     "nodes": {"plan", "config", "errors", "templating", "cleanup", "kube", "nodes.ssh", "nodes.pods"},
     "nodes.ssh": {"errors", "rbacbridge.nodes.session"},
     "nodes.pods": {"errors", "templating", "cleanup", "kube", "rbacbridge.nodes.session"},
+    "migrate": {"errors", "plan", "config", "policy_eval", "output", "kube", "aws", "rbacbridge.audit.kube2iam",
+                "rbacbridge.audit.who_can.matching"},
 }
 
 

@@ -395,3 +395,36 @@ def test_bad_input_is_one_line_and_exit_2(cluster, args, message):
     done = cluster.run(*args)
     assert done.returncode == 2 and done.stderr.strip() == message and done.stdout == ""
     assert cluster.store.requests == []
+
+
+def test_settings_from_the_configuration_and_a_custom_role_key(cluster):
+    kube2iam = cluster.store.get("DaemonSet", "kube2iam", "kube-system")
+    cluster.store.delete("DaemonSet", "kube2iam", "kube-system")
+    plan = cluster.plan("--to", "irsa", "--issuer", ISSUER)
+    assert plan["cluster"]["kube2iam_settings"] == "config"
+    assert "no kube2iam DaemonSet found: roles resolved with the configuration's settings" in plan["notes"]
+    # the configuration's default role (kube2iam.default_role: dedicated -> iam.default_role) and its restrictions
+    assert plan["workloads"][:2] == [
+        row("Deployment", "tenant-a", "plain", "default", ROLE + "nettech-pod-default", "default role", None, carried=False, note=DEFAULT),
+        INVENTORY[1]]
+    assert plan["workloads"][2:] == INVENTORY[2:]
+    container = kube2iam["spec"]["template"]["spec"]["containers"][0]
+    container["args"] = [*container["args"], "--iam-role-key=example.com/role"]
+    cluster.store.put(kube2iam)
+    cluster.store.put(workload("Deployment", "tenant-b", "custom", {**template(None, "custom"), "metadata": {
+        "annotations": {"example.com/role": "beta-app", "iam.amazonaws.com/role": "beta-agent"}}}))
+    custom = cluster.plan("--to", "irsa", "--issuer", ISSUER)
+    assert [(w["namespace"], w["name"], w["role_arn"]) for w in custom["workloads"] if w["source"] == "annotation"] == [
+        ("tenant-b", "custom", ROLE + "beta-app")]
+
+
+def test_an_earlier_runs_statement_is_replaced_not_repeated(cluster):
+    cluster.add_provider()
+    trust = node_trust()
+    trust["Statement"].append(irsa_statement(["system:serviceaccount:tenant-a:etl-old"]))
+    cluster.iam.update_assume_role_policy(RoleName="alpha-etl", PolicyDocument=json.dumps(trust))
+    plan = cluster.plan("--to", "irsa")
+    etl = next(t for t in plan["trust"] if t["role_arn"] == ROLE + "alpha-etl")
+    wanted = irsa_statement(["system:serviceaccount:tenant-a:etl"])
+    assert etl["add"] == [wanted]
+    assert etl["size_before"] == compact(trust) and etl["size_after"] == compact({**trust, "Statement": [node_trust()["Statement"][0], wanted]})

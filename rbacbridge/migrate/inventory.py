@@ -92,8 +92,9 @@ def workload_objects(cluster: Cluster):
             yield kind, obj
 
 
-def take_inventory(cluster: Cluster, settings, tenant_namespaces: set[str]) -> Inventory:
-    """Rows for every workload whose pods get a role from kube2iam (settings: matching.Kube2iamSettings)."""
+def take_inventory(cluster: Cluster, settings, tenant_namespaces: set[str], role_key: str = ROLE_KEY) -> Inventory:
+    """Rows for every workload whose pods get a role from kube2iam (settings: matching.Kube2iamSettings;
+    role_key: kube2iam's --iam-role-key)."""
     from rbacbridge.audit.who_can.matching import allowed_patterns
 
     allowed = {(ns.get("metadata") or {}).get("name", ""): allowed_patterns(
@@ -109,7 +110,7 @@ def take_inventory(cluster: Cluster, settings, tenant_namespaces: set[str]) -> I
         spec = template.get("spec") or {}
         service_account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
         inventory.users.setdefault((namespace, service_account), set()).add(f"{kind} {namespace}/{name}")
-        annotation = ((template.get("metadata") or {}).get("annotations") or {}).get(ROLE_KEY)
+        annotation = ((template.get("metadata") or {}).get("annotations") or {}).get(role_key)
         if annotation is None and namespace not in tenant_namespaces:
             continue
         arn = settings.pod_role(annotation)
@@ -130,7 +131,8 @@ def take_inventory(cluster: Cluster, settings, tenant_namespaces: set[str]) -> I
 
 
 def kube2iam_settings(cluster: Cluster, config, account: str, notes: list[str]):
-    """kube2iam's settings from its live DaemonSet's args, else from the configuration (rbacbridge's install)."""
+    """kube2iam's settings from its live DaemonSet's args, else from the configuration (rbacbridge's install):
+    (matching.Kube2iamSettings, the pods' role annotation key)."""
     from rbacbridge.audit.kube2iam import find_interceptors
     from rbacbridge.audit.who_can.matching import Kube2iamSettings, normalise_base, role_arn, settings_from_flags
 
@@ -139,8 +141,9 @@ def kube2iam_settings(cluster: Cluster, config, account: str, notes: list[str]):
     if found:
         if len(found) > 1:
             notes.append(f"kube2iam's settings read from {found[0].ref}, the first of {len(found)} kube2iam DaemonSets")
-        return settings_from_flags(found[0].flags, found[0].ref, node_role, account)
+        settings = settings_from_flags(found[0].flags, found[0].ref, node_role, account)
+        return settings, found[0].flags.get("iam-role-key") or ROLE_KEY
     notes.append("no kube2iam DaemonSet found: roles resolved with the configuration's settings")
     base = normalise_base(config.role_arn(account, ""))
     return Kube2iamSettings(restrictions=config.namespace_restrictions, base_arn=base,
-                            default_role_arn=role_arn(config.effective_default_role, base), source="config")
+                            default_role_arn=role_arn(config.effective_default_role, base), source="config"), ROLE_KEY
