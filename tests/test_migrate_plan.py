@@ -239,7 +239,8 @@ def test_irsa_plan_inventory_service_accounts_and_blockers(cluster):
     assert worker["size_before"] <= 2048 < worker["size_after"]
     phases = {(s["kind"], s["name"]): (s["action"], s["details"]["phase"]) for s in plan["steps"]}
     assert phases[("iam-oidc-provider", HOST)] == ("unchanged", "dual")
-    assert phases[("ServiceAccount", f"tenant-b/{dedicated('beta-app')}")] == ("update", "dual")  # created, then annotated
+    assert phases[("ServiceAccount", f"tenant-b/{dedicated('beta-app')}")] == ("create", "dual")
+    assert phases[("ServiceAccount", "tenant-a/web")] == ("update", "dual")  # annotated
     assert phases[("Deployment", "tenant-b/api")] == ("update", "cutover")
     assert phases[("Deployment", "tenant-a/web")] == ("update", "cutover")  # restart: same ServiceAccount, new path
     assert ("CronJob", "tenant-a/nightly") not in phases  # its next run starts with the new path
@@ -314,6 +315,8 @@ def test_a_taken_dedicated_name_is_a_blocker_and_ours_is_not(cluster):
     plan = cluster.plan("--to", "irsa", "--issuer", ISSUER)
     assert {"kind": "service-account", "object": f"ServiceAccount tenant-b/{name}", "reason":
             "the dedicated ServiceAccount's name is taken by one rbacbridge did not create (no label managed-by=rbacbridge)"} in plan["blockers"]
+    assert next(s for s in plan["service_accounts"] if s["name"] == name)["action"] == "taken"
+    assert not any(s["name"] == f"tenant-b/{name}" and s["kind"] == "ServiceAccount" for s in plan["steps"])
     cluster.store.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
         "name": name, "namespace": "tenant-b", "labels": {"managed-by": "rbacbridge"},
         "annotations": {"eks.amazonaws.com/role-arn": ROLE + "beta-app"}}})
@@ -381,6 +384,21 @@ def test_exit_codes(cluster):
     quiet = cluster.run("--to", "irsa", "--exit-code")
     assert quiet.returncode == 0, quiet.stdout
     assert "0 blockers" in quiet.stdout and "0 changes" in quiet.stdout
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_1(cluster, tmp_path):
+    from tests.fixtures_kube import write_kubeconfig
+
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cluster.kube_api = type(cluster.kube_api)(cluster.kube_api.server, str(write_kubeconfig(
+        tmp_path / "dead", {"dead": f"http://127.0.0.1:{port}"}, current="dead")))
+    done = cluster.run("--to", "irsa", "--exit-code")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: cannot reach the Kubernetes API server at http://127.0.0.1:") and done.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("args, message", [

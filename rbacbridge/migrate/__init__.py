@@ -73,12 +73,12 @@ def plan_migration(ctx, target: str, issuer: str | None = None, cluster_name: st
 
     cfg = ctx.config
     kube_gw, aws_gw = kube.gateway(ctx), aws.gateway(ctx)
+    cluster = inv.read_cluster(kube_gw)
     account = aws_gw.account()
     if cfg.account_id and cfg.account_id != account:
         raise UsageError(f"--account-id {cfg.account_id} does not match the credentials in use (account {account})")
     partition = aws_gw.identity().get("Arn", "arn:aws:").split(":")[1] or "aws"
     plan = Plan()
-    cluster = inv.read_cluster(kube_gw)
     settings, role_key = inv.kube2iam_settings(cluster, cfg, account, plan.notes)
     tenant_namespaces = {ns for t in cfg.tenants for ns in t.namespaces}
     inventory = inv.take_inventory(cluster, settings, tenant_namespaces, role_key)
@@ -173,17 +173,16 @@ def _service_account_steps(result: MigratePlan) -> None:
         ref = f"{sa.namespace}/{sa.name}"
         role = sa.role_arn.rsplit("/", 1)[-1]
         if sa.action == "create":
-            steps.append(Step("kube", CREATE, "ServiceAccount", ref, f"dual: create ServiceAccount {ref} for role {role}",
+            annotated = f" annotated {IRSA_ANNOTATION}={sa.role_arn}" if result.target == IRSA else f" for role {role}"
+            steps.append(Step("kube", CREATE, "ServiceAccount", ref, f"dual: create ServiceAccount {ref}{annotated}",
                               reason=sa.reason, details={"phase": "dual"}))
-        if result.target == IRSA:
-            if sa.action in ("create", "annotate"):
-                steps.append(Step("kube", UPDATE, "ServiceAccount", ref,
-                                  f"dual: annotate ServiceAccount {ref} {IRSA_ANNOTATION}={sa.role_arn}",
-                                  details={"phase": "dual"}))
-            else:
-                steps.append(Step("kube", UNCHANGED, "ServiceAccount", ref, f"ServiceAccount {ref} already has {role}",
-                                  details={"phase": "dual"}))
-        else:
+        elif sa.action == "annotate":
+            steps.append(Step("kube", UPDATE, "ServiceAccount", ref,
+                              f"dual: annotate ServiceAccount {ref} {IRSA_ANNOTATION}={sa.role_arn}", details={"phase": "dual"}))
+        elif sa.action == "unchanged":
+            steps.append(Step("kube", UNCHANGED, "ServiceAccount", ref, f"ServiceAccount {ref} already has {role}",
+                              details={"phase": "dual"}))
+        if result.target != IRSA and sa.action != "taken":
             steps.append(Step("aws", CREATE, "pod-identity-association", ref,
                               f"dual: associate {ref} with role {role} in cluster {result.cluster_name} "
                               "(existing associations not read: EKS API not reachable)", details={"phase": "dual"}))

@@ -35,7 +35,7 @@ class ServiceAccountPlan:
     namespace: str
     name: str
     role_arn: str
-    action: str  # create | annotate | unchanged | keep (pod-identity: the object itself does not change)
+    action: str  # create | annotate | unchanged | keep (pod-identity: the object is not changed) | taken (a blocker)
     dedicated: bool
     reason: str
     workloads: list[str] = field(default_factory=list)
@@ -126,7 +126,7 @@ def _plan_for(inventory, target: str, namespace: str, name: str, role_arn: str, 
     elif dedicated and (meta.get("labels") or {}).get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
         problems.append(("service-account", ref, f"the dedicated ServiceAccount's name is taken by one rbacbridge "
                                                  f"did not create (no label {MANAGED_BY_KEY}={MANAGED_BY_VALUE})"))
-        action = "unchanged"
+        action = "taken"
     elif target != IRSA:
         action = "keep"
     elif current == role_arn:
