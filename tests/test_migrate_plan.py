@@ -12,18 +12,15 @@ shape), never read back from rbacbridge's code.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 
 import pytest
 import yaml
 
-from tests.fixtures_aws import ACCOUNT, moto_url, sandbox  # noqa: F401
+from tests.fixtures_aws import ACCOUNT, moto_url, recorded_actions, sandbox  # noqa: F401
 from tests.fixtures_kube import kube_api  # noqa: F401
 
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/"
@@ -261,6 +258,15 @@ def test_dedicated_names_are_valid_dns_labels():
     assert dedicated_name("arn:aws:iam::111111111111:role/alpha-app") != dedicated("alpha-app")
 
 
+def plan_with_etl_trusting(cluster, account: str) -> tuple[dict, dict, dict]:
+    """alpha-etl's trust given rbacbridge's IRSA statement for tenant-a/<account>: (that trust, the plan, its row)."""
+    trust = node_trust()
+    trust["Statement"].append(irsa_statement([f"system:serviceaccount:tenant-a:{account}"]))
+    cluster.iam.update_assume_role_policy(RoleName="alpha-etl", PolicyDocument=json.dumps(trust))
+    plan = cluster.plan("--to", "irsa")
+    return trust, plan, next(t for t in plan["trust"] if t["role_arn"] == ROLE + "alpha-etl")
+
+
 def test_irsa_without_provider_is_blocked_and_rerun_after_dual_is_quiet(cluster):
     plan = cluster.plan("--to", "irsa")
     assert {"kind": "oidc-provider", "object": f"OIDC provider {HOST}",
@@ -268,11 +274,7 @@ def test_irsa_without_provider_is_blocked_and_rerun_after_dual_is_quiet(cluster)
                       "the dual phase will offer it, not built yet)"} in plan["blockers"]
     # what the dual phase would leave (done here by hand): the alpha-etl role already trusts etl; the plan sees it
     cluster.add_provider()
-    trust = node_trust()
-    trust["Statement"].append(irsa_statement(["system:serviceaccount:tenant-a:etl"]))
-    cluster.iam.update_assume_role_policy(RoleName="alpha-etl", PolicyDocument=json.dumps(trust))
-    again = cluster.plan("--to", "irsa")
-    etl = next(t for t in again["trust"] if t["role_arn"] == ROLE + "alpha-etl")
+    trust, again, etl = plan_with_etl_trusting(cluster, "etl")
     assert etl["add"] == [] and etl["size_after"] == etl["size_before"] == compact(trust)
     assert not any(b["kind"] == "oidc-provider" for b in again["blockers"])
 
@@ -325,34 +327,13 @@ def test_a_taken_dedicated_name_is_a_blocker_and_ours_is_not(cluster):
     assert next(s for s in plan["service_accounts"] if s["name"] == name)["action"] == "unchanged"
 
 
-def mutating_aws_actions(cluster, run) -> tuple[list[str], subprocess.CompletedProcess]:
-    from moto.moto_api import recorder
-
-    recording = cluster.config.parent / "moto_recording"
-    recorder._location = str(recording)  # the stand-in's own setting: where this in-process moto writes its log
-    post = lambda path: urllib.request.urlopen(urllib.request.Request(cluster.sandbox.url + path, data=b"", method="POST"))  # noqa: E731
-    post("/moto-api/recorder/reset-recording")
-    post("/moto-api/recorder/start-recording")
-    try:
-        done = run()
-    finally:
-        post("/moto-api/recorder/stop-recording")
-    actions = []
-    for line in recording.read_text().splitlines():
-        entry = json.loads(line)
-        body = entry.get("body") or ""
-        if entry.get("body_encoded"):
-            body = base64.b64decode(body).decode()
-        actions += urllib.parse.parse_qs(body).get("Action", [])
-    return actions, done
-
-
 @pytest.mark.parametrize("target", ["irsa", "pod-identity"])
 def test_read_only(cluster, target):
     cluster.add_provider()
     args = ("--to", "irsa") if target == "irsa" else ("--to", "pod-identity", "--cluster-name", "prod-1")
     before = cluster.sandbox.snapshot()
-    actions, done = mutating_aws_actions(cluster, lambda: cluster.run(*args, "-o", "yaml"))
+    actions, done = recorded_actions(cluster.sandbox.url, cluster.config.parent / "moto_recording",
+                                     lambda: cluster.run(*args, "-o", "yaml"))
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["schema"] == "rbacbridge.migrate-plan/v1"
     expected = {"GetCallerIdentity", "GetRole"} | ({"ListOpenIDConnectProviders"} if target == "irsa" else set())
@@ -438,11 +419,7 @@ def test_settings_from_the_configuration_and_a_custom_role_key(cluster):
 
 def test_an_earlier_runs_statement_is_replaced_not_repeated(cluster):
     cluster.add_provider()
-    trust = node_trust()
-    trust["Statement"].append(irsa_statement(["system:serviceaccount:tenant-a:etl-old"]))
-    cluster.iam.update_assume_role_policy(RoleName="alpha-etl", PolicyDocument=json.dumps(trust))
-    plan = cluster.plan("--to", "irsa")
-    etl = next(t for t in plan["trust"] if t["role_arn"] == ROLE + "alpha-etl")
+    trust, _, etl = plan_with_etl_trusting(cluster, "etl-old")
     wanted = irsa_statement(["system:serviceaccount:tenant-a:etl"])
     assert etl["add"] == [wanted]
     assert etl["size_before"] == compact(trust) and etl["size_after"] == compact({**trust, "Statement": [node_trust()["Statement"][0], wanted]})
