@@ -17,8 +17,11 @@ import json
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 import yaml
+
+from rbacbridge.migrate import load_schema
 
 from tests.fixtures_aws import ACCOUNT, moto_url, recorded_actions, sandbox  # noqa: F401
 from tests.fixtures_kube import kube_api  # noqa: F401
@@ -192,6 +195,9 @@ def test_irsa_plan_inventory_service_accounts_and_blockers(cluster):
     cluster.add_provider()
     plan = cluster.plan("--to", "irsa")
     assert plan["schema"] == "rbacbridge.migrate-plan/v1" and plan["target"] == "irsa"
+    jsonschema.validate(plan, load_schema())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**plan, "schema": "rbacbridge.migrate-plan/v2"}, load_schema())
     assert plan["cluster"] == {"account": ACCOUNT, "issuer": ISSUER, "cluster_name": None,
                                "kube2iam_settings": "DaemonSet kube-system/kube2iam"}
     assert plan["workloads"] == INVENTORY
@@ -294,6 +300,7 @@ def test_issuer_from_the_flag_and_an_unreadable_one(cluster):
 
 def test_pod_identity_plan(cluster):
     plan = cluster.plan("--to", "pod-identity", "--cluster-name", "prod-1")
+    jsonschema.validate(plan, load_schema())
     assert plan["blockers"][0] == {"kind": "unknown", "object": "EKS cluster prod-1", "reason":
                                    "cannot check: EKS API not reachable (the Pod Identity agent add-on and the association "
                                    "quota are not read yet)"}
@@ -335,7 +342,7 @@ def test_read_only(cluster, target):
     actions, done = recorded_actions(cluster.sandbox.url, cluster.config.parent / "moto_recording",
                                      lambda: cluster.run(*args, "-o", "yaml"))
     assert done.returncode == 0, done.stderr
-    assert yaml.safe_load(done.stdout)["schema"] == "rbacbridge.migrate-plan/v1"
+    jsonschema.validate(yaml.safe_load(done.stdout), load_schema())
     expected = {"GetCallerIdentity", "GetRole"} | ({"ListOpenIDConnectProviders"} if target == "irsa" else set())
     assert actions and set(actions) == expected
     assert sorted(a for a in actions if a == "GetRole") == ["GetRole"] * 5  # one per role in the account

@@ -22,9 +22,9 @@ from urllib.parse import unquote
 
 from rbacbridge.migrate.trust import IRSA, POD_IDENTITY, TARGETS
 
-SCHEMA_ID = "rbacbridge.migrate-plan/v1"
+SCHEMA_ID = "rbacbridge.migrate-plan/v1"  # its JSON Schema: schema.json beside this module (load_schema)
 OPENID_PATH = "/.well-known/openid-configuration"
-__all__ = ["IRSA", "POD_IDENTITY", "SCHEMA_ID", "TARGETS", "MigratePlan", "plan_migration"]
+__all__ = ["IRSA", "POD_IDENTITY", "SCHEMA_ID", "TARGETS", "MigratePlan", "load_schema", "plan_migration"]
 
 
 @dataclass
@@ -61,6 +61,12 @@ class MigratePlan:
                        "changes": len(self.plan.changes), "blockers": len(self.blockers)},
             "notes": list(self.plan.notes),
         }
+
+
+def load_schema() -> dict[str, Any]:
+    from pathlib import Path
+
+    return json.loads((Path(__file__).with_name("schema.json")).read_text(encoding="utf-8"))
 
 
 def plan_migration(ctx, target: str, issuer: str | None = None, cluster_name: str | None = None) -> MigratePlan:
