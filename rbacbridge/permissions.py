@@ -14,7 +14,6 @@ from rbacbridge.errors import UsageError
 from rbacbridge.templating import render_json
 
 TEMPLATE = "operator-policy.json.j2"
-PARTITION = "aws"
 
 
 def _role_name(text: str) -> str:
@@ -30,7 +29,8 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
     which teardown gives back (that passes their role to EC2 too)."""
     if not account:
         raise UsageError("permissions needs --account-id (or account_id in the config): the policy names the account's ARNs")
-    iam = f"arn:{PARTITION}:iam::{account}"
+    partition = config.partition
+    iam = f"arn:{partition.name}:iam::{account}"
     # The dedicated default role is listed even when kube2iam.default_role no longer uses it: teardown
     # still removes the one an earlier setup made (aws.desired_resources(teardown=True)).
     # Every tenant's role rbacbridge creates; an existing tenant role is only read (verify's diagnostics).
@@ -49,7 +49,8 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
         any_instance_profile_arn=f"{iam}:instance-profile/*",
         pass_role_arns=[config.role_arn(account, name) for name in
                         dict.fromkeys([config.node_role] + [_role_name(r) for r in restore_roles])],
-        instance_arns=[f"arn:{PARTITION}:ec2:{config.region}:{account}:instance/{i}" for i in instances],
+        instance_arns=[partition.arn("ec2", config.region, account, f"instance/{i}") for i in instances],
+        passed_to_ec2=partition.passed_to_ec2,
     )
     policy["Statement"] += record_key_statements(config, account)
     return policy
@@ -58,7 +59,7 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
 def record_key_statements(config: Config, account: str) -> list[dict[str, Any]]:
     """The KMS statements: the key behind alias/rbacbridge/<install id>, or the pinned record.kms_key."""
     install = config.effective_install_id
-    kms = f"arn:{PARTITION}:kms:{config.region}:{account}"
+    kms = f"arn:{config.partition.name}:kms:{config.region}:{account}"
     alias = f"alias/rbacbridge/{install}"
     pinned = config.record_kms_key
     key_arn, by_alias = f"{kms}:key/*", True

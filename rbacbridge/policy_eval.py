@@ -114,24 +114,24 @@ def allows_all(documents: Iterable[dict[str, Any]], actions: Iterable[str], reso
 
 # --- S3 helpers: bucket ARN vs object ARN -------------------------------------------------------
 
-def bucket_arn(bucket: str) -> str:
-    return f"arn:aws:s3:::{bucket}"
+def bucket_arn(bucket: str, partition: str = "aws") -> str:
+    return f"arn:{partition}:s3:::{bucket}"
 
 
-def object_arn(bucket: str, key: str) -> str:
-    return f"arn:aws:s3:::{bucket}/{key}"
+def object_arn(bucket: str, key: str, partition: str = "aws") -> str:
+    return f"arn:{partition}:s3:::{bucket}/{key}"
 
 
 READ_ACTIONS = ("s3:ListBucket",)  # on the bucket ARN
 WRITE_ACTIONS = ("s3:PutObject", "s3:DeleteObject")  # on the object ARN
 
 
-def can_read(documents: Iterable[dict[str, Any]], bucket: str) -> bool:
-    return allows_all(documents, READ_ACTIONS, bucket_arn(bucket))
+def can_read(documents: Iterable[dict[str, Any]], bucket: str, partition: str = "aws") -> bool:
+    return allows_all(documents, READ_ACTIONS, bucket_arn(bucket, partition))
 
 
-def can_write(documents: Iterable[dict[str, Any]], bucket: str, key: str) -> bool:
-    return allows_all(documents, WRITE_ACTIONS, object_arn(bucket, key))
+def can_write(documents: Iterable[dict[str, Any]], bucket: str, key: str, partition: str = "aws") -> bool:
+    return allows_all(documents, WRITE_ACTIONS, object_arn(bucket, key, partition))
 
 
 # --- trust policies -----------------------------------------------------------------------------

@@ -111,10 +111,12 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
     unverified = result.unverified_tenants
 
     def tenant(t: Any) -> dict[str, Any]:
+        from rbacbridge.config.partitions import partition_for
+
         members = [p for p in result.principals if p.principal.tenant == t.name]
         cells = [c for p in members for c in [p.identity, *p.cells]]
         verified = t.name not in unverified
-        return {"name": t.name, "namespaces": list(t.namespaces), "role": t.role, "role_arn": t.role_arn(result.account),
+        return {"name": t.name, "namespaces": list(t.namespaces), "role": t.role, "role_arn": t.role_arn(result.account, partition_for(result.region).name),
                 "managed": t.managed, "read": list(t.read), "write": list(t.write),
                 "ok": verified and bool(cells) and all(c.match for c in cells), "verified": verified,
                 "unverified": [gap(u) for u in result.unverified if u.tenant == t.name],

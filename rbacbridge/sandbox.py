@@ -139,7 +139,7 @@ def misdirected_writes(config: Config, document: dict[str, Any]) -> dict[str, An
     document = copy.deepcopy(document)
     for statement in pe.statements(document):
         if "s3:PutObject" in pe._as_list(statement.get("Action")):
-            statement["Resource"] = [pe.object_arn(config.shared_bucket, "*")]  # the wrong bucket
+            statement["Resource"] = [pe.object_arn(config.shared_bucket, "*", config.partition.name)]  # the wrong bucket
     return document
 
 
@@ -249,7 +249,7 @@ def starting_point_documents(config: Config, account: str) -> v.Documents:
     from rbacbridge.aws import tenant_policy_document
 
     docs = v.managed_documents(config, account)
-    extra = [tenant_policy_document(t) for t in config.tenants if t.managed and t.policy]
+    extra = [tenant_policy_document(t, config.partition.name) for t in config.tenants if t.managed and t.policy]
     docs.policies[config.node_role] = docs.policies.get(config.node_role, []) + extra
     return docs
 
@@ -362,7 +362,7 @@ def _principal_credentials(endpoint_url: str, config: Config, account: str, stag
     region = config.region
     node_arn = config.role_arn(account, config.node_role)
     node_trust = live.trust.get(config.node_role)
-    if node_trust is None or not pe.trust_allows_service(node_trust, "ec2.amazonaws.com"):
+    if node_trust is None or not pe.trust_allows_service(node_trust, config.partition.ec2_principal):
         node_creds = None
         node_backend: Any = v.UnavailableBackend(v.NO_CREDENTIALS, f"the node role {config.node_role} is missing or EC2 may not take it")
     else:

@@ -45,9 +45,9 @@ def test_three_tenants(tmp_path):
     a, b, c = config.tenants
     assert a == Tenant("client-a", ("client-a",), "client-a-s3", None, "client-a-s3", ("nettech-helm-test",), (), ())
     assert b.role == "b-role" and not b.managed and b.policy is None
-    assert b.role_arn("123456789012") == "arn:aws:iam::111122223333:role/team/b-role"
+    assert b.role_arn("123456789012", "aws") == "arn:aws:iam::111122223333:role/team/b-role"
     assert c.policy == "client-c-policy" and c.write == ("client-c-data", "client-c-logs/app/*")
-    assert c.role_arn("123456789012") == "arn:aws:iam::123456789012:role/client-c-s3"
+    assert c.role_arn("123456789012", "aws") == "arn:aws:iam::123456789012:role/client-c-s3"
     assert config.tenant("client-b") is b
     assert config.tenant_of_namespace("client-b-jobs") is b
     assert config.tenant_of_namespace("default") is None

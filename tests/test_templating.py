@@ -23,17 +23,19 @@ def jinja(name: str, **context):
 
 
 CASES = [
-    ("node-policy.json.j2", {"shared_bucket": "nettech-helm-test", "tenant_bucket": "lanre.k8s.dev"}),
+    ("node-policy.json.j2", {"shared_bucket": "nettech-helm-test", "tenant_bucket": "lanre.k8s.dev", "partition": "aws"}),
+    ("node-policy.json.j2", {"shared_bucket": "nettech-helm-test", "tenant_bucket": "lanre.k8s.dev", "partition": "aws-cn"}),
     ("tenant-policy.json.j2", {"bucket_arns": [ARN, AWKWARD], "read_arns": [ARN + "/*"], "write_arns": [AWKWARD + "/*"]}),
     ("tenant-policy.json.j2", {"bucket_arns": [ARN], "read_arns": [ARN + "/*"], "write_arns": []}),
     ("pod-trust.json.j2", {"node_role_arn": ARN}),
-    ("node-trust.json.j2", {"self_trust": True, "node_role_arn": ARN}),
-    ("node-trust.json.j2", {"self_trust": False, "node_role_arn": ARN}),
+    ("node-trust.json.j2", {"self_trust": True, "node_role_arn": ARN, "ec2_principal": "ec2.amazonaws.com"}),
+    ("node-trust.json.j2", {"self_trust": False, "node_role_arn": ARN, "ec2_principal": "ec2.amazonaws.com.cn"}),
     ("kube2iam-node-policy.json.j2", {"assumable_role_arns": [ARN, ARN + "2"]}),
     ("kube2iam-node-policy.json.j2", {"assumable_role_arns": [AWKWARD]}),
     ("operator-policy.json.j2", {k: [AWKWARD, ARN] for k in (
         "policy_arns", "managed_role_arns", "read_role_arns", "pass_role_arns", "instance_arns")}
-     | {"instance_profile_arn": AWKWARD, "any_instance_profile_arn": "*", "previous_profile_tag": "rbacbridge:x"}),
+     | {"instance_profile_arn": AWKWARD, "any_instance_profile_arn": "*", "previous_profile_tag": "rbacbridge:x",
+        "passed_to_ec2": ["ec2.amazonaws.com", "ec2.amazonaws.com.cn"]}),
 ]
 
 
@@ -52,7 +54,7 @@ def test_missing_variable_fails_like_jinja2():
     with pytest.raises(jinja2.UndefinedError):
         templating.render_json("pod-trust.json.j2")
     with pytest.raises(jinja2.UndefinedError):
-        templating.render_json("node-trust.json.j2", node_role_arn=ARN)
+        templating.render_json("node-trust.json.j2", node_role_arn=ARN, ec2_principal="ec2.amazonaws.com")
 
 
 def test_template_beyond_the_subset_goes_through_jinja2(tmp_path, monkeypatch):

@@ -19,14 +19,14 @@ def ssh_options_given(config) -> bool:
     return bool(config.node_hosts or config.ssh_user or config.ssh_key or config.known_hosts or config.ssh_config)
 
 
-def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> AuditResult:
+def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False, allow_absent: bool = False) -> AuditResult:
     from rbacbridge.audit import checks
     from rbacbridge.audit.collect import read_aws, read_kube
 
     cfg = ctx.config
     parts = ctx.parts
     result = AuditResult(parts=tuple(parts))
-    inputs = checks.Inputs(config=cfg, config_given=config_given)
+    inputs = checks.Inputs(config=cfg, config_given=config_given, allow_absent=allow_absent)
     out = checks.Outcome()
     interceptors = []
     if "kube" in parts:
@@ -51,7 +51,7 @@ def run_audit(ctx, config_given: bool = False, explicit_parts: bool = False) -> 
         if inputs.kube is not None:
             ids |= {i for i in (checks._instance_of(n) for n in inputs.kube.nodes) if i}
         try:
-            inputs.aws = read_aws(aws.gateway(ctx), sorted(ids))
+            inputs.aws = read_aws(aws.gateway(ctx), sorted(ids), cfg.partition.name)
         except UsageError as exc:
             if "kube" in parts and not explicit_parts:
                 raise UsageError(f"{exc} (or audit the cluster alone: --only kube,nodes)") from None

@@ -22,6 +22,7 @@ class Inputs:
     config: Any
     config_given: bool
     kube: KubeState | None = None
+    allow_absent: bool = False  # --allow-absent: nothing installed is expected, not a finding
     aws: AwsState | None = None
 
 
@@ -115,7 +116,9 @@ def check_kube(inputs: Inputs, out: Outcome) -> list[Interceptor]:
     for i in kube2iams:
         out.add(Finding("kube2iam-daemonset", [i.ref], i.summary(), f"kube2iam {i.ref}: {i.image} on port {i.port}, interface {i.interface}",
                         details={"image": i.image, "args": i.shown_args, "port": i.port, "interface": i.interface, "helm": i.helm}))
-    if not kube2iams:
+    if not kube2iams and inputs.allow_absent:
+        out.notes.append(f"{len(kube.daemonsets)} DaemonSet(s), none runs kube2iam (--allow-absent: expected)")
+    elif not kube2iams:
         out.add(Finding("kube2iam-absent", ["cluster"], f"{len(kube.daemonsets)} DaemonSet(s), none runs kube2iam"))
     if len(interceptors) > 1:
         out.add(Finding("multiple-interceptors", [i.ref for i in interceptors],
@@ -316,11 +319,13 @@ def node_roles(inputs: Inputs, out: Outcome) -> list[RoleInfo]:
     if not found and inputs.config_given:
         role = aws.roles.get(inputs.config.node_role)
         if role is None:
-            out.notes.append(f"node role {inputs.config.node_role} (iam.node_role) does not exist: IAM checks skipped")
+            out.notes.append(f"node role {inputs.config.node_role} (iam.node_role) does not exist: the pod roles' trust "
+                             "and permissions not checked")
         else:
             found[role.name] = role
-    if not found:
-        out.notes.append("node role unknown (no instance with an instance profile found, no config given): IAM checks skipped")
+    elif not found:
+        out.notes.append("node role unknown (no instance with an instance profile found, and no -c naming it): "
+                         "IAM checks skipped")
     return sorted(found.values(), key=lambda r: r.name)
 
 
@@ -355,9 +360,43 @@ def check_escalation_offline(inputs: Inputs, kube2iams: list[Interceptor], out: 
         out.notes.append("IMDSv2 support, pod roles' trust and permissions not checked (the aws part is not selected)")
 
 
+def check_install(inputs: Inputs, out: Outcome) -> bool:
+    """With -c: the roles the configuration names (node role, default role, tenants' roles) must exist. None of
+    them is `install-absent` (a note with --allow-absent); the node role missing while others exist is
+    `install-partial`, whatever the flags (with the node role there, a missing pod role is `pod-role-missing`).
+    Returns False when nothing is installed and that was expected: the other IAM rules have nothing to judge."""
+    aws, cfg = inputs.aws, inputs.config
+    assert aws is not None
+    out.checked += ["install-absent", "install-partial"]
+    wanted: dict[str, str] = {cfg.node_role: "iam.node_role"}
+    if cfg.effective_default_role != cfg.node_role:
+        wanted.setdefault(cfg.effective_default_role, "kube2iam.default_role")
+    for tenant in cfg.tenants:
+        arn = cfg.tenant_role_arn(tenant, aws.account)
+        if policy_eval.account_of(arn) in (None, aws.account):
+            wanted.setdefault(_role_name(arn), "iam.pod_role" if tenant.legacy else f"tenant {tenant.name}")
+    missing = [f"role {name} ({where})" for name, where in wanted.items() if name not in aws.roles]
+    objects = [f"Account {aws.account}"]
+    if len(missing) == len(wanted):
+        if inputs.allow_absent:
+            out.notes.append(f"none of the {len(wanted)} roles the configuration names exists in account {aws.account} "
+                             "(--allow-absent: expected): IAM checks skipped")
+            return False
+        out.add(Finding("install-absent", objects, f"missing: {_list(missing, 4)}",
+                        f"none of the {len(wanted)} roles the configuration names exists in account {aws.account}",
+                        details={"missing": missing}))
+    elif cfg.node_role not in aws.roles:
+        out.add(Finding("install-partial", objects, f"missing: {_list(missing, 4)}",
+                        f"{len(missing)} of the {len(wanted)} roles the configuration names are missing in account "
+                        f"{aws.account}, the node role among them", details={"missing": missing}))
+    return True
+
+
 def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> None:
     aws = inputs.aws
     assert aws is not None
+    if inputs.config_given and not check_install(inputs, out):
+        return
     out.checked += ["default-role-escalation", "default-role-self-trust", "pod-role-missing", "pod-role-untrusted",
                     "pod-role-not-permitted"]
     nodes = node_roles(inputs, out)
@@ -370,7 +409,7 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
             entry[0].append(asked)
         entry[1].append(obj)
 
-    base = next((i.base_role_arn for i in kube2iams if i.base_role_arn), None) or f"arn:aws:iam::{aws.account}:role/"
+    base = next((i.base_role_arn for i in kube2iams if i.base_role_arn), None) or f"arn:{aws.partition}:iam::{aws.account}:role/"
     for role, evidence, obj in _default_roles(inputs, kube2iams):
         node_text = f" = node role {', '.join(sorted(node_names))}" if node_names else ""
         if role == NODE or role in node_names:
@@ -383,11 +422,11 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
                                     f"role {node.name} is kube2iam's default role but does not trust its own ARN: unannotated pods get no credentials"))
             continue
         info = aws.roles.get(role)
-        want(f"arn:aws:iam::{aws.account}:role/{role}" if info is None else info.arn, evidence, f"default role ({obj})")
+        want(f"arn:{aws.partition}:iam::{aws.account}:role/{role}" if info is None else info.arn, evidence, f"default role ({obj})")
         if info is None:
             continue
         docs = aws.documents(info)
-        probe = f"arn:aws:iam::{aws.account}:role/any-other-role"
+        probe = f"arn:{aws.partition}:iam::{aws.account}:role/any-other-role"
         targets = [r.arn for r in sorted(aws.roles.values(), key=lambda r: r.name) if r.name != role
                    and policy_eval.is_allowed(docs, "sts:AssumeRole", r.arn)]
         if not targets and policy_eval.is_allowed(docs, "sts:AssumeRole", probe):
@@ -404,9 +443,9 @@ def check_iam(inputs: Inputs, kube2iams: list[Interceptor], out: Outcome) -> Non
         cfg = inputs.config
         for tenant in cfg.tenants:
             if tenant.legacy:  # the article's tenant, from the legacy key
-                want(tenant.role_arn(aws.account), f"iam.pod_role: {tenant.role}", "config iam.pod_role")
+                want(cfg.tenant_role_arn(tenant, aws.account), f"iam.pod_role: {tenant.role}", "config iam.pod_role")
             else:
-                want(tenant.role_arn(aws.account), f"tenant {tenant.name} role: {tenant.existing_role_arn or tenant.role}",
+                want(cfg.tenant_role_arn(tenant, aws.account), f"tenant {tenant.name} role: {tenant.existing_role_arn or tenant.role}",
                      f"config tenant {tenant.name}")
     if nodes:
         for arn, (asked, objects) in sorted(wanted.items()):

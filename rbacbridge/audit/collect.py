@@ -59,6 +59,7 @@ class ByIamName(dict):
 @dataclass
 class AwsState:
     account: str = ""
+    partition: str = "aws"  # the configured region's (ARNs rbacbridge expects are built in it)
     roles: dict[str, RoleInfo] = field(default_factory=ByIamName)  # by name, whatever its case
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)  # ARN -> default version document
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance id -> description
@@ -100,8 +101,8 @@ def _policy_document(gw, arn: str) -> dict[str, Any] | None:
     return _decode(gw.call("iam", "get_policy_version", PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"])
 
 
-def read_aws(gw, instance_ids: list[str]) -> AwsState:
-    state = AwsState(_gw=gw)
+def read_aws(gw, instance_ids: list[str], partition: str = "aws") -> AwsState:
+    state = AwsState(_gw=gw, partition=partition)
     state.account = gw.account()
     marker = None
     while True:

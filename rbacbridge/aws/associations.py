@@ -50,7 +50,7 @@ def _plan_associations(ctx, gw: AwsGateway, account: str, ids: list[str], live_p
     name = ctx.config.instance_profile
     info = live_profile["InstanceProfile"] if live_profile else None
     own_id = info["InstanceProfileId"] if info else None
-    own_arn = info["Arn"] if info else f"arn:aws:iam::{account}:instance-profile/{name}"
+    own_arn = info["Arn"] if info else ctx.config.partition.iam_arn(account, f"instance-profile/{name}")
     record = draft.key.record
     current = {a["InstanceId"]: a for a in _associations(gw, ids)}
     steps: list[Step] = []

@@ -1,7 +1,10 @@
 """Talking to AWS: boto3 clients built the SDK way, one-line errors, the region, retries, pagination.
 
 Every AWS call of the part goes through `AwsGateway.call` (botocore's failures become an `AwsError` or a
-`UsageError`, exit 2, for bad set-up). boto3 and botocore are imported on first use, never at import time.
+`UsageError`, exit 2, for bad set-up; an endpoint that cannot be reached, or retries used up, an
+`IncompleteError`, exit 3). Retries are botocore's own: AWS_MAX_ATTEMPTS / AWS_RETRY_MODE and the profile's
+max_attempts / retry_mode when set, else `DEFAULT_RETRIES`. A call slower than `SLOW_CALL_SECONDS` says so
+on stderr, once per attempt (`aws.progress`). boto3 and botocore are imported on first use, never at import time.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from rbacbridge.config import Config
-from rbacbridge.errors import RbacbridgeError, UsageError, one_line, shown
+from rbacbridge.errors import IncompleteError, RbacbridgeError, UsageError, one_line, redact, shown
 
 # Associations are independent per instance: this many run at once (each with its own retries).
 ASSOCIATION_WORKERS = 16
@@ -40,6 +43,26 @@ def _camel(operation: str) -> str:
 
 RETRY_MODES = ("legacy", "standard", "adaptive")
 DEFAULT_REGION = "us-east-1"
+# When neither the environment nor the profile says how to retry: IAM throttles bursts (setup on many
+# instances), so more attempts than botocore's 3. AWS_MAX_ATTEMPTS=1 turns retrying off.
+DEFAULT_RETRIES = {"mode": "standard", "total_max_attempts": 10}
+CONNECT_TIMEOUT = 10  # seconds per attempt to open a connection
+READ_TIMEOUT = 60  # seconds per attempt to wait for an answer
+_RETRY_SETTINGS = (("AWS_MAX_ATTEMPTS", "max_attempts"), ("AWS_RETRY_MODE", "retry_mode"))
+# Error codes botocore retries as throttling or transient: still there after the last attempt, the call could
+# not complete (exit 3), unlike an answer such as NoSuchEntity or AccessDenied.
+_RETRIED_CODES = frozenset((
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "TransactionInProgressException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+    "EC2ThrottledException", "RequestTimeout", "RequestTimeoutException", "InternalError", "InternalFailure",
+    "ServiceUnavailable"))
+
+
+def retries_set_by_user(profile_config: dict) -> list[str]:
+    """Where the user set botocore's retry behaviour (environment, the profile), as botocore reads it."""
+    found = [env for env, _ in _RETRY_SETTINGS if os.environ.get(env)]
+    return found + [f"the profile's {key}" for _, key in _RETRY_SETTINGS if profile_config.get(key) not in (None, "")]
 
 
 class _SetupErrors:
@@ -132,11 +155,14 @@ def resolve_region(config: Config) -> tuple[Config, str]:
 class AwsGateway:
     """boto3 clients built the SDK way (profile, env, instance role; AWS_ENDPOINT_URL honoured)."""
 
-    def __init__(self, config: Config, session: Any = None):
+    def __init__(self, config: Config, session: Any = None, progress: Callable[[str], None] | None = None):
         self.config = config
         self._session = session
         self._clients: dict[str, Any] = {}
         self._identity: dict[str, str] | None = None
+        from rbacbridge.aws.progress import CallWatch
+
+        self.watch = CallWatch(progress)
 
     @property
     def session(self):
@@ -151,18 +177,20 @@ class AwsGateway:
         if service not in self._clients:
             from botocore.config import Config as BotoConfig
 
-            mode = os.environ.get("AWS_RETRY_MODE") or "standard"
-            if mode not in RETRY_MODES:
-                raise UsageError(f"invalid AWS_RETRY_MODE {shown(mode)}: choose from {', '.join(RETRY_MODES)}")
-            kwargs: dict[str, Any] = {
-                "region_name": self.config.region,
-                "config": BotoConfig(retries={"mode": mode, "max_attempts": 10}, connect_timeout=10, read_timeout=60,
-                                     max_pool_connections=ASSOCIATION_WORKERS + 4),
-            }
+            check_environment()
+            with _SetupErrors(self.config.profile):
+                user_set = retries_set_by_user(self.session._session.get_scoped_config())
+            settings: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT,
+                                        "max_pool_connections": ASSOCIATION_WORKERS + 4}
+            if not user_set:
+                settings["retries"] = dict(DEFAULT_RETRIES)
+            kwargs: dict[str, Any] = {"region_name": self.config.region, "config": BotoConfig(**settings)}
             if self.config.endpoint_url:
                 kwargs["endpoint_url"] = self.config.endpoint_url
             with _SetupErrors(self.config.profile):
-                self._clients[service] = self.session.client(service, **kwargs)
+                client = self.session.client(service, **kwargs)
+            self.watch.attach(client)
+            self._clients[service] = client
         return self._clients[service]
 
     def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
@@ -170,20 +198,33 @@ class AwsGateway:
         import botocore.exceptions as bex
         from botocore.parsers import ResponseParserError
 
-        method = getattr(self.client(service), operation)
+        client = self.client(service)
+        method = getattr(client, operation)
+        call = self.watch.start(client, service, operation)
         try:
             with _SetupErrors(self.config.profile, broad=False):
                 return method(**params)
         except bex.ClientError as exc:
             error = exc.response.get("Error", {})
-            raise AwsError(operation, error.get("Code", "Unknown"), error.get("Message", ""), service) from None
-        except bex.EndpointConnectionError as exc:
-            raise RbacbridgeError(f"cannot reach the AWS endpoint {shown(exc.kwargs.get('endpoint_url', ''))}") from None
+            code = error.get("Code", "Unknown")
+            if code in _RETRIED_CODES:
+                raise IncompleteError(f"AWS {call.what}: {code} after {call.attempts_text()}: "
+                                      f"{one_line(error.get('Message', ''), 120)}{_RETRY_HINT}") from None
+            raise AwsError(operation, code, error.get("Message", ""), service) from None
+        except (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ReadTimeoutError) as exc:
+            url = exc.kwargs.get("endpoint_url", "") or call.url
+            reason = "no answer within the read timeout" if isinstance(exc, bex.ReadTimeoutError) else (
+                "connection closed" if isinstance(exc, bex.ConnectionClosedError) else
+                "connect timeout" if isinstance(exc, bex.ConnectTimeoutError) else _reason(exc))
+            raise IncompleteError(f"cannot reach AWS at {shown(redact(url))} ({call.what}): {reason} after "
+                                  f"{call.attempts_text()}{_RETRY_HINT}") from None
         except ResponseParserError:
             # moto answers some wrong calls with HTTP 500 and no error document.
             raise AwsError(operation, "InternalError", "the server answered with an unparseable error", service) from None
         except bex.BotoCoreError as exc:
             raise RbacbridgeError(f"AWS {operation}: {one_line(str(exc), 200)}") from None
+        finally:
+            self.watch.end(call)
 
     def get_or_none(self, service: str, operation: str, missing: tuple[str, ...], **params: Any) -> dict | None:
         try:
@@ -202,8 +243,21 @@ class AwsGateway:
         return self.identity()["Account"]
 
 
+_RETRY_HINT = " (AWS_MAX_ATTEMPTS / AWS_RETRY_MODE or the profile's max_attempts / retry_mode set the retries)"
+
+
+def _reason(exc: Exception) -> str:
+    """The socket's complaint in a few words (Connection refused, Name or service not known)."""
+    text = str(getattr(exc, "kwargs", {}).get("error", "") or exc)
+    for known in ("Connection refused", "Name or service not known", "Temporary failure in name resolution",
+                  "No route to host", "Network is unreachable", "Connection reset by peer"):
+        if known.lower() in text.lower():
+            return known.lower()
+    return "connection failed"
+
+
 def gateway(ctx) -> AwsGateway:
-    return ctx.gateway("aws", lambda: AwsGateway(ctx.config))
+    return ctx.gateway("aws", lambda: AwsGateway(ctx.config, progress=ctx.reporter.progress))
 
 
 _EVENTUALLY_CONSISTENT = (
@@ -233,6 +287,11 @@ def _checked_account(ctx, gw: AwsGateway) -> str:
     if ctx.config.account_id and ctx.config.account_id != account:
         raise UsageError(f"--account-id {ctx.config.account_id} does not match the credentials in use "
                          f"(account {account}): refusing to touch the wrong account")
+    caller = gw.identity().get("Arn", "")
+    wanted = ctx.config.partition.name
+    if caller.startswith("arn:") and caller.split(":")[1] != wanted:
+        raise UsageError(f"region {ctx.config.region} is in partition {wanted}, the credentials in use are in "
+                         f"{caller.split(':')[1]}: set --region (or AWS_REGION) to a region of theirs")
     return account
 
 

@@ -31,10 +31,10 @@ def now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def key_policy(account: str) -> dict[str, Any]:
+def key_policy(account: str, partition: str) -> dict[str, Any]:
     """The key policy: the account delegates to IAM, so only principals IAM grants kms:Sign can sign."""
     return {"Version": "2012-10-17", "Id": "rbacbridge-record", "Statement": [{
-        "Sid": "DelegateToIam", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+        "Sid": "DelegateToIam", "Effect": "Allow", "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
         "Action": "kms:*", "Resource": "*"}]}
 
 
@@ -45,6 +45,7 @@ class RecordKey:
         self.gw = gw
         self.install = config.effective_install_id
         self.account = account
+        self.partition = config.partition.name
         self.pinned = config.record_kms_key is not None
         self.ref = config.record_kms_key or ALIAS_PREFIX + self.install
         self.arn: str | None = None
@@ -121,7 +122,7 @@ class RecordKey:
         """CreateKey (tagged, policy delegating to IAM) then its alias; the key exists before anything else."""
         created = self.gw.call("kms", "create_key", KeySpec=KEY_SPEC, KeyUsage=KEY_USAGE,
                                Description=f"rbacbridge: signs the record of install {self.install}",
-                               Policy=json.dumps(key_policy(self.account)),
+                               Policy=json.dumps(key_policy(self.account, self.partition)),
                                Tags=[{"TagKey": MANAGED_BY_KEY, "TagValue": MANAGED_BY_VALUE},
                                      {"TagKey": INSTALL_TAG, "TagValue": self.install}])
         self.arn, self.state = created["KeyMetadata"]["Arn"], "Enabled"

@@ -69,18 +69,18 @@ def assumable_role_arns(config: Config, account: str) -> list[str]:
     """The roles kube2iam (the node role) may assume: every tenant's role (existing ones included) and
     the role unannotated pods get. The node role's own ARN only when that default is the node role
     (kube2iam.default_role node/auto)."""
-    arns = {t.role_arn(account) for t in config.tenants} | {config.role_arn(account, config.effective_default_role)}
+    arns = {config.tenant_role_arn(t, account) for t in config.tenants} | {config.role_arn(account, config.effective_default_role)}
     return sorted(arns)
 
 
-def tenant_policy_document(tenant: Tenant) -> dict:
+def tenant_policy_document(tenant: Tenant, partition: str) -> dict:
     """Least privilege for a tenant's grants: s3:ListBucket on each bucket, GetObject on bucket/* or the
     prefix, Put/DeleteObject on the write grants only. Order as configured (read first), no repeats."""
     grants = tenant.read + tenant.write
     return render_json("tenant-policy.json.j2",
-                       bucket_arns=list(dict.fromkeys(f"arn:aws:s3:::{grant_bucket(g)}" for g in grants)),
-                       read_arns=list(dict.fromkeys(grant_objects_arn(g) for g in grants)),
-                       write_arns=list(dict.fromkeys(grant_objects_arn(g) for g in tenant.write)))
+                       bucket_arns=list(dict.fromkeys(f"arn:{partition}:s3:::{grant_bucket(g)}" for g in grants)),
+                       read_arns=list(dict.fromkeys(grant_objects_arn(g, partition) for g in grants)),
+                       write_arns=list(dict.fromkeys(grant_objects_arn(g, partition) for g in tenant.write)))
 
 
 def tenant_resources(config: Config, account: str, tenant: Tenant) -> list[Any]:
@@ -96,7 +96,7 @@ def tenant_resources(config: Config, account: str, tenant: Tenant) -> list[Any]:
         role_text = f"rbacbridge: role kube2iam hands the pods of tenant {tenant.name}"
     out: list[Any] = []
     if tenant.policy:
-        out.append(ManagedPolicy(tenant.policy, tenant_policy_document(tenant), policy_text, tenant.name))
+        out.append(ManagedPolicy(tenant.policy, tenant_policy_document(tenant, config.partition.name), policy_text, tenant.name))
     out.append(Role(tenant.role, render_json("pod-trust.json.j2", node_role_arn=node_role_arn),
                     (tenant.policy,) if tenant.policy else (), role_text, tenant=tenant.name))
     return out
@@ -112,13 +112,14 @@ def desired_resources(config: Config, account: str, instance_ids: list[str], tea
     trusts_itself = config.default_is_node_role
     buckets = {"shared_bucket": config.shared_bucket}
     resources: list[Any] = [
-        ManagedPolicy(config.node_policy, render_json("node-policy.json.j2", **buckets),
+        ManagedPolicy(config.node_policy, render_json("node-policy.json.j2", partition=config.partition.name, **buckets),
                       "rbacbridge: node role reads the shared bucket (kube2iam article step 1)"),
         ManagedPolicy(config.kube2iam_policy, render_json(
             "kube2iam-node-policy.json.j2", assumable_role_arns=assumable_role_arns(config, account)),
             "rbacbridge: kube2iam on the node may assume the pod roles"),
         Role(config.node_role,
-             render_json("node-trust.json.j2", self_trust=trusts_itself, node_role_arn=node_role_arn),
+             render_json("node-trust.json.j2", self_trust=trusts_itself, node_role_arn=node_role_arn,
+                         ec2_principal=config.partition.ec2_principal),
              (config.node_policy, config.kube2iam_policy),
              "rbacbridge: Kubernetes worker node role (kube2iam article step 2)", trusts_itself),
         InstanceProfile(config.instance_profile, config.node_role),

@@ -18,6 +18,7 @@ def audit(
     fail_on: Annotated[str, typer.Option("--fail-on", metavar="[high|medium|low]", help="exit 1 when a finding reaches this severity")] = "high",
     junit_file: Annotated[Optional[str], typer.Option("--junit-file", help="also write a JUnit XML report here", show_default=False)] = None,
     who_can: Annotated[bool, typer.Option("--who-can", help="also answer who (users, groups, service accounts) can obtain which AWS role: RBAC x allowed-roles x sts:AssumeRole chains")] = False,
+    allow_absent: Annotated[bool, typer.Option("--allow-absent", help="nothing installed yet is expected: no kube2iam DaemonSet, or none of the roles -c names, is a note, not a finding (a partial install still is)")] = False,
     config: ConfigOpt = None, profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
     kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, host_interface: HostInterfaceOpt = None, node: NodeOpt = None,
     ssh_user: SshUserOpt = None, ssh_key: SshKeyOpt = None, known_hosts: KnownHostsOpt = None, ssh_port: SshPortOpt = None,
@@ -38,7 +39,7 @@ def audit(
     ctx = run_context(cfg, only, "json" if output != "table" else "table")
     if who_can and "kube" not in ctx.parts:
         raise UsageError("--who-can needs the kube part: drop --only, or include kube (e.g. --only kube,aws)")
-    result = run_audit(ctx, config_given=config is not None, explicit_parts=only is not None)
+    result = run_audit(ctx, config_given=config is not None, explicit_parts=only is not None, allow_absent=allow_absent)
     if who_can:
         from rbacbridge.audit import who_can as who_can_part
 

@@ -10,7 +10,7 @@ from rbacbridge.cli.options import (AcceptNewOpt, AccountOpt, ConfigOpt, Context
                                     InstanceOpt, KnownHostsOpt, KubeconfigOpt, NamespaceOpt, NodeOpt, NodeSelectorOpt, OnlyOpt,
                                     OutputOpt, ProfileOpt, RegionOpt, SshConfigOpt, SshKeyOpt, SshPortOpt, SshUserOpt,
                                     StalePortOpt, ViaOpt, YesOpt, config_from, output_format)
-from rbacbridge.errors import EXIT_CHANGES_PENDING, EXIT_FAILED, EXIT_OK, RbacbridgeError, UsageError
+from rbacbridge.errors import EXIT_CHANGES_PENDING, EXIT_FAILED, EXIT_OK, IncompleteError, RbacbridgeError, UsageError
 
 
 def plan(
@@ -142,5 +142,6 @@ def _apply(ctx, plan, output: str, dry_run: bool, yes: bool, teardown: bool) -> 
         if getattr(outcome.failure.error, "denied", False):
             # Re-running cannot help: the credentials lack a permission (named in the error).
             raise RbacbridgeError(f"{error} ({len(outcome.done)} change(s) made before it)")
-        raise RbacbridgeError(f"{error} (re-run `rbacbridge {verb}` to finish; it plans again from live state)")
+        kind = IncompleteError if isinstance(outcome.failure.error, IncompleteError) else RbacbridgeError
+        raise kind(f"{error} (re-run `rbacbridge {verb}` to finish; it plans again from live state)")
     return EXIT_OK

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rbacbridge.config.checks import check_config
 from rbacbridge.config.schema import _BY_FIELD
 from rbacbridge.config.tenancy import LEGACY_KEYS, Tenant, legacy_tenant
 from rbacbridge.config.validators import AUTO, DEDICATED, NODE, derived_install_id
 from rbacbridge.errors import UsageError, shown
+
+if TYPE_CHECKING:
+    from rbacbridge.config.partitions import Partition
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,22 @@ class Config:
                 f"which may sts:AssumeRole {roles}: any pod can chain into it "
                 f"(the default, kube2iam.default_role=dedicated, gives them {self.pod_default_role} instead)")
 
+    @property
+    def partition(self) -> "Partition":
+        """The AWS partition of the region (botocore's data): aws, aws-cn, aws-us-gov, ..."""
+        from rbacbridge.config.partitions import partition_for, warn_if_unknown
+
+        warn_if_unknown("region", self.region)
+        return partition_for(self.region)
+
     def role_arn(self, account: str, name: str) -> str:
-        return f"arn:aws:iam::{account}:role/{name}"
+        return self.partition.iam_arn(account, f"role/{name}")
 
     def policy_arn(self, account: str, name: str) -> str:
-        return f"arn:aws:iam::{account}:policy/{name}"
+        return self.partition.iam_arn(account, f"policy/{name}")
+
+    def tenant_role_arn(self, tenant: Tenant, account: str) -> str:
+        return tenant.role_arn(account, self.partition.name)
 
     def with_overrides(self, flags: dict[str, str] | None = None, **values: Any) -> "Config":
         """`values` by Config field; `flags` names the option each came from (for messages)."""

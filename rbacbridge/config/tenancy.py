@@ -62,8 +62,8 @@ class Tenant:
         """Where the tenant's workloads run."""
         return self.namespaces[0]
 
-    def role_arn(self, account: str) -> str:
-        return self.existing_role_arn or f"arn:aws:iam::{account}:role/{self.role}"
+    def role_arn(self, account: str, partition: str) -> str:
+        return self.existing_role_arn or f"arn:{partition}:iam::{account}:role/{self.role}"
 
 
 def bucket_grant(key: str, value: Any) -> str:
@@ -82,9 +82,9 @@ def grant_bucket(grant: str) -> str:
     return grant.split("/", 1)[0]
 
 
-def grant_objects_arn(grant: str) -> str:
-    """The object ARN a grant covers: arn:aws:s3:::bucket/* or arn:aws:s3:::bucket/prefix/*."""
-    return f"arn:aws:s3:::{grant}" if "/" in grant else f"arn:aws:s3:::{grant}/*"
+def grant_objects_arn(grant: str, partition: str) -> str:
+    """The object ARN a grant covers: arn:PARTITION:s3:::bucket/* or arn:PARTITION:s3:::bucket/prefix/*."""
+    return f"arn:{partition}:s3:::{grant}" if "/" in grant else f"arn:{partition}:s3:::{grant}/*"
 
 
 def _tenant_list(key: str, value: Any, check: Callable[[str, Any], Any], minimum: int = 0) -> tuple:

@@ -15,7 +15,6 @@ from rbacbridge.config.values import Text, _as_list, _fail, _key, _number, _text
 # Every pattern is ASCII-only (no \w or \d: they match the letters and digits of every script).
 
 _IAM_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]+")
-_REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]{1,2}")
 _ACCOUNT_ID = re.compile(r"[0-9]{12}")
 _INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -37,8 +36,12 @@ def account_id(key: str, value: Any) -> str | None:
 
 
 def region(key: str, value: Any) -> str:
+    """The shape of a region name only; its partition (and a warning for a region botocore does not list)
+    comes from botocore's data when an ARN is first built (`Config.partition`)."""
+    from rbacbridge.config.partitions import well_formed
+
     text = _text(key, value)
-    if not _REGION.fullmatch(text):
+    if not well_formed(text):
         raise _fail(key, value, "not an AWS region name (like us-east-1)")
     return text
 

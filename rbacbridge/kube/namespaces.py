@@ -153,7 +153,7 @@ def shorten(text: str) -> str:
 def managed_roles(config: Any, account: str) -> list[ManagedRole]:
     """The roles kube2iam hands out on rbacbridge's behalf: every tenant's role (also an existing one a
     tenant links) and the node role."""
-    out = [ManagedRole(t.role, t.role_arn(account), f"tenant {t.name}'s role") for t in config.tenants]
+    out = [ManagedRole(t.role, config.tenant_role_arn(t, account), f"tenant {t.name}'s role") for t in config.tenants]
     out.append(ManagedRole(config.node_role, config.role_arn(account, config.node_role), "the node role"))
     seen: set[str] = set()
     return [r for r in out if not (r.arn in seen or seen.add(r.arn))]
@@ -200,11 +200,12 @@ def add_pod_evidence(exposures: list[Exposure], pods_of: Any, account: str) -> N
     """Pods in an exposed namespace already annotated with one of its matching roles (by name or ARN)."""
     for exposure in exposures:
         wanted = {r.name: r for r in exposure.roles} | {r.arn: r for r in exposure.roles}
+        partition = exposure.roles[0].arn.split(":")[1] if exposure.roles else "aws"  # the roles' own
         for pod in pods_of(exposure.namespace):
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
             asked = (_meta(pod).get("annotations") or {}).get(ROLE_ANNOTATION)
-            role = wanted.get(asked or "") or wanted.get(f"arn:aws:iam::{account}:role/{asked}")
+            role = wanted.get(asked or "") or wanted.get(f"arn:{partition}:iam::{account}:role/{asked}")
             if role is not None:
                 exposure.pods.append(f"pod {exposure.namespace}/{_meta(pod).get('name')} asks for {role.name}")
 

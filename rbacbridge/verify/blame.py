@@ -142,7 +142,7 @@ def _chain_cell(config: Config, account: str, exp: Expected, obs: Observed, targ
     trust = diag.documents.trust.get(target)
     trust_note = ""
     if held and trust is not None:
-        session = f"arn:aws:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
+        session = f"arn:{config.partition.name}:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
         trust_note = f"; live trust policy of {target}: {pe.trust_decision(trust, principal_arn=session)}"
     if seen.allowed:
         cell.blame = Blame(ESCALATION, f"{path} was granted: a pod must only get the role kube2iam hands it{trust_note}")
@@ -190,7 +190,8 @@ def _identity_blame(config: Config, account: str, exp: Expected, obs: Observed, 
         ns = exp.principal.namespace
         if exp.principal.kind == "pod" and ns in diag.allowed_roles and want and config.namespace_restrictions \
                 and want != config.effective_default_role \
-                and not role_allowed_in_namespace(want, account, diag.allowed_roles[ns]):
+                and not role_allowed_in_namespace(want, account, diag.allowed_roles[ns],
+                                               partition=config.partition.name):
             of = f" (tenant {exp.principal.tenant})" if exp.principal.tenant else ""
             return Blame(KUBE2IAM, f"kube2iam gave no credentials: namespace {ns}{of} does not allow role {want} "
                                    f"({ALLOWED_ROLES_ANNOTATION}: {json.dumps(diag.allowed_roles[ns])})")
@@ -223,9 +224,10 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
         return Blame(KUBE2IAM, f"no usable credentials for this call: {result.detail}")
     role = obs.role or exp.role
     if op == READ:
-        actions, resource = pe.READ_ACTIONS, pe.bucket_arn(grant_bucket(bucket))
+        actions, resource = pe.READ_ACTIONS, pe.bucket_arn(grant_bucket(bucket), config.partition.name)
     else:
-        actions, resource = pe.WRITE_ACTIONS, pe.object_arn(grant_bucket(bucket), seen.key or probe_key(exp.principal.name, bucket))
+        actions, resource = pe.WRITE_ACTIONS, pe.object_arn(grant_bucket(bucket), seen.key or probe_key(exp.principal.name, bucket),
+                                                           config.partition.name)
     live = diag.documents.policies.get(role or "")
     verdicts = ""
     if live is not None:

@@ -95,7 +95,7 @@ def _role_name(value: str) -> str:
 def role_arns(config: Config, account: str) -> dict[str, str]:
     """Role name -> ARN for every role verify names: the tenants' (an existing role keeps its own ARN),
     the default role and the node role."""
-    out = {t.role: t.role_arn(account) for t in config.tenants}
+    out = {t.role: config.tenant_role_arn(t, account) for t in config.tenants}
     for role in (config.effective_default_role, config.node_role):
         out.setdefault(role, config.role_arn(account, role))
     return out
@@ -106,11 +106,12 @@ def role_owners(config: Config) -> dict[str, str]:
     return {t.role: t.name for t in config.tenants}
 
 
-def role_allowed_in_namespace(role: str, account: str, patterns: list[str] | None, arn: str | None = None) -> bool:
+def role_allowed_in_namespace(role: str, account: str, patterns: list[str] | None, arn: str | None = None,
+                              partition: str = "aws") -> bool:
     """kube2iam's glob namespace restriction: role name or ARN matched against the annotation's list."""
     if patterns is None:
         return False
-    arn = arn or f"arn:aws:iam::{account}:role/{role}"
+    arn = arn or f"arn:{partition}:iam::{account}:role/{role}"
     return any(pe.wildcard_match(p, role) or pe.wildcard_match(p, arn) for p in patterns)
 
 
@@ -200,7 +201,7 @@ def chain_prediction(config: Config, account: str, held: str | None, target: str
     policies, trust = documents.policies.get(held), documents.trust.get(target)
     if policies is None or trust is None:
         return None
-    session = f"arn:aws:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
+    session = f"arn:{config.partition.name}:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
     arn = role_arns(config, account).get(target) or config.role_arn(account, target)
     return pe.is_allowed(policies, "sts:AssumeRole", arn) and pe.trust_allows(trust, session)
 
@@ -223,12 +224,13 @@ def annotation_targets(config: Config, principal: Principal, stage: str) -> list
     return [t.role for t in config.tenants if t.name != principal.tenant and t.role != own]
 
 
-def expected_access(policies: list | None, location: str, principal: str) -> dict[str, bool | None]:
+def expected_access(policies: list | None, location: str, principal: str, partition: str = "aws") -> dict[str, bool | None]:
     """read: s3:ListBucket on the bucket; write: s3:PutObject + s3:DeleteObject on a key under the location."""
     if policies is None:  # a role rbacbridge does not manage: no expectation
         return {READ: None, WRITE: None}
     bucket = grant_bucket(location)
-    return {READ: pe.can_read(policies, bucket), WRITE: pe.can_write(policies, bucket, probe_key(principal, location))}
+    return {READ: pe.can_read(policies, bucket, partition),
+            WRITE: pe.can_write(policies, bucket, probe_key(principal, location), partition)}
 
 
 def expected_matrix(config: Config, account: str, stage: str = "after", principals: list[Principal] | None = None,
@@ -242,7 +244,7 @@ def expected_matrix(config: Config, account: str, stage: str = "after", principa
         role, why = expected_role(config, account, stage, principal, allowed_roles, documents)
         policies = documents.policies.get(role) if role else []
         access = {(loc, op): allowed for loc in buckets_of(config)
-                  for op, allowed in expected_access(policies, loc, principal.name).items()}
+                  for op, allowed in expected_access(policies, loc, principal.name, config.partition.name).items()}
         chains = {}
         if has_chain_cells(stage, principal):
             chains = {target: chain_prediction(config, account, role, target, documents) for target in chain_targets(config)}

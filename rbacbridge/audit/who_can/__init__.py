@@ -119,9 +119,9 @@ def build_world(inputs, objects: dict[str, list[dict[str, Any]]], config_given: 
     gaps = sorted({f.objects[0].split(" ", 1)[1] for f in audit_findings if f.kind == "node-without-kube2iam"})
     candidates: list[str] = []
     if roles is None:
-        base = settings.base_arn if settings else (f"arn:aws:iam::{account}:role/" if account else None)
+        base = settings.base_arn if settings else (cfg.partition.iam_arn(account, "role/") if account else None)
         if config_given:
-            candidates += [t.role_arn(account) for t in cfg.tenants] + node_arns
+            candidates += [cfg.tenant_role_arn(t, account) for t in cfg.tenants] + node_arns
         for namespace in kube.namespaces:
             raw = ((namespace.get("metadata") or {}).get("annotations") or {}).get(
                 settings.namespace_key if settings else "iam.amazonaws.com/allowed-roles")
@@ -135,7 +135,7 @@ def build_world(inputs, objects: dict[str, list[dict[str, Any]]], config_given: 
     tenancy, intended = Tenancy(), None
     if config_given:
         tenancy = Tenancy.from_config(cfg, account)
-        intended = {ns: {t.role_arn(account)} for t in cfg.tenants for ns in t.namespaces}
+        intended = {ns: {cfg.tenant_role_arn(t, account)} for t in cfg.tenants for ns in t.namespaces}
     else:
         notes.append("who-can: tenants unknown (no -c): other tenants' roles, chains into them and allowed-roles "
                      "broader than the configuration not checked")

@@ -173,7 +173,7 @@ class Join:
             if not _may_assume(role.documents):
                 continue
             account = policy_eval.account_of(role.arn) or self.world.account
-            candidates = {r.arn: r for key in (role.arn, f"arn:aws:iam::{account}:root", account, "*")
+            candidates = {r.arn: r for key in (role.arn, f"arn:{role.arn.split(':')[1]}:iam::{account}:root", account, "*")
                           for r in trusting.get(key, [])}
             targets = [arn for arn, target in sorted(candidates.items()) if arn != role.arn
                        and policy_eval.is_allowed(role.documents, ASSUME, arn) and policy_eval.trust_allows(target.trust, role.arn)]

@@ -134,7 +134,8 @@ def settings_from_flags(flags: dict[str, str], source: str, node_role_arn: str |
     base = normalise_base(flags.get("base-role-arn"))
     if not base and (flags.get("auto-discover-base-arn", "").lower() in truthy
                      or flags.get("auto-discover-default-role", "").lower() in truthy) and account:
-        base = f"arn:aws:iam::{account}:role/"
+        partition = node_role_arn.split(":")[1] if node_role_arn and node_role_arn.count(":") >= 5 else "aws"
+        base = f"arn:{partition}:iam::{account}:role/"
     default = None
     if flags.get("auto-discover-default-role", "").lower() in truthy:
         default = node_role_arn

@@ -29,7 +29,7 @@ class Tenancy:
         for tenant in config.tenants:
             for namespace in tenant.namespaces:
                 out.namespace_tenant[namespace] = tenant.name
-            out.role_tenant[tenant.role_arn(account)] = tenant.name
+            out.role_tenant[config.tenant_role_arn(tenant, account)] = tenant.name
         return out
 
     def home(self, answer: SubjectAnswer, join: Join) -> set[str]:
