@@ -357,6 +357,10 @@ def test_read_only(cluster, target):
 
 def test_exit_codes(cluster):
     assert cluster.run("--to", "irsa").returncode == 0  # a plan with blockers, without --exit-code
+    cluster.kube_api.server.forbid("list", "cronjobs")
+    refused = cluster.run("--to", "irsa", "--exit-code")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: missing Kubernetes permission: list cronjobs.batch")
+    cluster.kube_api.store.forbidden.clear()
     blocked = cluster.run("--to", "irsa", "--exit-code")
     assert blocked.returncode == 1 and "blockers (4)" in blocked.stdout
     assert cluster.run("--to", "pod-identity", "--cluster-name", "prod-1", "--exit-code", "-o", "json").returncode == 1
@@ -374,7 +378,7 @@ def test_exit_codes(cluster):
     assert "0 blockers" in quiet.stdout and "0 changes" in quiet.stdout
 
 
-def test_an_unreachable_cluster_is_one_line_and_exit_1(cluster, tmp_path):
+def test_an_unreachable_cluster_is_one_line_and_exit_3(cluster, tmp_path):
     from tests.fixtures_kube import write_kubeconfig
 
     import socket
@@ -385,7 +389,7 @@ def test_an_unreachable_cluster_is_one_line_and_exit_1(cluster, tmp_path):
     cluster.kube_api = type(cluster.kube_api)(cluster.kube_api.server, str(write_kubeconfig(
         tmp_path / "dead", {"dead": f"http://127.0.0.1:{port}"}, current="dead")))
     done = cluster.run("--to", "irsa", "--exit-code")
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 3 and done.stdout == ""
     assert done.stderr.startswith("error: cannot reach the Kubernetes API server at http://127.0.0.1:") and done.stderr.count("\n") == 1
 
 

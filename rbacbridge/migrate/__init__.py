@@ -71,7 +71,7 @@ def load_schema() -> dict[str, Any]:
 
 def plan_migration(ctx, target: str, issuer: str | None = None, cluster_name: str | None = None) -> MigratePlan:
     from rbacbridge import aws, kube
-    from rbacbridge.errors import UsageError
+    from rbacbridge.errors import IncompleteError, RbacbridgeError, UsageError
     from rbacbridge.migrate import blockers as blk
     from rbacbridge.migrate import inventory as inv
     from rbacbridge.migrate.mapping import map_service_accounts
@@ -79,7 +79,14 @@ def plan_migration(ctx, target: str, issuer: str | None = None, cluster_name: st
 
     cfg = ctx.config
     kube_gw, aws_gw = kube.gateway(ctx), aws.gateway(ctx)
-    cluster = inv.read_cluster(kube_gw)
+    try:
+        cluster = inv.read_cluster(kube_gw)
+    except kube.KubeApiError:
+        raise  # the API server answered: a refusal (403) is exit 1, as a step's failure
+    except UsageError:
+        raise
+    except RbacbridgeError as exc:  # not reached: no verdict, like AWS unreachable
+        raise IncompleteError(str(exc)) from None
     account = aws_gw.account()
     if cfg.account_id and cfg.account_id != account:
         raise UsageError(f"--account-id {cfg.account_id} does not match the credentials in use (account {account})")
