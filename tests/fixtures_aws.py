@@ -7,6 +7,7 @@ import os
 import urllib.request
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import boto3
 import botocore.loaders
@@ -118,6 +119,32 @@ class Sandbox:
                                     for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
                                     for t in i.get("Tags", [])),
         }
+
+
+def recorded_actions(url: str, location, run):
+    """The Query API actions (`Action=` of each request body) moto's recorder saw while `run()` ran:
+    (actions, what run returned). `location`: where this in-process moto writes its log."""
+    import base64
+    import urllib.parse
+
+    from moto.moto_api import recorder
+
+    recorder._location = str(location)  # the stand-in's own setting
+    post = lambda path: urllib.request.urlopen(urllib.request.Request(url + path, data=b"", method="POST"))  # noqa: E731
+    post("/moto-api/recorder/reset-recording")
+    post("/moto-api/recorder/start-recording")
+    try:
+        done = run()
+    finally:
+        post("/moto-api/recorder/stop-recording")
+    actions = []
+    for line in Path(location).read_text().splitlines():
+        entry = json.loads(line)
+        body = entry.get("body") or ""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body).decode()
+        actions += urllib.parse.parse_qs(body).get("Action", [])
+    return actions, done
 
 
 def reset_moto(url: str) -> None:

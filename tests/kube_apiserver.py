@@ -55,6 +55,21 @@ RESOURCES.update({
 })
 # --- end of the who-can block -------------------------------------------------------------------------------
 
+# --- `migrate plan`'s inventory (issue 26): the other workload kinds, listed and read -------------------------
+RESOURCES.update({
+    ("apps", "v1", "statefulsets"): ("StatefulSet", True),
+    ("batch", "v1", "jobs"): ("Job", True),
+    ("batch", "v1", "cronjobs"): ("CronJob", True),
+})
+OPENID_PATH = "/.well-known/openid-configuration"  # served when KubeApiServer.issuer is set, else 404
+
+
+def openid_configuration(issuer: str) -> dict[str, Any]:
+    """The service-account issuer's discovery document, as kube-apiserver serves it."""
+    return {"issuer": issuer, "jwks_uri": f"{issuer.rstrip('/')}/openid/v1/jwks", "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"]}
+# --- end of the migrate block ---------------------------------------------------------------------------------
+
 KIND_TO_RESOURCE = {kind: key for key, (kind, _) in RESOURCES.items()}
 VALIDATE_VERSION = "1.33.0"
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -638,6 +653,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET" and self.headers.get("Upgrade", "").lower() == "websocket" and path.endswith("/exec"):
             self._exec(path, query)
             return
+        if self.command == "GET" and path == OPENID_PATH:  # migrate block: the issuer's discovery document
+            self.server.store.requests.append(Request("GET", path, query, ""))
+            if self.server.issuer:
+                self._send(200, openid_configuration(self.server.issuer))
+            else:
+                self._error(ApiError(404, "NotFound", "the server could not find the requested resource"))
+            return
         if self.command == "GET":
             answer = _discovery(path)
             if answer is not None:
@@ -730,6 +752,7 @@ class KubeApiServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.store = Store()
         self.token = token
+        self.issuer: str | None = None  # migrate block: the service-account issuer (--service-account-issuer)
         self.exec_handler: ExecHandler = _default_exec
         self._thread: threading.Thread | None = None
 

@@ -217,6 +217,8 @@ MAY_IMPORT = {
     "nodes": {"plan", "config", "errors", "templating", "cleanup", "kube", "nodes.ssh", "nodes.pods"},
     "nodes.ssh": {"errors", "rbacbridge.nodes.session"},
     "nodes.pods": {"errors", "templating", "cleanup", "kube", "rbacbridge.nodes.session"},
+    "migrate": {"errors", "plan", "config", "policy_eval", "output", "kube", "aws", "rbacbridge.audit.kube2iam",
+                "rbacbridge.audit.who_can.matching"},
 }
 
 
@@ -239,3 +241,13 @@ def test_the_may_import_check_sees_a_forbidden_import():
            Import("rbacbridge.config.model", "rbacbridge.aws.client", 3, True)]
     assert len(disallowed(bad, "nodes.ssh") + disallowed(bad, "nodes.pods") + disallowed(bad, "kube")
                + disallowed(bad, "config")) == 4
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists the packages by name (setuptools does not descend into an unlisted subpackage):
+    every directory of rbacbridge/ with an __init__.py must be there, or the installed command fails on import."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "rbacbridge").rglob("__init__.py")}
+    assert packages - listed == set()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import jsonschema
@@ -16,7 +14,7 @@ import pytest
 
 from rbacbridge.audit.render import load_schema
 from tests.fixtures_audit import trust
-from tests.fixtures_aws import moto_url, sandbox  # noqa: F401
+from tests.fixtures_aws import moto_url, recorded_actions, sandbox  # noqa: F401
 from tests.fixtures_kube import kube_api  # noqa: F401
 from tests.fixtures_who_can import Tenants, arn
 
@@ -120,27 +118,9 @@ def test_json_follows_the_schema_and_the_table_fits(cluster, tmp_path):
 
 
 def test_read_only(cluster, tmp_path):
-    from moto.moto_api import recorder
-
-    recording = tmp_path / "moto_recording"
-    recorder._location = str(recording)  # the stand-in's own setting: where this in-process moto writes its log
-    post = lambda path: urllib.request.urlopen(urllib.request.Request(cluster.sandbox.url + path, data=b"", method="POST"))  # noqa: E731
-    post("/moto-api/recorder/reset-recording")
-    post("/moto-api/recorder/start-recording")
-    try:
-        run = audit(cluster, "--who-can", "-c", cluster.config_file(tmp_path), "-o", "json")
-    finally:
-        post("/moto-api/recorder/stop-recording")
+    actions, run = recorded_actions(cluster.sandbox.url, tmp_path / "moto_recording", lambda: audit(
+        cluster, "--who-can", "-c", cluster.config_file(tmp_path), "-o", "json"))
     assert run.returncode == 1, run.stderr
-    actions = []
-    for line in recording.read_text().splitlines():
-        entry = json.loads(line)
-        body = entry.get("body") or ""
-        if entry.get("body_encoded"):
-            import base64
-
-            body = base64.b64decode(body).decode()
-        actions += urllib.parse.parse_qs(body).get("Action", [])
     assert actions and sorted(set(actions)) == ["DescribeInstances", "GetAccountAuthorizationDetails", "GetCallerIdentity"]
     assert {r.method for r in cluster.store.requests} == {"GET"}
     listed = sorted(r.path for r in cluster.store.requests)

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rbacbridge.cli import audit, completion, demo, documents, iptables, plan_apply, tenant, verify
+from rbacbridge.cli import audit, completion, demo, documents, iptables, migrate, plan_apply, tenant, verify
 from rbacbridge.cli.examples import examples
 from rbacbridge.cli.group import Group
 from rbacbridge.errors import EXIT_OK
@@ -55,3 +55,4 @@ app.command(epilog=examples("verify"))(verify.verify)
 app.command(epilog=examples("audit"))(audit.audit)
 app.add_typer(tenant.tenant_app, name="tenant")
 app.add_typer(iptables.iptables_app, name="iptables")
+app.add_typer(migrate.migrate_app, name="migrate")

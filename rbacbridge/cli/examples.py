@@ -75,6 +75,13 @@ _EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("rbacbridge iptables fix --dry-run", "the plan only"),
         ("rbacbridge iptables fix --via kubernetes --add-missing --yes", ""),
     ),
+    "migrate": (
+        ("rbacbridge migrate plan --to irsa", "what moving off kube2iam would take (changes nothing)"),
+    ),
+    "migrate plan": (
+        ("rbacbridge migrate plan --to irsa -c rbacbridge.yaml", "inventory, ServiceAccounts, trust, blockers"),
+        ("rbacbridge migrate plan --to pod-identity --cluster-name prod --exit-code -o json", "CI: 1 on a blocker, 4 on changes"),
+    ),
     "iptables remove": (
         ("rbacbridge iptables remove --node 10.0.1.5 --dry-run", ""),
     ),
