@@ -255,7 +255,8 @@ def audit(field: Brownfield, *args: str) -> subprocess.CompletedProcess:
 def test_audit_finds_a_namespace_outside_the_tenants_allowing_their_role(kube_api, sandbox, tmp_path):
     field = Brownfield(kube_api, sandbox).build()
     config = tmp_path / "rbacbridge.yaml"
-    config.write_text(yaml.safe_dump({"account_id": ACCOUNT, "tenants": [
+    config.write_text(yaml.safe_dump({"account_id": ACCOUNT, "iam": {"node_role": "k8s-node"},  # the Helm install's roles
+                                      "kube2iam": {"default_role": "k8s-default"}, "tenants": [
         {"name": "tenant-a", "namespaces": ["tenant-a"], "role": {"existing": f"{ARN}:role/app-role"}}]}))
     add_namespace(field.store, "elsewhere", '["other-team-*"]')
     clean = audit(field, "-c", str(config), "-o", "json")
