@@ -32,9 +32,10 @@ def test_truth_cases_give_the_same_cells_and_layers_in_both_modes(sandbox, stage
     assert cells_of(ours) == cells_of(in_pods)
     assert (ours.ok, ours.exit_code) == (in_pods.ok, in_pods.exit_code)
     assert {c.probed_from for c in in_pods.all_cells} == {v.PROBED_FROM_POD}
-    pods_with_credentials = [p for p in ours.principals if p.principal.kind == "pod" and p.identity.observed]
-    made = [c for p in pods_with_credentials for c in p.cells if c.check in (v.READ, v.WRITE, v.CHAIN)]
-    assert made and sum(c.probed_from == v.PROBED_FROM_RBACBRIDGE for c in made) >= len(made) - len(pods_with_credentials)
+    if stage == "after":  # (the sandbox's pods before kube2iam are the node itself: no pod credentials to read)
+        pods_with_credentials = [p for p in ours.principals if p.principal.kind == "pod" and p.identity.observed]
+        made = [c for p in pods_with_credentials for c in p.cells if c.check in (v.READ, v.WRITE, v.CHAIN)]
+        assert made and sum(c.probed_from == v.PROBED_FROM_RBACBRIDGE for c in made) >= len(made) - len(pods_with_credentials)
     assert all(c.probed_from == v.PROBED_FROM_POD for p in ours.principals if p.principal.kind == "host" for c in p.cells)
     assert bucket_keys(url, config.shared_bucket) == [] and bucket_keys(url, config.tenant_bucket) == []
 
