@@ -98,7 +98,7 @@ def test_pods_of_one_role_make_two_calls_each_and_rbacbridge_the_cells_once(sand
 
 def test_spot_check_difference_is_reported_and_that_roles_cells_probed_in_the_pod(sandbox, caplog, capsys):
     url, config = sandbox
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="rbacbridge")  # rbacbridge configures no AWS SDK logging
     proxied = Pod(url, config, config.pod_role, denied_in_pod=(config.shared_bucket, config.tenant_bucket))
     plain = Pod(url, config, config.pod_role)
     targets = [(pod(v.ANNOTATED, "node-a", config, True), proxied), (pod(v.ANNOTATED, "node-b", config, True), plain)]

@@ -13,7 +13,7 @@ from rbacbridge.verify.expected import (_role_name, buckets_of, chain_path, expe
 from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR,
                                      ESCALATION, IDENTITY, INTERCEPTION, INVALID_CREDENTIALS, KUBE2IAM, NETWORK,
                                      NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE, PROBED_FROM_POD, PROBED_FROM_RBACBRIDGE,
-                                     READ, ROLE_ANNOTATION, TRUST, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents,
+                                     READ, ROLE_ANNOTATION, TRUST, WRITE, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents,
                                      Expected, Observation, Observed, Principal, PrincipalResult, VerifyResult)
 from rbacbridge.verify.probes import ProbeBackend, can_request_roles, observe
 
