@@ -147,10 +147,10 @@ def interleaved(rows: list[tuple[str, Any]], rounds: int, namespaces: list[str])
     med = {name: (statistics.median(w for w, _ in v), {k: statistics.median(c[k] for _, c in v) for k in v[0][1]})
            for name, v in results.items()}
     print(f"\nmedian of {rounds} interleaved rounds; load average after: {os.getloadavg()}")
-    print(f"{'what':36} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
+    print(f"{'what':58} {'wall':>7} {'x ref':>6}  CPU: {'total':>6} {'x ref':>6} {'rbacbridge':>10} {'pods':>6} {'nodes':>6} {'lab':>6}")
     for name, _, ref_name in rows:
         (wall, cpu), ref = med[name], med[ref_name]
-        print(f"{name:36} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
+        print(f"{name:58} {wall:6.2f}s {wall / ref[0]:5.2f}x       {cpu['total']:5.2f}s {cpu['total'] / ref[1]['total']:5.2f}x "
               f"{cpu['cli']:9.2f}s {cpu['pods']:5.2f}s {cpu['nodes']:5.2f}s {cpu['lab']:5.2f}s")
     return med, outs
 
@@ -166,11 +166,12 @@ class Execs:
     """Counts the pod execs the lab's API server runs (one per AWS CLI call or CLI check in a pod)."""
 
     def __init__(self, lab: Lab):
-        self.count, self._inner = 0, lab.api.exec_handler
+        self.count, self.aws, self._inner = 0, 0, lab.api.exec_handler
         lab.api.exec_handler = self
 
     def __call__(self, *args):
         self.count += 1
+        self.aws += "aws" in args[3]  # argv (namespace, pod, container, argv): an exec that starts the AWS CLI
         return self._inner(*args)
 
 
@@ -217,7 +218,7 @@ def tenants_scenario(args) -> int:
 
         def verify(lab: Lab, argv: list[str], nodes: int):
             def run():
-                before = counters[id(lab)].count
+                before, aws_before = counters[id(lab)].count, counters[id(lab)].aws
                 rc, stdout, stderr, cpu = run_cli(lab, argv, timeout=1200)
                 from rbacbridge.report import principals_of  # -o json v3: principals grouped by tenant
 
@@ -231,21 +232,28 @@ def tenants_scenario(args) -> int:
                 principals = principals_of(json.loads(stdout))
                 assert len({p["node"] for p in principals}) == nodes, principals
                 cells = sum(len(p["cells"]) for p in principals)
-                return (len(principals), cells, counters[id(lab)].count - before), cpu
+                pods = len({p["pod"] for p in principals if p["kind"] == "pod"})
+                return (len(principals), cells, counters[id(lab)].count - before, counters[id(lab)].aws - aws_before, pods), cpu
             return run
 
-        small_name, big_name = "verify, 1 tenant x 1 node", f"verify, {many_tenants} tenants x {many_nodes} nodes"
-        rows = [("probe: one list-objects-v2 in a pod", probe, "probe: one list-objects-v2 in a pod"),
-                (small_name, verify(small, small_argv, 1), "probe: one list-objects-v2 in a pod"),
-                (big_name, verify(big, big_argv, many_nodes), small_name)]
+        rows = [("probe: one list-objects-v2 in a pod", probe, "probe: one list-objects-v2 in a pod")]
+        pairs = []
+        for mode in args.probe_from.split(","):  # issue 25: both modes side by side
+            small_name = f"verify --probe-from {mode}, 1 tenant x 1 node"
+            big_name = f"verify --probe-from {mode}, {many_tenants} tenants x {many_nodes} nodes"
+            rows += [(small_name, verify(small, [*small_argv, "--probe-from", mode], 1), "probe: one list-objects-v2 in a pod"),
+                     (big_name, verify(big, [*big_argv, "--probe-from", mode], many_nodes), small_name)]
+            pairs.append((small_name, big_name))
         probe()
         med, outs = interleaved(rows, args.rounds, namespaces)
-        one, many = med[small_name], med[big_name]
-        print(f"\ntarget: {many_tenants} tenants x {many_nodes} nodes <= 3x 1 tenant x 1 node: {many[0] / one[0]:.2f}x "
-              f"{'met' if many[0] <= 3 * one[0] else 'MISSED'}")
+        for small_name, big_name in pairs:
+            one, many = med[small_name], med[big_name]
+            print(f"\ntarget: {big_name} <= 3x {small_name}: {many[0] / one[0]:.2f}x "
+                  f"{'met' if many[0] <= 3 * one[0] else 'MISSED'}")
         for name, _, _ in rows[1:]:
-            principals, cells, execs = outs[name]
-            print(f"{name}: {principals} principals, {cells} cells, {execs} pod execs")
+            principals, cells, execs, aws, pods = outs[name]
+            print(f"{name}: {principals} principals ({pods} pods), {cells} cells, {execs} pod execs, "
+                  f"{aws} of them starting the AWS CLI")
     finally:
         for lab_ in reversed(labs):
             lab_.close()
@@ -261,6 +269,8 @@ def main() -> int:
     parser.add_argument("--scenario", choices=("nodes", "tenants"), default="nodes",
                         help="nodes: 1 vs N nodes vs one probe (issue 14); tenants: --tenants x 2 nodes vs 1 x 1 (issue 12)")
     parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--probe-from", default="rbacbridge,pod",
+                        help="tenants scenario: verify --probe-from modes to measure side by side (comma-separated)")
     parser.add_argument("--every-node", action=argparse.BooleanOptionalAction, default=True,
                         help="nodes scenario: also a row with verify --every-node (no cells shared between nodes)")
     parser.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True,

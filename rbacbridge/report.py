@@ -1,4 +1,4 @@
-"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v4), JUnit XML,
+"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v5), JUnit XML,
 GitHub Actions annotations and job summary. No work here.
 
 The JSON Schema is `JSON_SCHEMA` (rbacbridge/report_schema.py); `docs/verify-schema.json` is a copy of it
@@ -84,6 +84,7 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
             "blame": {"layer": c.blame.layer, "message": c.blame.message} if c.blame else None,
             "owners": list(c.owners),
             "cross_tenant": c.cross_tenant,
+            "probed_from": c.probed_from,
         }
 
     def principal(p: PrincipalResult) -> dict[str, Any]:

@@ -1,19 +1,19 @@
-"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v4).
+"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v5).
 
 `docs/verify-schema.json` is a copy of it (a test keeps them equal). Data only."""
 
 from __future__ import annotations
 
-from rbacbridge.verify import CHECKS, LAYERS
+from rbacbridge.verify import CHECKS, LAYERS, PROBE_FROM
 
-SCHEMA = "rbacbridge.verify/v4"
+SCHEMA = "rbacbridge.verify/v5"
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _CELL_SCHEMA = {
     "type": "object",
     "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame",
-                 "owners", "cross_tenant"],
+                 "owners", "cross_tenant", "probed_from"],
     "additionalProperties": False,
     "properties": {
         "check": {"enum": list(CHECKS)},
@@ -34,6 +34,7 @@ _CELL_SCHEMA = {
         },
         "owners": {"type": "array", "items": {"type": "string"}},
         "cross_tenant": {"type": "boolean"},
+        "probed_from": {"enum": list(PROBE_FROM)},
     },
 }
 

@@ -34,63 +34,13 @@ from rbacbridge import verify as v
 from rbacbridge.config import Config, Tenant
 from rbacbridge.errors import UsageError
 from rbacbridge.sandbox_backend import set_enforcement  # noqa: F401 - also used by tests
+from rbacbridge.verify.inprocess import Boto3Backend  # noqa: F401 - the sandbox's principals; also used by tests, bench
 
 FAULTS = ("trust", "policy", "iptables", "namespace")
 # The layer each fault's own cells are blamed on (chain cells a fault opens are escalations: see fault_cells).
 FAULT_LAYERS = {"trust": v.TRUST, "policy": v.PERMISSIONS, "iptables": v.INTERCEPTION, "namespace": v.KUBE2IAM}
 ADMIN_USER = "rbacbridge-sandbox-admin"
 _DUMMY = {"aws_access_key_id": "sandbox", "aws_secret_access_key": "sandbox"}
-
-
-class Boto3Backend:
-    """The same probes as the AWS CLI backend, through boto3 with one principal's credentials."""
-
-    def __init__(self, endpoint_url: str, region: str, credentials: dict[str, str]):
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        session = boto3.session.Session(region_name=region, **credentials)
-        cfg = BotoConfig(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30)
-        self.sts = session.client("sts", endpoint_url=endpoint_url, config=cfg)
-        self.s3 = session.client("s3", endpoint_url=endpoint_url, config=cfg)
-
-    def _call(self, fn, **kwargs) -> v.CallResult:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ConnectTimeoutError, ReadTimeoutError
-
-        try:
-            return v.CallResult(True, detail="ok", value=fn(**kwargs))
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, message = error.get("Code", "?"), error.get("Message", "")
-            text = f"An error occurred ({code}) when calling the {exc.operation_name} operation: {message}"
-            return v.classify(254, "", text)
-        except NoCredentialsError as exc:
-            return v.CallResult(False, v.NO_CREDENTIALS, str(exc))
-        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
-            return v.CallResult(False, v.NETWORK, str(exc))
-
-    def identity(self) -> v.CallResult:
-        result = self._call(self.sts.get_caller_identity)
-        if result.ok:
-            result.value = result.value["Arn"]
-        return result
-
-    def list_bucket(self, bucket: str) -> v.CallResult:
-        return self._call(self.s3.list_objects_v2, Bucket=bucket, MaxKeys=1)
-
-    def put_object(self, bucket: str, key: str) -> v.CallResult:
-        return self._call(self.s3.put_object, Bucket=bucket, Key=key, Body=b"rbacbridge verify probe\n")
-
-    def delete_object(self, bucket: str, key: str) -> v.CallResult:
-        return self._call(self.s3.delete_object, Bucket=bucket, Key=key)
-
-    def assume_role(self, role_arn: str) -> v.CallResult:
-        """The principal itself calls sts:AssumeRole (a chain cell). moto, with enforcement on, checks the
-        caller's identity policies for it but not the target's trust policy (see rbacbridge.verify)."""
-        result = self._call(self.sts.assume_role, RoleArn=role_arn, RoleSessionName=v.CHAIN_SESSION)
-        if result.ok:
-            result.value = result.value["AssumedRoleUser"]["Arn"]  # the credentials go no further
-        return result
 
 
 def _client(service: str, endpoint_url: str, region: str, credentials: dict[str, str]):
@@ -261,7 +211,8 @@ def _assume(sts, role_arn: str, session: str) -> dict[str, str]:
 
 
 def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str = "after", fault: str | None = None,
-                   tenant: str | None = None, starting_point: bool = False) -> v.VerifyResult:
+                   tenant: str | None = None, starting_point: bool = False,
+                   probe_from: str = v.DEFAULT_PROBE_FROM) -> v.VerifyResult:
     """Run the verification matrix against a moto server holding the resources `setup` creates.
     `tenant`: that tenant's pods only. `starting_point` (stage before): the article's starting point."""
     if fault is not None and fault not in FAULTS:
@@ -290,7 +241,8 @@ def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str =
         documents = starting_point_documents(config, account) if starting_point else None
         set_enforcement(endpoint_url, True)
         try:
-            result = v.run_matrix(config, account, stage, targets, documents=documents, diagnostics=diagnostics)
+            result = v.run_matrix(config, account, stage, targets, documents=documents, diagnostics=diagnostics,
+                                  probe_from=probe_from, endpoint_url=endpoint_url)
         finally:
             set_enforcement(endpoint_url, False)
         result.require_evidence()  # never triggers: every tenant has a workload's pod or a probe pod here
@@ -347,6 +299,17 @@ class PodBackend:
 
     def request_role(self, role: str, role_arn: str) -> v.CallResult:
         return self._ask(role, role_arn)
+
+    def pod_credentials(self) -> tuple[v.CallResult, Any, str | None]:
+        """--probe-from rbacbridge: the pod's identity and the credentials it was given (verify.inprocess)."""
+        from rbacbridge.verify.inprocess import PodCredentials
+
+        ident = self.base.identity()
+        creds = getattr(self.base, "credentials", None)
+        if not ident.ok or creds is None:
+            return ident, None, None
+        return ident, PodCredentials(creds["aws_access_key_id"], creds["aws_secret_access_key"],
+                                     creds.get("aws_session_token")), None
 
 
 def _principal_credentials(endpoint_url: str, config: Config, account: str, stage: str, fault: str | None,

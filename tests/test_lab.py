@@ -118,7 +118,10 @@ def test_article_end_to_end(lab: Lab):
             f"-A PREROUTING -d {METADATA_IP}/32 -i docker0 -p tcp -m tcp --dport 80 -j DNAT --to-destination {n.address}:8282"]
 
     # Step 15: the article's matrix, every cell observed as expected, on both nodes.
-    after = verify(lab, expect=0)
+    junit = Path(lab.workdir) / "verify-after.xml"
+    after_run = run(lab, "--debug", "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
+                    "--ssh-key", lab.ssh_key, "-o", "json", "--junit-file", str(junit))
+    after = json.loads(after_run.stdout)
     assert after["ok"] and {p["node"] for p in principals_of(after)} == {"node-a", "node-b"}
     # drift check: 9 AWS steps (3 policies, 3 roles, the profile, 2 associations) + 7 Kubernetes objects, none differs
     assert after["drift"] == {"checked": True, "steps": 16, "differences": 0} and after["findings"] == []
@@ -135,6 +138,8 @@ def test_article_end_to_end(lab: Lab):
         # no pod can chain into a managed role by calling sts:AssumeRole itself (really tried, really denied)
         assert set(chains(p)) == (set() if app == "host" else {POD_ROLE, DEFAULT_ROLE, NODE_ROLE})
         assert all(c["observed"] is False and c["match"] for c in chains(p).values())
+
+    probe_from_rbacbridge(lab, after, [after_run.stdout, after_run.stderr, junit.read_text()])
 
     # Issue 15: the host cells through Kubernetes (a short-lived hostNetwork AWS CLI pod per node), same matrix.
     via_pods = json.loads(run(lab, "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--via", "kubernetes",
@@ -186,6 +191,49 @@ def test_article_end_to_end(lab: Lab):
     assert json.loads(again.stdout)["applied"] == []
     print(f"\nlab start-up {lab.timings['start']:.1f}s, scenario {time.monotonic() - began:.1f}s")
     assert node_a.instance_id != node_b.instance_id
+
+
+def issued_secrets(lab: Lab) -> set[str]:
+    """Every key id, secret and session token moto issued to the nodes and pods (kube2iam's and the metadata
+    service's stand-ins cache what they hand out)."""
+    return {str(value) for creds in lab._cache.values() for key, value in creds.items()
+            if key in ("AccessKeyId", "SecretAccessKey", "Token", "SessionToken") and value}
+
+
+def probe_from_rbacbridge(lab: Lab, after: dict, outputs: list[str]) -> None:
+    """Issue 25: by default the pods' bucket and chain cells are calls rbacbridge made with the credentials each
+    pod received, one exec per pod; no credential reaches any output. A pod whose own path answers otherwise (an
+    iptables rule in its namespace resetting every S3 listing, as an egress proxy would) is caught by the spot
+    check, reported, and that role's cells on that node probed in the pod."""
+    pods = [p for p in principals_of(after) if p["kind"] == "pod"]
+    modes = [c["probed_from"] for p in pods for c in p["cells"] if c["check"] != "identity"]
+    assert modes.count("rbacbridge") >= len(modes) - len(pods), modes  # the rest: one spot-checked cell per pod
+    assert all(c["probed_from"] == "pod" for p in pods for c in p["cells"] if c["check"] == "identity")
+    assert [n for n in after["notes"] if n.startswith("--probe-from rbacbridge: ")]
+    table = run(lab, "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
+                "--ssh-key", lab.ssh_key, "--no-drift-check")
+    pod_ns = lab._find_pod("default", "nginx-annotated-node-a").namespace
+    block = ["OUTPUT", "-p", "tcp", "-m", "string", "--algo", "bm", "--string", "list-type=2", "-j", "REJECT",
+             "--reject-with", "tcp-reset"]
+    subprocess.run(["ip", "netns", "exec", pod_ns, "iptables", "-A", *block], check=True)
+    try:
+        proxied_run = run(lab, "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts",
+                          lab.known_hosts, "--ssh-key", lab.ssh_key, "--no-drift-check", "-o", "json", expect=3)
+    finally:
+        subprocess.run(["ip", "netns", "exec", pod_ns, "iptables", "-D", *block], check=True)
+    proxied = json.loads(proxied_run.stdout)
+    spot = [n for n in proxied["notes"] if n.startswith("spot check on node node-a")]
+    assert len(spot) == 1 and "in pod nginx-annotated@node-a but allowed to rbacbridge" in spot[0], proxied["notes"]
+    by_name = {p["name"]: p for p in principals_of(proxied)}
+    annotated_a = by_name["nginx-annotated@node-a"]
+    assert {c["probed_from"] for c in annotated_a["cells"]} == {"pod"}
+    assert {(c["bucket"], c["check"]) for c in annotated_a["cells"] if not c["match"]} == {(SHARED, "read"), (TENANT, "read")}
+    assert all(c["blame"]["layer"] == "network" for c in annotated_a["cells"] if not c["match"])
+    assert all(c["match"] for name, p in by_name.items() if name != "nginx-annotated@node-a" for c in p["cells"])
+    secrets = issued_secrets(lab)
+    assert secrets
+    for text in outputs + [table.stdout, table.stderr, proxied_run.stdout, proxied_run.stderr]:
+        assert not [s for s in secrets if s in text]
 
 
 def isolation_faults(lab: Lab) -> None:
@@ -333,8 +381,13 @@ def test_tenants_a_b_c_isolated_on_both_nodes(lab: Lab):
         assert [(c["target"], c["observed"], c["match"]) for c in asked] == [(TENANTS[(i + 1) % 3]["role"], False, True)], asked
         assert f"probe pod {tenant['namespaces'][0]}/rbacbridge-annotation-probe-" in asked[0]["detail"]
         # node-b's pod reused node-a's bucket cells (same workload, same role observed), its identity is its own
+        # (--probe-from rbacbridge, the default since issue 25: rbacbridge's one call for the role, made with node-a's
+        # pod's credentials, and node-b's own spot-checked cell in its pod)
         b = next(p for p in mine if p["node"] == "node-b")
-        assert all("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("read", "write", "chain"))
+        shared = [c for c in b["cells"] if c["check"] in ("read", "write", "chain")]
+        own = [c for c in shared if "probed by" not in c["detail"] and "called by rbacbridge" not in c["detail"]]
+        assert len(own) <= (1 if any(c["probed_from"] == "rbacbridge" for c in shared) else 0), own
+        assert all(c["probed_from"] == "pod" for c in own)
         assert not any("probed by" in c["detail"] for c in b["cells"] if c["check"] in ("identity", "annotation"))
     assert not probe_pods(lab), probe_pods(lab)  # every probe pod deleted again (the API server's own view)
     assert {p["observed_role"] for p in good["others"] if p["kind"] == "pod"} == {DEFAULT_ROLE}  # nginx-vanilla

@@ -5,6 +5,8 @@ Work only; rendering lives in `rbacbridge.report`. The package, in reading order
   model      checks, error categories, blame layers; the dataclasses of a run (no work)
   expected   principals and the expected matrix: configuration + policy evaluation only
   probes     runners (local, SSH, Kubernetes exec), backends (AWS CLI), the probes, run concurrently
+  inprocess  --probe-from rbacbridge: one exec per pod reads identity + credentials; rbacbridge makes the
+             bucket and chain calls with them once per role (boto3), spot-checked in the pods
   blame      expected vs observed, cell by cell; each mismatch blamed on a layer; run_matrix
   diagnose   live facts that sharpen the blame or fail verify on their own (drift, hostNetwork pods)
   ephemeral  --probe ephemeral: an AWS CLI container added to a pod

@@ -12,8 +12,8 @@ from rbacbridge.verify.expected import (_role_name, buckets_of, chain_path, expe
                                         role_allowed_in_namespace, role_arns, role_owners)
 from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR,
                                      ESCALATION, IDENTITY, INTERCEPTION, INVALID_CREDENTIALS, KUBE2IAM, NETWORK,
-                                     NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE,
-                                     READ, ROLE_ANNOTATION, TRUST, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents,
+                                     NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE, PROBED_FROM_POD, PROBED_FROM_RBACBRIDGE,
+                                     READ, ROLE_ANNOTATION, TRUST, WRITE, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents,
                                      Expected, Observation, Observed, Principal, PrincipalResult, VerifyResult)
 from rbacbridge.verify.probes import ProbeBackend, can_request_roles, observe
 
@@ -33,7 +33,8 @@ def compare(config: Config, account: str, stage: str, expected: list[Expected], 
             seen = obs.cells[(bucket, op)]
             match = want is None or seen.allowed == want
             cell = Cell(exp.principal.name, op, bucket, want, seen.allowed, match, seen.result.category if not seen.result.ok else None,
-                        seen.result.detail + seen.shared_note, owners=locations.get(bucket, ()), tenant=tenant)
+                        seen.result.detail + seen.shared_note, owners=locations.get(bucket, ()), tenant=tenant,
+                        probed_from=seen.probed_from)
             if not match:
                 cell.blame = ident.blame or _cell_blame(config, account, exp, obs, bucket, op, seen, diagnostics)
             cells.append(cell)
@@ -63,7 +64,7 @@ def _must_be_no(principal: Principal, check: str, target: str, seen: Observation
     detail = what + (f": {refused}" if seen.allowed is False else f": {granted}" if seen.allowed else f": {result.detail}") \
         + seen.shared_note
     return Cell(principal.name, check, None, False, seen.allowed, match, None if result.ok else result.category, detail,
-                target=target, predicted=predicted)
+                target=target, predicted=predicted, probed_from=seen.probed_from)
 
 
 def _annotation_cell(config: Config, exp: Expected, seen: Observation, target: str, predicted: bool | None) -> Cell:
@@ -240,25 +241,41 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
 def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
                allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
                diagnostics: Diagnostics | None = None, share: bool = True,
-               asked: "dict[str, dict[str, Observation]] | Callable[[], dict[str, dict[str, Observation]]] | None" = None
-               ) -> VerifyResult:
+               asked: "dict[str, dict[str, Observation]] | Callable[[], dict[str, dict[str, Observation]]] | None" = None,
+               probe_from: str = PROBED_FROM_POD, endpoint_url: str | None = None) -> VerifyResult:
     """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe).
 
     `asked` (the live runner): annotation cells already observed elsewhere (probe pods annotated with another
     tenant's role, verify.annotation_probe), principal name -> target role -> observation; only those cells
     are reported; a callable is called after the other cells are observed (the probe pods run meanwhile).
-    Without it, backends that implement request_role (the sandbox) are asked."""
+    Without it, backends that implement request_role (the sandbox) are asked.
+
+    `probe_from` rbacbridge (verify.inprocess): pods' bucket and chain cells are calls rbacbridge makes with the
+    credentials each pod received, at `endpoint_url` (default: the configuration's), spot-checked in the pods."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
     arns = role_arns(config, account)
     chains = {e.principal.name: [(t, arns.get(t) or config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
     asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations} if asked is None else {}
-    observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
+    notes: list[str] = []
+    if probe_from == PROBED_FROM_RBACBRIDGE:
+        from rbacbridge.verify.inprocess import observe_from_rbacbridge
+
+        observed = observe_from_rbacbridge(targets, buckets_of(config), config.region, endpoint_url or config.endpoint_url,
+                                           chains=chains, annotations=asks, share=share, notes=notes)
+    else:
+        observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
     if asked is not None:
         asked = asked() if callable(asked) else asked
         for obs in observed:
             obs.annotations.update(asked.get(obs.principal.name, {}))
     result = compare(config, account, stage, expected, observed, diagnostics)
+    if probe_from == PROBED_FROM_RBACBRIDGE:
+        made = [c for c in result.all_cells if c.check in (READ, WRITE, CHAIN)]
+        ours = sum(c.probed_from == PROBED_FROM_RBACBRIDGE for c in made)
+        notes.insert(0, f"--probe-from rbacbridge: {ours} of {len(made)} bucket and chain cells called by rbacbridge with the "
+                        "credentials the pod received (one exec per pod); the others in the pod or on the host node")
+    result.notes.extend(notes)
     unasked = sorted(p.name for p, backend in targets if asks.get(p.name) and not can_request_roles(backend))
     if unasked:
         result.notes.append("annotation cells (another tenant's role asked of kube2iam) not probed for "

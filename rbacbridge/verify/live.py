@@ -13,7 +13,7 @@ from rbacbridge.verify.diagnose import (_get, drift_findings, host_network_findi
                                         kube2iam_missing, live_diagnostics)
 from rbacbridge.verify.ephemeral import _api_client, ensure_ephemeral_probe
 from rbacbridge.verify.expected import configured_principals
-from rbacbridge.verify.model import HOST, ROLE_ANNOTATION, Finding, Principal, VerifyResult
+from rbacbridge.verify.model import DEFAULT_PROBE_FROM, HOST, ROLE_ANNOTATION, Finding, Principal, VerifyResult
 from rbacbridge.verify.probes import (AwsCliBackend, CommandRunner, KubeExecRunner, ProbeBackend, SshRunner,
                                       ensure_cli_all)
 
@@ -39,6 +39,7 @@ class LiveOptions:
     tenant: str | None = None  # --tenant: that tenant's pods only (no host, no default-role pod)
     annotation_probe: bool = True  # probe pods annotated with another tenant's role (--no-annotation-probe: skip)
     allow_unverified: bool = False  # --allow-unverified: a tenant whose probe pod could not run does not fail the run
+    probe_from: str = DEFAULT_PROBE_FROM  # --probe-from: pods' bucket and chain cells made by rbacbridge with their credentials, or in the pod
 
 
 def configured_annotation(config: Config, workload: str) -> str | None:
@@ -270,7 +271,7 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rbv-annot-run") as pool:  # probe pods start now
             annotation = pool.submit(_annotation_cells, gateway, config, options, targets)
             result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share,
-                                asked=lambda: annotation.result()[0])
+                                asked=lambda: annotation.result()[0], probe_from=options.probe_from)
         result.notes.extend(annotation.result()[1])
         if not result.ok and pod_nodes and options.node is None:
             try:

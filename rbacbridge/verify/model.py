@@ -48,6 +48,12 @@ HOST_NETWORK_FINDING = "hostNetwork"
 OUTSIDER_FINDING = "outsiderNamespace"  # a namespace of no tenant whose allowed-roles match a managed role
 CHAIN_SESSION = "rbacbridge-verify-chain"  # session name of a chain probe's sts:AssumeRole
 
+# Where a cell's AWS call was made (--probe-from): inside the principal, or by rbacbridge with its credentials
+PROBED_FROM_POD = "pod"
+PROBED_FROM_RBACBRIDGE = "rbacbridge"
+PROBE_FROM = (PROBED_FROM_RBACBRIDGE, PROBED_FROM_POD)
+DEFAULT_PROBE_FROM = PROBED_FROM_RBACBRIDGE
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -97,9 +103,15 @@ class Observation:
     key: str | None = None
     left_behind: bool = False  # a probe object we could not delete
     probed_by: str | None = None  # another principal observed it for this one: same workload, same observed role
+    # Who made the call: "pod" (inside the principal: its pod, or the host node, as the article does by hand) or
+    # "rbacbridge" (rbacbridge itself, with the credentials the pod received: --probe-from rbacbridge, verify.inprocess)
+    probed_from: str = "pod"
+    credentials_of: str | None = None  # probed_from rbacbridge: the principal whose credentials it used
 
     @property
     def shared_note(self) -> str:
+        if self.probed_from == PROBED_FROM_RBACBRIDGE:
+            return f" (called by rbacbridge with the credentials {self.credentials_of} received)"
         return f" (probed by {self.probed_by}: same workload, same role)" if self.probed_by else ""
 
 
@@ -137,6 +149,7 @@ class Cell:
     predicted: bool | None = None  # chain / annotation cells: does the configuration grant it?
     owners: tuple[str, ...] = ()  # the tenants whose bucket grant or role the cell is about (none: shared, node, default)
     tenant: str | None = None  # the principal's tenant (None: host, default-role pod)
+    probed_from: str = PROBED_FROM_POD  # who made the AWS call: inside the principal, or rbacbridge with its credentials
 
     @property
     def cross_tenant(self) -> bool:

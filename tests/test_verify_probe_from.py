@@ -1,0 +1,161 @@
+"""--probe-from rbacbridge (issue 25): one exec per pod reads its identity and credentials; rbacbridge makes the bucket
+and chain calls with them, once per role, spot-checked in the pods. Real calls against moto (server mode) with IAM
+enforcement on: the truth cases give the same cells as --probe-from pod, a pod whose own path answers differently
+is caught by the spot check, and no credential reaches any output."""
+
+import json
+import logging
+from collections import Counter
+
+import boto3
+import pytest
+
+from rbacbridge import report
+from rbacbridge import verify as v
+from rbacbridge.sandbox import Boto3Backend, sandbox_matrix, set_enforcement
+from rbacbridge.verify.inprocess import PodCredentials, fetch_from_pod, parse_credentials
+from rbacbridge.verify.probes import KubeExecRunner, AwsCliBackend
+from tests.fixtures_verify import ACCOUNT, DUMMY, bucket_keys, moto_url, sandbox  # noqa: F401
+
+
+def cells_of(result):
+    return {(c.principal, c.check, c.bucket or c.target): (c.observed, c.match, c.blame.layer if c.blame else None)
+            for c in result.all_cells}
+
+
+@pytest.mark.parametrize("stage,fault", [("after", None), ("after", "trust"), ("after", "policy"), ("after", "iptables"),
+                                         ("after", "namespace"), ("before", None)])
+def test_truth_cases_give_the_same_cells_and_layers_in_both_modes(sandbox, stage, fault):
+    url, config = sandbox
+    in_pods = sandbox_matrix(url, config, ACCOUNT, stage, fault=fault, probe_from=v.PROBED_FROM_POD)
+    ours = sandbox_matrix(url, config, ACCOUNT, stage, fault=fault, probe_from=v.PROBED_FROM_RBACBRIDGE)
+    assert cells_of(ours) == cells_of(in_pods)
+    assert (ours.ok, ours.exit_code) == (in_pods.ok, in_pods.exit_code)
+    assert {c.probed_from for c in in_pods.all_cells} == {v.PROBED_FROM_POD}
+    if stage == "after":  # (the sandbox's pods before kube2iam are the node itself: no pod credentials to read)
+        pods_with_credentials = [p for p in ours.principals if p.principal.kind == "pod" and p.identity.observed]
+        made = [c for p in pods_with_credentials for c in p.cells if c.check in (v.READ, v.WRITE, v.CHAIN)]
+        assert made and sum(c.probed_from == v.PROBED_FROM_RBACBRIDGE for c in made) >= len(made) - len(pods_with_credentials)
+    assert all(c.probed_from == v.PROBED_FROM_POD for p in ours.principals if p.principal.kind == "host" for c in p.cells)
+    assert bucket_keys(url, config.shared_bucket) == [] and bucket_keys(url, config.tenant_bucket) == []
+
+
+class Pod(Boto3Backend):
+    """A pod holding a role's credentials: its own calls counted on the wire; `denied_in_pod`: buckets its own path
+    refuses to list (an egress proxy, a bucket policy on aws:SourceVpce that rbacbridge's calls do not satisfy)."""
+
+    def __init__(self, url, config, role, denied_in_pod=()):
+        sts = boto3.client("sts", endpoint_url=url, region_name="us-east-1", **DUMMY)
+        c = sts.assume_role(RoleArn=config.role_arn(ACCOUNT, role), RoleSessionName="i-0probefrom")["Credentials"]
+        super().__init__(url, "us-east-1", {"aws_access_key_id": c["AccessKeyId"], "aws_secret_access_key": c["SecretAccessKey"],
+                                            "aws_session_token": c["SessionToken"]})
+        self.secrets = (c["SecretAccessKey"], c["SessionToken"])
+        self.denied_in_pod = set(denied_in_pod)
+        self.sent = Counter()
+        for client in (self.sts, self.s3):
+            client.meta.events.register("before-send", lambda request, **_: self.sent.update([request.method]))
+
+    def list_bucket(self, bucket):
+        if bucket in self.denied_in_pod:
+            return v.classify(254, "", "An error occurred (AccessDenied) when calling the ListObjectsV2 operation: "
+                                       "denied by the VPC endpoint policy")
+        return super().list_bucket(bucket)
+
+    def pod_credentials(self):
+        ident = self.identity()
+        c = self.credentials
+        return ident, PodCredentials(c["aws_access_key_id"], c["aws_secret_access_key"], c["aws_session_token"]), None
+
+
+def pod(name, node, config, annotated):
+    return v.Principal(f"{name}@{node}", "pod", namespace=config.namespace, node=node,
+                       role_annotation=config.pod_role if annotated else None)
+
+
+def run(url, config, targets, probe_from=v.PROBED_FROM_RBACBRIDGE):
+    set_enforcement(url, True)
+    try:
+        return v.run_matrix(config, ACCOUNT, "after", targets, probe_from=probe_from, endpoint_url=url)
+    finally:
+        set_enforcement(url, False)
+
+
+def test_pods_of_one_role_make_two_calls_each_and_rbacbridge_the_cells_once(sandbox):
+    url, config = sandbox
+    pods = {n: Pod(url, config, config.pod_role) for n in ("node-a", "node-b", "node-c")}
+    result = run(url, config, [(pod(v.ANNOTATED, n, config, True), b) for n, b in pods.items()])
+    assert result.ok, [(c.principal, c.check, c.detail) for c in result.mismatches]
+    # in each pod: its identity and one spot-checked cell; everything else from rbacbridge
+    assert [sum(b.sent.values()) for b in pods.values()] == [2, 2, 2]
+    for p in result.principals:
+        modes = Counter(c.probed_from for c in p.cells)
+        assert modes[v.PROBED_FROM_POD] == 1 and modes[v.PROBED_FROM_RBACBRIDGE] == len(p.cells) - 1
+        spot = next(c for c in p.cells if c.probed_from == v.PROBED_FROM_POD)
+        assert spot.check == v.READ and spot.observed is True
+    assert result.notes[0].startswith("--probe-from rbacbridge: 18 of 21 bucket and chain cells")
+    assert bucket_keys(url, config.tenant_bucket) == []  # one probe object per role, written and deleted
+
+
+def test_spot_check_difference_is_reported_and_that_roles_cells_probed_in_the_pod(sandbox, caplog, capsys):
+    url, config = sandbox
+    caplog.set_level(logging.DEBUG, logger="rbacbridge")  # rbacbridge configures no AWS SDK logging
+    proxied = Pod(url, config, config.pod_role, denied_in_pod=(config.shared_bucket, config.tenant_bucket))
+    plain = Pod(url, config, config.pod_role)
+    targets = [(pod(v.ANNOTATED, "node-a", config, True), proxied), (pod(v.ANNOTATED, "node-b", config, True), plain)]
+    result = run(url, config, targets)
+    assert not result.ok
+    note = next(n for n in result.notes if n.startswith("spot check on node node-a"))
+    assert "denied in pod nginx-annotated@node-a but allowed to rbacbridge" in note
+    assert "probed in the pod" in note
+    by_name = {p.principal.name: p for p in result.principals}
+    a, b = by_name[f"{v.ANNOTATED}@node-a"], by_name[f"{v.ANNOTATED}@node-b"]
+    assert {c.probed_from for c in a.cells} == {v.PROBED_FROM_POD}  # every cell of that role on node-a, in the pod
+    assert {(c.bucket, c.check) for c in a.cells if not c.match} == {(config.shared_bucket, v.READ), (config.tenant_bucket, v.READ)}
+    assert all(c.blame.layer == v.PERMISSIONS for c in a.cells if not c.match)
+    assert all(c.match for c in b.cells) and any(c.probed_from == v.PROBED_FROM_RBACBRIDGE for c in b.cells)
+    # no credential anywhere: JSON, JUnit, the table, notes, logs
+    report.print_table(result)
+    outputs = [report.to_json(result), report.to_junit(result), capsys.readouterr().out, "\n".join(result.notes), caplog.text]
+    for secret in proxied.secrets + plain.secrets:
+        assert all(secret not in text for text in outputs)
+
+
+def test_credentials_never_shown():
+    creds = parse_credentials(json.dumps({"Code": "Success", "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "s3cr3t-value",
+                                          "Token": "t0ken-value", "Expiration": "2030-01-01T00:00:00Z"}))
+    assert creds.token == "t0ken-value" and creds.usable()
+    assert "s3cr3t" not in repr(creds) and "t0ken" not in repr(creds) and "ASIA" not in repr(creds)
+    expired = parse_credentials(json.dumps({"AccessKeyId": "A", "SecretAccessKey": "S", "SessionToken": "T",
+                                            "Expiration": "2020-01-01T00:00:00+00:00"}))
+    assert expired.token == "T" and not expired.usable()
+    assert parse_credentials("not json t0ken") is None
+
+
+class ExecAnswers(KubeExecRunner):
+    """A pod's exec answering with fixed output (the exec channel itself: tests/test_lab.py)."""
+
+    def __init__(self, rc, stdout, stderr=""):
+        super().__init__(None, "ns", "pod")
+        self.answer, self.argvs = (rc, stdout, stderr), []
+
+    def run(self, argv, timeout):
+        self.argvs.append(argv)
+        return self.answer
+
+
+def test_one_exec_reads_identity_and_credentials_and_never_quotes_a_bad_document():
+    arn = f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-s3-read-write/i-1"
+    good = json.dumps({"Code": "Success", "AccessKeyId": "A", "SecretAccessKey": "S3CRET", "Token": "TOKEN-1",
+                       "Expiration": "2030-01-01T00:00:00Z"})
+    runner = ExecAnswers(0, json.dumps({"Arn": arn}) + "\n--rbacbridge-verify-credentials--\n" + good)
+    ident, creds, why = fetch_from_pod(AwsCliBackend(runner, "us-east-1", "http://moto:5000"))
+    assert (ident.ok, ident.value, creds.token, why) == (True, arn, "TOKEN-1", None)
+    assert len(runner.argvs) == 1 and runner.argvs[0][:2] == ["sh", "-c"]
+    assert "--endpoint-url" in runner.argvs[0] and "get-caller-identity" in runner.argvs[0]
+    half = ExecAnswers(3, json.dumps({"Arn": arn}) + "\n--rbacbridge-verify-credentials--\n{\"SecretAccessKey\": \"S3CRET\"",
+                       "curl: (22) The requested URL returned error: 404\n")
+    ident, creds, why = fetch_from_pod(AwsCliBackend(half, "us-east-1"))
+    assert ident.ok and creds is None and "S3CRET" not in why and "404" in why
+    denied = ExecAnswers(255, "", "Unable to locate credentials. You can configure credentials by running \"aws configure\".")
+    ident, creds, _ = fetch_from_pod(AwsCliBackend(denied, "us-east-1"))
+    assert (ident.ok, ident.category, creds) == (False, v.NO_CREDENTIALS, None)
