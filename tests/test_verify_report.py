@@ -23,6 +23,10 @@ SCHEMA_FILE = ROOT / "docs" / "verify-schema.json"
 CELLS = 3 * 5 + 2 * 3  # identity + read/write x 2 buckets per principal; a chain cell per managed role per pod
 
 
+# The module fixture is built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_verify_report")
+
+
 @pytest.fixture(scope="module")
 def results(moto_url):
     url = moto_url
