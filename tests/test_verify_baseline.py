@@ -187,3 +187,25 @@ def test_load_baseline_accepts_a_real_report(sandbox, tmp_path):
     with pytest.raises(Exception, match="larger than 4 MiB"):
         load_baseline(str(big))
 
+
+
+def test_a_pod_whose_sdk_reads_another_path_is_probed_in_the_pod(sandbox):
+    """--probe-from rbacbridge reads what the metadata path hands a pod; a pod whose admitted environment sends
+    its SDK to web identity or Pod Identity first does not use those credentials, so its cells are its own calls."""
+    from tests.test_verify_probe_from import Pod, run
+
+    url, config = sandbox
+    irsa = v.Principal("web@node-a", "pod", namespace=config.namespace, node="node-a", role_annotation=config.pod_role,
+                       credential_env=tuple(sorted((e["name"], e["value"]) for e in IRSA_ENV[:2])))
+    plain = v.Principal("plain@node-a", "pod", namespace=config.namespace, node="node-a", role_annotation=config.pod_role,
+                        credential_env=())
+    irsa_pod, plain_pod = Pod(url, config, config.pod_role), Pod(url, config, config.pod_role)
+    result = run(url, config, [(irsa, irsa_pod), (plain, plain_pod)])
+    by_name = {p.principal.name: p for p in result.principals}
+    web_cells = [c for c in by_name["web@node-a"].cells if c.check in (v.READ, v.WRITE)]
+    plain_cells = [c for c in by_name["plain@node-a"].cells if c.check in (v.READ, v.WRITE)]
+    assert web_cells and {c.probed_from for c in web_cells} == {v.PROBED_FROM_POD}
+    assert v.PROBED_FROM_RBACBRIDGE in {c.probed_from for c in plain_cells}
+    assert "web@node-a: its SDK takes credentials from web-identity, not the metadata path: its cells probed in the pod" in result.notes
+    assert by_name["web@node-a"].identity.source == cs.WEB_IDENTITY and by_name["plain@node-a"].identity.source == cs.KUBE2IAM
+    assert result.ok
