@@ -1,4 +1,4 @@
-"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v5), JUnit XML,
+"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v6), JUnit XML,
 GitHub Actions annotations and job summary. No work here.
 
 The JSON Schema is `JSON_SCHEMA` (rbacbridge/report_schema.py); `docs/verify-schema.json` is a copy of it
@@ -85,6 +85,7 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
             "owners": list(c.owners),
             "cross_tenant": c.cross_tenant,
             "probed_from": c.probed_from,
+            "source": c.source,
         }
 
     def principal(p: PrincipalResult) -> dict[str, Any]:
@@ -149,6 +150,7 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
         "findings": [{"kind": f.kind, "subject": f.subject, "message": f.message, "reason": f.reason,
                       "layer": f.layer, "node": f.node} for f in result.findings],
         "notes": list(result.notes),
+        "baseline": dict(result.baseline) if result.baseline is not None else None,
     }
 
 

@@ -1,19 +1,20 @@
-"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v5).
+"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v6).
 
 `docs/verify-schema.json` is a copy of it (a test keeps them equal). Data only."""
 
 from __future__ import annotations
 
 from rbacbridge.verify import CHECKS, LAYERS, PROBE_FROM
+from rbacbridge.verify.credential_source import SOURCES
 
-SCHEMA = "rbacbridge.verify/v5"
+SCHEMA = "rbacbridge.verify/v6"
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _CELL_SCHEMA = {
     "type": "object",
     "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame",
-                 "owners", "cross_tenant", "probed_from"],
+                 "owners", "cross_tenant", "probed_from", "source"],
     "additionalProperties": False,
     "properties": {
         "check": {"enum": list(CHECKS)},
@@ -35,6 +36,8 @@ _CELL_SCHEMA = {
         "owners": {"type": "array", "items": {"type": "string"}},
         "cross_tenant": {"type": "boolean"},
         "probed_from": {"enum": list(PROBE_FROM)},
+        # identity cells: the path that served the credentials (kube2iam, web-identity, pod-identity, ...); else null
+        "source": {"enum": [*SOURCES, None]},
     },
 }
 
@@ -79,7 +82,7 @@ JSON_SCHEMA = {
     "$id": SCHEMA,
     "type": "object",
     "required": ["schema", "stage", "account", "region", "buckets", "roles", "ok", "exit_code", "summary", "unverified",
-                 "accept_unverified", "drift", "tenants", "others", "findings", "notes"],
+                 "accept_unverified", "drift", "tenants", "others", "findings", "notes", "baseline"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA},
@@ -141,5 +144,11 @@ JSON_SCHEMA = {
             },
         },
         "notes": {"type": "array", "items": {"type": "string"}},
+        # verify --baseline FILE: how the cells compare with that earlier report (null: no baseline given)
+        "baseline": {"oneOf": [{"type": "null"}, {
+            "type": "object", "additionalProperties": False,
+            "required": ["compared", "changed", "gained", "lost", "source_changed", "new", "missing"],
+            "properties": {k: {"type": "integer", "minimum": 0} for k in (
+                "compared", "changed", "gained", "lost", "source_changed", "new", "missing")}}]},
     },
 }
