@@ -1,8 +1,9 @@
 """`rbacbridge demo`: the whole AWS side against an embedded moto server. Nothing real is touched.
 
-Scenarios: `article` (the default: the walkthrough's one tenant, verify before and after kube2iam) and
+Scenarios: `article` (the default: the walkthrough's one tenant, verify before and after kube2iam),
 `abc` (templates/scenarios/abc.yaml: clients A, B and C, only C with a bucket: the breach before kube2iam,
-isolation after); `-c FILE` runs any configuration's tenants the same way."""
+isolation after) and `migrate` (the article, then off kube2iam to IRSA phase by phase and back:
+rbacbridge/demo_migrate.py); `-c FILE` runs any configuration's tenants the same way."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from rbacbridge.config import Config
 from rbacbridge.errors import RbacbridgeError, UsageError
 
 SANDBOX_ACCOUNT = "123456789012"  # moto's default account
-SCENARIOS = ("article", "abc")  # article: the walkthrough's one tenant (the default); abc: clients A, B and C
+# article: the walkthrough's one tenant (the default); abc: clients A, B and C; migrate: the article, then off kube2iam
+SCENARIOS = ("article", "abc", "migrate")
 OUTPUTS = ("table", "json")
 DEMO_SCHEMA = "rbacbridge.demo/v1"
 MUTATING_PREFIXES = ("Create", "Delete", "Update", "Attach", "Detach", "Put", "Add", "Remove", "Tag", "Untag",
@@ -197,7 +199,7 @@ def demo_config(config_path: str | None, scenario: str) -> Config:
         return config_module.load(config_path)
     if scenario not in SCENARIOS:
         raise UsageError(f"invalid --scenario {scenario!r}: choose from {', '.join(SCENARIOS)}")
-    if scenario == "article":
+    if scenario in ("article", "migrate"):
         return Config()
     from rbacbridge.templating import template_dir
 
@@ -275,7 +277,12 @@ def run_demo(keep: bool = False, fault: str | None = None, config_path: str | No
         out.print(f"{len(again.changes)} changes planned, {counter.mutating} mutating AWS calls made.")
 
         _render_section(out, config)
-        problem, before, after = _verify_section(out, config, url, fault, tables)
+        if scenario == "migrate" and config_path is None:
+            from rbacbridge.demo_migrate import run_story
+
+            problem, before, after = run_story(out, config, url, SANDBOX_ACCOUNT, tables)
+        else:
+            problem, before, after = _verify_section(out, config, url, fault, tables)
 
         out.rule("4. rbacbridge teardown")
         ctx = context()

@@ -212,9 +212,11 @@ def _assume(sts, role_arn: str, session: str) -> dict[str, str]:
 
 def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str = "after", fault: str | None = None,
                    tenant: str | None = None, starting_point: bool = False,
-                   probe_from: str = v.DEFAULT_PROBE_FROM) -> v.VerifyResult:
+                   probe_from: str = v.DEFAULT_PROBE_FROM, paths: Any = None) -> v.VerifyResult:
     """Run the verification matrix against a moto server holding the resources `setup` creates.
-    `tenant`: that tenant's pods only. `starting_point` (stage before): the article's starting point."""
+    `tenant`: that tenant's pods only. `starting_point` (stage before): the article's starting point.
+    `paths` (rbacbridge.demo_migrate.PodPaths): the migration demo's pods that take web identity credentials
+    and whether kube2iam still serves the others."""
     if fault is not None and fault not in FAULTS:
         raise UsageError(f"invalid --break {fault!r}: choose from {', '.join(FAULTS)}")
     if stage not in v.STAGES:
@@ -223,6 +225,8 @@ def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str =
         raise UsageError("the starting point is a stage-before matrix without a planted fault")
     # an unknown tenant fails here, before any call; a tenant without workloads gets a probe pod (issue 28)
     principals = v.with_probe_pods(config, v.configured_principals(config, tenant), tenant)
+    if paths is not None:
+        principals = paths.admitted(principals)
     region = config.region
     set_enforcement(endpoint_url, False)
     admin = _bootstrap_admin(endpoint_url, region)
@@ -236,7 +240,8 @@ def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str =
         if fault == "namespace":
             for namespace in broken.namespaces:
                 allowed[namespace] = diagnostics.allowed_roles[namespace] = []
-        credentials = _principal_credentials(endpoint_url, config, account, stage, fault, admin, live, principals, allowed)
+        credentials = _principal_credentials(endpoint_url, config, account, stage, fault, admin, live, principals, allowed,
+                                             paths)
         targets = [(p, credentials[p.name]) for p in principals]
         documents = starting_point_documents(config, account) if starting_point else None
         set_enforcement(endpoint_url, True)
@@ -314,7 +319,7 @@ class PodBackend:
 
 def _principal_credentials(endpoint_url: str, config: Config, account: str, stage: str, fault: str | None,
                            admin: dict[str, str], live: v.Documents, principals: list[v.Principal],
-                           allowed: dict[str, list[str]]) -> dict[str, Any]:
+                           allowed: dict[str, list[str]], paths: Any = None) -> dict[str, Any]:
     """Which role each principal would get here, and a backend holding that role's credentials.
 
     moto compares a trust policy's Principal with the caller's exact ARN, so a trust naming the
@@ -361,6 +366,8 @@ def _principal_credentials(endpoint_url: str, config: Config, account: str, stag
 
     def asker(principal: v.Principal, intercepted: bool) -> Any:
         def ask(role: str, role_arn: str) -> v.CallResult:
+            if paths is not None and not paths.kube2iam:
+                return v.CallResult(False, v.NO_CREDENTIALS, "no kube2iam (migrate finish): the metadata path is closed to pods")
             if not intercepted:  # the instance metadata service only knows the instance profile's role
                 return v.CallResult(False, v.NO_CREDENTIALS, f"no kube2iam: the metadata service has no role {role}")
             got = kube2iam(principal.namespace, role, "rbacbridge-ask-" + principal.name.replace("/", "-"))
@@ -375,7 +382,11 @@ def _principal_credentials(endpoint_url: str, config: Config, account: str, stag
             backends[principal.name] = node_backend
             continue
         intercepted = not (fault == "iptables" and principal.tenant == broken.name)
-        if principal.role_annotation is None:
+        if paths is not None and principal.name in paths.web_identity:
+            base = paths.backend(endpoint_url, region, admin, live, principal)
+        elif paths is not None and not paths.kube2iam:
+            base = v.UnavailableBackend(v.NO_CREDENTIALS, "no kube2iam (migrate finish): the metadata path is closed to pods")
+        elif principal.role_annotation is None:
             base = via_kube2iam(config.effective_default_role, session)
         elif not intercepted:
             base = node_backend  # nothing intercepts 169.254.169.254: the instance profile answers

@@ -26,6 +26,7 @@ _EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "demo": (
         ("rbacbridge demo --scenario abc", "clients A, B, C: the breach before kube2iam, isolation after"),
         ("rbacbridge demo --break trust", "plant a fault; verify blames the trust layer"),
+        ("rbacbridge demo --scenario migrate", "off kube2iam to IRSA phase by phase: the same cells after each, and back"),
     ),
     "config-reference": (
         ("rbacbridge config-reference", "every setting of rbacbridge.yaml with its default"),

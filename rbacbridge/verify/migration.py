@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from rbacbridge.errors import UsageError, shown
-from rbacbridge.verify.model import IDENTITY, MIGRATION, Blame, Cell, VerifyResult
+from rbacbridge.verify.model import ASSUME_DENIED, IDENTITY, MIGRATION, NO_CREDENTIALS, Blame, Cell, VerifyResult
 
 Key = tuple[str, str, str | None, str | None]
 
@@ -82,8 +82,8 @@ def apply_baseline(result: VerifyResult, document: dict[str, Any], label: str = 
         counts["compared"] += 1
         if cell.check == IDENTITY and old.get("_source") and cell.source and old["_source"] != cell.source:
             counts["source_changed"] += 1
-        if cell.error is not None and cell.observed is None:
-            continue  # could not tell now: already a mismatch of its own layer when it matters
+        if cell.observed is None and not (cell.check == IDENTITY and cell.error in (NO_CREDENTIALS, ASSUME_DENIED)):
+            continue  # could not tell now (a refused identity is an answer): a mismatch of its own layer when it matters
         if cell.observed == old.get("observed"):
             continue
         counts["changed"] += 1
