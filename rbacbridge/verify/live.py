@@ -13,7 +13,7 @@ from rbacbridge.verify.diagnose import (_get, drift_findings, host_network_findi
                                         kube2iam_missing, live_diagnostics)
 from rbacbridge.verify.ephemeral import _api_client, ensure_ephemeral_probe
 from rbacbridge.verify.expected import configured_principals
-from rbacbridge.verify.model import DEFAULT_PROBE_FROM, HOST, ROLE_ANNOTATION, Finding, Principal, VerifyResult
+from rbacbridge.verify.model import DEFAULT_PROBE_FROM, HOST, PROBED_FROM_RBACBRIDGE, ROLE_ANNOTATION, Finding, Principal, VerifyResult
 from rbacbridge.verify.probes import (AwsCliBackend, CommandRunner, KubeExecRunner, ProbeBackend, SshRunner,
                                       ensure_cli_all)
 
@@ -148,6 +148,7 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
             runner = KubeExecRunner(gateway, namespace, pod_name)
             checks.append((runner, options.install_cli, f"pod {namespace}/{pod_name}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+        defer_cli_check(options, checks, principals[-1][1])
     for need, runner in started.items():
         if isinstance(runner, str):
             continue
@@ -158,6 +159,7 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
                      f"{need.namespace}/{runner.pod} there ({ROLE_ANNOTATION}: {need.annotation or '(none)'}; deleted afterwards)")
         checks.append((runner, False, f"probe pod {need.namespace}/{runner.pod}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+        defer_cli_check(options, checks, principals[-1][1])
     if not any(p.kind == "host" for p in configured):  # --tenant: that tenant's pods only
         ensure_cli_all(checks)
         return principals
@@ -204,6 +206,13 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
             runner.close()
         raise
     return out + principals
+
+
+def defer_cli_check(options: LiveOptions, checks: list[tuple[CommandRunner, bool, str]], backend: Any) -> None:
+    """--probe-from rbacbridge: a pod's AWS CLI is checked where it is needed (verify.inprocess: the one exec's spot
+    check tells, and a pod probed the old way is checked first), not by an exec of its own."""
+    if options.probe_from == PROBED_FROM_RBACBRIDGE and checks and checks[-1][0] is backend.runner:
+        backend.cli_check = checks.pop()[1:]
 
 
 def _pods_of(gateway: Any, namespace: str, name: str) -> tuple[list[Any], str]:
