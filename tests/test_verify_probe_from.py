@@ -157,8 +157,8 @@ def test_one_exec_reads_the_role_its_credentials_and_the_spot_cell_and_never_quo
     runner = ExecAnswers((0, listing + '{"Contents": []}', ""))
     got = one_exec(AwsCliBackend(runner, "us-east-1", "http://moto:5000"), ROLE, "nettech-helm-test")
     assert (got.listed, got.creds.token, got.why, got.spot.allowed) == (ROLE, "TOKEN-1", None, True)
-    assert len(runner.argvs) == 1 and runner.argvs[0][:2] == ["sh", "-c"] and runner.argvs[0][4] == ROLE
-    assert runner.argvs[0][5:] == ["env", "AWS_PAGER=", "aws", "s3api", "list-objects-v2", "--bucket", "nettech-helm-test",
+    assert len(runner.argvs) == 1 and runner.argvs[0][:2] == ["sh", "-c"] and runner.argvs[0][4:6] == [ROLE, ""]
+    assert runner.argvs[0][6:] == ["env", "AWS_PAGER=", "aws", "s3api", "list-objects-v2", "--bucket", "nettech-helm-test",
                                    "--max-items", "1", "--region", "us-east-1", "--output", "json", "--endpoint-url",
                                    "http://moto:5000"]
     # the spot call denied in the pod: its exit code and stderr are the exec's
@@ -170,7 +170,7 @@ def test_one_exec_reads_the_role_its_credentials_and_the_spot_cell_and_never_quo
                         (0, f"--rbv-meta--\nnode-role\n--rbv-end-- 200\n{GOOD}\n--rbv-end-- 200\n--rbv-spot--\n", ""))
     got = one_exec(AwsCliBackend(other, "us-east-1"), ROLE, None)
     assert (got.listed, got.creds.token, got.spot) == ("node-role", "TOKEN-1", None)
-    assert other.argvs[1][4:] == ["node-role"]
+    assert other.argvs[1][4:] == ["node-role", ""]
     # kube2iam refuses (namespace restrictions): no credentials, the error's first line, never a document
     refused = ExecAnswers((0, f"--rbv-meta--\nrole x not allowed\n--rbv-end-- 403\n--rbv-end-- 403\n--rbv-spot--\n", ""))
     got = one_exec(AwsCliBackend(refused, "us-east-1"), ROLE, None)
@@ -198,7 +198,7 @@ FAKE_CURL = r"""for a in "$@"; do case "$a" in
 esac; done"""
 
 
-def run_in_a_real_shell(tmp_path, tools, hint, spot):
+def run_in_a_real_shell(tmp_path, tools, hint, spot, token=""):
     """The generated one-exec script in a real POSIX shell (the system's sh), with a PATH of counting wrappers:
     each logs its process id; `env` is the real one (it execs aws in its own process, as in a pod)."""
     bin_ = tmp_path / "bin"
@@ -209,7 +209,7 @@ def run_in_a_real_shell(tmp_path, tools, hint, spot):
     log = tmp_path / "pids.log"
     log.write_text("")
     env = {"PATH": str(bin_), "RBV_LOG": str(log), "RBV_CREDS": GOOD}
-    argv = [shutil.which("sh"), "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", hint,
+    argv = [shutil.which("sh"), "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", hint, token,
             *(AwsCliBackend(None, "us-east-1").argv("s3api", "list-objects-v2", "--bucket", spot) if spot else [])]
     with open(tmp_path / "sh.pid", "w") as pidfile:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -239,7 +239,7 @@ def test_the_one_exec_runs_two_processes_in_a_pod(tmp_path):
         trace = tmp_path / "trace"
         env = {"PATH": str(tmp_path / "bin"), "RBV_LOG": str(tmp_path / "pids.log"), "RBV_CREDS": GOOD}
         subprocess.run([shutil.which("strace"), "-f", "-qq", "-e", "trace=clone,clone3,fork,vfork", "-o", str(trace), shutil.which("sh"),
-                        "-c", ONE_EXEC_SCRIPT, "x", ROLE, "env", "aws", "s3api"], env=env, check=True, capture_output=True)
+                        "-c", ONE_EXEC_SCRIPT, "x", ROLE, "", "env", "aws", "s3api"], env=env, check=True, capture_output=True)
         created = [ln for ln in trace.read_text().splitlines() if "clone" in ln or "fork" in ln]
         assert len(created) == 1, created  # one child (curl): with the shell itself, 2 processes
 
@@ -261,3 +261,21 @@ esac; done"""
     proc, out, err, entries = run_in_a_real_shell(tmp2, {"aws": export}, ROLE, None)
     got = parse_exec(proc.returncode, out, err, ROLE, False)
     assert (got.listed, got.creds.token, got.why) == (None, "TOKEN-1", None)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_the_host_asks_for_an_imdsv2_token_first(tmp_path):
+    """The host node (and hostNetwork pods) reach EC2's own metadata service, which may require IMDSv2: one curl for
+    the token (a command substitution: one process), one for both fetches with it, then the spot check's aws."""
+    curl = r"""case "$*" in *"-X PUT"*) printf lab-token; exit 0;; esac
+case "$*" in *"X-aws-ec2-metadata-token: lab-token"*) ;; *) echo "no token header: $*" >&2; exit 22;; esac
+""" + FAKE_CURL
+    tools = {"curl": curl, "env": 'exec /usr/bin/env "$@"', "aws": 'echo "{\\"Contents\\": []}"'}
+    proc, out, err, entries = run_in_a_real_shell(tmp_path, tools, "node-role", "nettech-helm-test", token="v2")
+    assert proc.returncode == 0 and not err, err
+    assert [name for _, name in entries] == ["curl", "curl", "env", "aws"]
+    assert len({pid for pid, _ in entries} | {str(proc.pid)}) == 3, entries
+    from rbacbridge.verify.one_exec import parse_exec
+
+    got = parse_exec(proc.returncode, out, err, "nettech-s3-read-write", True)
+    assert got.listed == "nettech-s3-read-write" and got.creds.token == "TOKEN-1" and got.spot.allowed is True

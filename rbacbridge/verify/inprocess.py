@@ -133,7 +133,7 @@ class _Holder:
 
 def spot_plan(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], hints: dict[str, str | None],
               readable: dict[str, list[str]]) -> dict[str, str]:
-    """Before the exec: which pod probes which read cell itself — the first pod of each (expected role, node), a
+    """Before the exec: which principal probes which read cell itself — the first of each (expected role, node), a
     location the configuration lets that role read (else any), rotated by node so the nodes check different ones."""
     if not buckets:
         return {}
@@ -141,7 +141,7 @@ def spot_plan(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str],
     plan: dict[str, str] = {}
     seen: set[tuple[Any, Any]] = set()
     for principal, _ in targets:
-        if principal.kind != "pod" or (hints.get(principal.name), principal.node) in seen:
+        if (hints.get(principal.name), principal.node) in seen:
             continue
         seen.add((hints.get(principal.name), principal.node))
         plan[principal.name] = _rotated(readable.get(principal.name) or buckets, nodes, principal.node)
@@ -172,7 +172,8 @@ def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], bucke
     asked: dict[tuple[str, str], Any] = {}
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-fetch") as pool:
         for principal, backend in targets:
-            fetched[principal.name] = pool.submit(one_exec, backend, hints.get(principal.name), plan.get(principal.name))
+            fetched[principal.name] = pool.submit(one_exec, backend, hints.get(principal.name), plan.get(principal.name),
+                                                  principal.kind == "host" or principal.host_network)
             if can_request_roles(backend):
                 for target, arn in annotations.get(principal.name, []):
                     asked[(principal.name, target)] = pool.submit(probe_annotation, backend, target, arn)

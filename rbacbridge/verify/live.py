@@ -199,6 +199,7 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
             host = Principal(name, "host", node=label)
         checks.append((runner, False, f"host node {label}"))
         out.append((host, AwsCliBackend(runner, config.region, config.endpoint_url)))
+        defer_cli_check(options, checks, out[-1][1])
     try:
         ensure_cli_all(checks)
     except BaseException:
@@ -209,8 +210,8 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
 
 
 def defer_cli_check(options: LiveOptions, checks: list[tuple[CommandRunner, bool, str]], backend: Any) -> None:
-    """--probe-from rbacbridge: a pod's AWS CLI is checked where it is needed (verify.inprocess: the one exec's spot
-    check tells, and a pod probed the old way is checked first), not by an exec of its own."""
+    """--probe-from rbacbridge: the AWS CLI of a pod or host node is checked where it is needed (verify.inprocess: the
+    one exec's spot check tells, and a principal probed the old way is checked first), not by an exec of its own."""
     if options.probe_from == PROBED_FROM_RBACBRIDGE and checks and checks[-1][0] is backend.runner:
         backend.cli_check = checks.pop()[1:]
 

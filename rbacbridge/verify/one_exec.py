@@ -20,20 +20,25 @@ from datetime import datetime, timedelta, timezone
 
 from rbacbridge.config import grant_bucket
 from rbacbridge.verify.model import CLI_MISSING, CallResult, Observation
-from rbacbridge.verify.probes import AwsCliBackend, KubeExecRunner, ProbeBackend, _allowed, classify
+from rbacbridge.verify.probes import AwsCliBackend, ProbeBackend, _allowed, classify
 
 EXPIRY_MARGIN = timedelta(seconds=60)
 METADATA_CREDENTIALS = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+METADATA_TOKEN = "http://169.254.169.254/latest/api/token"
 META_MARK, END_MARK, SPOT_MARK = "--rbv-meta--", "--rbv-end--", "--rbv-spot--"
-# $1: the role name to ask for ('' = only ask which role the path names); the rest: the spot-checked cell's AWS
+# $1: the role name to ask for ('' = only ask which role the path names); $2: non-empty = first ask for an IMDSv2
+# session token (the host node and hostNetwork pods reach EC2's own metadata service, which may require one; a
+# pod's kube2iam path answers IMDSv1, and EC2's hop limit would make a pod's token request wait); the rest: the spot-checked cell's AWS
 # CLI call (AwsCliBackend.argv: `env AWS_PAGER= aws ...`, env execs aws in the same process), or nothing. Each
 # fetch's answer ends with a line END_MARK and its HTTP status (curl; 000 = no answer), wget's exit code (wN)
 # or export-credentials' (xN). No subshell, no pipe: `command -v` and `[` are builtins.
 ONE_EXEC_SCRIPT = (
-    f"h=$1; shift; u={METADATA_CREDENTIALS}; echo {META_MARK}; "
+    f"h=$1; t=$2; shift 2; u={METADATA_CREDENTIALS}; echo {META_MARK}; "
     "if command -v curl >/dev/null 2>&1; then "
     f"w='\\n{END_MARK} %{{http_code}}\\n'; "
-    'if [ -n "$h" ]; then curl -s --max-time 10 -w "$w" "$u" "$u$h"; else curl -s --max-time 10 -w "$w" "$u"; fi; '
+    f'[ -z "$t" ] || t=$(curl -s --max-time 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" {METADATA_TOKEN}); '
+    'if [ -n "$h" ]; then curl -s --max-time 10 ${t:+-H} ${t:+"X-aws-ec2-metadata-token: $t"} -w "$w" "$u" "$u$h"; '
+    'else curl -s --max-time 10 ${t:+-H} ${t:+"X-aws-ec2-metadata-token: $t"} -w "$w" "$u"; fi; '
     "elif command -v wget >/dev/null 2>&1; then "
     f'wget -q -T 10 -O - "$u"; echo; echo "{END_MARK} w$?"; '
     f'if [ -n "$h" ]; then wget -q -T 10 -O - "$u$h"; echo; echo "{END_MARK} w$?"; fi; '
@@ -107,25 +112,27 @@ def spot_argv(backend: AwsCliBackend, location: str) -> list[str]:
     return backend.argv("s3api", "list-objects-v2", "--bucket", grant_bucket(location), "--max-items", "1")
 
 
-def one_exec(backend: ProbeBackend, hint: str | None, location: str | None) -> Fetched | None:
-    """The one exec in a pod: asks its metadata path for role `hint` (the role the pod should get, from the
-    configuration; only a question — the answer is what the path hands out) and, if `location`, probes that read
-    cell with the pod's CLI. None: not a pod this can run in (the host node: probed there)."""
+def one_exec(backend: ProbeBackend, hint: str | None, location: str | None, token: bool = False) -> Fetched | None:
+    """The one exec where a principal runs (a pod; the host node over SSH or in a hostNetwork pod): asks its metadata
+    path for role `hint` (the role it should get, from the configuration; only a question — the answer is what the
+    path hands out) and, if `location`, probes that read cell with its own CLI. `token`: IMDSv2 first (the node's own
+    metadata service). None: a principal this cannot run in (the sandbox's host: probed there)."""
     own = getattr(backend, "pod_credentials", None)  # the sandbox's pods
     if callable(own):
         ident, creds, why = own()
         return Fetched(None, creds, why, identity=ident)
-    if not isinstance(backend, AwsCliBackend) or not isinstance(backend.runner, KubeExecRunner):
+    if not isinstance(backend, AwsCliBackend):
         return None
     hint = hint if hint and ROLE_NAME.fullmatch(hint) else ""
-    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", hint, *(spot_argv(backend, location) if location else [])]
+    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", hint, "v2" if token else "",
+            *(spot_argv(backend, location) if location else [])]
     try:
         rc, stdout, stderr = backend.runner.run(argv, backend.timeout)
     except Exception as exc:  # noqa: BLE001 - a broken transport is an observation (never the output: it may hold a secret)
         return Fetched(why=f"the exec failed ({'timeout' if 'timeout' in str(exc).lower() else type(exc).__name__})")
     fetched = parse_exec(rc, stdout or "", stderr or "", hint, location is not None)
     if fetched.listed and fetched.creds is None and fetched.listed != hint:  # the path names another role: ask for it
-        fetched.creds, fetched.why = _fetch_named(backend, fetched.listed)
+        fetched.creds, fetched.why = _fetch_named(backend, fetched.listed, token)
     return fetched
 
 
@@ -155,9 +162,9 @@ def parse_exec(rc: int, stdout: str, stderr: str, hint: str, spot_asked: bool) -
     return out
 
 
-def _fetch_named(backend: AwsCliBackend, role: str) -> tuple[PodCredentials | None, str | None]:
+def _fetch_named(backend: AwsCliBackend, role: str, token: bool) -> tuple[PodCredentials | None, str | None]:
     """A second exec, only when the path names a role other than the one asked for: that role's credentials."""
-    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", role]
+    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", role, "v2" if token else ""]
     try:
         rc, stdout, stderr = backend.runner.run(argv, backend.timeout)
     except Exception as exc:  # noqa: BLE001
