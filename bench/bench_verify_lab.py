@@ -171,13 +171,19 @@ class Execs:
     def __init__(self, lab: Lab):
         self.count, self.aws, self._inner = 0, 0, lab.api.exec_handler
         self.trace: Path | None = None
+        self.kinds: dict[int, str] = {}  # traced exec number -> what it ran
+        self._lock = threading.Lock()
         lab.api.exec_handler = self
 
     def __call__(self, *args):
-        self.count += 1
+        with self._lock:
+            self.count += 1
+            number = self.count
         self.aws += "aws" in args[3]  # argv (namespace, pod, container, argv): an exec that starts the AWS CLI
         if self.trace is not None:
-            out = self.trace / f"exec-{self.count}-{threading.get_ident()}.trace"
+            argv = args[3]
+            self.kinds[number] = ("sh -c " + argv[2][:24] if argv[:2] == ["sh", "-c"] else " ".join(argv[:4]))
+            out = self.trace / f"exec-{number}.trace"
             args = (*args[:3], ["strace", "-f", "-qq", "-e", "trace=clone,clone3,fork,vfork", "-o", str(out), *args[3]], *args[4:])
         return self._inner(*args)
 
@@ -290,13 +296,14 @@ def tenants_scenario(args) -> int:
                         rc, stdout, stderr, _ = run_cli(lab_, argv, timeout=1800)
                     finally:
                         counter.trace = None
-                        processes = _count(Path(where))
+                        processes, by_kind = _count(Path(where), counter.kinds)
                 from rbacbridge.report import principals_of
 
                 principals = principals_of(json.loads(stdout)) if stdout.strip() else []
                 pods = len({p["pod"] for p in principals if p["kind"] == "pod"})
                 print(f"{name}: exit {rc}, {processes} processes in pod execs, {pods} pods probed "
-                      f"({processes / max(pods, 1):.2f} per pod; annotation probe pods' execs included)", flush=True)
+                      f"({processes / max(pods, 1):.2f} per pod; annotation probe pods' execs included); by exec (execs, "
+                      f"processes): {by_kind}", flush=True)
     finally:
         for lab_ in reversed(labs):
             lab_.close()
@@ -305,13 +312,17 @@ def tenants_scenario(args) -> int:
     return 0
 
 
-def _count(where: Path) -> int:
-    """Processes the traced execs ran: each exec's own, plus every fork/clone call that made a process, not a thread."""
-    total = 0
-    for trace in where.glob("*.trace"):
+def _count(where: Path, kinds: dict[int, str]) -> tuple[int, dict[str, list[int]]]:
+    """Processes the traced execs ran: each exec's own, plus every fork/clone call that made a process, not a thread;
+    and per kind of exec: [execs, processes]."""
+    total, by_kind = 0, {}
+    for trace in where.glob("exec-*.trace"):
         calls = [ln for ln in trace.read_text().splitlines() if any(f" {c}(" in ln for c in ("clone", "clone3", "fork", "vfork"))]
-        total += 1 + sum("CLONE_THREAD" not in ln for ln in calls)
-    return total
+        made = 1 + sum("CLONE_THREAD" not in ln for ln in calls)
+        total += made
+        entry = by_kind.setdefault(kinds.get(int(trace.stem.split("-")[1]), "?"), [0, 0])
+        entry[0], entry[1] = entry[0] + 1, entry[1] + made
+    return total, by_kind
 
 
 def main() -> int:

@@ -157,7 +157,8 @@ def test_one_exec_reads_the_role_its_credentials_and_the_spot_cell_and_never_quo
     runner = ExecAnswers((0, listing + '{"Contents": []}', ""))
     got = one_exec(AwsCliBackend(runner, "us-east-1", "http://moto:5000"), ROLE, "nettech-helm-test")
     assert (got.listed, got.creds.token, got.why, got.spot.allowed) == (ROLE, "TOKEN-1", None, True)
-    assert len(runner.argvs) == 1 and runner.argvs[0][:2] == ["sh", "-c"] and runner.argvs[0][4:6] == [ROLE, ""]
+    assert len(runner.argvs) == 1 and runner.argvs[0][:2] == ["sh", "-c"] and runner.argvs[0][4:6] == [ROLE, "-"]
+    assert "" not in runner.argvs[0]  # never an empty argument: a Kubernetes exec may drop it
     assert runner.argvs[0][6:] == ["env", "AWS_PAGER=", "aws", "s3api", "list-objects-v2", "--bucket", "nettech-helm-test",
                                    "--max-items", "1", "--region", "us-east-1", "--output", "json", "--endpoint-url",
                                    "http://moto:5000"]
@@ -170,7 +171,7 @@ def test_one_exec_reads_the_role_its_credentials_and_the_spot_cell_and_never_quo
                         (0, f"--rbv-meta--\nnode-role\n--rbv-end-- 200\n{GOOD}\n--rbv-end-- 200\n--rbv-spot--\n", ""))
     got = one_exec(AwsCliBackend(other, "us-east-1"), ROLE, None)
     assert (got.listed, got.creds.token, got.spot) == ("node-role", "TOKEN-1", None)
-    assert other.argvs[1][4:] == ["node-role", ""]
+    assert other.argvs[1][4:] == ["node-role", "-"]
     # kube2iam refuses (namespace restrictions): no credentials, the error's first line, never a document
     refused = ExecAnswers((0, f"--rbv-meta--\nrole x not allowed\n--rbv-end-- 403\n--rbv-end-- 403\n--rbv-spot--\n", ""))
     got = one_exec(AwsCliBackend(refused, "us-east-1"), ROLE, None)
@@ -198,7 +199,7 @@ FAKE_CURL = r"""for a in "$@"; do case "$a" in
 esac; done"""
 
 
-def run_in_a_real_shell(tmp_path, tools, hint, spot, token=""):
+def run_in_a_real_shell(tmp_path, tools, hint, spot, token="-"):
     """The generated one-exec script in a real POSIX shell (the system's sh), with a PATH of counting wrappers:
     each logs its process id; `env` is the real one (it execs aws in its own process, as in a pod)."""
     bin_ = tmp_path / "bin"
@@ -239,7 +240,7 @@ def test_the_one_exec_runs_two_processes_in_a_pod(tmp_path):
         trace = tmp_path / "trace"
         env = {"PATH": str(tmp_path / "bin"), "RBV_LOG": str(tmp_path / "pids.log"), "RBV_CREDS": GOOD}
         subprocess.run([shutil.which("strace"), "-f", "-qq", "-e", "trace=clone,clone3,fork,vfork", "-o", str(trace), shutil.which("sh"),
-                        "-c", ONE_EXEC_SCRIPT, "x", ROLE, "", "env", "aws", "s3api"], env=env, check=True, capture_output=True)
+                        "-c", ONE_EXEC_SCRIPT, "x", ROLE, "-", "env", "aws", "s3api"], env=env, check=True, capture_output=True)
         created = [ln for ln in trace.read_text().splitlines() if "clone" in ln or "fork" in ln]
         assert len(created) == 1, created  # one child (curl): with the shell itself, 2 processes
 

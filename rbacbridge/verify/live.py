@@ -328,7 +328,8 @@ def _annotation_cells(gateway: Any, config: Config, options: LiveOptions,
         return {}, [f"annotation cells NOT run (--no-annotation-probe): no probe pod asked kube2iam for another tenant's "
                     f"role in {len(asks)} tenant namespace(s); only the drift check covers allowed-roles"]
     pods = [p for p, _ in targets if p.kind == "pod" and not p.host_network and p.tenant]
-    observed = _kube_step("annotation probe pods", lambda: run_asks(gateway, config, asks))
+    observed = _kube_step("annotation probe pods", lambda: run_asks(gateway, config, asks,
+                                                                     from_metadata=options.probe_from == PROBED_FROM_RBACBRIDGE))
     asked: dict[str, dict[str, Any]] = {}
     notes = []
     for ask, seen in observed.items():

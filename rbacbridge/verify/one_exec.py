@@ -26,14 +26,15 @@ EXPIRY_MARGIN = timedelta(seconds=60)
 METADATA_CREDENTIALS = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 METADATA_TOKEN = "http://169.254.169.254/latest/api/token"
 META_MARK, END_MARK, SPOT_MARK = "--rbv-meta--", "--rbv-end--", "--rbv-spot--"
-# $1: the role name to ask for ('' = only ask which role the path names); $2: non-empty = first ask for an IMDSv2
+# Never an empty argument (a Kubernetes exec may drop it): "-" stands for none.
+# $1: the role name to ask for ("-" = only ask which role the path names); $2: "v2" = first ask for an IMDSv2
 # session token (the host node and hostNetwork pods reach EC2's own metadata service, which may require one; a
 # pod's kube2iam path answers IMDSv1, and EC2's hop limit would make a pod's token request wait); the rest: the spot-checked cell's AWS
 # CLI call (AwsCliBackend.argv: `env AWS_PAGER= aws ...`, env execs aws in the same process), or nothing. Each
 # fetch's answer ends with a line END_MARK and its HTTP status (curl; 000 = no answer), wget's exit code (wN)
 # or export-credentials' (xN). No subshell, no pipe: `command -v` and `[` are builtins.
 ONE_EXEC_SCRIPT = (
-    f"h=$1; t=$2; shift 2; u={METADATA_CREDENTIALS}; echo {META_MARK}; "
+    f"h=$1; t=$2; shift 2; [ \"$h\" != - ] || h=; [ \"$t\" != - ] || t=; u={METADATA_CREDENTIALS}; echo {META_MARK}; "
     "if command -v curl >/dev/null 2>&1; then "
     f"w='\\n{END_MARK} %{{http_code}}\\n'; "
     f'[ -z "$t" ] || t=$(curl -s --max-time 5 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" {METADATA_TOKEN}); '
@@ -123,8 +124,8 @@ def one_exec(backend: ProbeBackend, hint: str | None, location: str | None, toke
         return Fetched(None, creds, why, identity=ident)
     if not isinstance(backend, AwsCliBackend):
         return None
-    hint = hint if hint and ROLE_NAME.fullmatch(hint) else ""
-    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", hint, "v2" if token else "",
+    hint = hint if hint and ROLE_NAME.fullmatch(hint) and hint != "-" else ""
+    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", hint or "-", "v2" if token else "-",
             *(spot_argv(backend, location) if location else [])]
     try:
         rc, stdout, stderr = backend.runner.run(argv, backend.timeout)
@@ -164,7 +165,7 @@ def parse_exec(rc: int, stdout: str, stderr: str, hint: str, spot_asked: bool) -
 
 def _fetch_named(backend: AwsCliBackend, role: str, token: bool) -> tuple[PodCredentials | None, str | None]:
     """A second exec, only when the path names a role other than the one asked for: that role's credentials."""
-    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", role, "v2" if token else ""]
+    argv = ["sh", "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", role, "v2" if token else "-"]
     try:
         rc, stdout, stderr = backend.runner.run(argv, backend.timeout)
     except Exception as exc:  # noqa: BLE001
