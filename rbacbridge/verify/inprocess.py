@@ -38,6 +38,9 @@ from rbacbridge.verify.probes import (ProbeBackend, _outcome, can_request_roles,
                                       probe_annotation, probe_chain, probe_read, probe_write)
 
 
+_SESSION_LOCK = threading.Lock()
+
+
 class Boto3Backend:
     """The probes through boto3 with one principal's credentials (the sandbox's principals; rbacbridge's own calls
     with a pod's credentials). `retries`: throttling and transient errors retried (botocore's standard mode)."""
@@ -54,7 +57,19 @@ class Boto3Backend:
         cfg = BotoConfig(retries={"mode": "standard", "max_attempts": 5} if retries else {"max_attempts": 1},
                          connect_timeout=5, read_timeout=30, max_pool_connections=16)
         self.sts = session.client("sts", endpoint_url=endpoint_url, config=cfg, region_name=region, **credentials)
-        self.s3 = session.client("s3", endpoint_url=endpoint_url, config=cfg, region_name=region, **credentials)
+        # the S3 client when first used: a pod whose role another pod's calls cover only proves its credentials (STS)
+        self._s3_args = (session, dict(endpoint_url=endpoint_url, config=cfg, region_name=region, **credentials))
+        self._s3: Any = None
+        self._s3_lock = threading.Lock()
+
+    @property
+    def s3(self) -> Any:
+        with self._s3_lock:
+            if self._s3 is None:
+                session, kwargs = self._s3_args
+                with _SESSION_LOCK:  # a boto3 session is not thread-safe; its clients are
+                    self._s3 = session.client("s3", **kwargs)
+            return self._s3
 
     def _call(self, fn, **kwargs) -> CallResult:
         from botocore.exceptions import (ClientError, ConnectTimeoutError, EndpointConnectionError, NoCredentialsError,
@@ -111,7 +126,7 @@ class Callers:
         self._lock = threading.Lock()
 
     def of(self, creds: PodCredentials) -> Boto3Backend:
-        with self._lock:
+        with self._lock, _SESSION_LOCK:
             found = self._by_key.get(creds.access_key)
             if found is None:
                 found = self._by_key[creds.access_key] = Boto3Backend(self.endpoint_url, self.region, creds.for_boto3(),
