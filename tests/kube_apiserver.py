@@ -747,6 +747,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class KubeApiServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a real API server's backlog is large; socketserver's 5 resets bursts on a loaded machine
 
     def __init__(self, token: str | None = "test-token"):
         super().__init__(("127.0.0.1", 0), _Handler)

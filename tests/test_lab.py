@@ -210,8 +210,18 @@ def probe_from_rbacbridge(lab: Lab, after: dict, outputs: list[str]) -> None:
     assert modes.count("rbacbridge") >= len(modes) - len(pods), modes  # the rest: one spot-checked cell per pod
     assert all(c["probed_from"] == "pod" for p in pods for c in p["cells"] if c["check"] == "identity")
     assert [n for n in after["notes"] if n.startswith("--probe-from rbacbridge: ")]
-    table = run(lab, "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
-                "--ssh-key", lab.ssh_key, "--no-drift-check")
+    execs, inner = [], lab.api.exec_handler
+    lab.api.exec_handler = lambda *args: execs.append((args[1], args[3])) or inner(*args)
+    try:
+        table = run(lab, "verify", "-c", lab.config_file, "--kubeconfig", lab.kubeconfig, "--known-hosts", lab.known_hosts,
+                    "--ssh-key", lab.ssh_key, "--no-drift-check")
+    finally:
+        lab.api.exec_handler = inner
+    # one exec per pod in the common path: the metadata path read and the spot check together, no CLI check of its own
+    assert sorted(pod for pod, _ in execs) == sorted({p["pod"] for p in pods}), execs
+    assert all(argv[:2] == ["sh", "-c"] and "" not in argv for _, argv in execs), execs
+    spots = [argv for _, argv in execs if "list-objects-v2" in argv]
+    assert len(spots) == len({(p["observed_role"], p["node"]) for p in pods}), execs  # one spot check per (role, node)
     pod_ns = lab._find_pod("default", "nginx-annotated-node-a").namespace
     block = ["OUTPUT", "-p", "tcp", "-m", "string", "--algo", "bm", "--string", "list-type=2", "-j", "REJECT",
              "--reject-with", "tcp-reset"]

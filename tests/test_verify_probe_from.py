@@ -5,6 +5,9 @@ is caught by the spot check, and no credential reaches any output."""
 
 import json
 import logging
+import os
+import shutil
+import subprocess
 from collections import Counter
 
 import boto3
@@ -13,7 +16,8 @@ import pytest
 from rbacbridge import report
 from rbacbridge import verify as v
 from rbacbridge.sandbox import Boto3Backend, sandbox_matrix, set_enforcement
-from rbacbridge.verify.inprocess import PodCredentials, fetch_from_pod, parse_credentials
+from rbacbridge.verify.inprocess import PodCredentials, parse_credentials
+from rbacbridge.verify.one_exec import ONE_EXEC_SCRIPT, one_exec
 from rbacbridge.verify.probes import KubeExecRunner, AwsCliBackend
 from tests.fixtures_verify import ACCOUNT, DUMMY, bucket_keys, moto_url, sandbox  # noqa: F401
 
@@ -134,28 +138,145 @@ def test_credentials_never_shown():
 class ExecAnswers(KubeExecRunner):
     """A pod's exec answering with fixed output (the exec channel itself: tests/test_lab.py)."""
 
-    def __init__(self, rc, stdout, stderr=""):
+    def __init__(self, *answers):
         super().__init__(None, "ns", "pod")
-        self.answer, self.argvs = (rc, stdout, stderr), []
+        self.answers, self.argvs = list(answers), []
 
     def run(self, argv, timeout):
         self.argvs.append(argv)
-        return self.answer
+        return self.answers.pop(0)
 
 
-def test_one_exec_reads_identity_and_credentials_and_never_quotes_a_bad_document():
-    arn = f"arn:aws:sts::{ACCOUNT}:assumed-role/nettech-s3-read-write/i-1"
-    good = json.dumps({"Code": "Success", "AccessKeyId": "A", "SecretAccessKey": "S3CRET", "Token": "TOKEN-1",
-                       "Expiration": "2030-01-01T00:00:00Z"})
-    runner = ExecAnswers(0, json.dumps({"Arn": arn}) + "\n--rbacbridge-verify-credentials--\n" + good)
-    ident, creds, why = fetch_from_pod(AwsCliBackend(runner, "us-east-1", "http://moto:5000"))
-    assert (ident.ok, ident.value, creds.token, why) == (True, arn, "TOKEN-1", None)
-    assert len(runner.argvs) == 1 and runner.argvs[0][:2] == ["sh", "-c"]
-    assert "--endpoint-url" in runner.argvs[0] and "get-caller-identity" in runner.argvs[0]
-    half = ExecAnswers(3, json.dumps({"Arn": arn}) + "\n--rbacbridge-verify-credentials--\n{\"SecretAccessKey\": \"S3CRET\"",
-                       "curl: (22) The requested URL returned error: 404\n")
-    ident, creds, why = fetch_from_pod(AwsCliBackend(half, "us-east-1"))
-    assert ident.ok and creds is None and "S3CRET" not in why and "404" in why
-    denied = ExecAnswers(255, "", "Unable to locate credentials. You can configure credentials by running \"aws configure\".")
-    ident, creds, _ = fetch_from_pod(AwsCliBackend(denied, "us-east-1"))
-    assert (ident.ok, ident.category, creds) == (False, v.NO_CREDENTIALS, None)
+ROLE = "nettech-s3-read-write"
+GOOD = json.dumps({"Code": "Success", "AccessKeyId": "A", "SecretAccessKey": "S3CRET", "Token": "TOKEN-1",
+                   "Expiration": "2030-01-01T00:00:00Z"})
+
+
+def test_one_exec_reads_the_role_its_credentials_and_the_spot_cell_and_never_quotes_a_bad_document():
+    listing = f"--rbv-meta--\n{ROLE}\n--rbv-end-- 200\n{GOOD}\n--rbv-end-- 200\n--rbv-spot--\n"
+    runner = ExecAnswers((0, listing + '{"Contents": []}', ""))
+    got = one_exec(AwsCliBackend(runner, "us-east-1", "http://moto:5000"), ROLE, "nettech-helm-test")
+    assert (got.listed, got.creds.token, got.why, got.spot.allowed) == (ROLE, "TOKEN-1", None, True)
+    assert len(runner.argvs) == 1 and runner.argvs[0][:2] == ["sh", "-c"] and runner.argvs[0][4:6] == [ROLE, "-"]
+    assert "" not in runner.argvs[0]  # never an empty argument: a Kubernetes exec may drop it
+    assert runner.argvs[0][6:] == ["env", "AWS_PAGER=", "aws", "s3api", "list-objects-v2", "--bucket", "nettech-helm-test",
+                                   "--max-items", "1", "--region", "us-east-1", "--output", "json", "--endpoint-url",
+                                   "http://moto:5000"]
+    # the spot call denied in the pod: its exit code and stderr are the exec's
+    denied = ExecAnswers((254, listing, "An error occurred (AccessDenied) when calling the ListObjectsV2 operation: no\n"))
+    got = one_exec(AwsCliBackend(denied, "us-east-1"), ROLE, "b")
+    assert got.creds is not None and got.spot.allowed is False and got.spot.result.category == v.ACCESS_DENIED
+    # the path names another role (the node's, a missing rule): a second exec asks for THAT role's credentials
+    other = ExecAnswers((0, "--rbv-meta--\nnode-role\n--rbv-end-- 200\nInvalid role\n--rbv-end-- 403\n--rbv-spot--\n", ""),
+                        (0, f"--rbv-meta--\nnode-role\n--rbv-end-- 200\n{GOOD}\n--rbv-end-- 200\n--rbv-spot--\n", ""))
+    got = one_exec(AwsCliBackend(other, "us-east-1"), ROLE, None)
+    assert (got.listed, got.creds.token, got.spot) == ("node-role", "TOKEN-1", None)
+    assert other.argvs[1][4:] == ["node-role", "-"]
+    # kube2iam refuses (namespace restrictions): no credentials, the error's first line, never a document
+    refused = ExecAnswers((0, f"--rbv-meta--\nrole x not allowed\n--rbv-end-- 403\n--rbv-end-- 403\n--rbv-spot--\n", ""))
+    got = one_exec(AwsCliBackend(refused, "us-east-1"), ROLE, None)
+    assert got.creds is None and got.why == "the metadata path named no role (HTTP 403: role x not allowed)"
+    half = ExecAnswers((0, f"--rbv-meta--\n{ROLE}\n--rbv-end-- 200\n{{\"SecretAccessKey\": \"S3CRET\"\n--rbv-end-- 200\n"
+                           "--rbv-spot--\n", ""))
+    got = one_exec(AwsCliBackend(half, "us-east-1"), ROLE, None)
+    assert got.creds is None and "S3CRET" not in got.why and "no credentials document" in got.why
+    down = ExecAnswers((0, "--rbv-meta--\n\n--rbv-end-- 000\n\n--rbv-end-- 000\n--rbv-spot--\n", ""))
+    assert "no answer" in one_exec(AwsCliBackend(down, "us-east-1"), ROLE, None).why
+    distroless = ExecAnswers((126, "", "exec: \"sh\": executable file not found in $PATH"))
+    assert "ran no shell" in one_exec(AwsCliBackend(distroless, "us-east-1"), ROLE, None).why
+    nocli = ExecAnswers((127, listing, "env: 'aws': No such file or directory\n"))
+    got = one_exec(AwsCliBackend(nocli, "us-east-1"), ROLE, "b")
+    assert got.cli_missing and got.spot is None and got.creds is not None
+
+
+COUNTING = """#!/bin/sh
+echo "$$ {name}" >> "$RBV_LOG"
+{body}
+"""
+FAKE_CURL = r"""for a in "$@"; do case "$a" in
+  */security-credentials/) printf '%s\n--rbv-end-- 200\n' nettech-s3-read-write ;;
+  */security-credentials/*) printf '%s\n--rbv-end-- 200\n' "$RBV_CREDS" ;;
+esac; done"""
+
+
+def run_in_a_real_shell(tmp_path, tools, hint, spot, token="-"):
+    """The generated one-exec script in a real POSIX shell (the system's sh), with a PATH of counting wrappers:
+    each logs its process id; `env` is the real one (it execs aws in its own process, as in a pod)."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    for name, body in tools.items():
+        (bin_ / name).write_text(COUNTING.format(name=name, body=body))
+        (bin_ / name).chmod(0o755)
+    log = tmp_path / "pids.log"
+    log.write_text("")
+    env = {"PATH": str(bin_), "RBV_LOG": str(log), "RBV_CREDS": GOOD}
+    argv = [shutil.which("sh"), "-c", ONE_EXEC_SCRIPT, "rbacbridge-verify", hint, token,
+            *(AwsCliBackend(None, "us-east-1").argv("s3api", "list-objects-v2", "--bucket", spot) if spot else [])]
+    with open(tmp_path / "sh.pid", "w") as pidfile:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        out, err = proc.communicate(timeout=30)
+        pidfile.write(str(proc.pid))
+    entries = [line.split() for line in log.read_text().splitlines()]
+    return proc, out, err, entries
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_the_one_exec_runs_two_processes_in_a_pod(tmp_path):
+    """Issue 25: at most 2 processes per pod in the common path — the shell, which becomes the spot check's aws
+    (exec; env execs aws in place), and one curl for both metadata fetches. No subshell, no pipe."""
+    tools = {"curl": FAKE_CURL, "env": 'exec /usr/bin/env "$@"',
+             "aws": 'echo "{\\"Contents\\": []}"'}
+    proc, out, err, entries = run_in_a_real_shell(tmp_path, tools, ROLE, "nettech-helm-test")
+    assert proc.returncode == 0, err
+    pids = {pid for pid, _ in entries}
+    assert [name for _, name in entries] == ["curl", "env", "aws"]
+    assert len(pids | {str(proc.pid)}) == 2, entries  # curl's own; env and aws are the shell itself
+    assert dict((name, pid) for pid, name in entries)["aws"] == str(proc.pid)
+    from rbacbridge.verify.one_exec import parse_exec
+
+    got = parse_exec(proc.returncode, out, err, ROLE, True)
+    assert (got.listed, got.creds.token, got.spot.allowed) == (ROLE, "TOKEN-1", True)
+    if shutil.which("strace") and os.geteuid() == 0:  # the kernel's own count: processes the exec created
+        trace = tmp_path / "trace"
+        env = {"PATH": str(tmp_path / "bin"), "RBV_LOG": str(tmp_path / "pids.log"), "RBV_CREDS": GOOD}
+        subprocess.run([shutil.which("strace"), "-f", "-qq", "-e", "trace=clone,clone3,fork,vfork", "-o", str(trace), shutil.which("sh"),
+                        "-c", ONE_EXEC_SCRIPT, "x", ROLE, "-", "env", "aws", "s3api"], env=env, check=True, capture_output=True)
+        created = [ln for ln in trace.read_text().splitlines() if "clone" in ln or "fork" in ln]
+        assert len(created) == 1, created  # one child (curl): with the shell itself, 2 processes
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_the_one_exec_falls_back_to_wget_then_the_clis_export(tmp_path):
+    fake_wget = r"""for a in "$@"; do case "$a" in
+  */security-credentials/) printf nettech-s3-read-write ;;
+  */security-credentials/*) printf '%s' "$RBV_CREDS" ;;
+esac; done"""
+    proc, out, err, entries = run_in_a_real_shell(tmp_path, {"wget": fake_wget}, ROLE, None)
+    from rbacbridge.verify.one_exec import parse_exec
+
+    got = parse_exec(proc.returncode, out, err, ROLE, False)
+    assert (got.listed, got.creds.token) == (ROLE, "TOKEN-1") and [n for _, n in entries] == ["wget", "wget"]
+    tmp2 = tmp_path / "cli"
+    tmp2.mkdir()
+    export = 'case "$*" in *export-credentials*) printf \'%s\' "$RBV_CREDS";; *) exit 2;; esac'
+    proc, out, err, entries = run_in_a_real_shell(tmp2, {"aws": export}, ROLE, None)
+    got = parse_exec(proc.returncode, out, err, ROLE, False)
+    assert (got.listed, got.creds.token, got.why) == (None, "TOKEN-1", None)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+def test_the_host_asks_for_an_imdsv2_token_first(tmp_path):
+    """The host node (and hostNetwork pods) reach EC2's own metadata service, which may require IMDSv2: one curl for
+    the token (a command substitution: one process), one for both fetches with it, then the spot check's aws."""
+    curl = r"""case "$*" in *"-X PUT"*) printf lab-token; exit 0;; esac
+case "$*" in *"X-aws-ec2-metadata-token: lab-token"*) ;; *) echo "no token header: $*" >&2; exit 22;; esac
+""" + FAKE_CURL
+    tools = {"curl": curl, "env": 'exec /usr/bin/env "$@"', "aws": 'echo "{\\"Contents\\": []}"'}
+    proc, out, err, entries = run_in_a_real_shell(tmp_path, tools, "node-role", "nettech-helm-test", token="v2")
+    assert proc.returncode == 0 and not err, err
+    assert [name for _, name in entries] == ["curl", "curl", "env", "aws"]
+    assert len({pid for pid, _ in entries} | {str(proc.pid)}) == 3, entries
+    from rbacbridge.verify.one_exec import parse_exec
+
+    got = parse_exec(proc.returncode, out, err, "nettech-s3-read-write", True)
+    assert got.listed == "nettech-s3-read-write" and got.creds.token == "TOKEN-1" and got.spot.allowed is True

@@ -124,9 +124,13 @@ def _wait_running(gateway: Any, namespace: str, name: str, timeout: float, poll:
         time.sleep(poll)
 
 
-def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = PROBE_START, poll: float = 0.5) -> Observation:
+def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = PROBE_START, poll: float = 0.5,
+            from_metadata: bool = False) -> Observation:
     """Create the probe pod, ask for credentials in it, delete it (always). allowed: True = credentials handed
-    out, False = none, None = could not tell. Only the caller ARN crosses the exec channel."""
+    out, False = none, None = could not tell. `from_metadata` (--probe-from rbacbridge): the pod's metadata path is
+    asked for the role directly (verify.one_exec: sh and one curl, no AWS CLI); credentials it hands out are
+    named by STS from rbacbridge and dropped. Else the pod's `aws sts get-caller-identity`: only the caller ARN
+    crosses the exec channel."""
     from rbacbridge import kube
     from rbacbridge.verify.probes import AwsCliBackend, KubeExecRunner
 
@@ -144,7 +148,8 @@ def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = P
         node, why = _wait_running(gateway, ask.namespace, name, timeout, poll)
         if why:
             return Observation(None, CallResult(False, ERROR, why))
-        result = AwsCliBackend(KubeExecRunner(gateway, ask.namespace, name), config.region, config.endpoint_url).identity()
+        backend = AwsCliBackend(KubeExecRunner(gateway, ask.namespace, name), config.region, config.endpoint_url)
+        result = _from_metadata(backend, config, ask) if from_metadata else backend.identity()
         where += f" on node {node}" if node else ""
         if result.ok:
             return Observation(True, CallResult(True, detail=f"{where}: got credentials of {result.value}", value=result.value))
@@ -168,11 +173,30 @@ def ask_one(gateway: Any, config: Config, ask: AnnotationAsk, timeout: float = P
 
 
 def run_asks(gateway: Any, config: Config, asks: list[AnnotationAsk], timeout: float = PROBE_START,
-             poll: float = 0.5) -> dict[AnnotationAsk, Observation]:
+             poll: float = 0.5, from_metadata: bool = False) -> dict[AnnotationAsk, Observation]:
     """Leftovers of earlier runs deleted, then every probe pod at once."""
     if not asks:
         return {}
     clean_leftovers(gateway, [a.namespace for a in asks])
     with ThreadPoolExecutor(max_workers=min(16, len(asks)), thread_name_prefix="rbv-annot") as pool:
-        futures = {ask: pool.submit(ask_one, gateway, config, ask, timeout, poll) for ask in asks}
+        futures = {ask: pool.submit(ask_one, gateway, config, ask, timeout, poll, from_metadata) for ask in asks}
     return {ask: f.result() for ask, f in futures.items()}
+
+
+def _from_metadata(backend: Any, config: Config, ask: AnnotationAsk) -> CallResult:
+    """The probe pod's metadata path asked for the annotated role (one exec, no spot check). Handed out: STS names
+    the credentials (from rbacbridge; they go no further); refused or no answer: no credentials, as the AWS CLI
+    would find none."""
+    from rbacbridge.verify.model import NO_CREDENTIALS
+    from rbacbridge.verify.one_exec import one_exec
+
+    role = ask.annotation.rsplit("/", 1)[-1]
+    got = one_exec(backend, role, None)
+    if got is None or got.creds is None:
+        return CallResult(False, NO_CREDENTIALS, f"kube2iam handed out no credentials ({got.why if got else 'no exec'})")
+    from rbacbridge.verify.inprocess import Boto3Backend
+
+    caller = Boto3Backend(config.endpoint_url, config.region, got.creds.for_boto3(), retries=True)
+    named = caller.identity()
+    return named if named.ok else CallResult(True, detail="ok", value=f"role {got.listed} (credentials STS could not name: "
+                                                                        f"{named.category})")

@@ -264,8 +264,12 @@ def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Pri
     if probe_from == PROBED_FROM_RBACBRIDGE:
         from rbacbridge.verify.inprocess import observe_from_rbacbridge
 
-        observed = observe_from_rbacbridge(targets, buckets_of(config), config.region, endpoint_url or config.endpoint_url,
-                                           chains=chains, annotations=asks, share=share, notes=notes)
+        buckets = buckets_of(config)
+        observed = observe_from_rbacbridge(targets, buckets, config.region, endpoint_url or config.endpoint_url,
+                                           chains=chains, annotations=asks, share=share, notes=notes,
+                                           hints={e.principal.name: e.role for e in expected},
+                                           readable={e.principal.name: [b for b in buckets if e.access.get((b, READ))]
+                                                     for e in expected})
     else:
         observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
     if asked is not None:

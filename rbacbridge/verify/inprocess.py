@@ -1,144 +1,76 @@
 """--probe-from rbacbridge (issue 25): verify that grows with pods, not with tenants².
 
-What kube2iam decides (which role a pod receives) is observed live, in the pod: ONE exec per pod runs the
-pod's own `aws sts get-caller-identity` through its metadata path, as before, and in the same exec fetches the
-temporary credentials that path hands the pod (IMDSv1 paths kube2iam serves, with curl or wget, else
-`aws configure export-credentials`). What that role may do follows from the role, not from the pod: the
-bucket and chain cells are AWS calls rbacbridge makes itself with those credentials, one per distinct
-(role, location, action), shared by every pod holding the role, 16 at a time, throttling retried.
+What kube2iam decides (which role a pod receives) is observed live, in the pod: ONE exec per pod
+(verify.one_exec) asks the pod's metadata path which role it names and for that role's temporary credentials,
+and probes one cell with the pod's own AWS CLI (the spot check) — two processes in the pod. rbacbridge asks STS
+who those credentials are (GetCallerIdentity: the pod's identity ARN; credentials that are not the role the path
+named are not used). What that role may do follows from the role, not from the pod: the bucket and chain cells
+are AWS calls rbacbridge makes itself with those credentials, one per distinct (role, location, action), shared
+by every pod holding the role, `max_workers` at a time, throttling retried (botocore's standard mode), through
+one set of clients per distinct credentials (one boto3 session: the service models load once).
 
-A spot check keeps it honest: for each (role, node) one cell is also probed inside the pod the old way; if the
-answers differ (a bucket policy on aws:SourceIp / aws:SourceVpce, a VPC endpoint policy, an egress proxy)
+The spot check keeps it honest: for each (role, node) one read cell — chosen before the exec, from the locations
+the configuration lets the role read, rotated by node — is also probed inside the pod; if the pod's answer and
+rbacbridge's differ (a bucket policy on aws:SourceIp / aws:SourceVpce, a VPC endpoint policy, an egress proxy)
 verify says so and probes every cell of that role on that node in the pod.
 
-The credentials live in this process's memory only (PodCredentials hides them from repr), are never printed,
-logged, written or put in a report or an error text, are not kept past `observe_from_rbacbridge`, and are not
-used within EXPIRY_MARGIN of their expiry (the cell is then probed in the pod)."""
+Pods whose path handed out no credentials, or credentials that did not prove to be the role it named, are probed
+as before (verify.probes.observe: in the pod; the AWS CLI checked first), as is the host node.
+
+The credentials live in this process's memory only, are never printed, logged, written or put in a report or
+an error text, are not kept past `observe_from_rbacbridge`, and are not used within EXPIRY_MARGIN of their expiry
+(the cell is then probed in the pod)."""
 
 from __future__ import annotations
 
-import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from rbacbridge import policy_eval as pe
 from rbacbridge.config import grant_bucket
 from rbacbridge.verify.expected import probe_key
 from rbacbridge.verify.credential_source import KUBE2IAM, credential_source
-from rbacbridge.verify.model import (CHAIN, ERROR, NETWORK, NO_CREDENTIALS, PROBED_FROM_POD, PROBED_FROM_RBACBRIDGE, READ,
-                                     WRITE, CallResult, Observation, Observed, Principal)
-from rbacbridge.verify.probes import (AwsCliBackend, KubeExecRunner, ProbeBackend, _outcome, can_request_roles, classify,
-                                      observe, probe_annotation, probe_chain, probe_read, probe_write)
-
-CREDENTIALS_MARK = "--rbacbridge-verify-credentials--"
-EXPIRY_MARGIN = timedelta(seconds=60)
-METADATA_CREDENTIALS = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
-# The one exec: "$@" is the pod's identity call (AwsCliBackend.argv); its output and exit code are today's.
-# Then the credentials the same metadata path hands out (kube2iam serves the IMDSv1 paths). A fixed script:
-# nothing from the configuration or the cluster is interpolated into it.
-CREDENTIALS_SCRIPT = (
-    '"$@" || exit $?; '
-    f"echo; echo '{CREDENTIALS_MARK}'; "
-    f"u={METADATA_CREDENTIALS}; "
-    'get() { if command -v curl >/dev/null 2>&1; then curl -sf --max-time 10 "$1"; '
-    'elif command -v wget >/dev/null 2>&1; then wget -q -T 10 -O - "$1"; else return 127; fi; }; '
-    'role=$(get "$u") && [ -n "$role" ] && get "$u$role" && exit 0; '
-    "AWS_PAGER= aws configure export-credentials --format process 2>/dev/null || "
-    "{ echo 'no curl, wget or aws configure export-credentials could read the credentials' >&2; exit 3; }"
-)
+from rbacbridge.verify.model import (CHAIN, ERROR, NETWORK, NO_CREDENTIALS, PROBED_FROM_POD, PROBED_FROM_RBACBRIDGE, READ, WRITE,
+                                     CallResult, Observation, Observed, Principal)
+from rbacbridge.verify.one_exec import Fetched, PodCredentials, one_exec, parse_credentials
+from rbacbridge.verify.probes import (ProbeBackend, _outcome, can_request_roles, classify, ensure_cli, observe,
+                                      probe_annotation, probe_chain, probe_read, probe_write)
 
 
-@dataclass(frozen=True)
-class PodCredentials:
-    """Temporary credentials a pod received. repr/str never show them (an exception or log line cannot leak them)."""
-
-    access_key: str = field(repr=False)
-    secret_key: str = field(repr=False)
-    token: str | None = field(default=None, repr=False)
-    expiration: datetime | None = None
-
-    def usable(self, now: datetime | None = None) -> bool:
-        now = now or datetime.now(timezone.utc)
-        return self.expiration is None or self.expiration - EXPIRY_MARGIN > now
-
-    def for_boto3(self) -> dict[str, str]:
-        out = {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
-        if self.token:
-            out["aws_session_token"] = self.token
-        return out
-
-
-def parse_credentials(text: str) -> PodCredentials | None:
-    """The metadata service's document (Token) or `aws configure export-credentials --format process`'s
-    (SessionToken); None if it is neither (never quoted: it may hold a secret)."""
-    try:
-        doc = json.loads(text)
-        access, secret = doc["AccessKeyId"], doc["SecretAccessKey"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(access, str) or not isinstance(secret, str) or not access or not secret:
-        return None
-    expiration = None
-    if doc.get("Expiration"):
-        try:
-            expiration = datetime.fromisoformat(str(doc["Expiration"]).replace("Z", "+00:00"))
-            if expiration.tzinfo is None:
-                expiration = expiration.replace(tzinfo=timezone.utc)
-        except ValueError:
-            return None
-    return PodCredentials(access, secret, doc.get("Token") or doc.get("SessionToken"), expiration)
-
-
-def fetch_from_pod(backend: ProbeBackend) -> tuple[CallResult, PodCredentials | None, str | None] | None:
-    """The pod's identity (as AwsCliBackend.identity observes it) and the credentials it received, in one exec;
-    the third item says why there are none. None: this principal is not a pod (the host node: probed there)."""
-    own = getattr(backend, "pod_credentials", None)  # the sandbox's pods
-    if callable(own):
-        return own()
-    if not isinstance(backend, AwsCliBackend) or not isinstance(backend.runner, KubeExecRunner):
-        return None
-    argv = ["sh", "-c", CREDENTIALS_SCRIPT, "rbacbridge-verify", *backend.argv("sts", "get-caller-identity")]
-    try:
-        rc, stdout, stderr = backend.runner.run(argv, backend.timeout)
-    except Exception as exc:  # noqa: BLE001 - a broken transport is an observation (never the output: it may hold a secret)
-        return CallResult(False, NETWORK if "timeout" in str(exc).lower() else ERROR, f"{type(exc).__name__}"), None, None
-    if CREDENTIALS_MARK not in (stdout or ""):
-        return _identity(classify(rc, stdout, stderr)), None, None
-    identity_text, credentials_text = stdout.split(CREDENTIALS_MARK, 1)
-    ident = _identity(CallResult(True, detail="ok", value=identity_text))
-    creds = parse_credentials(credentials_text.strip()) if rc == 0 else None
-    if creds is None:
-        first = next((ln.strip() for ln in (stderr or "").splitlines() if ln.strip()), "")
-        why = first[:160] if rc != 0 and "Secret" not in first and "Token" not in first else "no credentials document"
-        return ident, None, f"could not read the credentials through the metadata path ({why})"
-    return ident, creds, None
-
-
-def _identity(result: CallResult) -> CallResult:
-    if result.ok:
-        try:
-            result.value = json.loads(result.value)["Arn"]
-        except (ValueError, KeyError, TypeError):
-            return CallResult(False, ERROR, "get-caller-identity printed no Arn")
-    return result
+_SESSION_LOCK = threading.Lock()
 
 
 class Boto3Backend:
     """The probes through boto3 with one principal's credentials (the sandbox's principals; rbacbridge's own calls
     with a pod's credentials). `retries`: throttling and transient errors retried (botocore's standard mode)."""
 
-    def __init__(self, endpoint_url: str | None, region: str, credentials: dict[str, str], retries: bool = False):
+    def __init__(self, endpoint_url: str | None, region: str, credentials: dict[str, str], retries: bool = False,
+                 session: Any = None):
         import boto3
         from botocore.config import Config as BotoConfig
 
-        session = boto3.session.Session(region_name=region, **credentials)
+        # `session` (verify.inprocess's callers): one boto3 session whose loaded service models every client shares;
+        # the credentials are the client's own
+        session = session or boto3.session.Session(region_name=region)
         self.credentials = credentials  # the sandbox's pods hand them to --probe-from rbacbridge (PodBackend)
         cfg = BotoConfig(retries={"mode": "standard", "max_attempts": 5} if retries else {"max_attempts": 1},
                          connect_timeout=5, read_timeout=30, max_pool_connections=16)
-        self.sts = session.client("sts", endpoint_url=endpoint_url, config=cfg)
-        self.s3 = session.client("s3", endpoint_url=endpoint_url, config=cfg)
+        self.sts = session.client("sts", endpoint_url=endpoint_url, config=cfg, region_name=region, **credentials)
+        # the S3 client when first used: a pod whose role another pod's calls cover only proves its credentials (STS)
+        self._s3_args = (session, dict(endpoint_url=endpoint_url, config=cfg, region_name=region, **credentials))
+        self._s3: Any = None
+        self._s3_lock = threading.Lock()
+
+    @property
+    def s3(self) -> Any:
+        with self._s3_lock:
+            if self._s3 is None:
+                session, kwargs = self._s3_args
+                with _SESSION_LOCK:  # a boto3 session is not thread-safe; its clients are
+                    self._s3 = session.client("s3", **kwargs)
+            return self._s3
 
     def _call(self, fn, **kwargs) -> CallResult:
         from botocore.exceptions import (ClientError, ConnectTimeoutError, EndpointConnectionError, NoCredentialsError,
@@ -181,6 +113,28 @@ class Boto3Backend:
         return result
 
 
+class Callers:
+    """rbacbridge's AWS clients for the pods' credentials: one boto3 session (its loaded service models shared by
+    every client), one Boto3Backend per distinct credentials (pods of one role on one node get the same from
+    kube2iam), created once, under a lock (a boto3 session is not thread-safe; its clients are)."""
+
+    def __init__(self, endpoint_url: str | None, region: str):
+        import boto3
+
+        self.endpoint_url, self.region = endpoint_url, region
+        self.session = boto3.session.Session(region_name=region)
+        self._by_key: dict[str, Boto3Backend] = {}
+        self._lock = threading.Lock()
+
+    def of(self, creds: PodCredentials) -> Boto3Backend:
+        with self._lock, _SESSION_LOCK:
+            found = self._by_key.get(creds.access_key)
+            if found is None:
+                found = self._by_key[creds.access_key] = Boto3Backend(self.endpoint_url, self.region, creds.for_boto3(),
+                                                                      retries=True, session=self.session)
+            return found
+
+
 @dataclass
 class _Holder:
     """A pod whose credentials rbacbridge calls with: its principal, its own backend (the pod), rbacbridge's."""
@@ -189,20 +143,47 @@ class _Holder:
     pod: ProbeBackend
     creds: PodCredentials
     calls: Boto3Backend
+    spot: Observation | None = None  # the spot-checked cell, as the pod saw it in the one exec
+    spot_location: str | None = None
+
+
+def spot_plan(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], hints: dict[str, str | None],
+              readable: dict[str, list[str]]) -> dict[str, str]:
+    """Before the exec: which principal probes which read cell itself — the first of each (expected role, node), a
+    location the configuration lets that role read (else any), rotated by node so the nodes check different ones."""
+    if not buckets:
+        return {}
+    nodes = sorted({str(p.node) for p, _ in targets})
+    plan: dict[str, str] = {}
+    seen: set[tuple[Any, Any]] = set()
+    for principal, _ in targets:
+        if (hints.get(principal.name), principal.node) in seen:
+            continue
+        seen.add((hints.get(principal.name), principal.node))
+        plan[principal.name] = _rotated(readable.get(principal.name) or buckets, nodes, principal.node)
+    return plan
+
+
+def _rotated(choices: list[str], nodes: list[str], node: Any) -> str:
+    return choices[nodes.index(str(node)) % len(choices)] if str(node) in nodes else choices[0]
 
 
 def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], buckets: list[str], region: str,
                             endpoint_url: str | None, max_workers: int = 16,
                             chains: dict[str, list[tuple[str, str]]] | None = None,
                             annotations: dict[str, list[tuple[str, str]]] | None = None, share: bool = True,
-                            notes: list[str] | None = None) -> list[Observed]:
+                            notes: list[str] | None = None, hints: dict[str, str | None] | None = None,
+                            readable: dict[str, list[str]] | None = None) -> list[Observed]:
     """observe()'s result, with the bucket and chain cells of pods made by rbacbridge with their credentials.
 
+    `hints`: principal name -> the role the configuration gives it (asked of the metadata path; the answer is
+    what the path hands out). `readable`: principal name -> locations it should read (the spot check's choices).
     Principals that are not pods (the host node), pods whose credentials could not be read or did not prove to
-    be the role they observed, and every pod of a (role, node) whose spot check differed are observed as
+    be the role their path named, and every pod of a (role, node) whose spot check differed are observed as
     before (verify.probes.observe: in the pod). `share` False (--every-node): one call per pod instead of per role."""
-    chains, annotations = chains or {}, annotations or {}
+    chains, annotations, hints, readable = chains or {}, annotations or {}, hints or {}, readable or {}
     notes = notes if notes is not None else []
+    plan = spot_plan(targets, buckets, hints, readable)
     fetched: dict[str, Any] = {}
     asked: dict[tuple[str, str], Any] = {}
     elsewhere = {principal.name: source for principal, _ in targets
@@ -210,12 +191,14 @@ def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], bucke
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-fetch") as pool:
         for principal, backend in targets:
             if principal.name not in elsewhere:
-                fetched[principal.name] = pool.submit(fetch_from_pod, backend)
+                fetched[principal.name] = pool.submit(one_exec, backend, hints.get(principal.name), plan.get(principal.name),
+                                                      principal.kind == "host" or principal.host_network)
             if can_request_roles(backend):
                 for target, arn in annotations.get(principal.name, []):
                     asked[(principal.name, target)] = pool.submit(probe_annotation, backend, target, arn)
+    callers = Callers(endpoint_url, region)
     identities: dict[str, CallResult] = {}
-    holders: list[_Holder] = []
+    pending: list[tuple[_Holder, str | None]] = []  # with the role its metadata path named
     in_pod: list[tuple[Principal, ProbeBackend]] = []
     for principal, backend in targets:
         if principal.name in elsewhere:
@@ -226,15 +209,18 @@ def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], bucke
             in_pod.append((principal, backend))
             continue
         got = _outcome_of(fetched[principal.name])
-        if got is None or got[1] is None:
+        if got is not None and got.cli_missing:
+            _check_cli(backend)  # no CLI for the spot check: --install-cli installs it (then probed the old way), else exit 2
+        if got is None or got.creds is None:
             in_pod.append((principal, backend))
-            if got is not None and got[2]:
-                notes.append(f"{principal.name}: {got[2]}: its cells probed in the pod")
+            if got is not None and got.why:
+                notes.append(f"{principal.name}: {got.why}: its cells probed in the pod")
             continue
-        ident, creds, _ = got
-        identities[principal.name] = ident
-        holders.append(_Holder(principal, backend, creds, Boto3Backend(endpoint_url, region, creds.for_boto3(), retries=True)))
-    holders, mismatched = _proven(holders, identities, max_workers)
+        holder = _Holder(principal, backend, got.creds, callers.of(got.creds), got.spot, plan.get(principal.name))
+        if got.identity is not None:
+            identities[principal.name] = got.identity
+        pending.append((holder, got.listed))
+    holders, mismatched = _proven(pending, identities, max_workers)
     for holder, why in mismatched:
         notes.append(f"{holder.principal.name}: {why}: its cells probed in the pod")
         in_pod.append((holder.principal, holder.pod))
@@ -244,9 +230,11 @@ def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], bucke
         role = pe.role_name_of(identities[holder.principal.name].value)
         groups.setdefault(role if share else holder.principal.name, []).append(holder)
     cells = _group_cells(groups, buckets, chains, max_workers)
-    spot_differs = _spot_check(groups, cells, buckets, identities, max_workers, notes)
+    spot_differs = _spot_check(groups, cells, buckets, identities, readable, max_workers, notes)
     for holder in (h for h in holders if h.principal.name in spot_differs):
         in_pod.append((holder.principal, holder.pod))
+    for _, backend in in_pod:
+        _check_cli(backend)
     from_pod = {o.principal.name: o for o in observe(in_pod, buckets, max_workers=max_workers, chains=chains, share=share)} \
         if in_pod else {}
 
@@ -276,31 +264,44 @@ def _sdk_source(principal: Principal) -> str | None:
     return credential_source(dict(principal.credential_env), "?", None)
 
 
-def _outcome_of(future: Any) -> Any:
+def _check_cli(backend: ProbeBackend) -> None:
+    """The AWS CLI check live.py deferred to where the CLI is needed (backend.cli_check: install?, where)."""
+    check = getattr(backend, "cli_check", None)
+    if check is not None:
+        backend.cli_check = None  # type: ignore[attr-defined]
+        ensure_cli(backend.runner, *check)  # type: ignore[attr-defined]
+
+
+def _outcome_of(future: Any) -> Fetched | None:
     exc = future.exception()
     if exc is not None:  # the type only: an exception's text is never trusted not to hold the exec's output
-        return CallResult(False, ERROR, f"{type(exc).__name__}"), None, None
+        return Fetched(why=f"the exec failed ({type(exc).__name__})")
     return future.result()
 
 
-def _proven(holders: list[_Holder], identities: dict[str, CallResult],
+def _proven(holders: list[tuple[_Holder, str | None]], identities: dict[str, CallResult],
             max_workers: int) -> tuple[list[_Holder], list[tuple[_Holder, str]]]:
-    """Each pod's credentials ask sts:GetCallerIdentity from rbacbridge: they are used only if they are the role the
-    pod observed (the credentials document and the CLI's call could come from different answers of the path)."""
+    """rbacbridge asks STS who each distinct set of credentials is (GetCallerIdentity, one call per credentials): that
+    is the pod's identity. They are used only if they are the role the pod's metadata path named (the sandbox's pods:
+    the role their own identity call observed)."""
     if not holders:
         return [], []
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-proof") as pool:
-        asked = [pool.submit(h.calls.identity) for h in holders]
+        asked = {id(h.calls): pool.submit(h.calls.identity) for h, _ in holders}
     good, bad = [], []
-    for holder, future in zip(holders, asked):
+    for holder, listed in holders:
+        future = asked[id(holder.calls)]
         exc = future.exception()
         result = future.result() if exc is None else CallResult(False, ERROR, type(exc).__name__)
-        observed_role = pe.role_name_of(identities[holder.principal.name].value or "")
-        if result.ok and pe.role_name_of(result.value or "") == observed_role:
+        own = identities.get(holder.principal.name)
+        named = pe.role_name_of(own.value or "") if own is not None else listed
+        got = pe.role_name_of(result.value or "") if result.ok else None
+        if result.ok and (named is None or got == named):
+            identities.setdefault(holder.principal.name, CallResult(True, detail="ok", value=result.value))
             good.append(holder)
         else:
-            seen = pe.role_name_of(result.value or "") if result.ok else f"{result.category}: {result.detail[:120]}"
-            bad.append((holder, f"the credentials read through its metadata path are not role {observed_role} ({seen})"))
+            seen = got if result.ok else f"{result.category}: {result.detail[:120]}"
+            bad.append((holder, f"the credentials its metadata path handed out are not role {named} ({seen})"))
     return good, bad
 
 
@@ -326,6 +327,7 @@ def _with_credentials(members: list[_Holder], probe: Callable[[Any], Observation
     to expire: made in the first member's pod, as before."""
     holder = next((h for h in members if h.creds.usable()), None)
     if holder is None:
+        _check_cli(members[0].pod)
         seen = probe(members[0].pod)
         seen.credentials_of = None
         return seen
@@ -341,11 +343,13 @@ def _for(seen: Observation, first: str, name: str) -> Observation:
 
 
 def _spot_check(groups: dict[Any, list[_Holder]], cells: dict[Any, Any], buckets: list[str],
-                identities: dict[str, CallResult], max_workers: int, notes: list[str]) -> set[str]:
-    """For each (role, node) one read cell also probed in the pod (the first pod of that role on that node): a
-    location rbacbridge was allowed to list, rotated by node, so that a path that denies it shows (else the
-    first location). Its answer stands in the report (probed_from pod). Returns the principals of every
-    (role, node) whose answers differed: all their cells are then probed in the pod."""
+                identities: dict[str, CallResult], readable: dict[str, list[str]], max_workers: int,
+                notes: list[str]) -> set[str]:
+    """For each (role, node), the read cell one of its pods probed itself in the one exec, against rbacbridge's answer
+    for that role; a (role, node) none of whose pods did (the sandbox's pods, a pod whose role was not the one the
+    configuration gives) gets one the old way (a read in its first pod). The pod's answer stands in the report
+    (probed_from pod). Returns the principals of every (role, node) whose answers differed: all their cells are then
+    probed in the pod."""
     if not buckets:
         return set()
     by_node: dict[tuple[Any, Any], list[tuple[Any, _Holder]]] = {}
@@ -354,18 +358,22 @@ def _spot_check(groups: dict[Any, list[_Holder]], cells: dict[Any, Any], buckets
             role = pe.role_name_of(identities[holder.principal.name].value)
             by_node.setdefault((role, holder.principal.node), []).append((key, holder))
     nodes = sorted({str(node) for _, node in by_node})
-    picks = []
-    for (role, node), members in by_node.items():
-        key, holder = members[0]
-        allowed = [loc for loc in buckets if cells[(key, READ, loc)].allowed]
-        choices = allowed or buckets
-        location = choices[nodes.index(str(node)) % len(choices)]
-        picks.append((role, node, key, holder, location, [h for _, h in members]))
+    picks: list[tuple[Any, Any, Any, _Holder, str, list[_Holder], Any]] = []
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-spot") as pool:
-        asked = [pool.submit(probe_read, holder.pod, grant_bucket(location)) for _, _, _, holder, location, _ in picks]
+        for (role, node), members in by_node.items():
+            done = next(((k, h) for k, h in members if h.spot is not None and h.spot_location in buckets), None)
+            if done is not None:
+                key, holder = done
+                picks.append((role, node, key, holder, holder.spot_location, [h for _, h in members], holder.spot))
+                continue
+            key, holder = members[0]
+            location = _rotated(readable.get(holder.principal.name) or buckets, nodes, node)
+            _check_cli(holder.pod)
+            picks.append((role, node, key, holder, location, [h for _, h in members],
+                          pool.submit(probe_read, holder.pod, grant_bucket(location))))
     differs: set[str] = set()
-    for (role, node, key, holder, location, members), future in zip(picks, asked):
-        in_pod = _outcome(future)
+    for role, node, key, holder, location, members, seen in picks:
+        in_pod = seen if isinstance(seen, Observation) else _outcome(seen)
         ours = cells[(key, READ, location)]
         if in_pod.allowed == ours.allowed:
             cells[("spot", holder.principal.name)] = ((location, READ), in_pod)
@@ -381,5 +389,5 @@ def _said(seen: Observation) -> str:
     return "allowed" if seen.allowed else "denied" if seen.allowed is False else f"could not tell ({seen.result.category})"
 
 
-__all__ = ["Boto3Backend", "PodCredentials", "fetch_from_pod", "observe_from_rbacbridge", "parse_credentials",
-           "CREDENTIALS_SCRIPT", "PROBED_FROM_POD"]
+__all__ = ["Boto3Backend", "Callers", "PodCredentials", "observe_from_rbacbridge", "parse_credentials", "spot_plan",
+           "PROBED_FROM_POD"]

@@ -13,7 +13,7 @@ from rbacbridge.verify.diagnose import (_get, drift_findings, host_network_findi
                                         kube2iam_missing, live_diagnostics)
 from rbacbridge.verify.ephemeral import _api_client, ensure_ephemeral_probe
 from rbacbridge.verify.expected import configured_principals
-from rbacbridge.verify.model import DEFAULT_PROBE_FROM, HOST, ROLE_ANNOTATION, Finding, Principal, VerifyResult
+from rbacbridge.verify.model import DEFAULT_PROBE_FROM, HOST, PROBED_FROM_RBACBRIDGE, ROLE_ANNOTATION, Finding, Principal, VerifyResult
 from rbacbridge.verify.probes import (AwsCliBackend, CommandRunner, KubeExecRunner, ProbeBackend, SshRunner,
                                       ensure_cli_all)
 
@@ -149,6 +149,7 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
             runner = KubeExecRunner(gateway, namespace, pod_name)
             checks.append((runner, options.install_cli, f"pod {namespace}/{pod_name}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+        defer_cli_check(options, checks, principals[-1][1])
     for need, runner in started.items():
         if isinstance(runner, str):
             continue
@@ -159,6 +160,7 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
                      f"{need.namespace}/{runner.pod} there ({ROLE_ANNOTATION}: {need.annotation or '(none)'}; deleted afterwards)")
         checks.append((runner, False, f"probe pod {need.namespace}/{runner.pod}"))
         principals.append((principal, AwsCliBackend(runner, config.region, config.endpoint_url)))
+        defer_cli_check(options, checks, principals[-1][1])
     if not any(p.kind == "host" for p in configured):  # --tenant: that tenant's pods only
         ensure_cli_all(checks)
         return principals
@@ -198,6 +200,7 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
             host = Principal(name, "host", node=label)
         checks.append((runner, False, f"host node {label}"))
         out.append((host, AwsCliBackend(runner, config.region, config.endpoint_url)))
+        defer_cli_check(options, checks, out[-1][1])
     try:
         ensure_cli_all(checks)
     except BaseException:
@@ -214,6 +217,13 @@ def _credential_env(pod: Any) -> tuple[tuple[str, str], ...]:
     containers = _get(pod, "spec.containers") or []
     env = _get(containers[0], "env") or [] if containers else []
     return credential_variables((_get(e, "name"), _get(e, "value")) for e in env)
+
+
+def defer_cli_check(options: LiveOptions, checks: list[tuple[CommandRunner, bool, str]], backend: Any) -> None:
+    """--probe-from rbacbridge: the AWS CLI of a pod or host node is checked where it is needed (verify.inprocess: the
+    one exec's spot check tells, and a principal probed the old way is checked first), not by an exec of its own."""
+    if options.probe_from == PROBED_FROM_RBACBRIDGE and checks and checks[-1][0] is backend.runner:
+        backend.cli_check = checks.pop()[1:]
 
 
 def _pods_of(gateway: Any, namespace: str, name: str) -> tuple[list[Any], str]:
@@ -328,7 +338,8 @@ def _annotation_cells(gateway: Any, config: Config, options: LiveOptions,
         return {}, [f"annotation cells NOT run (--no-annotation-probe): no probe pod asked kube2iam for another tenant's "
                     f"role in {len(asks)} tenant namespace(s); only the drift check covers allowed-roles"]
     pods = [p for p, _ in targets if p.kind == "pod" and not p.host_network and p.tenant]
-    observed = _kube_step("annotation probe pods", lambda: run_asks(gateway, config, asks))
+    observed = _kube_step("annotation probe pods", lambda: run_asks(gateway, config, asks,
+                                                                     from_metadata=options.probe_from == PROBED_FROM_RBACBRIDGE))
     asked: dict[str, dict[str, Any]] = {}
     notes = []
     for ask, seen in observed.items():
