@@ -105,22 +105,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.errors.append((err.code, err.message))
             self._send(err.status, {"message": err.message, **err.fields}, err.code)
             return
+        except Exception as exc:  # noqa: BLE001 - a fault of the stand-in (or of moto behind it): EKS's 500 shape
+            self.server.errors.append(("InternalServerException", f"{type(exc).__name__}: {exc}"))
+            self._send(500, {"message": f"{type(exc).__name__}: {exc}"}, "InternalServerException")
+            return
         self._send(status, payload)
 
     do_GET = do_POST = do_DELETE = _dispatch
 
 
 class EksStandin(_Server):
-    """See the module docstring. `credentials`: the keys it calls moto with (IAM read, STS AssumeRole)."""
+    """See the module docstring. `credentials`: the keys it calls moto with (IAM read, STS AssumeRole). `assume`:
+    (role ARN, session name, session tags) -> {AccessKeyId, SecretAccessKey, SessionToken, Expiration (epoch),
+    Arn, AssumedRoleId}, called once the trust is checked, instead of moto's STS AssumeRole."""
 
     def __init__(self, moto_url: str, region: str = "us-east-1", account: str = "123456789012",
-                 credentials: dict[str, str] | None = None):
+                 credentials: dict[str, str] | None = None, assume: Any = None):
         super().__init__(_Handler)
         self.moto_url, self.region, self.account = moto_url.rstrip("/"), region, account
         self.credentials = credentials or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
         self.clusters: dict[str, Cluster] = {}
         self.associations: dict[str, dict[str, Any]] = {}  # id -> association (as DescribePodIdentityAssociation)
         self.errors: list[tuple[str, str]] = []
+        self.assume = assume
         self.lock = threading.RLock()
 
     # -- what tests set up --
@@ -268,19 +275,24 @@ class EksStandin(_Server):
         role_arn = association["roleArn"]
         self._check_trust(role_arn, tags)
         session_name = re.sub(r"[^\w+=,.@-]", "-", f"eks-{cluster.name}-{pod.get('name', service_account)}-{pod.get('uid', secrets.token_hex(8))}")[:64]
-        sts = self._client("sts")
-        answer = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=21600,
-                                 Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-        credentials = answer["Credentials"]
+        got = (self.assume or self._sts_assume)(role_arn, session_name, tags)
         return {"subject": {"namespace": namespace, "serviceAccount": service_account},
                 "audience": POD_IDENTITY_AUDIENCE,
                 "podIdentityAssociation": {"associationArn": association["associationArn"],
                                            "associationId": association["associationId"]},
-                "assumedRoleUser": {"arn": answer["AssumedRoleUser"]["Arn"],
-                                    "assumeRoleId": answer["AssumedRoleUser"]["AssumedRoleId"]},
-                "credentials": {"accessKeyId": credentials["AccessKeyId"], "secretAccessKey": credentials["SecretAccessKey"],
-                                "sessionToken": credentials["SessionToken"],
-                                "expiration": credentials["Expiration"].timestamp()}}
+                "assumedRoleUser": {"arn": got["Arn"], "assumeRoleId": got["AssumedRoleId"]},
+                "credentials": {"accessKeyId": got["AccessKeyId"], "secretAccessKey": got["SecretAccessKey"],
+                                "sessionToken": got["SessionToken"], "expiration": got["Expiration"]}}
+
+    def _sts_assume(self, role_arn: str, session_name: str, tags: dict[str, str]) -> dict[str, Any]:
+        """moto's STS AssumeRole with the session tags, as the stand-in's `credentials` (with IAM enforcement on,
+        moto matches the role's trust against that caller: pass `assume` to get credentials another way)."""
+        answer = self._client("sts").assume_role(RoleArn=role_arn, RoleSessionName=session_name, DurationSeconds=21600,
+                                                 Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        credentials = answer["Credentials"]
+        return {"AccessKeyId": credentials["AccessKeyId"], "SecretAccessKey": credentials["SecretAccessKey"],
+                "SessionToken": credentials["SessionToken"], "Expiration": credentials["Expiration"].timestamp(),
+                "Arn": answer["AssumedRoleUser"]["Arn"], "AssumedRoleId": answer["AssumedRoleUser"]["AssumedRoleId"]}
 
     def _client(self, service: str):
         import boto3

@@ -58,6 +58,13 @@ class _Server(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self.requests: list[tuple[str, str]] = []
 
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN: a 5 s DNS timeout inside a lab namespace
+        import socketserver
+
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
@@ -243,10 +250,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def _forward(self, body: bytes) -> None:
+    def _forward(self, body: bytes, sign: bool = False) -> None:
         target = urlsplit(self.server.moto_url)
         connection = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        if sign:
+            headers = self._signed(body, headers)
         try:
             connection.request(self.command, self.path, body=body or None, headers=headers)
             response = connection.getresponse()
@@ -260,6 +269,20 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         finally:
             connection.close()
+
+    def _signed(self, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        """AssumeRoleWithWebIdentity is unsigned, but moto with IAM enforcement on wants every request signed: once
+        the proxy has checked the token, it signs the call with its own (moto-issued) key."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        keys = self.server.credentials or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        request = AWSRequest(method="POST", url=self.server.moto_url + self.path, data=body,
+                             headers={"Content-Type": headers.get("Content-Type", "application/x-www-form-urlencoded")})
+        SigV4Auth(Credentials(keys["aws_access_key_id"], keys["aws_secret_access_key"]), "sts", "us-east-1").add_auth(request)
+        return {**{k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-amz-date", "host")},
+                **dict(request.headers.items())}
 
     def _refuse(self, refusal: TokenRefused) -> None:
         data = ('<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
@@ -286,7 +309,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.server.refusals.append((refusal.code, refusal.message))
                 self._refuse(refusal)
                 return
-        self._forward(body)
+        self._forward(body, sign=action == "AssumeRoleWithWebIdentity" and "Authorization" not in self.headers)
 
     do_GET = do_POST = _dispatch
 
