@@ -17,6 +17,8 @@ Deployments rolled out (and creates their pods) as soon as they are written; tur
 `set_status` / `add_pod` / `add_event` to stage anything else. Not served: watch (rbacbridge polls).
 Set `store.webhook` (tests/identity_webhook.IdentityWebhook) to have pods mutated at creation as EKS's injecting
 webhooks do (IRSA, Pod Identity); pods put directly can go through `store.admit_pod` first.
+`store.rollouts = True` makes the controllers build pods from the pod template and replace them when it changes
+(a rollout restart), as the Deployment / DaemonSet controllers do.
 """
 
 from __future__ import annotations
@@ -235,6 +237,10 @@ class Store:
     on_delete: Callable[[dict[str, Any]], None] | None = None
     # migrate block: EKS's injecting webhooks (tests/identity_webhook.IdentityWebhook) for pods at creation
     webhook: Any = None
+    # migrate block: with auto_ready, Deployments and DaemonSets get pods made from their pod template (named
+    # NAME-HASH-N / NAME-HASH-NODE, label pod-template-hash), admitted; a changed template (`kubectl rollout
+    # restart`'s annotation) replaces them, as the controllers would
+    rollouts: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
     _versions: Any = field(default_factory=lambda: itertools.count(1000))
 
@@ -361,6 +367,9 @@ class Store:
         if kind not in ("DaemonSet", "Deployment"):
             return
         meta = obj["metadata"]
+        if self.rollouts:
+            self._roll_out(kind, obj)
+            return
         if kind == "DaemonSet":
             nodes = [o for (r, _, _), o in self.objects.items() if RESOURCES[r][0] == "Node"] or [None]
             count = len(nodes)
@@ -382,6 +391,51 @@ class Store:
                     if account:
                         made["spec"]["serviceAccountName"] = account
                     self.put(self.admit_pod(made))
+
+    def _roll_out(self, kind: str, obj: dict[str, Any]) -> None:
+        """The Deployment / DaemonSet controller when `rollouts` is on (see the field)."""
+        meta, template = obj["metadata"], obj["spec"]["template"]
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        if kind == "DaemonSet":
+            nodes = sorted(o["metadata"]["name"] for (r, _, _), o in self.objects.items() if RESOURCES[r][0] == "Node")
+            placements: list[tuple[str, str | None]] = [(n, n) for n in nodes] or [("node", None)]
+        else:
+            placements = [(str(i), None) for i in range(obj.get("spec", {}).get("replicas", 1))]
+        count = len(placements)
+        status = {"observedGeneration": meta["generation"]}
+        if kind == "DaemonSet":
+            status.update(desiredNumberScheduled=count, currentNumberScheduled=count, updatedNumberScheduled=count,
+                          numberReady=count, numberAvailable=count, numberMisscheduled=0)
+        else:
+            status.update(replicas=count, updatedReplicas=count, readyReplicas=count, availableReplicas=count)
+        obj["status"] = status
+        pod_resource = KIND_TO_RESOURCE["Pod"]
+        for key, pod in list(self.objects.items()):
+            owned = key[0] == pod_resource and key[1] == meta["namespace"] and any(
+                ref.get("uid") == meta["uid"] for ref in pod["metadata"].get("ownerReferences", []))
+            if owned and (pod["metadata"].get("labels") or {}).get("pod-template-hash") != digest:
+                del self.objects[key]
+                if self.on_delete:
+                    self.on_delete(copy.deepcopy(pod))
+        for suffix, node in placements:
+            name = f"{meta['name']}-{digest[:5]}-{suffix}"
+            if (pod_resource, meta["namespace"], name) in self.objects:
+                continue
+            tmeta = template.get("metadata") or {}
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": name, "namespace": meta["namespace"],
+                "labels": {**(tmeta.get("labels") or {}), "pod-template-hash": digest},
+                "annotations": dict(tmeta.get("annotations") or {}),
+                "ownerReferences": [{"apiVersion": obj["apiVersion"], "kind": kind, "name": meta["name"],
+                                     "uid": meta["uid"], "controller": True}]},
+                "spec": copy.deepcopy(template.get("spec") or {})}
+            if node:
+                pod["spec"]["nodeName"] = node
+            pod = self.admit_pod(pod)
+            self._bump(None, pod)
+            self.objects[(pod_resource, meta["namespace"], name)] = pod
+            if not (self.kubelet and self.kubelet(pod)):
+                self._run_pod(pod)
 
     def _run_pod(self, obj: dict[str, Any]) -> None:
         """The kubelet for a pod created through the API (e.g. rbacbridge's node pods): running at once,

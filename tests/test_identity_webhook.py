@@ -132,3 +132,39 @@ def test_without_a_webhook_nothing_is_injected(kube_api):  # noqa: F811
                                                                           "annotations": {"eks.amazonaws.com/role-arn": ROLE}}})
     client.CoreV1Api(config.new_client_from_config(config_file=kube_api.kubeconfig)).create_namespaced_pod("default", _pod("web", "irsa"))
     assert "env" not in store.get("Pod", "web", "default")["spec"]["containers"][0]
+
+
+def test_rollouts_replace_pods_when_the_template_changes_and_admit_them(core, kube_api):  # noqa: F811
+    from kubernetes import client, config
+
+    _api, store = core
+    store.rollouts = True
+    store.add_node("node-a", "10.0.0.1")
+    store.add_node("node-b", "10.0.0.2")
+    apps = client.AppsV1Api(config.new_client_from_config(config_file=kube_api.kubeconfig))
+    apps.create_namespaced_deployment("team-a", {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}, "annotations": {"iam.amazonaws.com/role": "app"}},
+            "spec": {"serviceAccountName": "plain", "containers": [{"name": "main", "image": "amazon/aws-cli"}]}}}})
+    before = {p["metadata"]["name"]: p for p in store.objects_of("Pod", "team-a")}
+    assert len(before) == 2 and all("env" not in p["spec"]["containers"][0] for p in before.values())
+    assert all(p["metadata"]["annotations"] == {"iam.amazonaws.com/role": "app"} for p in before.values())
+    apps.patch_namespaced_deployment("web", "team-a", {"spec": {"template": {
+        "metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": "2026-12-08T03:00:00Z"}},
+        "spec": {"serviceAccountName": "irsa"}}}})
+    after = {p["metadata"]["name"]: p for p in store.objects_of("Pod", "team-a")}
+    assert len(after) == 2 and not set(after) & set(before)
+    for pod in after.values():
+        assert pod["status"]["phase"] == "Running" and _env(pod)["AWS_ROLE_ARN"] == ROLE
+        validate(pod)
+    apps.patch_namespaced_deployment("web", "team-a", {"spec": {"replicas": 2}})  # same template: pods kept
+    assert {p["metadata"]["uid"] for p in store.objects_of("Pod", "team-a")} == {p["metadata"]["uid"] for p in after.values()}
+    apps.create_namespaced_daemon_set("team-a", {
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": {
+            "metadata": {"labels": {"app": "agent"}},
+            "spec": {"serviceAccountName": "irsa", "containers": [{"name": "main", "image": "x"}]}}}})
+    agents = [p for p in store.objects_of("Pod", "team-a") if p["metadata"]["labels"]["app"] == "agent"]
+    assert sorted(p["spec"]["nodeName"] for p in agents) == ["node-a", "node-b"]
+    assert store.get("DaemonSet", "agent", "team-a")["status"]["numberReady"] == 2
