@@ -106,7 +106,7 @@ class _IssuerHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         self.server.requests.append(("GET", path))
         if path == DISCOVERY_PATH:
-            _send_json(self, 200, {"issuer": self.server.url, "jwks_uri": self.server.url + JWKS_PATH,
+            _send_json(self, 200, {"issuer": self.server.issuer, "jwks_uri": self.server.issuer + JWKS_PATH,
                                    "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
                                    "id_token_signing_alg_values_supported": ["RS256"]})
         elif path == JWKS_PATH:
@@ -116,16 +116,29 @@ class _IssuerHandler(BaseHTTPRequestHandler):
 
 
 class TestIssuer(_Server):
-    """An OIDC issuer on 127.0.0.1 (its URL is the issuer: http://127.0.0.1:PORT) with one RSA key."""
+    """An OIDC issuer on 127.0.0.1 with one RSA key. Its identifier (`issuer`, the tokens' `iss`) is its own URL
+    http://127.0.0.1:PORT, or a public-looking https URL given here (as EKS's https://oidc.eks.REGION.amazonaws.com/
+    id/...; IAM and rbacbridge want https and a public name): fetches by this module (verify_token) of that URL are
+    then served by this server — the test's DNS and TLS, in this process only."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(self) -> None:
+    def __init__(self, issuer: str | None = None) -> None:
         from joserfc.jwk import RSAKey
 
         super().__init__(_IssuerHandler)
+        self.issuer = (issuer or self.url).rstrip("/")
         self.kid = uuid.uuid4().hex[:16]
         self.key = RSAKey.generate_key(2048, parameters={"kid": self.kid, "use": "sig", "alg": "RS256"})
+
+    def start(self):
+        SERVED[self.issuer] = self.url
+        return super().start()
+
+    def stop(self) -> None:
+        if SERVED.get(self.issuer) == self.url:
+            del SERVED[self.issuer]
+        super().stop()
 
     def mint(self, namespace: str, service_account: str, audience: str = STS_AUDIENCE, *, lifetime: int = 3600,
              issued_at: float | None = None, pod: str | None = None, pod_uid: str | None = None,
@@ -138,7 +151,7 @@ class TestIssuer(_Server):
         kubernetes = {"namespace": namespace, "serviceaccount": {"name": service_account, "uid": str(uuid.uuid4())}}
         if pod:
             kubernetes["pod"] = {"name": pod, "uid": pod_uid or str(uuid.uuid4())}
-        claims = {"iss": issuer or self.url, "sub": f"system:serviceaccount:{namespace}:{service_account}",
+        claims = {"iss": issuer or self.issuer, "sub": f"system:serviceaccount:{namespace}:{service_account}",
                   "aud": [audience], "iat": now, "nbf": now, "exp": now + lifetime, "kubernetes.io": kubernetes}
         signing_key = key or self.key
         return jwt.encode({"alg": "RS256", "kid": signing_key.kid or self.kid}, claims, signing_key)
@@ -153,7 +166,18 @@ def unverified_claims(token: str) -> dict[str, Any]:
         raise TokenRefused("InvalidIdentityToken", "The ID Token provided is not a valid JWT") from exc
 
 
+SERVED: dict[str, str] = {}  # issuer identifier -> the local URL of the TestIssuer serving it
+
+
 def _fetch_json(url: str) -> Any:
+    """GET a JSON document of an issuer: a started TestIssuer's identifier maps to its local URL; anything else
+    must be on loopback (never an address outside the test)."""
+    for issuer, local in SERVED.items():
+        if url == issuer or url.startswith(issuer + "/"):
+            url = local + url[len(issuer):]
+            break
+    if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise OSError(f"{url} is not served by a test issuer (nothing outside loopback is fetched)")
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
 

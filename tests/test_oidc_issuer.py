@@ -123,3 +123,15 @@ def test_moto_alone_would_have_accepted_the_wrong_token(web_identity, issuer, mo
     sts = boto3.client("sts", endpoint_url=moto_url, **DUMMY)
     answer = sts.assume_role_with_web_identity(RoleArn=role, RoleSessionName="pod", WebIdentityToken=issuer.mint("team-z", "x"))
     assert answer["Credentials"]["AccessKeyId"]
+
+
+def test_a_public_issuer_name_is_served_locally_and_nothing_else_is_fetched():
+    named = TestIssuer("https://oidc.eks.us-east-1.amazonaws.com/id/ABC123").start()
+    try:
+        token = named.mint("team-a", "app")
+        assert verify_token(token, named.issuer, "sts.amazonaws.com")["iss"] == "https://oidc.eks.us-east-1.amazonaws.com/id/ABC123"
+    finally:
+        named.stop()
+    with pytest.raises(TokenRefused) as refused:  # stopped: the name is no longer served, and it is never looked up
+        verify_token(token, named.issuer, "sts.amazonaws.com")
+    assert refused.value.code == "IDPCommunicationError" and "outside loopback" in refused.value.message
