@@ -13,7 +13,9 @@ EKS (service id "EKS", rest-json): CreatePodIdentityAssociation, ListPodIdentity
 serviceAccount filters, maxResults/nextToken), DescribePodIdentityAssociation, DeletePodIdentityAssociation,
 DescribeCluster (identity.oidc.issuer), ListAddons, DescribeAddon. Errors as EKS answers them
 (x-amzn-ErrorType + {"message"}): ResourceNotFoundException 404, ResourceInUseException 409 (a second
-association for one namespace/service account), InvalidParameterException 400.
+association for one namespace/service account), InvalidParameterException 400, ResourceLimitExceededException 400
+(`max_associations`, 5,000 as EKS's quota). A retried create with the same clientRequestToken gets the same
+association (botocore fills the token in itself: an unchanged retry is idempotent, a new call is not).
 
 EKS Auth (service id "EKS Auth"): AssumeRoleForPodIdentity, the Pod Identity agent's call. It checks the token
 (RS256 by the cluster issuer's JWKS, audience pods.eks.amazonaws.com; tests/oidc_issuer.verify_token), finds
@@ -128,6 +130,8 @@ class EksStandin(_Server):
         self.associations: dict[str, dict[str, Any]] = {}  # id -> association (as DescribePodIdentityAssociation)
         self.errors: list[tuple[str, str]] = []
         self.assume = assume
+        self.max_associations = 5000  # EKS's quota per cluster
+        self.request_tokens: dict[tuple[str, str], str] = {}  # (cluster, clientRequestToken) -> association id
         self.lock = threading.RLock()
 
     # -- what tests set up --
@@ -217,10 +221,18 @@ class EksStandin(_Server):
         tags = body.get("tags") or {}
         if not isinstance(tags, dict) or len(tags) > 50:
             raise _invalid("tags must be a map of at most 50 entries", clusterName=cluster.name)
+        token = body.get("clientRequestToken")
+        if token and (cluster.name, token) in self.request_tokens:  # a retried request: the same answer
+            earlier = self.associations.get(self.request_tokens[(cluster.name, token)])
+            if earlier and (earlier["namespace"], earlier["serviceAccount"], earlier["roleArn"]) == (namespace, service_account, role_arn):
+                return dict(earlier)
         existing = self.association_for(cluster.name, namespace, service_account)
         if existing:
             raise EksError("ResourceInUseException", 409,
                            f"Association already exists: {existing['associationId']}", clusterName=cluster.name)
+        if sum(1 for a in self.associations.values() if a["clusterName"] == cluster.name) >= self.max_associations:
+            raise EksError("ResourceLimitExceededException", 400,
+                           f"Pod identity associations per cluster limit of {self.max_associations} reached", clusterName=cluster.name)
         association_id = "a-" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(17))
         now = time.time()
         association = {
@@ -229,13 +241,13 @@ class EksStandin(_Server):
             "associationId": association_id, "tags": dict(tags), "createdAt": now, "modifiedAt": now,
             "disableSessionTags": bool(body.get("disableSessionTags", False))}
         self.associations[association_id] = association
+        if token:
+            self.request_tokens[(cluster.name, token)] = association_id
         return dict(association)
 
     def _list(self, cluster: Cluster, query: dict[str, list[str]]) -> dict[str, Any]:
         namespace = (query.get("namespace") or [None])[0]
         service_account = (query.get("serviceAccount") or [None])[0]
-        if service_account and not namespace:
-            raise _invalid("serviceAccount filter needs the namespace filter", clusterName=cluster.name)
         matches = [a for a in sorted(self.associations.values(), key=lambda a: a["createdAt"])
                    if a["clusterName"] == cluster.name and (namespace is None or a["namespace"] == namespace)
                    and (service_account is None or a["serviceAccount"] == service_account)]

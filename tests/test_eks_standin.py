@@ -160,3 +160,17 @@ def test_assume_role_for_pod_identity_respects_the_roles_trust(world, trust):
     with pytest.raises(ClientError) as refused:
         _auth().assume_role_for_pod_identity(clusterName="lab", token=token)
     assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_quota_and_a_retried_request_token(world):
+    _issuer, eks, _iam = world
+    client = _eks()
+    role = f"arn:aws:iam::{ACCOUNT}:role/app"
+    first = client.create_pod_identity_association(clusterName="lab", namespace="team-a", serviceAccount="app",
+                                                   roleArn=role, clientRequestToken="retry-1")["association"]
+    again = client.create_pod_identity_association(clusterName="lab", namespace="team-a", serviceAccount="app",
+                                                   roleArn=role, clientRequestToken="retry-1")["association"]
+    assert again["associationId"] == first["associationId"] and len(eks.associations) == 1
+    eks.max_associations = 1
+    with pytest.raises(client.exceptions.ResourceLimitExceededException):
+        client.create_pod_identity_association(clusterName="lab", namespace="team-b", serviceAccount="app", roleArn=role)
