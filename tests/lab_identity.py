@@ -1,11 +1,13 @@
 """The lab's side of IRSA and EKS Pod Identity (tests/lab.py), started on demand by `lab.start_identity()`:
 
     ident = lab.start_identity(cluster="lab")   # issuer, STS proxy, EKS stand-in, agents, injecting webhook
-    ident.issuer.url / ident.eks.url / ident.sts_url
+    ident.issuer.issuer (https://oidc.eks.REGION.amazonaws.com/id/..., also the API server's) / ident.eks.url / ident.sts_url
     lab.add_pod("node-a", "team-a", "web", {...}, service_account="app")   # admitted: the webhook's env
     lab.pod_exec("team-a", "web", ["aws", "sts", "get-caller-identity"])   # the CLI picks its source itself
 
-- A test OIDC issuer (tests/oidc_issuer.TestIssuer) on 127.0.0.1: the cluster's service-account issuer.
+- A test OIDC issuer (tests/oidc_issuer.TestIssuer) on 127.0.0.1: the cluster's service-account issuer, named like
+  EKS's (https://oidc.eks.REGION.amazonaws.com/id/HEX: https and public, as IAM and rbacbridge require); the
+  stand-ins' key fetches of that name are served by it, in this process.
 - The STS proxy (tests/oidc_issuer.StsProxy) listening in the lab's "aws" namespace beside moto (port 5002):
   pods get AWS_ENDPOINT_URL_STS pointing there, so AssumeRoleWithWebIdentity is checked against the role's trust.
 - The EKS stand-in (tests/eks_standin.EksStandin) on 127.0.0.1 with the cluster, its issuer and the agent add-on.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
@@ -93,12 +96,13 @@ class LabIdentity:
     def start(cls, lab: Any, cluster: str = "lab") -> "LabIdentity":
         from tests.lab import REGION, _sh, in_namespace, serve_in_namespace
 
-        issuer = TestIssuer().start()
+        issuer = TestIssuer(f"https://oidc.eks.{REGION}.amazonaws.com/id/{secrets.token_hex(16).upper()}").start()
         eks = EksStandin(lab.endpoint_url, region=REGION, credentials=lab.admin, assume=_control_assume(lab)).start()
         sts = None
         identity = None
         try:
-            eks.add_cluster(cluster, issuer.url)
+            eks.add_cluster(cluster, issuer.issuer)
+            lab.api.issuer = issuer.issuer  # the API server's discovery document names it (rbacbridge reads it there)
             sts = in_namespace(lab.aws.namespace, lambda: StsProxy(
                 lab.endpoint_url, credentials=lab.admin, address=(lab.aws.address, STS_PROXY_PORT))).start()
             identity = cls(lab, cluster, issuer, eks, sts)
@@ -110,9 +114,12 @@ class LabIdentity:
                                                           node_name=lab_node.name))
             lab.api.store.webhook = IdentityWebhook(region=REGION, pod_identity=associations_in(eks.url, cluster))
         except BaseException:
-            for server in ([*identity.agents] if identity else []) + [s for s in (sts, eks, issuer) if s is not None]:
-                server.shutdown()
-                server.server_close()
+            for agent in identity.agents if identity else []:
+                agent.shutdown()
+                agent.server_close()
+            for server in (sts, eks, issuer):
+                if server is not None:
+                    server.stop()
             raise
         return identity
 
@@ -151,13 +158,13 @@ class LabIdentity:
 
     def close(self) -> None:
         self.lab.api.store.webhook = None
-        for server in [*self.agents, self.sts, self.eks, self.issuer]:
-            try:
-                server.shutdown()
-                server.server_close()
-            except OSError:
-                pass
+        self.lab.api.issuer = None
+        for agent in self.agents:
+            agent.shutdown()
+            agent.server_close()
         self.agents.clear()
+        for server in (self.sts, self.eks, self.issuer):
+            server.stop()  # the issuer's stop also forgets its public name
 
 
 def _control_assume(lab: Any):

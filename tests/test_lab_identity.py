@@ -13,7 +13,7 @@ import pytest
 from tests.lab import ACCOUNT, LEGACY_ROLE, REGION, ROLE_ANNOTATION, Lab, available
 
 _why = available()
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.xdist_group("lab"), pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
 
 POD_ROLE = "lab-app"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/{POD_ROLE}"
@@ -25,8 +25,8 @@ def lab():
     try:
         ident = started.start_identity(cluster="lab")
         iam = started.client("iam")
-        host = ident.issuer.url.split("://", 1)[1]
-        provider = iam.create_open_id_connect_provider(Url=ident.issuer.url, ClientIDList=["sts.amazonaws.com"],
+        host = ident.issuer.issuer.split("://", 1)[1]
+        provider = iam.create_open_id_connect_provider(Url=ident.issuer.issuer, ClientIDList=["sts.amazonaws.com"],
                                                        ThumbprintList=["0" * 40])["OpenIDConnectProviderArn"]
         node_arn = f"arn:aws:iam::{ACCOUNT}:role/{LEGACY_ROLE}"  # node-a's instance profile role (the lab's seed)
         iam.put_role_policy(RoleName=LEGACY_ROLE, PolicyName="kube2iam", PolicyDocument=json.dumps({
