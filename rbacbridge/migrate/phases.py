@@ -1,0 +1,590 @@
+"""`migrate apply --phase dual|cutover` and `migrate rollback`: the plan's steps of one phase, with what runs them.
+
+The steps are `migrate plan`'s (rbacbridge.migrate.plan_migration: the same reads, the same messages), given a
+`run` here; steps already done (the record and live state agree) become `unchanged`, so a re-run is "no
+changes" and a run stopped half-way (kill -9) is finished by running it again. Before the first change of a
+phase the record (rbacbridge.migrate.record) is written with what the phase will replace (each role's trust
+policy as it is now, kept from an earlier stopped run if there is one) and what it intends to create (so an
+object created just before a kill is claimed by the re-run on its creation time); after the last, with the
+uids created and `state: done`.
+
+rollback undoes the last phase from the record alone: the trust documents recorded before dual, the
+ServiceAccounts whose uid it names, the OIDC provider it says dual created, each workload's ServiceAccount
+before cutover. `finish` is not built yet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
+from rbacbridge.errors import RbacbridgeError, UsageError
+from rbacbridge.plan import CONFLICT, CREATE, DELETE, RESTORE, UNCHANGED, UPDATE, Plan, Step
+
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+IRSA_ENV = ("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+POD_IDENTITY_ENV = ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+RESTARTABLE = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+@dataclass
+class PhasePlan:
+    """A phase's plan and what the executor does around its steps."""
+
+    phase: str  # dual | cutover | rollback-dual | rollback-cutover
+    plan: Plan
+    store: Any  # MigrationStore
+    before: Callable[[], None] | None = None  # the record's first write (before any change)
+    after: Callable[[], None] | None = None  # the record's last write (after every change)
+    waits: list[Callable[[Any], None]] = field(default_factory=list)  # rollout and checks, given the reporter
+    blockers: list[Any] = field(default_factory=list)
+
+
+def _trust_document(aws_gw, role: str) -> dict[str, Any]:
+    document = aws_gw.call("iam", "get_role", RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+    return json.loads(unquote(document)) if isinstance(document, str) else document
+
+
+def plan_phase(ctx, target: str, phase: str, issuer: str | None, cluster_name: str | None, timeout: float) -> PhasePlan:
+    from rbacbridge import aws, kube
+    from rbacbridge.migrate import plan_migration
+    from rbacbridge.migrate.record import MigrationRecord, open_store
+
+    migration = plan_migration(ctx, target, issuer=issuer, cluster_name=cluster_name)
+    aws_gw, kube_gw = aws.gateway(ctx), kube.gateway(ctx)
+    store = open_store(ctx, aws_gw, migration.account)
+    record = store.record
+    if record is not None and record.target != target:
+        raise UsageError(f"the migration under way is to {record.target}, not {target}: roll it back first")
+    expected = {"dual": (None, "dual"), "cutover": ("dual", "cutover")}[phase]
+    current = record.phase if record else None
+    if current not in expected or (current == "cutover" and phase == "dual"):
+        raise UsageError(f"cannot apply {phase}: the migration is at {current or 'kube2iam (no phase applied)'}"
+                         + (" (apply dual first)" if phase == "cutover" else " (roll back first)"))
+    if phase == "cutover" and record and record.phase == "dual" and record.state != "done":
+        raise UsageError("cannot apply cutover: the dual phase did not finish (run `migrate apply --phase dual` again)")
+    if record is None:
+        from rbacbridge.migrate.record import stamp
+
+        record = MigrationRecord(store.key.install, migration.account, target, "dual", "running", migration.issuer,
+                                 cluster_name, stamp())
+    blockers = [b for b in migration.blockers if not (phase == "dual" and b.kind == "oidc-provider")]
+    result = PhasePlan(phase, Plan(notes=list(migration.plan.notes)), store, blockers=blockers)
+    if phase == "dual":
+        _dual(result, migration, record, aws_gw, kube_gw)
+    else:
+        _cutover(result, migration, record, kube_gw, timeout)
+    return result
+
+
+def _write(store, record, **changes) -> Callable[[], None]:
+    def write() -> None:
+        for name, value in changes.items():
+            setattr(record, name, value)
+        store.write(record)
+    return write
+
+
+def _dual(result: PhasePlan, migration, record, aws_gw, kube_gw) -> None:
+    from rbacbridge.migrate.mapping import IRSA_ANNOTATION
+    from rbacbridge.migrate.record import created_after_intent, stamp
+    from rbacbridge.migrate.trust import IRSA, merged_trust, statements_for
+
+    steps = result.plan.steps
+    intents: list[Callable[[], None]] = []
+    if migration.target == IRSA and migration.issuer and any(b.kind == "oidc-provider" for b in migration.blockers):
+        if not any(b.kind == "provider-quota" for b in migration.blockers):
+            steps.append(_provider_create(aws_gw, record, migration.issuer, intents))
+    elif migration.target == IRSA and record.provider.get("intent") and not record.provider.get("created"):
+        # a run stopped between the intent and its last write: the provider AWS made after the intent is ours
+        arn = record.provider.get("arn", "")
+        live = aws_gw.get_or_none("iam", "get_open_id_connect_provider", ("NoSuchEntity",), OpenIDConnectProviderArn=arn)
+        if live and created_after_intent(record.provider["intent"], live.get("CreateDate")):
+            record.provider["created"] = True
+    by_name = {t["role_arn"].rsplit("/", 1)[-1]: t for t in migration.trust}
+    for step in migration.plan.steps:
+        if step.details.get("phase") != "dual" or step.kind == "pod-identity-association":
+            continue
+        if step.kind == "iam-role-trust" and step.action == UPDATE:
+            entry = by_name[step.name]
+            pairs = migration.mapping.pairs[entry["role_arn"]]
+            wanted = statements_for(migration.target, pairs, _provider_arn(migration, aws_gw), migration.issuer)
+            intents.append(_keep_original(aws_gw, record, step.name))
+            step.run = _trust_adder(aws_gw, step.name, wanted, merged_trust)
+        elif step.kind == "ServiceAccount" and step.action in (CREATE, UPDATE):
+            namespace, name = step.name.split("/", 1)
+            sa = next(s for s in migration.mapping.service_accounts if (s.namespace, s.name) == (namespace, name))
+            annotations = {IRSA_ANNOTATION: sa.role_arn} if migration.target == IRSA else {}
+            if step.action == CREATE:
+                intents.append(_intend_account(record, step.name, stamp))
+                step.run = _account_creator(kube_gw, record, namespace, name, annotations)
+            else:
+                intents.append(_intend_annotation(record, step.name))
+                step.run = _annotator(kube_gw, namespace, name, annotations)
+        elif step.kind == "ServiceAccount" and step.action == UNCHANGED:
+            _claim_account(kube_gw, record, step.name, created_after_intent)
+        steps.append(step)
+    changes = [s for s in steps if s.changes]
+
+    def before() -> None:
+        for intent in intents:
+            intent()
+        record.phase, record.state = "dual", "running"
+        result.store.write(record)
+
+    result.before = before
+    result.after = _write(result.store, record, phase="dual", state="done")
+    if not changes and record.state != "done" and result.store.record is not None:
+        steps.append(Step("aws", UPDATE, "migration-record", record.install, "dual: record the dual phase as done",
+                          run=lambda: None))
+
+
+def _provider_arn(migration, aws_gw) -> str | None:
+    from rbacbridge.migrate.trust import provider_arn
+
+    if not migration.issuer:
+        return None
+    partition = aws_gw.identity().get("Arn", "arn:aws:").split(":")[1] or "aws"
+    return provider_arn(migration.account, migration.issuer, partition)
+
+
+def _provider_create(aws_gw, record, issuer: str, intents: list) -> Step:
+    from rbacbridge.migrate.record import stamp
+    from rbacbridge.migrate.trust import issuer_host
+
+    host = issuer_host(issuer)
+
+    def intend() -> None:
+        record.provider = {"arn": None, "created": False, "intent": stamp()}
+
+    def create() -> None:
+        made = aws_gw.call("iam", "create_open_id_connect_provider", Url=f"https://{host}", ClientIDList=["sts.amazonaws.com"],
+                           Tags=[{"Key": MANAGED_BY_KEY, "Value": MANAGED_BY_VALUE}])
+        record.provider.update(arn=made["OpenIDConnectProviderArn"], created=True)
+
+    intents.append(intend)
+    return Step("aws", CREATE, "iam-oidc-provider", host,
+                f"dual: create IAM OIDC provider for {host} (audience sts.amazonaws.com; recorded as created by rbacbridge)",
+                reason="IRSA: AWS STS trusts the cluster's service-account tokens through it", run=create,
+                details={"phase": "dual"})
+
+
+def _keep_original(aws_gw, record, role: str) -> Callable[[], None]:
+    def keep() -> None:
+        entry = record.trust.setdefault(role, {})
+        if "dual" not in entry:  # an earlier stopped run's is the original: never replaced by live state
+            entry["dual"] = _trust_document(aws_gw, role)
+    return keep
+
+
+def _trust_adder(aws_gw, role: str, wanted: list, merged_trust) -> Callable[[], None]:
+    def add() -> None:
+        after, added = merged_trust(_trust_document(aws_gw, role), wanted)
+        if added:
+            aws_gw.call("iam", "update_assume_role_policy", RoleName=role, PolicyDocument=json.dumps(after))
+    return add
+
+
+def _intend_account(record, ref: str, stamp) -> Callable[[], None]:
+    def intend() -> None:
+        entry = record.accounts.get(ref) or {}
+        if not entry.get("uid"):
+            record.accounts[ref] = {"uid": None, "created": True, "intent": stamp(), "annotated": False}
+    return intend
+
+
+def _intend_annotation(record, ref: str) -> Callable[[], None]:
+    def intend() -> None:
+        record.accounts.setdefault(ref, {"uid": None, "created": False, "intent": "", "annotated": True})
+    return intend
+
+
+def _account_creator(kube_gw, record, namespace: str, name: str, annotations: dict) -> Callable[[], None]:
+    def create() -> None:
+        made = kube_gw.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", body={
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY_KEY: MANAGED_BY_VALUE},
+                         "annotations": annotations}})
+        record.accounts[f"{namespace}/{name}"]["uid"] = made["metadata"]["uid"]
+    return create
+
+
+def _annotator(kube_gw, namespace: str, name: str, annotations: dict) -> Callable[[], None]:
+    def annotate() -> None:
+        kube_gw.merge_patch("ServiceAccount", name, {"metadata": {"annotations": annotations}}, namespace)
+    return annotate
+
+
+def _claim_account(kube_gw, record, ref: str, created_after_intent) -> None:
+    """A ServiceAccount created by a run killed before its last write: ours when created after the signed intent."""
+    entry = record.accounts.get(ref)
+    if not entry or not entry.get("created") or entry.get("uid"):
+        return
+    namespace, name = ref.split("/", 1)
+    live = kube_gw.get("ServiceAccount", name, namespace)
+    meta = (live or {}).get("metadata") or {}
+    if live and created_after_intent(entry.get("intent"), meta.get("creationTimestamp")):
+        entry["uid"] = meta.get("uid")
+
+
+# -- cutover --
+
+def _cutover(result: PhasePlan, migration, record, kube_gw, timeout: float) -> None:
+    from rbacbridge.migrate.record import stamp
+
+    steps = result.plan.steps
+    moves = {(c.kind, c.namespace, c.name): c for c in migration.mapping.changes}
+    carried = {(w.kind, w.namespace, w.name): w for w in migration.inventory.workloads if w.carried}
+    intents: list[Callable[[], None]] = []
+    restarted: list[tuple[str, str, str]] = []
+    for step in migration.plan.steps:
+        if step.details.get("phase") != "cutover":
+            continue
+        namespace, name = step.name.split("/", 1)
+        key = (step.kind, namespace, name)
+        ref = f"{step.kind} {namespace}/{name}"
+        move = moves.get(key)
+        if step.kind == "Pod":
+            result.plan.notes.append(f"{ref} is a bare pod: recreate it yourself"
+                                     + (f" with serviceAccountName {move.to_service_account}" if move else "")
+                                     + " (rbacbridge does not delete pods it did not create)")
+            continue
+        if step.kind in ("Job",):
+            result.plan.notes.append(f"{ref}: a Job's pod template cannot change; its next run (or a new Job) gets the new path")
+            continue
+        live = kube_gw.get(step.kind, name, namespace) or {}
+        entry = record.workloads.get(ref)
+        template_meta = ((_template(step.kind, live).get("metadata")) or {})
+        if entry and (template_meta.get("annotations") or {}).get(RESTARTED_AT) == entry.get("restarted_at") \
+                and _service_account(step.kind, live) == entry["to"]:
+            steps.append(Step("kube", UNCHANGED, step.kind, step.name, f"{ref} already runs as {entry['to']} and was "
+                              f"restarted at {entry['restarted_at']}", details={"phase": "cutover"}))
+            if step.kind in RESTARTABLE:
+                restarted.append(key)
+            continue
+        to_sa = move.to_service_account if move else carried[key].service_account
+        from_sa = (entry or {}).get("from") or _service_account(step.kind, live)
+        at = stamp()
+        intents.append(_intend_workload(record, ref, from_sa, to_sa, at))
+        restart = step.kind in RESTARTABLE
+        step.run = _repointer(kube_gw, step.kind, namespace, name, to_sa if move else None, at if restart else None)
+        steps.append(step)
+        if restart:
+            restarted.append(key)
+
+    def before() -> None:
+        for intent in intents:
+            intent()
+        record.phase, record.state = "cutover", "running"
+        result.store.write(record)
+
+    result.before = before
+    result.after = _write(result.store, record, phase="cutover", state="done")
+    wanted = {key: (moves[key].to_service_account if key in moves else carried[key].service_account, carried[key].role_arn)
+              for key in restarted}
+    result.waits.append(lambda reporter: wait_for_rollouts(kube_gw, list(wanted), timeout, reporter))
+    result.waits.append(lambda reporter: check_new_path(kube_gw, wanted, record, migration.target, reporter))
+    if not [s for s in steps if s.changes] and record.phase == "cutover" and record.state != "done":
+        steps.append(Step("aws", UPDATE, "migration-record", record.install, "cutover: record the cutover phase as done",
+                          run=lambda: None))
+
+
+def _template(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    from rbacbridge.migrate.inventory import pod_template
+
+    return pod_template(kind, obj)
+
+
+def _service_account(kind: str, obj: dict[str, Any]) -> str:
+    spec = _template(kind, obj).get("spec") or {}
+    return spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+
+
+def _intend_workload(record, ref: str, from_sa: str, to_sa: str, at: str) -> Callable[[], None]:
+    def intend() -> None:
+        previous = record.workloads.get(ref) or {}
+        record.workloads[ref] = {"from": previous.get("from", from_sa), "to": to_sa, "restarted_at": at}
+    return intend
+
+
+def template_patch(kind: str, service_account: str | None, restarted_at: str | None) -> dict[str, Any]:
+    """The merge patch that points a workload's pods at a ServiceAccount and/or restarts them as
+    `kubectl rollout restart` does (the restartedAt annotation on the pod template)."""
+    template: dict[str, Any] = {}
+    if restarted_at:
+        template["metadata"] = {"annotations": {RESTARTED_AT: restarted_at}}
+    if service_account:
+        template["spec"] = {"serviceAccountName": service_account}
+    if kind == "CronJob":
+        return {"spec": {"jobTemplate": {"spec": {"template": template}}}}
+    return {"spec": {"template": template}}
+
+
+def _repointer(kube_gw, kind: str, namespace: str, name: str, service_account: str | None, restarted_at: str | None):
+    def run() -> None:
+        kube_gw.merge_patch(kind, name, template_patch(kind, service_account, restarted_at), namespace)
+    return run
+
+
+def _rollout_state(obj: dict[str, Any]) -> tuple[bool, str]:
+    from rbacbridge.kube.rollout import _workload_ready
+
+    if obj["kind"] != "StatefulSet":
+        return _workload_ready(obj)
+    status, meta = obj.get("status") or {}, obj["metadata"]
+    want = (obj.get("spec") or {}).get("replicas", 1)
+    ready = (status.get("observedGeneration", 0) >= meta.get("generation", 1) and status.get("updatedReplicas", 0) >= want
+             and status.get("readyReplicas", 0) >= want)
+    return ready, f"StatefulSet {meta.get('namespace')}/{meta.get('name')} {status.get('readyReplicas', 0)}/{want} ready"
+
+
+def wait_for_rollouts(kube_gw, keys: list[tuple[str, str, str]], timeout: float, reporter) -> None:
+    """Until every restarted workload has rolled out (bounded by `timeout`, progress on each change)."""
+    deadline, last = time.monotonic() + timeout, ""
+    while keys:
+        states, pending = [], []
+        for kind, namespace, name in keys:
+            obj = kube_gw.get(kind, name, namespace)
+            if obj is None:
+                continue
+            ready, text = _rollout_state(obj)
+            states.append(text)
+            if not ready:
+                pending.append(text)
+        summary = "; ".join(states)
+        if not pending:
+            reporter.progress(f"rolled out: {summary}")
+            return
+        if summary != last:
+            reporter.progress(f"waiting for rollout: {summary}")
+            last = summary
+        if time.monotonic() >= deadline:
+            raise RbacbridgeError(f"not rolled out after {timeout:g}s: {'; '.join(pending)} (re-run the phase to wait again)")
+        time.sleep(max(0.05, min(2.0, timeout / 20)))
+
+
+def workload_pods(kube_gw, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
+    obj = kube_gw.get(kind, name, namespace) or {}
+    labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    if not labels:
+        return []
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return [p for p in kube_gw.list_pods(namespace, selector) if not (p.get("metadata") or {}).get("deletionTimestamp")]
+
+
+def pod_path(pod: dict[str, Any]) -> str:
+    """Which credential path a pod's containers were given: irsa, pod-identity, or kube2iam (neither injected)."""
+    names = {e.get("name") for c in (pod.get("spec") or {}).get("containers") or [] for e in c.get("env") or []}
+    if all(n in names for n in POD_IDENTITY_ENV):
+        return "pod-identity"
+    if all(n in names for n in IRSA_ENV):
+        return "irsa"
+    return "kube2iam"
+
+
+def _env(pod: dict[str, Any], name: str) -> str | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == name:
+                return env.get("value")
+    return None
+
+
+def check_new_path(kube_gw, wanted: dict, record, target: str, reporter) -> None:
+    """Each restarted workload's pods run as their ServiceAccount and were given the new path's environment
+    (by the EKS pod identity webhook, or the Pod Identity agent's): the SDK in them then prefers it."""
+    from rbacbridge.migrate.record import parse_stamp
+
+    problems = []
+    for (kind, namespace, name), (account, role) in sorted(wanted.items()):
+        ref = f"{kind} {namespace}/{name}"
+        pods = workload_pods(kube_gw, kind, namespace, name)
+        since = (record.workloads.get(ref) or {}).get("restarted_at")
+        if not pods:
+            problems.append(f"{ref} has no pods")
+            continue
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            created = meta.get("creationTimestamp")
+            if since and created and parse_stamp(created) < parse_stamp(since):
+                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} is from before the restart")
+            elif ((pod.get("spec") or {}).get("serviceAccountName") or "default") != account:
+                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} runs as "
+                                f"{(pod.get('spec') or {}).get('serviceAccountName') or 'default'}, not {account}")
+            elif pod_path(pod) != target:
+                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} was not given the {target} environment "
+                                f"({', '.join(IRSA_ENV if target == 'irsa' else POD_IDENTITY_ENV)}): is the "
+                                + ("EKS pod identity webhook" if target == "irsa" else "Pod Identity agent add-on") + " running?")
+            elif target == "irsa" and _env(pod, "AWS_ROLE_ARN") != role:
+                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} was given AWS_ROLE_ARN {_env(pod, 'AWS_ROLE_ARN')}, not {role}")
+        if not any(ref in p for p in problems):
+            reporter.progress(f"{ref}: {len(pods)} pod(s) on the {target} path as {account}")
+    if problems:
+        raise RbacbridgeError(f"{len(problems)} problem(s) after the restart: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+# -- rollback --
+
+def plan_rollback(ctx, timeout: float) -> PhasePlan:
+    from rbacbridge import aws, kube
+    from rbacbridge.migrate.record import open_store
+
+    aws_gw, kube_gw = aws.gateway(ctx), kube.gateway(ctx)
+    store = open_store(ctx, aws_gw, aws_gw.account())
+    record = store.record
+    if record is None:
+        raise UsageError("nothing to roll back: no migration is recorded for this install")
+    if record.phase == "cutover":
+        return _rollback_cutover(store, record, kube_gw, timeout)
+    return _rollback_dual(store, record, aws_gw, kube_gw)
+
+
+def _rollback_cutover(store, record, kube_gw, timeout: float) -> PhasePlan:
+    from rbacbridge.migrate.record import stamp
+
+    result = PhasePlan("rollback-cutover", Plan(), store)
+    keys = []
+    for ref, entry in sorted(record.workloads.items()):
+        kind, _, rest = ref.partition(" ")
+        namespace, name = rest.split("/", 1)
+        live = kube_gw.get(kind, name, namespace)
+        if live is None:
+            result.plan.steps.append(Step("kube", UNCHANGED, kind, rest, f"{ref} is gone: nothing to point back",
+                                      details={"phase": "cutover"}))
+            continue
+        current = _service_account(kind, live)
+        restart = kind in RESTARTABLE
+        if current == entry["from"] and entry.get("rolled_back"):
+            result.plan.steps.append(Step("kube", UNCHANGED, kind, rest, f"{ref} already runs as {current}"))
+            continue
+        how = (f"serviceAccountName {current} -> {entry['from']}" if current != entry["from"] else f"keep {current}")
+        result.plan.steps.append(Step("kube", RESTORE, kind, rest, f"rollback cutover: {ref}: {how}"
+                                      + (", restart its pods" if restart else ""),
+                                      reason="back to kube2iam's path: its pods lose the new path's environment on restart",
+                                      run=_repointer(kube_gw, kind, namespace, name, entry["from"] if current != entry["from"] else None,
+                                                     stamp() if restart else None), details={"phase": "cutover"}))
+        entry["rolled_back"] = True
+        if restart:
+            keys.append((kind, namespace, name))
+
+    def after() -> None:
+        record.workloads = {}
+        record.phase, record.state = "dual", "done"
+        store.write(record)
+
+    result.before = _write(store, record, state="running")
+    result.after = after
+    result.waits.append(lambda reporter: wait_for_rollouts(kube_gw, keys, timeout, reporter))
+    return result
+
+
+def _rollback_dual(store, record, aws_gw, kube_gw) -> PhasePlan:
+    from rbacbridge.migrate.trust import SID_PREFIX, _canonical
+
+    result = PhasePlan("rollback-dual", Plan(), store)
+    steps = result.plan.steps
+    for role, entry in sorted(record.trust.items()):
+        original = entry.get("dual")
+        if original is None:
+            continue
+        live = aws_gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=role)
+        if live is None:
+            steps.append(Step("aws", UNCHANGED, "iam-role-trust", role, f"role {role} is gone: nothing to restore"))
+            continue
+        document = _trust_document(aws_gw, role)
+        if _canonical_document(document) == _canonical_document(original):
+            steps.append(Step("aws", UNCHANGED, "iam-role-trust", role, f"role {role} already has its trust from before dual"))
+            continue
+        others = [s for s in _statements(document) if not str(s.get("Sid", "")).startswith(SID_PREFIX)]
+        if sorted(_canonical(s) for s in others) != sorted(_canonical(s) for s in _statements(original)):
+            steps.append(Step("aws", CONFLICT, "iam-role-trust", role,
+                              f"role {role}'s trust changed since dual beyond rbacbridge's statements: not restored",
+                              reason="restoring the recorded document would undo someone else's change; remove the "
+                                     f"statements with Sid {SID_PREFIX}* by hand"))
+            continue
+        steps.append(Step("aws", RESTORE, "iam-role-trust", role, f"rollback dual: restore role {role}'s trust policy "
+                          "recorded before dual (removes rbacbridge's statements)",
+                          run=_trust_restorer(aws_gw, role, original)))
+    for ref, entry in sorted(record.accounts.items()):
+        namespace, name = ref.split("/", 1)
+        live = kube_gw.get("ServiceAccount", name, namespace)
+        meta = (live or {}).get("metadata") or {}
+        if entry.get("created"):
+            if live is None:
+                steps.append(Step("kube", UNCHANGED, "ServiceAccount", ref, f"ServiceAccount {ref} is already gone"))
+            elif entry.get("uid") and meta.get("uid") == entry["uid"]:
+                steps.append(Step("kube", DELETE, "ServiceAccount", ref, f"rollback dual: delete ServiceAccount {ref} "
+                                  "(created by dual: its uid is in the record)",
+                                  run=_deleter(kube_gw, namespace, name, entry["uid"])))
+            else:
+                steps.append(Step("kube", UNCHANGED, "ServiceAccount", ref, f"ServiceAccount {ref} is not the one dual "
+                                  "created (another uid): left alone"))
+        elif entry.get("annotated") and live is not None:
+            from rbacbridge.migrate.mapping import IRSA_ANNOTATION
+
+            if IRSA_ANNOTATION in (meta.get("annotations") or {}):
+                steps.append(Step("kube", UPDATE, "ServiceAccount", ref, f"rollback dual: remove {IRSA_ANNOTATION} from "
+                                  f"ServiceAccount {ref}", run=_annotator(kube_gw, namespace, name, {IRSA_ANNOTATION: None})))
+    provider = record.provider
+    if provider.get("created") and provider.get("arn"):
+        live = aws_gw.get_or_none("iam", "get_open_id_connect_provider", ("NoSuchEntity",),
+                                  OpenIDConnectProviderArn=provider["arn"])
+        if live is not None:
+            steps.append(Step("aws", DELETE, "iam-oidc-provider", provider["arn"].split("oidc-provider/", 1)[-1],
+                              "rollback dual: delete the IAM OIDC provider dual created",
+                              run=lambda: aws_gw.call("iam", "delete_open_id_connect_provider",
+                                                      OpenIDConnectProviderArn=provider["arn"])))
+    result.before = _write(store, record, state="running")
+    result.after = store.erase
+    if not result.plan.changes:
+        steps.append(Step("aws", DELETE, "migration-record", record.install, "rollback dual: erase the migration record",
+                          run=lambda: None))
+    return result
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    statements = document.get("Statement") or []
+    return [statements] if isinstance(statements, dict) else list(statements)
+
+
+def _canonical_document(document: dict[str, Any]) -> str:
+    return json.dumps(document, sort_keys=True)
+
+
+def _trust_restorer(aws_gw, role: str, original: dict[str, Any]) -> Callable[[], None]:
+    def restore() -> None:
+        aws_gw.call("iam", "update_assume_role_policy", RoleName=role, PolicyDocument=json.dumps(original))
+    return restore
+
+
+def _deleter(kube_gw, namespace: str, name: str, uid: str) -> Callable[[], None]:
+    def delete() -> None:
+        kube_gw.request("DELETE", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}",
+                        body={"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
+    return delete
+
+
+def run_phase(phase_plan: PhasePlan, reporter) -> Any:
+    """Execute: the record's first write, the steps in order, the waits, the record's last write."""
+    from rbacbridge.plan import Execution, execute
+
+    changes = phase_plan.plan.changes
+    if changes and phase_plan.before:
+        phase_plan.before()
+    execution = execute(phase_plan.plan.steps, on_start=reporter.step_started, on_done=reporter.step_done)
+    if not execution.ok:
+        return execution
+    try:
+        for wait in phase_plan.waits:
+            wait(reporter)
+    except RbacbridgeError as exc:
+        return Execution(done=execution.done, failed=Step("kube", "wait", "rollout", phase_plan.phase, "checking the rollout"),
+                         error=exc)
+    if (changes or (phase_plan.store.record and phase_plan.store.record.state != "done")) and phase_plan.after:
+        phase_plan.after()
+    return execution

@@ -1,0 +1,460 @@
+"""`rbacbridge migrate apply --phase dual|cutover`, `migrate rollback`, `migrate status` (IRSA) as users run them:
+the CLI as a subprocess against moto (server mode) and the test API server.
+
+The cluster: kube2iam's DaemonSet (--base-role-arn), in tenant-a a Deployment on its own ServiceAccount (`web`,
+alpha-app) and a CronJob on `etl` (alpha-etl); in tenant-b a Deployment on `default` (beta-app: moves to a
+dedicated ServiceAccount) and an unannotated one (the default role: not carried). The test plays two
+controllers the test API server does not: the Deployment controller replacing pods when the pod template
+changes, and the EKS pod identity webhook injecting AWS_ROLE_ARN / AWS_WEB_IDENTITY_TOKEN_FILE into pods whose
+ServiceAccount carries eks.amazonaws.com/role-arn. Expectations are written out here (trust statements in the
+AWS documentation's shape, names hashed with hashlib), never read back from rbacbridge's code.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+
+from tests.fixtures_aws import ACCOUNT, moto_url, sandbox  # noqa: F401
+from tests.fixtures_kube import kube_api  # noqa: F401
+
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/"
+ISSUER = "https://oidc.example.com/id/CLUSTER1"
+HOST = "oidc.example.com/id/CLUSTER1"
+PROVIDER = f"arn:aws:iam::{ACCOUNT}:oidc-provider/{HOST}"
+INSTALL = "nettech-instance-profile"
+CONFIG = f"""\
+account_id: "{ACCOUNT}"
+iam:
+  node_role: k8s-node
+tenants:
+  - name: alpha
+    namespaces: [tenant-a]
+    role: alpha-app
+  - name: beta
+    namespaces: [tenant-b]
+    role: beta-app
+"""
+RESTARTED = "kubectl.kubernetes.io/restartedAt"
+
+
+def dedicated(role: str) -> str:
+    return f"{role}-{hashlib.sha256((ROLE + role).encode()).hexdigest()[:8]}"
+
+
+def node_trust(extra: list | None = None) -> dict:
+    return {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ROLE + "k8s-node"}, "Action": "sts:AssumeRole"}, *(extra or [])]}
+
+
+def irsa_statement(subjects: list[str]) -> dict:
+    return {"Sid": "RbacbridgeIrsa", "Effect": "Allow", "Principal": {"Federated": PROVIDER},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {f"{HOST}:sub": subjects[0] if len(subjects) == 1 else subjects,
+                                           f"{HOST}:aud": "sts.amazonaws.com"}}}
+
+
+def template(app: str, role: str | None, account: str = "default") -> dict:
+    meta = {"labels": {"app": app}}
+    if role is not None:
+        meta["annotations"] = {"iam.amazonaws.com/role": role}
+    return {"metadata": meta, "spec": {"serviceAccountName": account, "containers": [{"name": "main", "image": "busybox"}]}}
+
+
+def deployment(namespace: str, name: str, role: str | None, account: str = "default") -> dict:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}}, "template": template(name, role, account)}}
+
+
+def play_controllers(store) -> None:
+    """The Deployment controller (a changed pod template replaces the pods) and the EKS pod identity webhook
+    (env from the ServiceAccount's eks.amazonaws.com/role-arn), on top of the test API server's own."""
+    original = store._after_write
+    seen: dict[tuple[str, str], str] = {}
+
+    def after_write(resource, obj):
+        original(resource, obj)
+        if obj.get("kind") != "Deployment":
+            return
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        tpl = obj["spec"]["template"]
+        fingerprint = json.dumps(tpl, sort_keys=True)
+        if seen.get(key) in (None, fingerprint):
+            seen[key] = fingerprint
+            return
+        seen[key] = fingerprint
+        for (r, ns, name), pod in list(store.objects.items()):
+            if r[2] == "pods" and ns == meta["namespace"] and any(
+                    ref.get("uid") == meta["uid"] for ref in pod["metadata"].get("ownerReferences", [])):
+                del store.objects[(r, ns, name)]
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:5]
+        for i in range(obj["spec"].get("replicas", 1)):
+            spec = copy.deepcopy(tpl["spec"])
+            account = store.get("ServiceAccount", spec.get("serviceAccountName") or "default", meta["namespace"]) or {}
+            role = (account.get("metadata", {}).get("annotations") or {}).get("eks.amazonaws.com/role-arn")
+            if role:
+                for container in spec["containers"]:
+                    container["env"] = [{"name": "AWS_ROLE_ARN", "value": role},
+                                        {"name": "AWS_WEB_IDENTITY_TOKEN_FILE",
+                                         "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}]
+            store.put({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": f"{meta['name']}-{digest}-{i}", "namespace": meta["namespace"], "labels": tpl["metadata"]["labels"],
+                "annotations": tpl["metadata"].get("annotations", {}),
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"], "uid": meta["uid"],
+                                     "controller": True}]},
+                "spec": spec, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+
+    store._after_write = after_write
+
+
+class Cluster:
+    def __init__(self, kube_api, sandbox, tmp_path):
+        self.kube_api, self.sandbox, self.store, self.iam = kube_api, sandbox, kube_api.store, sandbox.client("iam")
+        self.config = tmp_path / "rbacbridge.yaml"
+        self.config.write_text(CONFIG)
+        kube_api.server.issuer = ISSUER
+
+    def build(self) -> "Cluster":
+        store, iam = self.store, self.iam
+        for role in ("k8s-node", "alpha-app", "alpha-etl", "beta-app", "pod-default"):
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(node_trust()))
+        store.put({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "kube2iam", "namespace": "kube-system"},
+                   "spec": {"selector": {"matchLabels": {"name": "kube2iam"}}, "template": {
+                       "metadata": {"labels": {"name": "kube2iam"}},
+                       "spec": {"hostNetwork": True, "serviceAccountName": "kube2iam", "containers": [{
+                           "name": "kube2iam", "image": "jtblin/kube2iam:0.13.0",
+                           "args": [f"--base-role-arn={ROLE}", "--default-role=pod-default", "--iptables=true",
+                                    "--host-interface=cni0"]}]}}}})
+        for namespace in ("tenant-a", "tenant-b"):
+            store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        for namespace, name in (("tenant-a", "default"), ("tenant-a", "web"), ("tenant-a", "etl"), ("tenant-b", "default")):
+            store.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}})
+        play_controllers(store)
+        for obj in (deployment("tenant-a", "web", "alpha-app", "web"), deployment("tenant-b", "api", "beta-app"),
+                    deployment("tenant-b", "plain", None)):
+            self.kube_post("/apis/apps/v1/namespaces/%s/deployments" % obj["metadata"]["namespace"], obj)
+        store.put({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly", "namespace": "tenant-a"},
+                   "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": template("nightly", "alpha-etl", "etl")}}}})
+        store.requests.clear()
+        return self
+
+    def kube_post(self, path: str, body: dict) -> None:
+        code, answer = self.store.handle("POST", path, {}, "application/json", body)
+        assert code == 201, answer
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "rbacbridge", "migrate", *args, "--kubeconfig", self.kube_api.kubeconfig,
+                "-c", str(self.config)]
+
+    def env(self, **extra: str) -> dict:
+        return dict(self.sandbox.env(), COLUMNS="200", **extra)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.env(), timeout=180,
+                              stdin=subprocess.DEVNULL)
+
+    def apply(self, phase: str, *args: str) -> dict:
+        done = self.run("apply", "--phase", phase, "--to", "irsa", "--timeout", "20", "--yes", "-o", "json", *args)
+        assert done.returncode == 0, done.stderr + done.stdout
+        return json.loads(done.stdout)
+
+    def rollback(self, *args: str) -> dict:
+        done = self.run("rollback", "--timeout", "20", "--yes", "-o", "json", *args)
+        assert done.returncode == 0, done.stderr + done.stdout
+        return json.loads(done.stdout)
+
+    def trust(self, role: str) -> dict:
+        return self.iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+
+    def trusts(self) -> dict:
+        return {r: self.trust(r) for r in ("k8s-node", "alpha-app", "alpha-etl", "beta-app", "pod-default")}
+
+    def providers(self) -> list[str]:
+        return [p["Arn"] for p in self.iam.list_open_id_connect_providers()["OpenIDConnectProviderList"]]
+
+    def accounts(self) -> dict:
+        return {(sa["metadata"]["namespace"], sa["metadata"]["name"]): sa for sa in self.store.objects_of("ServiceAccount")}
+
+    def pod_account(self, namespace: str, name: str) -> str:
+        obj = self.store.get("Deployment", name, namespace)
+        return obj["spec"]["template"]["spec"].get("serviceAccountName", "default")
+
+    def kube_state(self) -> dict:
+        """Everything but pods and bookkeeping: what a phase and its rollback must leave as they found it (an empty
+        annotations map is no annotations: the API server omits it)."""
+        state = {}
+        for kind in ("ServiceAccount", "Deployment", "CronJob", "DaemonSet", "Namespace"):
+            for obj in self.store.objects_of(kind):
+                meta = obj["metadata"]
+                state[(kind, meta.get("namespace", ""), meta["name"])] = (
+                    {k: v for k, v in meta.items() if k in ("labels", "annotations", "uid") and v}, obj.get("spec"))
+        return state
+
+    def migration_record(self) -> dict | None:
+        """The migration record read the way an operator could with the AWS CLI, its signature checked by KMS."""
+        kms = self.sandbox.client("kms")
+        try:
+            key = kms.describe_key(KeyId=f"alias/rbacbridge/{INSTALL}")["KeyMetadata"]
+        except kms.exceptions.NotFoundException:
+            return None
+        tags = {t["TagKey"]: t["TagValue"] for t in kms.list_resource_tags(KeyId=key["KeyId"])["Tags"]}
+        prefix = f"rbacbridge:migration:{INSTALL}:"
+        if f"{prefix}sig" not in tags:
+            return None
+        count, signature = tags[f"{prefix}sig"].split(" ")
+        payload = "".join(tags[f"{prefix}{n}"] for n in range(1, int(count) + 1))
+        message = f"rbacbridge-migration/v1 install={INSTALL} chunks={count} sha256={hashlib.sha256(payload.encode()).hexdigest()}"
+        assert kms.verify(KeyId=key["KeyId"], Message=message.encode(), MessageType="RAW", Signature=base64.b64decode(signature),
+                          SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
+        return json.loads(zlib.decompress(base64.b64decode(payload)))
+
+
+@pytest.fixture
+def cluster(kube_api, sandbox, tmp_path):
+    return Cluster(kube_api, sandbox, tmp_path).build()
+
+
+WEB_SUB = "system:serviceaccount:tenant-a:web"
+API_SA = dedicated("beta-app")
+
+
+def dual_trusts() -> dict:
+    return {
+        "k8s-node": node_trust(), "pod-default": node_trust(),
+        "alpha-app": node_trust([irsa_statement([WEB_SUB])]),
+        "alpha-etl": node_trust([irsa_statement(["system:serviceaccount:tenant-a:etl"])]),
+        "beta-app": node_trust([irsa_statement([f"system:serviceaccount:tenant-b:{API_SA}"])]),
+    }
+
+
+def test_dual_dry_run_changes_nothing_and_without_yes_refuses(cluster):
+    before_trust, before_kube = cluster.trusts(), cluster.kube_state()
+    dry = cluster.run("apply", "--phase", "dual", "--to", "irsa", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    for line in ("dual: create IAM OIDC provider for oidc.example.com/id/CLUSTER1",
+                 "dual: add 1 trust statement(s) to role beta-app for tenant-b/" + API_SA,
+                 f"dual: create ServiceAccount tenant-b/{API_SA} annotated eks.amazonaws.com/role-arn={ROLE}beta-app",
+                 f"dual: annotate ServiceAccount tenant-a/web eks.amazonaws.com/role-arn={ROLE}alpha-app"):
+        assert line in dry.stdout, dry.stdout
+    assert "cutover" not in dry.stdout
+    refused = cluster.run("apply", "--phase", "dual", "--to", "irsa")
+    assert refused.returncode == 2 and "no terminal to confirm them" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert cluster.trusts() == before_trust and cluster.kube_state() == before_kube
+    assert cluster.providers() == [] and cluster.migration_record() is None
+    assert not cluster.store.mutating_requests()
+
+
+def test_dual_then_rerun_then_rollback_restores_exactly(cluster):
+    before_trust, before_kube = cluster.trusts(), cluster.kube_state()
+    pods_before = sorted(p["metadata"]["name"] for p in cluster.store.objects_of("Pod"))
+    result = cluster.apply("dual")
+    assert result["ok"] and result["phase"] == "dual"
+    assert cluster.trusts() == dual_trusts()
+    assert cluster.providers() == [PROVIDER]
+    accounts = cluster.accounts()
+    made = accounts[("tenant-b", API_SA)]["metadata"]
+    assert made["labels"] == {"managed-by": "rbacbridge"}
+    assert made["annotations"] == {"eks.amazonaws.com/role-arn": ROLE + "beta-app"}
+    assert accounts[("tenant-a", "web")]["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": ROLE + "alpha-app"}
+    assert accounts[("tenant-a", "etl")]["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": ROLE + "alpha-etl"}
+    # no restart, no workload touched: kube2iam keeps serving
+    assert sorted(p["metadata"]["name"] for p in cluster.store.objects_of("Pod")) == pods_before
+    assert not [r for r in cluster.store.mutating_requests() if "deployments" in r.path or "cronjobs" in r.path]
+    record = cluster.migration_record()
+    assert record["phase"] == "dual" and record["state"] == "done" and record["target"] == "irsa"
+    assert record["trust"]["beta-app"]["dual"] == before_trust["beta-app"]
+    assert record["accounts"][f"tenant-b/{API_SA}"]["uid"] == made["uid"]
+    assert record["provider"]["created"] is True and record["provider"]["arn"] == PROVIDER
+
+    requests = len(cluster.store.mutating_requests())
+    again = cluster.apply("dual")
+    assert again["applied"] == [] and all(s["action"] == "unchanged" for s in again["plan"]["steps"])
+    assert len(cluster.store.mutating_requests()) == requests and cluster.trusts() == dual_trusts()
+    text = cluster.run("apply", "--phase", "dual", "--to", "irsa", "--yes")
+    assert text.returncode == 0 and "0 changes" in text.stdout
+
+    back = cluster.rollback()
+    assert back["ok"] and back["phase"] == "rollback-dual"
+    assert cluster.trusts() == before_trust  # the exact documents recorded before dual
+    assert cluster.providers() == []
+    assert cluster.kube_state() == before_kube
+    assert cluster.migration_record() is None
+    nothing = cluster.run("rollback", "--yes")
+    assert nothing.returncode == 2 and nothing.stderr.strip() == "error: nothing to roll back: no migration is recorded for this install"
+
+
+def test_rollback_keeps_a_provider_dual_did_not_create(cluster):
+    cluster.iam.create_open_id_connect_provider(Url=ISSUER, ClientIDList=["sts.amazonaws.com"], ThumbprintList=["a" * 40])
+    cluster.apply("dual")
+    assert cluster.migration_record()["provider"] == {}
+    cluster.rollback()
+    assert cluster.providers() == [PROVIDER]
+
+
+def test_cutover_restarts_onto_irsa_status_and_rollback(cluster):
+    cluster.apply("dual")
+    plain_pods = sorted(p["metadata"]["name"] for p in cluster.store.objects_of("Pod", "tenant-b") if p["metadata"]["name"].startswith("plain"))
+    status = json.loads(cluster.run("status", "-o", "json").stdout)
+    assert status["phase"] == "dual" and {w["name"]: w["path"] for w in status["workloads"]} == {
+        "web": "kube2iam", "api": "kube2iam", "nightly": "no pods"}
+    assert {w["name"]: w["restarted_since_dual"] for w in status["workloads"]}["web"] is False
+    time.sleep(1.1)  # the restart stamp is in seconds: the pods it makes are newer than dual's start
+    dry = cluster.run("apply", "--phase", "cutover", "--to", "irsa", "--dry-run")
+    assert f"cutover: Deployment tenant-b/api: set spec.template.spec.serviceAccountName: default -> {API_SA}" in dry.stdout
+    assert "cutover: Deployment tenant-a/web: restart its pods (as kubectl rollout restart does)" in dry.stdout
+    result = cluster.apply("cutover")
+    assert result["ok"], result
+    web, api = cluster.store.get("Deployment", "web", "tenant-a"), cluster.store.get("Deployment", "api", "tenant-b")
+    assert RESTARTED in web["spec"]["template"]["metadata"]["annotations"]
+    assert api["spec"]["template"]["spec"]["serviceAccountName"] == API_SA
+    assert web["spec"]["template"]["spec"]["serviceAccountName"] == "web"
+    # the CronJob keeps its ServiceAccount (annotated by dual): its next run gets the new path, no restart
+    assert RESTARTED not in json.dumps(cluster.store.get("CronJob", "nightly", "tenant-a"))
+    # the unannotated workload is not touched
+    assert sorted(p["metadata"]["name"] for p in cluster.store.objects_of("Pod", "tenant-b") if p["metadata"]["name"].startswith("plain")) == plain_pods
+    api_pods = [p for p in cluster.store.objects_of("Pod", "tenant-b") if p["metadata"]["name"].startswith("api")]
+    assert len(api_pods) == 2 and all(p["spec"]["serviceAccountName"] == API_SA for p in api_pods)
+    record = cluster.migration_record()
+    assert record["phase"] == "cutover" and record["state"] == "done"
+    assert record["workloads"]["Deployment tenant-b/api"]["from"] == "default"
+    status = json.loads(cluster.run("status", "-o", "json").stdout)
+    assert status["phase"] == "cutover"
+    assert {w["name"]: (w["path"], w["restarted_since_dual"]) for w in status["workloads"] if w["kind"] == "Deployment"} == {
+        "web": ("irsa", True), "api": ("irsa", True)}
+    table = cluster.run("status")
+    assert table.returncode == 0 and "phase: cutover (done) to irsa" in table.stdout
+
+    requests = len(cluster.store.mutating_requests())
+    again = cluster.apply("cutover")
+    assert again["applied"] == [] and len(cluster.store.mutating_requests()) == requests
+    refused = cluster.run("apply", "--phase", "dual", "--to", "irsa", "--yes")
+    assert refused.returncode == 2 and "cannot apply dual: the migration is at cutover (roll back first)" in refused.stderr
+
+    back = cluster.rollback()
+    assert back["phase"] == "rollback-cutover" and back["ok"]
+    assert cluster.pod_account("tenant-b", "api") == "default" and cluster.pod_account("tenant-a", "web") == "web"
+    assert cluster.trusts() == dual_trusts()  # dual's changes stay: one phase back
+    assert cluster.migration_record()["phase"] == "dual"
+    status = json.loads(cluster.run("status", "-o", "json").stdout)
+    assert {w["name"]: w["path"] for w in status["workloads"] if w["kind"] == "Deployment"} == {
+        "web": "irsa", "api": "kube2iam"}  # web keeps its annotated ServiceAccount until dual is rolled back too
+    cluster.rollback()
+    assert cluster.migration_record() is None and API_SA not in {n for _, n in cluster.accounts()}
+
+
+def test_cutover_before_dual_and_bad_input(cluster):
+    done = cluster.run("apply", "--phase", "cutover", "--to", "irsa", "--yes")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: cannot apply cutover: the migration is at kube2iam (no phase applied) (apply dual first)"
+    for args, message in (
+            (("apply", "--to", "irsa"), "error: migrate apply needs --phase: choose from dual, cutover, finish"),
+            (("apply", "--phase", "half", "--to", "irsa"), "error: invalid --phase 'half': choose from dual, cutover, finish"),
+            (("apply", "--phase", "dual"), "error: migrate apply needs --to: choose from irsa, pod-identity"),
+            (("apply", "--phase", "dual", "--to", "irsa", "--timeout", "0"), "error: invalid --timeout 0: seconds, more than 0 and at most 3600"),
+            (("rollback", "--timeout", "-1"), "error: invalid --timeout -1: seconds, more than 0 and at most 3600")):
+        done = cluster.run(*args)
+        assert done.returncode == 2 and done.stderr.strip() == message and done.stdout == "", (args, done.stderr)
+    assert not cluster.store.mutating_requests()
+
+
+def test_a_foreign_service_account_with_the_dedicated_name_is_never_touched(cluster):
+    foreign = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": API_SA, "namespace": "tenant-b"}}
+    cluster.store.put(foreign)
+    before = cluster.trusts()
+    done = cluster.run("apply", "--phase", "dual", "--to", "irsa", "--yes")
+    assert done.returncode == 1
+    assert (f"error: 1 blocker(s), nothing changed: service-account ServiceAccount tenant-b/{API_SA}: the dedicated "
+            "ServiceAccount's name is taken by one rbacbridge did not create") in done.stderr
+    assert cluster.trusts() == before and cluster.migration_record() is None
+    assert cluster.accounts()[("tenant-b", API_SA)]["metadata"].get("annotations") is None
+    # one carrying our label but created after dual (not the uid the record names) is left alone by rollback
+    cluster.store.delete("ServiceAccount", API_SA, "tenant-b")
+    cluster.apply("dual")
+    cluster.store.delete("ServiceAccount", API_SA, "tenant-b")
+    impostor = cluster.store.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+        "name": API_SA, "namespace": "tenant-b", "labels": {"managed-by": "rbacbridge"}}})
+    back = cluster.rollback()
+    assert any(s["message"].endswith("is not the one dual created (another uid): left alone") for s in back["plan"]["steps"])
+    assert cluster.accounts()[("tenant-b", API_SA)]["metadata"]["uid"] == impostor["metadata"]["uid"]
+    assert cluster.trusts() == before
+
+
+def test_rollback_refuses_a_trust_someone_else_changed_since_dual(cluster):
+    cluster.apply("dual")
+    changed = dual_trusts()["alpha-app"]
+    changed["Statement"].append({"Effect": "Allow", "Principal": {"AWS": ROLE + "ci"}, "Action": "sts:AssumeRole"})
+    cluster.iam.create_role(RoleName="ci", AssumeRolePolicyDocument=json.dumps(node_trust()))
+    cluster.iam.update_assume_role_policy(RoleName="alpha-app", PolicyDocument=json.dumps(changed))
+    done = cluster.run("rollback", "--yes")
+    assert done.returncode == 1 and "1 conflict(s), nothing changed: iam-role-trust alpha-app" in done.stderr
+    assert cluster.trust("alpha-app") == changed and cluster.trust("beta-app") == dual_trusts()["beta-app"]
+
+
+def test_a_tampered_migration_record_stops_rollback(cluster):
+    cluster.apply("dual")
+    kms = cluster.sandbox.client("kms")
+    key = kms.describe_key(KeyId=f"alias/rbacbridge/{INSTALL}")["KeyMetadata"]["KeyId"]
+    forged = json.loads(json.dumps(cluster.migration_record()))
+    forged["trust"]["alpha-app"]["dual"] = node_trust([{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}])
+    payload = base64.b64encode(zlib.compress(json.dumps(forged).encode())).decode()
+    kms.tag_resource(KeyId=key, Tags=[{"TagKey": f"rbacbridge:migration:{INSTALL}:1", "TagValue": payload[:256]}])
+    done = cluster.run("rollback", "--yes")
+    assert done.returncode == 1 and "migration record of install" in done.stderr and "does not verify" in done.stderr
+    assert cluster.trusts() == dual_trusts()
+
+
+def kill_after(cluster, args: list[str], marker: str) -> None:
+    """Run the CLI and kill -9 it as soon as the state shows `marker` happened."""
+    process = subprocess.Popen(cluster.argv(*args), env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if marker == "trust" and any(s.get("Sid") == "RbacbridgeIrsa" for s in cluster.trust("alpha-app")["Statement"]):
+                break
+            if marker == "account" and ("tenant-b", API_SA) in cluster.accounts():
+                break
+            if marker == "patched" and cluster.pod_account("tenant-b", "api") == API_SA:
+                break
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("marker", ["trust", "account"])
+def test_dual_killed_mid_phase_converges_on_rerun(cluster, marker):
+    before = cluster.trusts()
+    kill_after(cluster, ["apply", "--phase", "dual", "--to", "irsa", "--yes"], marker)
+    record = cluster.migration_record()
+    assert record is not None and record["state"] == "running"  # the record was written before the first change
+    cluster.apply("dual")
+    assert cluster.trusts() == dual_trusts() and cluster.migration_record()["state"] == "done"
+    assert cluster.apply("dual")["applied"] == []
+    cluster.rollback()
+    assert cluster.trusts() == before and cluster.providers() == []
+    assert ("tenant-b", API_SA) not in cluster.accounts()  # claimed by the re-run on its creation time, then deleted
+
+
+def test_cutover_killed_mid_phase_converges_on_rerun(cluster):
+    cluster.apply("dual")
+    time.sleep(1.1)
+    kill_after(cluster, ["apply", "--phase", "cutover", "--to", "irsa", "--timeout", "20", "--yes"], "patched")
+    assert cluster.migration_record()["phase"] == "cutover"
+    result = cluster.apply("cutover")
+    assert result["ok"] and cluster.migration_record()["state"] == "done"
+    assert cluster.apply("cutover")["applied"] == []
+    cluster.rollback()
+    assert cluster.pod_account("tenant-b", "api") == "default"
