@@ -415,46 +415,40 @@ def test_a_tampered_migration_record_stops_rollback(cluster):
     assert cluster.trusts() == dual_trusts()
 
 
-def kill_after(cluster, args: list[str], marker: str) -> None:
-    """Run the CLI and kill -9 it as soon as the state shows `marker` happened."""
-    process = subprocess.Popen(cluster.argv(*args), env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            if marker == "trust" and any(s.get("Sid") == "RbacbridgeIrsa" for s in cluster.trust("alpha-app")["Statement"]):
-                break
-            if marker == "account" and ("tenant-b", API_SA) in cluster.accounts():
-                break
-            if marker == "patched" and cluster.pod_account("tenant-b", "api") == API_SA:
-                break
-            time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait(timeout=10)
+def killed_after(cluster, steps: int, *args: str) -> subprocess.CompletedProcess:
+    """The CLI killed with SIGKILL right after its N-th step (rbacbridge's test hook), before its record's last write."""
+    done = subprocess.run(cluster.argv(*args), env=cluster.env(RBACBRIDGE_TEST_KILL_AFTER_STEPS=str(steps)), capture_output=True,
+                          text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return done
 
 
-@pytest.mark.parametrize("marker", ["trust", "account"])
-def test_dual_killed_mid_phase_converges_on_rerun(cluster, marker):
+@pytest.mark.parametrize("steps", [1, 4, 6, 7])  # 7: every change made, the record not yet marked done
+def test_dual_killed_mid_phase_converges_on_rerun(cluster, steps):
     before = cluster.trusts()
-    kill_after(cluster, ["apply", "--phase", "dual", "--to", "irsa", "--yes"], marker)
+    killed_after(cluster, steps, "apply", "--phase", "dual", "--to", "irsa", "--yes")
     record = cluster.migration_record()
     assert record is not None and record["state"] == "running"  # the record was written before the first change
+    assert cluster.providers() == [PROVIDER]  # the first step
     cluster.apply("dual")
     assert cluster.trusts() == dual_trusts() and cluster.migration_record()["state"] == "done"
     assert cluster.apply("dual")["applied"] == []
     cluster.rollback()
-    assert cluster.trusts() == before and cluster.providers() == []
-    assert ("tenant-b", API_SA) not in cluster.accounts()  # claimed by the re-run on its creation time, then deleted
+    assert cluster.trusts() == before and cluster.providers() == []  # the provider claimed on its creation time
+    assert ("tenant-b", API_SA) not in cluster.accounts()
 
 
 def test_cutover_killed_mid_phase_converges_on_rerun(cluster):
+    accounts_before = {k: v["metadata"].get("annotations") or None for k, v in cluster.accounts().items()}
     cluster.apply("dual")
     time.sleep(1.1)
-    kill_after(cluster, ["apply", "--phase", "cutover", "--to", "irsa", "--timeout", "20", "--yes"], "patched")
-    assert cluster.migration_record()["phase"] == "cutover"
+    killed_after(cluster, 1, "apply", "--phase", "cutover", "--to", "irsa", "--timeout", "20", "--yes")
+    assert cluster.migration_record()["phase"] == "cutover" and cluster.migration_record()["state"] == "running"
     result = cluster.apply("cutover")
     assert result["ok"] and cluster.migration_record()["state"] == "done"
     assert cluster.apply("cutover")["applied"] == []
     cluster.rollback()
     assert cluster.pod_account("tenant-b", "api") == "default"
+    cluster.rollback()
+    assert cluster.migration_record() is None
+    assert {k: v["metadata"].get("annotations") or None for k, v in cluster.accounts().items()} == accounts_before

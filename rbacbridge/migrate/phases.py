@@ -98,11 +98,11 @@ def _dual(result: PhasePlan, migration, record, aws_gw, kube_gw) -> None:
     intents: list[Callable[[], None]] = []
     if migration.target == IRSA and migration.issuer and any(b.kind == "oidc-provider" for b in migration.blockers):
         if not any(b.kind == "provider-quota" for b in migration.blockers):
-            steps.append(_provider_create(aws_gw, record, migration.issuer, intents))
+            steps.append(_provider_create(aws_gw, record, migration.issuer, _provider_arn(migration, aws_gw), intents))
     elif migration.target == IRSA and record.provider.get("intent") and not record.provider.get("created"):
         # a run stopped between the intent and its last write: the provider AWS made after the intent is ours
-        arn = record.provider.get("arn", "")
-        live = aws_gw.get_or_none("iam", "get_open_id_connect_provider", ("NoSuchEntity",), OpenIDConnectProviderArn=arn)
+        arn = record.provider.get("arn") or ""
+        live = arn and aws_gw.get_or_none("iam", "get_open_id_connect_provider", ("NoSuchEntity",), OpenIDConnectProviderArn=arn)
         if live and created_after_intent(record.provider["intent"], live.get("CreateDate")):
             record.provider["created"] = True
     by_name = {t["role_arn"].rsplit("/", 1)[-1]: t for t in migration.trust}
@@ -152,14 +152,14 @@ def _provider_arn(migration, aws_gw) -> str | None:
     return provider_arn(migration.account, migration.issuer, partition)
 
 
-def _provider_create(aws_gw, record, issuer: str, intents: list) -> Step:
+def _provider_create(aws_gw, record, issuer: str, arn: str | None, intents: list) -> Step:
     from rbacbridge.migrate.record import stamp
     from rbacbridge.migrate.trust import issuer_host
 
     host = issuer_host(issuer)
 
     def intend() -> None:
-        record.provider = {"arn": None, "created": False, "intent": stamp()}
+        record.provider = {"arn": arn, "created": False, "intent": stamp()}
 
     def create() -> None:
         made = aws_gw.call("iam", "create_open_id_connect_provider", Url=f"https://{host}", ClientIDList=["sts.amazonaws.com"],
@@ -569,6 +569,27 @@ def _deleter(kube_gw, namespace: str, name: str, uid: str) -> Callable[[], None]
     return delete
 
 
+KILL_HOOK = "RBACBRIDGE_TEST_KILL_AFTER_STEPS"  # tests only: SIGKILL this process after that many steps ran
+
+
+def _kill_hook(step_done: Callable[[Step], None]) -> Callable[[Step], None]:
+    import os
+
+    limit = os.environ.get(KILL_HOOK, "")
+    if not limit.isdigit():
+        return step_done
+    count = [0]
+
+    def done(step: Step) -> None:
+        step_done(step)
+        count[0] += 1
+        if count[0] >= int(limit):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+
 def run_phase(phase_plan: PhasePlan, reporter) -> Any:
     """Execute: the record's first write, the steps in order, the waits, the record's last write."""
     from rbacbridge.plan import Execution, execute
@@ -576,7 +597,7 @@ def run_phase(phase_plan: PhasePlan, reporter) -> Any:
     changes = phase_plan.plan.changes
     if changes and phase_plan.before:
         phase_plan.before()
-    execution = execute(phase_plan.plan.steps, on_start=reporter.step_started, on_done=reporter.step_done)
+    execution = execute(phase_plan.plan.steps, on_start=reporter.step_started, on_done=_kill_hook(reporter.step_done))
     if not execution.ok:
         return execution
     try:
