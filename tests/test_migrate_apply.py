@@ -452,3 +452,70 @@ def test_cutover_killed_mid_phase_converges_on_rerun(cluster):
     cluster.rollback()
     assert cluster.migration_record() is None
     assert {k: v["metadata"].get("annotations") or None for k, v in cluster.accounts().items()} == accounts_before
+
+
+def recorded_iam_calls(url: str, location, run) -> list[dict]:
+    """The IAM and STS calls (Query API parameters) moto's recorder saw while `run()` ran."""
+    import urllib.parse
+    import urllib.request
+    from pathlib import Path
+
+    from moto.moto_api import recorder
+
+    recorder._location = str(location)
+    post = lambda path: urllib.request.urlopen(urllib.request.Request(url + path, data=b"", method="POST"))  # noqa: E731
+    post("/moto-api/recorder/reset-recording")
+    post("/moto-api/recorder/start-recording")
+    try:
+        run()
+    finally:
+        post("/moto-api/recorder/stop-recording")
+    calls = []
+    for line in Path(location).read_text().splitlines():
+        entry = json.loads(line)
+        body = entry.get("body") or ""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body).decode()
+        params = {k: v[0] for k, v in urllib.parse.parse_qs(body).items()}
+        if "Action" in params:
+            calls.append(params)
+    return calls
+
+
+def test_every_iam_call_of_the_phases_is_allowed_by_permissions_migrate(cluster, tmp_path):
+    from rbacbridge import policy_eval
+
+    cluster.iam.create_role(RoleName="alpha-etl-x", AssumeRolePolicyDocument=json.dumps(node_trust()))  # not a pod role
+
+    def phases():
+        cluster.apply("dual")
+        time.sleep(1.1)
+        cluster.apply("cutover")
+        cluster.rollback()
+        cluster.rollback()
+
+    calls = recorded_iam_calls(cluster.sandbox.url, tmp_path / "recording", phases)
+    printed = subprocess.run([sys.executable, "-m", "rbacbridge", "permissions", "-c", str(cluster.config), "--migrate",
+                              "--pod-role", "alpha-etl"], capture_output=True, text=True, env=cluster.env(), check=True)
+    policy = json.loads(printed.stdout)
+    without = json.loads(subprocess.run([sys.executable, "-m", "rbacbridge", "permissions", "-c", str(cluster.config)],
+                                        capture_output=True, text=True, env=cluster.env(), check=True).stdout)
+    actions = {c["Action"] for c in calls}
+    assert {"CreateOpenIDConnectProvider", "DeleteOpenIDConnectProvider", "UpdateAssumeRolePolicy", "GetRole",
+            "ListOpenIDConnectProviders"} <= actions
+    for call in calls:
+        action = ("sts:" if call["Action"] == "GetCallerIdentity" else "iam:") + call["Action"]
+        if "RoleName" in call:
+            resource = ROLE + call["RoleName"]
+        elif "OpenIDConnectProviderArn" in call:
+            resource = call["OpenIDConnectProviderArn"]
+        elif call["Action"] == "CreateOpenIDConnectProvider":
+            resource = f"arn:aws:iam::{ACCOUNT}:oidc-provider/" + call["Url"].removeprefix("https://")
+        else:
+            resource = "*"
+        assert policy_eval.evaluate([policy], action, resource).allowed, (action, resource)
+    assert not policy_eval.evaluate([policy], "iam:UpdateAssumeRolePolicy", ROLE + "alpha-etl-x").allowed
+    assert not policy_eval.evaluate([without], "iam:CreateOpenIDConnectProvider", PROVIDER).allowed
+    write = next(s for s in policy["Statement"] if s["Sid"] == "WriteRecord")
+    assert write["Condition"]["ForAllValues:StringLike"]["aws:TagKeys"] == [
+        f"rbacbridge:record:{INSTALL}:*", f"rbacbridge:migration:{INSTALL}:*"]
