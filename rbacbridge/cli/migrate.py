@@ -139,7 +139,7 @@ def migrate_rollback(
     fmt = output_format(output)
     cfg = config_from(migrate_rollback, locals())
 
-    from rbacbridge.migrate.phases import plan_rollback
+    from rbacbridge.migrate.rollback import plan_rollback
 
     ctx = run_context(cfg, None, fmt)
     phase_plan = plan_rollback(ctx, timeout)

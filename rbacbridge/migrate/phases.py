@@ -8,26 +8,22 @@ policy as it is now, kept from an earlier stopped run if there is one) and what 
 object created just before a kill is claimed by the re-run on its creation time); after the last, with the
 uids created and `state: done`.
 
-rollback undoes the last phase from the record alone: the trust documents recorded before dual, the
-ServiceAccounts whose uid it names, the OIDC provider it says dual created, each workload's ServiceAccount
-before cutover. `finish` is not built yet.
+rollback (rbacbridge.migrate.rollback) undoes the last phase from the record alone; rollout waits after cutover
+and checks the new pods. `finish` is not built yet.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import unquote
 
 from rbacbridge import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from rbacbridge.errors import RbacbridgeError, UsageError
-from rbacbridge.plan import CONFLICT, CREATE, DELETE, RESTORE, UNCHANGED, UPDATE, Plan, Step
+from rbacbridge.plan import CREATE, UNCHANGED, UPDATE, Plan, Step
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-IRSA_ENV = ("AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
-POD_IDENTITY_ENV = ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
 RESTARTABLE = ("Deployment", "StatefulSet", "DaemonSet")
 
 
@@ -286,6 +282,8 @@ def _cutover(result: PhasePlan, migration, record, kube_gw, timeout: float) -> N
     result.after = _write(result.store, record, phase="cutover", state="done")
     wanted = {key: (moves[key].to_service_account if key in moves else carried[key].service_account, carried[key].role_arn)
               for key in restarted}
+    from rbacbridge.migrate.rollout import check_new_path, wait_for_rollouts
+
     result.waits.append(lambda reporter: wait_for_rollouts(kube_gw, list(wanted), timeout, reporter))
     result.waits.append(lambda reporter: check_new_path(kube_gw, wanted, record, migration.target, reporter))
     if not [s for s in steps if s.changes] and record.phase == "cutover" and record.state != "done":
@@ -328,245 +326,6 @@ def _repointer(kube_gw, kind: str, namespace: str, name: str, service_account: s
     def run() -> None:
         kube_gw.merge_patch(kind, name, template_patch(kind, service_account, restarted_at), namespace)
     return run
-
-
-def _rollout_state(obj: dict[str, Any]) -> tuple[bool, str]:
-    from rbacbridge.kube.rollout import _workload_ready
-
-    if obj["kind"] != "StatefulSet":
-        return _workload_ready(obj)
-    status, meta = obj.get("status") or {}, obj["metadata"]
-    want = (obj.get("spec") or {}).get("replicas", 1)
-    ready = (status.get("observedGeneration", 0) >= meta.get("generation", 1) and status.get("updatedReplicas", 0) >= want
-             and status.get("readyReplicas", 0) >= want)
-    return ready, f"StatefulSet {meta.get('namespace')}/{meta.get('name')} {status.get('readyReplicas', 0)}/{want} ready"
-
-
-def wait_for_rollouts(kube_gw, keys: list[tuple[str, str, str]], timeout: float, reporter) -> None:
-    """Until every restarted workload has rolled out (bounded by `timeout`, progress on each change)."""
-    deadline, last = time.monotonic() + timeout, ""
-    while keys:
-        states, pending = [], []
-        for kind, namespace, name in keys:
-            obj = kube_gw.get(kind, name, namespace)
-            if obj is None:
-                continue
-            ready, text = _rollout_state(obj)
-            states.append(text)
-            if not ready:
-                pending.append(text)
-        summary = "; ".join(states)
-        if not pending:
-            reporter.progress(f"rolled out: {summary}")
-            return
-        if summary != last:
-            reporter.progress(f"waiting for rollout: {summary}")
-            last = summary
-        if time.monotonic() >= deadline:
-            raise RbacbridgeError(f"not rolled out after {timeout:g}s: {'; '.join(pending)} (re-run the phase to wait again)")
-        time.sleep(max(0.05, min(2.0, timeout / 20)))
-
-
-def workload_pods(kube_gw, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
-    obj = kube_gw.get(kind, name, namespace) or {}
-    labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-    if not labels:
-        return []
-    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-    return [p for p in kube_gw.list_pods(namespace, selector) if not (p.get("metadata") or {}).get("deletionTimestamp")]
-
-
-def pod_path(pod: dict[str, Any]) -> str:
-    """Which credential path a pod's containers were given: irsa, pod-identity, or kube2iam (neither injected)."""
-    names = {e.get("name") for c in (pod.get("spec") or {}).get("containers") or [] for e in c.get("env") or []}
-    if all(n in names for n in POD_IDENTITY_ENV):
-        return "pod-identity"
-    if all(n in names for n in IRSA_ENV):
-        return "irsa"
-    return "kube2iam"
-
-
-def _env(pod: dict[str, Any], name: str) -> str | None:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for env in container.get("env") or []:
-            if env.get("name") == name:
-                return env.get("value")
-    return None
-
-
-def check_new_path(kube_gw, wanted: dict, record, target: str, reporter) -> None:
-    """Each restarted workload's pods run as their ServiceAccount and were given the new path's environment
-    (by the EKS pod identity webhook, or the Pod Identity agent's): the SDK in them then prefers it."""
-    from rbacbridge.migrate.record import parse_stamp
-
-    problems = []
-    for (kind, namespace, name), (account, role) in sorted(wanted.items()):
-        ref = f"{kind} {namespace}/{name}"
-        pods = workload_pods(kube_gw, kind, namespace, name)
-        since = (record.workloads.get(ref) or {}).get("restarted_at")
-        if not pods:
-            problems.append(f"{ref} has no pods")
-            continue
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            created = meta.get("creationTimestamp")
-            if since and created and parse_stamp(created) < parse_stamp(since):
-                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} is from before the restart")
-            elif ((pod.get("spec") or {}).get("serviceAccountName") or "default") != account:
-                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} runs as "
-                                f"{(pod.get('spec') or {}).get('serviceAccountName') or 'default'}, not {account}")
-            elif pod_path(pod) != target:
-                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} was not given the {target} environment "
-                                f"({', '.join(IRSA_ENV if target == 'irsa' else POD_IDENTITY_ENV)}): is the "
-                                + ("EKS pod identity webhook" if target == "irsa" else "Pod Identity agent add-on") + " running?")
-            elif target == "irsa" and _env(pod, "AWS_ROLE_ARN") != role:
-                problems.append(f"pod {namespace}/{meta.get('name')} of {ref} was given AWS_ROLE_ARN {_env(pod, 'AWS_ROLE_ARN')}, not {role}")
-        if not any(ref in p for p in problems):
-            reporter.progress(f"{ref}: {len(pods)} pod(s) on the {target} path as {account}")
-    if problems:
-        raise RbacbridgeError(f"{len(problems)} problem(s) after the restart: {problems[0]}"
-                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-
-
-# -- rollback --
-
-def plan_rollback(ctx, timeout: float) -> PhasePlan:
-    from rbacbridge import aws, kube
-    from rbacbridge.migrate.record import open_store
-
-    aws_gw, kube_gw = aws.gateway(ctx), kube.gateway(ctx)
-    store = open_store(ctx, aws_gw, aws_gw.account())
-    record = store.record
-    if record is None:
-        raise UsageError("nothing to roll back: no migration is recorded for this install")
-    if record.phase == "cutover":
-        return _rollback_cutover(store, record, kube_gw, timeout)
-    return _rollback_dual(store, record, aws_gw, kube_gw)
-
-
-def _rollback_cutover(store, record, kube_gw, timeout: float) -> PhasePlan:
-    from rbacbridge.migrate.record import stamp
-
-    result = PhasePlan("rollback-cutover", Plan(), store)
-    keys = []
-    for ref, entry in sorted(record.workloads.items()):
-        kind, _, rest = ref.partition(" ")
-        namespace, name = rest.split("/", 1)
-        live = kube_gw.get(kind, name, namespace)
-        if live is None:
-            result.plan.steps.append(Step("kube", UNCHANGED, kind, rest, f"{ref} is gone: nothing to point back",
-                                      details={"phase": "cutover"}))
-            continue
-        current = _service_account(kind, live)
-        restart = kind in RESTARTABLE
-        if current == entry["from"] and entry.get("rolled_back"):
-            result.plan.steps.append(Step("kube", UNCHANGED, kind, rest, f"{ref} already runs as {current}"))
-            continue
-        how = (f"serviceAccountName {current} -> {entry['from']}" if current != entry["from"] else f"keep {current}")
-        result.plan.steps.append(Step("kube", RESTORE, kind, rest, f"rollback cutover: {ref}: {how}"
-                                      + (", restart its pods" if restart else ""),
-                                      reason="back to kube2iam's path: its pods lose the new path's environment on restart",
-                                      run=_repointer(kube_gw, kind, namespace, name, entry["from"] if current != entry["from"] else None,
-                                                     stamp() if restart else None), details={"phase": "cutover"}))
-        entry["rolled_back"] = True
-        if restart:
-            keys.append((kind, namespace, name))
-
-    def after() -> None:
-        record.workloads = {}
-        record.phase, record.state = "dual", "done"
-        store.write(record)
-
-    result.before = _write(store, record, state="running")
-    result.after = after
-    result.waits.append(lambda reporter: wait_for_rollouts(kube_gw, keys, timeout, reporter))
-    return result
-
-
-def _rollback_dual(store, record, aws_gw, kube_gw) -> PhasePlan:
-    from rbacbridge.migrate.trust import SID_PREFIX, _canonical
-
-    result = PhasePlan("rollback-dual", Plan(), store)
-    steps = result.plan.steps
-    for role, entry in sorted(record.trust.items()):
-        original = entry.get("dual")
-        if original is None:
-            continue
-        live = aws_gw.get_or_none("iam", "get_role", ("NoSuchEntity",), RoleName=role)
-        if live is None:
-            steps.append(Step("aws", UNCHANGED, "iam-role-trust", role, f"role {role} is gone: nothing to restore"))
-            continue
-        document = _trust_document(aws_gw, role)
-        if _canonical_document(document) == _canonical_document(original):
-            steps.append(Step("aws", UNCHANGED, "iam-role-trust", role, f"role {role} already has its trust from before dual"))
-            continue
-        others = [s for s in _statements(document) if not str(s.get("Sid", "")).startswith(SID_PREFIX)]
-        if sorted(_canonical(s) for s in others) != sorted(_canonical(s) for s in _statements(original)):
-            steps.append(Step("aws", CONFLICT, "iam-role-trust", role,
-                              f"role {role}'s trust changed since dual beyond rbacbridge's statements: not restored",
-                              reason="restoring the recorded document would undo someone else's change; remove the "
-                                     f"statements with Sid {SID_PREFIX}* by hand"))
-            continue
-        steps.append(Step("aws", RESTORE, "iam-role-trust", role, f"rollback dual: restore role {role}'s trust policy "
-                          "recorded before dual (removes rbacbridge's statements)",
-                          run=_trust_restorer(aws_gw, role, original)))
-    for ref, entry in sorted(record.accounts.items()):
-        namespace, name = ref.split("/", 1)
-        live = kube_gw.get("ServiceAccount", name, namespace)
-        meta = (live or {}).get("metadata") or {}
-        if entry.get("created"):
-            if live is None:
-                steps.append(Step("kube", UNCHANGED, "ServiceAccount", ref, f"ServiceAccount {ref} is already gone"))
-            elif entry.get("uid") and meta.get("uid") == entry["uid"]:
-                steps.append(Step("kube", DELETE, "ServiceAccount", ref, f"rollback dual: delete ServiceAccount {ref} "
-                                  "(created by dual: its uid is in the record)",
-                                  run=_deleter(kube_gw, namespace, name, entry["uid"])))
-            else:
-                steps.append(Step("kube", UNCHANGED, "ServiceAccount", ref, f"ServiceAccount {ref} is not the one dual "
-                                  "created (another uid): left alone"))
-        elif entry.get("annotated") and live is not None:
-            from rbacbridge.migrate.mapping import IRSA_ANNOTATION
-
-            if IRSA_ANNOTATION in (meta.get("annotations") or {}):
-                steps.append(Step("kube", UPDATE, "ServiceAccount", ref, f"rollback dual: remove {IRSA_ANNOTATION} from "
-                                  f"ServiceAccount {ref}", run=_annotator(kube_gw, namespace, name, {IRSA_ANNOTATION: None})))
-    provider = record.provider
-    if provider.get("created") and provider.get("arn"):
-        live = aws_gw.get_or_none("iam", "get_open_id_connect_provider", ("NoSuchEntity",),
-                                  OpenIDConnectProviderArn=provider["arn"])
-        if live is not None:
-            steps.append(Step("aws", DELETE, "iam-oidc-provider", provider["arn"].split("oidc-provider/", 1)[-1],
-                              "rollback dual: delete the IAM OIDC provider dual created",
-                              run=lambda: aws_gw.call("iam", "delete_open_id_connect_provider",
-                                                      OpenIDConnectProviderArn=provider["arn"])))
-    result.before = _write(store, record, state="running")
-    result.after = store.erase
-    if not result.plan.changes:
-        steps.append(Step("aws", DELETE, "migration-record", record.install, "rollback dual: erase the migration record",
-                          run=lambda: None))
-    return result
-
-
-def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
-    statements = document.get("Statement") or []
-    return [statements] if isinstance(statements, dict) else list(statements)
-
-
-def _canonical_document(document: dict[str, Any]) -> str:
-    return json.dumps(document, sort_keys=True)
-
-
-def _trust_restorer(aws_gw, role: str, original: dict[str, Any]) -> Callable[[], None]:
-    def restore() -> None:
-        aws_gw.call("iam", "update_assume_role_policy", RoleName=role, PolicyDocument=json.dumps(original))
-    return restore
-
-
-def _deleter(kube_gw, namespace: str, name: str, uid: str) -> Callable[[], None]:
-    def delete() -> None:
-        kube_gw.request("DELETE", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}",
-                        body={"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
-    return delete
 
 
 KILL_HOOK = "RBACBRIDGE_TEST_KILL_AFTER_STEPS"  # tests only: SIGKILL this process after that many steps ran

@@ -12,7 +12,8 @@ STATUS_SCHEMA = "rbacbridge.migrate-status/v1"
 def migration_status(ctx) -> dict[str, Any]:
     from rbacbridge import aws, kube
     from rbacbridge.migrate import inventory as inv
-    from rbacbridge.migrate.phases import RESTARTED_AT, pod_path, workload_pods
+    from rbacbridge.migrate.phases import RESTARTED_AT
+    from rbacbridge.migrate.rollout import pod_path, workload_pods
     from rbacbridge.migrate.record import parse_stamp
     from rbacbridge.migrate.record import open_store
 
