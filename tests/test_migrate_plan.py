@@ -277,7 +277,7 @@ def test_irsa_without_provider_is_blocked_and_rerun_after_dual_is_quiet(cluster)
     plan = cluster.plan("--to", "irsa")
     assert {"kind": "oidc-provider", "object": f"OIDC provider {HOST}",
             "reason": "no IAM OIDC provider for the cluster's issuer: create it (aws iam create-open-id-connect-provider; "
-                      "the dual phase will offer it, not built yet)"} in plan["blockers"]
+                      "or let `migrate apply --phase dual` create it)"} in plan["blockers"]
     # what the dual phase would leave (done here by hand): the alpha-etl role already trusts etl; the plan sees it
     cluster.add_provider()
     trust, again, etl = plan_with_etl_trusting(cluster, "etl")

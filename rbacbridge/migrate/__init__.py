@@ -9,8 +9,8 @@ Read-only: Kubernetes lists and GETs (one list per kind, the issuer's discovery 
     blockers   what stops the migration before anything changes
     render     the tables
 
-The phases that change things (apply dual|cutover|finish, status, rollback) are not built yet; the plan's
-steps say which phase would take them.
+The plan's steps say which phase takes them: `apply --phase dual|cutover` (phases.py) runs them, `rollback`
+(rollback.py) undoes them from the signed record (record.py), `status` (status.py) shows where each workload is.
 """
 
 from __future__ import annotations

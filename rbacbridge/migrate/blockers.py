@@ -52,7 +52,7 @@ def provider_blockers(issuer: str, provider: str, providers: list[str]) -> list[
         return []
     blockers = [Blocker("oidc-provider", f"OIDC provider {issuer_host(issuer)}",
                         "no IAM OIDC provider for the cluster's issuer: create it (aws iam create-open-id-connect-provider; "
-                        "the dual phase will offer it, not built yet)")]
+                        "or let `migrate apply --phase dual` create it)")]
     if len(providers) >= OIDC_PROVIDER_QUOTA:
         blockers.append(Blocker("provider-quota", "IAM OIDC providers",
                                 f"the account has {len(providers)} of {OIDC_PROVIDER_QUOTA}: no room for the cluster's"))
