@@ -242,7 +242,8 @@ def test_dual_dry_run_changes_nothing_and_without_yes_refuses(cluster):
     before_trust, before_kube = cluster.trusts(), cluster.kube_state()
     dry = cluster.run("apply", "--phase", "dual", "--to", "irsa", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    for line in ("dual: create IAM OIDC provider for oidc.example.com/id/CLUSTER1",
+    for line in (f"dual: create the install's KMS key alias/rbacbridge/{INSTALL} (ECC_NIST_P256, SIGN_VERIFY): it signs the",
+                 "dual: create IAM OIDC provider for oidc.example.com/id/CLUSTER1",
                  "dual: add 1 trust statement(s) to role beta-app for tenant-b/" + API_SA,
                  f"dual: create ServiceAccount tenant-b/{API_SA} annotated eks.amazonaws.com/role-arn={ROLE}beta-app",
                  f"dual: annotate ServiceAccount tenant-a/web eks.amazonaws.com/role-arn={ROLE}alpha-app"):
@@ -304,6 +305,7 @@ def test_rollback_keeps_a_provider_dual_did_not_create(cluster):
 
 
 def test_cutover_restarts_onto_irsa_status_and_rollback(cluster):
+    trusts_before = cluster.trusts()
     cluster.apply("dual")
     plain_pods = sorted(p["metadata"]["name"] for p in cluster.store.objects_of("Pod", "tenant-b") if p["metadata"]["name"].startswith("plain"))
     status = json.loads(cluster.run("status", "-o", "json").stdout)
@@ -344,14 +346,31 @@ def test_cutover_restarts_onto_irsa_status_and_rollback(cluster):
 
     back = cluster.rollback()
     assert back["phase"] == "rollback-cutover" and back["ok"]
+    assert {(s["kind"], s["name"]): s["action"] for s in back["plan"]["steps"]} == {
+        ("Deployment", "tenant-b/api"): "restore", ("Deployment", "tenant-a/web"): "unchanged"}
     assert cluster.pod_account("tenant-b", "api") == "default" and cluster.pod_account("tenant-a", "web") == "web"
     assert cluster.trusts() == dual_trusts()  # dual's changes stay: one phase back
     assert cluster.migration_record()["phase"] == "dual"
     status = json.loads(cluster.run("status", "-o", "json").stdout)
     assert {w["name"]: w["path"] for w in status["workloads"] if w["kind"] == "Deployment"} == {
         "web": "irsa", "api": "kube2iam"}  # web keeps its annotated ServiceAccount until dual is rolled back too
-    cluster.rollback()
+    dual_back = cluster.rollback()
     assert cluster.migration_record() is None and API_SA not in {n for _, n in cluster.accounts()}
+    # web's pods had the web identity: restarted once the annotation was off, before its role stopped trusting them
+    order = [(s["kind"], s["name"]) for s in dual_back["applied"]]
+    assert order.index(("ServiceAccount", "tenant-a/web")) < order.index(("Deployment", "tenant-a/web")) \
+        < order.index(("iam-role-trust", "alpha-app"))
+    status = json.loads(cluster.run("status", "-o", "json").stdout)
+    assert status["phase"] == "kube2iam" and {w["name"]: w["path"] for w in status["workloads"] if w["kind"] == "Deployment"} == {
+        "web": "kube2iam", "api": "kube2iam"}
+    assert cluster.trusts() == trusts_before
+
+
+def test_pod_identity_is_refused_while_the_eks_api_is_not_read(cluster):
+    done = cluster.run("apply", "--phase", "dual", "--to", "pod-identity", "--cluster-name", "prod-1", "--yes")
+    assert done.returncode == 1 and done.stderr.startswith(
+        "error: 1 blocker(s), nothing changed: unknown EKS cluster prod-1: cannot check: EKS API not reachable")
+    assert not cluster.store.mutating_requests() and cluster.migration_record() is None
 
 
 def test_cutover_before_dual_and_bad_input(cluster):
@@ -423,13 +442,15 @@ def killed_after(cluster, steps: int, *args: str) -> subprocess.CompletedProcess
     return done
 
 
-@pytest.mark.parametrize("steps", [1, 4, 6, 7])  # 7: every change made, the record not yet marked done
+# the steps: the KMS key (made by the record's first write), the provider, 3 trusts, 2 annotations, 1 ServiceAccount;
+# 8: every change made, the record not yet marked done
+@pytest.mark.parametrize("steps", [2, 5, 7, 8])
 def test_dual_killed_mid_phase_converges_on_rerun(cluster, steps):
     before = cluster.trusts()
     killed_after(cluster, steps, "apply", "--phase", "dual", "--to", "irsa", "--yes")
     record = cluster.migration_record()
     assert record is not None and record["state"] == "running"  # the record was written before the first change
-    assert cluster.providers() == [PROVIDER]  # the first step
+    assert cluster.providers() == [PROVIDER]  # the first step after the key
     cluster.apply("dual")
     assert cluster.trusts() == dual_trusts() and cluster.migration_record()["state"] == "done"
     assert cluster.apply("dual")["applied"] == []

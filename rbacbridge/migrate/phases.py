@@ -125,6 +125,11 @@ def _dual(result: PhasePlan, migration, record, aws_gw, kube_gw) -> None:
             _claim_account(kube_gw, record, step.name, created_after_intent)
         steps.append(step)
     changes = [s for s in steps if s.changes]
+    if changes and not result.store.key.exists:
+        steps.insert(0, Step("aws", CREATE, "kms-key", result.store.key.alias,
+                             f"dual: create the install's KMS key {result.store.key.alias} (ECC_NIST_P256, SIGN_VERIFY): it "
+                             "signs the migration record", reason="no rbacbridge setup made one in this account and region",
+                             run=lambda: None, details={"phase": "dual"}))  # created by the record's first write
 
     def before() -> None:
         for intent in intents:

@@ -29,7 +29,7 @@ def plan_rollback(ctx, timeout: float) -> PhasePlan:
         raise UsageError("nothing to roll back: no migration is recorded for this install")
     if record.phase == "cutover":
         return _rollback_cutover(store, record, kube_gw, timeout)
-    return _rollback_dual(store, record, aws_gw, kube_gw)
+    return _rollback_dual(store, record, aws_gw, kube_gw, timeout)
 
 
 def _rollback_cutover(store, record, kube_gw, timeout: float) -> PhasePlan:
@@ -47,7 +47,11 @@ def _rollback_cutover(store, record, kube_gw, timeout: float) -> PhasePlan:
             continue
         current = _service_account(kind, live)
         restart = kind in RESTARTABLE
-        if current == entry["from"] and entry.get("rolled_back"):
+        if entry["from"] == entry["to"]:
+            result.plan.steps.append(Step("kube", UNCHANGED, kind, rest, f"{ref} keeps ServiceAccount {current}, annotated "
+                                          "by dual: its pods stay on the new path until dual is rolled back too"))
+            continue
+        if current == entry["from"] and not restart:
             result.plan.steps.append(Step("kube", UNCHANGED, kind, rest, f"{ref} already runs as {current}"))
             continue
         how = (f"serviceAccountName {current} -> {entry['from']}" if current != entry["from"] else f"keep {current}")
@@ -56,8 +60,7 @@ def _rollback_cutover(store, record, kube_gw, timeout: float) -> PhasePlan:
                                       reason="back to kube2iam's path: its pods lose the new path's environment on restart",
                                       run=_repointer(kube_gw, kind, namespace, name, entry["from"] if current != entry["from"] else None,
                                                      stamp() if restart else None), details={"phase": "cutover"}))
-        entry["rolled_back"] = True
-        if restart:
+        if restart:  # a rollback stopped half-way restarts it again when re-run: it converges
             keys.append((kind, namespace, name))
 
     def after() -> None:
@@ -71,11 +74,13 @@ def _rollback_cutover(store, record, kube_gw, timeout: float) -> PhasePlan:
     return result
 
 
-def _rollback_dual(store, record, aws_gw, kube_gw) -> PhasePlan:
+def _rollback_dual(store, record, aws_gw, kube_gw, timeout: float) -> PhasePlan:
+    """In this order: the annotations off, the workloads whose pods were given the web identity restarted back onto
+    kube2iam (before their role stops trusting the token), the trust restored, then what dual created deleted."""
     from rbacbridge.migrate.trust import SID_PREFIX, _canonical
 
     result = PhasePlan("rollback-dual", Plan(), store)
-    steps = result.plan.steps
+    steps: list[Step] = []
     for role, entry in sorted(record.trust.items()):
         original = entry.get("dual")
         if original is None:
@@ -98,6 +103,8 @@ def _rollback_dual(store, record, aws_gw, kube_gw) -> PhasePlan:
         steps.append(Step("aws", RESTORE, "iam-role-trust", role, f"rollback dual: restore role {role}'s trust policy "
                           "recorded before dual (removes rbacbridge's statements)",
                           run=_trust_restorer(aws_gw, role, original)))
+    trust_steps, steps = steps, []
+    unannotate: list[Step] = []
     for ref, entry in sorted(record.accounts.items()):
         namespace, name = ref.split("/", 1)
         live = kube_gw.get("ServiceAccount", name, namespace)
@@ -116,8 +123,10 @@ def _rollback_dual(store, record, aws_gw, kube_gw) -> PhasePlan:
             from rbacbridge.migrate.mapping import IRSA_ANNOTATION
 
             if IRSA_ANNOTATION in (meta.get("annotations") or {}):
-                steps.append(Step("kube", UPDATE, "ServiceAccount", ref, f"rollback dual: remove {IRSA_ANNOTATION} from "
-                                  f"ServiceAccount {ref}", run=_annotator(kube_gw, namespace, name, {IRSA_ANNOTATION: None})))
+                unannotate.append(Step("kube", UPDATE, "ServiceAccount", ref, f"rollback dual: remove {IRSA_ANNOTATION} from "
+                                       f"ServiceAccount {ref}", run=_annotator(kube_gw, namespace, name, {IRSA_ANNOTATION: None})))
+    restarts = _restarts_off_irsa(kube_gw, set(record.accounts), timeout)
+    steps = unannotate + restarts + trust_steps + steps
     provider = record.provider
     if provider.get("created") and provider.get("arn"):
         live = aws_gw.get_or_none("iam", "get_open_id_connect_provider", ("NoSuchEntity",),
@@ -127,12 +136,45 @@ def _rollback_dual(store, record, aws_gw, kube_gw) -> PhasePlan:
                               "rollback dual: delete the IAM OIDC provider dual created",
                               run=lambda: aws_gw.call("iam", "delete_open_id_connect_provider",
                                                       OpenIDConnectProviderArn=provider["arn"])))
+    result.plan.steps.extend(steps)
     result.before = _write(store, record, state="running")
     result.after = store.erase
     if not result.plan.changes:
         steps.append(Step("aws", DELETE, "migration-record", record.install, "rollback dual: erase the migration record",
                           run=lambda: None))
     return result
+
+
+def _restarts_off_irsa(kube_gw, accounts: set[str], timeout: float) -> list[Step]:
+    """Workloads running as a ServiceAccount dual annotated or created whose pods were given the web identity (a
+    restart since dual): restarted, once the annotation is off, and waited for, so no pod holds a token its role
+    no longer trusts."""
+    from rbacbridge.migrate.rollout import pod_path, wait_for_rollouts, workload_pods
+    from rbacbridge.migrate.record import stamp
+
+    steps = []
+    namespaces = sorted({ref.split("/", 1)[0] for ref in accounts})
+    for namespace in namespaces:
+        for kind in RESTARTABLE:
+            for obj in kube_gw.list(kind, namespace):
+                name = obj["metadata"]["name"]
+                if f"{namespace}/{_service_account(kind, obj)}" not in accounts:
+                    continue
+                if not any(pod_path(p) == "irsa" for p in workload_pods(kube_gw, kind, namespace, name)):
+                    continue
+
+                def run(kind=kind, name=name, namespace=namespace) -> None:
+                    _repointer(kube_gw, kind, namespace, name, None, stamp())()
+                    wait_for_rollouts(kube_gw, [(kind, namespace, name)], timeout, _Quiet())
+                steps.append(Step("kube", RESTORE, kind, f"{namespace}/{name}", f"rollback dual: {kind} {namespace}/{name}: "
+                                  "restart its pods (they were given the web identity) and wait for them",
+                                  reason="before its role stops trusting their token", run=run))
+    return steps
+
+
+class _Quiet:
+    def progress(self, message: str) -> None:
+        pass
 
 
 def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
