@@ -15,6 +15,10 @@ kubernetes-validate --strict; a bad one gets 422 as a real API server would. `fo
 makes it answer 403 for that permission. Tests play the controllers: `auto_ready` marks DaemonSets and
 Deployments rolled out (and creates their pods) as soon as they are written; turn it off and use
 `set_status` / `add_pod` / `add_event` to stage anything else. Not served: watch (rbacbridge polls).
+Set `store.webhook` (tests/identity_webhook.IdentityWebhook) to have pods mutated at creation as EKS's injecting
+webhooks do (IRSA, Pod Identity); pods put directly can go through `store.admit_pod` first.
+`store.rollouts = True` makes the controllers build pods from the pod template and replace them when it changes
+(a rollout restart), as the Deployment / DaemonSet controllers do.
 """
 
 from __future__ import annotations
@@ -231,6 +235,12 @@ class Store:
     # called (under the store's lock) with each object an API DELETE removes, garbage-collected ones included:
     # e.g. the lab stops a node's kube2iam stand-in when its kube2iam pod is gone, as the kubelet would
     on_delete: Callable[[dict[str, Any]], None] | None = None
+    # migrate block: EKS's injecting webhooks (tests/identity_webhook.IdentityWebhook) for pods at creation
+    webhook: Any = None
+    # migrate block: with auto_ready, Deployments and DaemonSets get pods made from their pod template (named
+    # NAME-HASH-N / NAME-HASH-NODE, label pod-template-hash), admitted; a changed template (`kubectl rollout
+    # restart`'s annotation) replaces them, as the controllers would
+    rollouts: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
     _versions: Any = field(default_factory=lambda: itertools.count(1000))
 
@@ -305,6 +315,15 @@ class Store:
             obj["status"] = copy.deepcopy(status)
             obj["metadata"]["resourceVersion"] = str(next(self._versions))
 
+    def admit_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """A pod as the mutating admission (the `webhook`, if set) returns it: what a creation stores. For tests
+        that put pods directly (the lab's controllers) and want what the API server would have stored."""
+        if self.webhook is None:
+            return pod
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        account = self.get("ServiceAccount", spec.get("serviceAccountName") or "default", meta.get("namespace", ""))
+        return self.webhook.mutate(pod, account)
+
     def mutating_requests(self, method: str | None = None) -> list[Request]:
         return [r for r in self.requests if r.method != "GET" and (method is None or r.method == method)]
 
@@ -348,6 +367,9 @@ class Store:
         if kind not in ("DaemonSet", "Deployment"):
             return
         meta = obj["metadata"]
+        if self.rollouts:
+            self._roll_out(kind, obj)
+            return
         if kind == "DaemonSet":
             nodes = [o for (r, _, _), o in self.objects.items() if RESOURCES[r][0] == "Node"] or [None]
             count = len(nodes)
@@ -361,9 +383,59 @@ class Store:
                              "readyReplicas": count, "availableReplicas": count}
             names = [f"{meta['name']}-{i}" for i in range(count)]
         labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+        account = obj.get("spec", {}).get("template", {}).get("spec", {}).get("serviceAccountName")
         for pod in names:
             if (KIND_TO_RESOURCE["Pod"], meta["namespace"], pod) not in self.objects:
-                self.add_pod(meta["namespace"], pod, labels, owner=obj)
+                made = self.add_pod(meta["namespace"], pod, labels, owner=obj)
+                if self.webhook is not None:  # migrate block: the pod runs as the template's account, admitted
+                    if account:
+                        made["spec"]["serviceAccountName"] = account
+                    self.put(self.admit_pod(made))
+
+    def _roll_out(self, kind: str, obj: dict[str, Any]) -> None:
+        """The Deployment / DaemonSet controller when `rollouts` is on (see the field)."""
+        meta, template = obj["metadata"], obj["spec"]["template"]
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        if kind == "DaemonSet":
+            nodes = sorted(o["metadata"]["name"] for (r, _, _), o in self.objects.items() if RESOURCES[r][0] == "Node")
+            placements: list[tuple[str, str | None]] = [(n, n) for n in nodes] or [("node", None)]
+        else:
+            placements = [(str(i), None) for i in range(obj.get("spec", {}).get("replicas", 1))]
+        count = len(placements)
+        status = {"observedGeneration": meta["generation"]}
+        if kind == "DaemonSet":
+            status.update(desiredNumberScheduled=count, currentNumberScheduled=count, updatedNumberScheduled=count,
+                          numberReady=count, numberAvailable=count, numberMisscheduled=0)
+        else:
+            status.update(replicas=count, updatedReplicas=count, readyReplicas=count, availableReplicas=count)
+        obj["status"] = status
+        pod_resource = KIND_TO_RESOURCE["Pod"]
+        for key, pod in list(self.objects.items()):
+            owned = key[0] == pod_resource and key[1] == meta["namespace"] and any(
+                ref.get("uid") == meta["uid"] for ref in pod["metadata"].get("ownerReferences", []))
+            if owned and (pod["metadata"].get("labels") or {}).get("pod-template-hash") != digest:
+                del self.objects[key]
+                if self.on_delete:
+                    self.on_delete(copy.deepcopy(pod))
+        for suffix, node in placements:
+            name = f"{meta['name']}-{digest[:5]}-{suffix}"
+            if (pod_resource, meta["namespace"], name) in self.objects:
+                continue
+            tmeta = template.get("metadata") or {}
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": name, "namespace": meta["namespace"],
+                "labels": {**(tmeta.get("labels") or {}), "pod-template-hash": digest},
+                "annotations": dict(tmeta.get("annotations") or {}),
+                "ownerReferences": [{"apiVersion": obj["apiVersion"], "kind": kind, "name": meta["name"],
+                                     "uid": meta["uid"], "controller": True}]},
+                "spec": copy.deepcopy(template.get("spec") or {})}
+            if node:
+                pod["spec"]["nodeName"] = node
+            pod = self.admit_pod(pod)
+            self._bump(None, pod)
+            self.objects[(pod_resource, meta["namespace"], name)] = pod
+            if not (self.kubelet and self.kubelet(pod)):
+                self._run_pod(pod)
 
     def _run_pod(self, obj: dict[str, Any]) -> None:
         """The kubelet for a pod created through the API (e.g. rbacbridge's node pods): running at once,
@@ -437,6 +509,8 @@ class Store:
             new = copy.deepcopy(body)
             if namespaced:
                 new["metadata"]["namespace"] = namespace
+            if kind == "Pod":
+                new = self.admit_pod(new)
             validate(new)
             refusal = self.admission(new) if self.admission else None
             if refusal:

@@ -222,6 +222,7 @@ class Kube2iamHandler(_MetadataHandler):
     OTHER_ROLE = 403  # kube2iam: "Invalid role X" when a pod asks for a role that is not its annotation's
 
     def role(self) -> str | None:
+        self.server.lab.kube2iam_asked.append(self.client_address[0])
         return self.server.lab.kube2iam_role(self.client_address[0])
 
     def credentials(self, role: str) -> dict[str, str]:
@@ -270,6 +271,8 @@ class Lab:
     _closed: bool = False
     _pods_lock: threading.RLock = field(default_factory=threading.RLock)
     _kube2iam_lock: threading.Lock = field(default_factory=threading.Lock)
+    kube2iam_asked: list[str] = field(default_factory=list)  # the client IP of every request kube2iam answered
+    identity: Any = None  # tests.lab_identity.LabIdentity, once start_identity() ran
 
     # -- life cycle --
 
@@ -452,6 +455,8 @@ class Lab:
             for server in lab_node.servers:
                 server.shutdown()
                 server.server_close()
+        if self.identity is not None:
+            self.identity.close()
         if self.api is not None:
             self.api.stop()
         for lab_node in reversed(self.nodes):
@@ -565,6 +570,32 @@ class Lab:
                 f"AWS_DEFAULT_REGION={REGION}", f"AWS_ENDPOINT_URL={self.endpoint_url}",
                 *(f"{k}={v}" for k, v in METADATA_PATIENCE.items())]
 
+    def start_identity(self, cluster: str = "lab") -> Any:
+        """IRSA and EKS Pod Identity for this lab (tests/lab_identity.py): the test issuer, the STS proxy, the EKS
+        stand-in, a Pod Identity agent per node and the injecting webhook. Returns the LabIdentity."""
+        from tests.lab_identity import LabIdentity
+
+        if self.identity is None:
+            self.identity = LabIdentity.start(self, cluster)
+        return self.identity
+
+    def _pod_argv(self, target_namespace: str, namespace: str, name: str, argv: list[str]) -> list[str]:
+        """`ip netns exec` into a pod's namespace with its environment. Once start_identity() ran: the env its
+        first container was given (the webhook's), STS through the proxy, and its projected token files minted
+        and bound over /run for this process only."""
+        base = ["ip", "netns", "exec", target_namespace]
+        if self.identity is None:
+            return [*base, *self.pod_env(), *argv]
+        from tests.lab_identity import pod_environment
+
+        pod = self.api.store.get("Pod", name, namespace) or {}
+        env = [f"AWS_ENDPOINT_URL_STS={self.identity.sts_url}",
+               *(f"{k}={v}" for k, v in pod_environment(pod).items())]
+        run_dir = self.identity.pod_run_dir(pod) if pod else None
+        if run_dir is None:
+            return [*base, *self.pod_env(), *env, *argv]
+        return [*base, "sh", "-c", 'mount --bind "$0" /run && exec "$@"', str(run_dir), *self.pod_env(), *env, *argv]
+
     def _find_pod(self, namespace: str, name: str) -> Pod | None:
         for lab_node in self.nodes:
             if (namespace, name) in lab_node.pods:
@@ -581,29 +612,33 @@ class Lab:
                 argv = [f"PATH={self.workdir / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", *argv]  # after env -i: iptables too
         if target is None:
             return 1, b"", f"pod {namespace}/{pod} has no network namespace in the lab\n".encode()
-        done = subprocess.run(["ip", "netns", "exec", target.namespace, *self.pod_env(), *argv], capture_output=True,
+        done = subprocess.run(self._pod_argv(target.namespace, namespace, pod, argv), capture_output=True,
                               timeout=120, stdin=subprocess.DEVNULL)
         return done.returncode, done.stdout, done.stderr
 
     def pod_exec(self, namespace: str, name: str, argv: list[str]) -> subprocess.CompletedProcess:
         target = self._find_pod(namespace, name)
-        return subprocess.run(["ip", "netns", "exec", target.namespace, *self.pod_env(), *argv], capture_output=True, text=True,
+        return subprocess.run(self._pod_argv(target.namespace, namespace, name, argv), capture_output=True, text=True,
                               timeout=120, stdin=subprocess.DEVNULL)
 
     def node(self, name: str) -> LabNode:
         return next(n for n in self.nodes if n.name == name)
 
     def _put_pod(self, lab_node: LabNode, namespace: str, name: str, labels: dict[str, str], annotations: dict[str, str],
-                 pod_ip: str, owner: dict[str, Any] | None = None, host_network: bool = False) -> None:
+                 pod_ip: str, owner: dict[str, Any] | None = None, host_network: bool = False,
+                 service_account: str | None = None) -> None:
         meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations}
         if owner:
             meta["ownerReferences"] = [{"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
                                         "uid": owner["metadata"]["uid"], "controller": True}]
-        self.api.store.put({
-            "apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"nodeName": lab_node.name, "hostNetwork": host_network, "containers": [{"name": "main", "image": "x"}]},
+        spec: dict[str, Any] = {"nodeName": lab_node.name, "hostNetwork": host_network, "containers": [{"name": "main", "image": "x"}]}
+        if service_account:
+            spec["serviceAccountName"] = service_account
+        store = self.api.store
+        store.put(store.admit_pod({  # through the injecting webhook, if start_identity() set one
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
             "status": _running(lab_node, pod_ip, ["main"]),
-        })
+        }))
 
     def _kubelet(self) -> None:
         """The scheduler and kubelet for pods created through the API (e.g. verify's annotation probe pods): a pod
@@ -670,7 +705,8 @@ class Lab:
                 pod_name = f"{name}-{lab_node.name}"
                 pod = self.pod_namespace(lab_node, namespace, pod_name)
                 self._put_pod(lab_node, namespace, pod_name, dict(template.get("labels") or {}),
-                              dict(template.get("annotations") or {}), pod.address, owner)
+                              dict(template.get("annotations") or {}), pod.address, owner,
+                              service_account=(owner["spec"]["template"].get("spec") or {}).get("serviceAccountName"))
         daemonset = next(d for d in store.objects_of("DaemonSet") if d["metadata"]["name"] == "kube2iam")
         namespace = daemonset["metadata"]["namespace"]
         for pod in store.objects_of("Pod", namespace):
@@ -687,12 +723,14 @@ class Lab:
             "name": namespace, "annotations": {ALLOWED_ROLES: json.dumps(allowed_roles)}}})
         self.add_pod(node_name, namespace, name, {ROLE_ANNOTATION: role})
 
-    def add_pod(self, node_name: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+    def add_pod(self, node_name: str, namespace: str, name: str, annotations: dict[str, str],
+                service_account: str | None = None) -> None:
         """A bare pod (no controller, not rbacbridge's) in an existing namespace, e.g. a tenant's own pod asking
-        for a role; its namespace (and allowed-roles) is left as it is."""
+        for a role; its namespace (and allowed-roles) is left as it is. With start_identity(), admitted by the
+        injecting webhook (its ServiceAccount's role, or its Pod Identity association)."""
         lab_node = self.node(node_name)
         pod = self.pod_namespace(lab_node, namespace, name)
-        self._put_pod(lab_node, namespace, name, {"app": name}, annotations, pod.address)
+        self._put_pod(lab_node, namespace, name, {"app": name}, annotations, pod.address, service_account=service_account)
 
     def add_buckets(self, names: list[str]) -> None:
         """More buckets (e.g. the tenants'), each with one object, made with the lab admin's key."""
