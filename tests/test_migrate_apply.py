@@ -3,17 +3,16 @@ the CLI as a subprocess against moto (server mode) and the test API server.
 
 The cluster: kube2iam's DaemonSet (--base-role-arn), in tenant-a a Deployment on its own ServiceAccount (`web`,
 alpha-app) and a CronJob on `etl` (alpha-etl); in tenant-b a Deployment on `default` (beta-app: moves to a
-dedicated ServiceAccount) and an unannotated one (the default role: not carried). The test plays two
-controllers the test API server does not: the Deployment controller replacing pods when the pod template
-changes, and the EKS pod identity webhook injecting AWS_ROLE_ARN / AWS_WEB_IDENTITY_TOKEN_FILE into pods whose
-ServiceAccount carries eks.amazonaws.com/role-arn. Expectations are written out here (trust statements in the
+dedicated ServiceAccount) and an unannotated one (the default role: not carried). The test API server runs its
+rollouts (a changed pod template replaces the pods) and plays EKS's injecting webhook (tests/identity_webhook.py:
+AWS_ROLE_ARN / AWS_WEB_IDENTITY_TOKEN_FILE into pods whose ServiceAccount carries eks.amazonaws.com/role-arn).
+Expectations are written out here (trust statements in the
 AWS documentation's shape, names hashed with hashlib), never read back from rbacbridge's code.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ import pytest
 
 from tests.fixtures_aws import ACCOUNT, moto_url, sandbox  # noqa: F401
 from tests.fixtures_kube import kube_api  # noqa: F401
+from tests.identity_webhook import IdentityWebhook
 
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/"
 ISSUER = "https://oidc.example.com/id/CLUSTER1"
@@ -76,48 +76,6 @@ def deployment(namespace: str, name: str, role: str | None, account: str = "defa
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}}, "template": template(name, role, account)}}
 
 
-def play_controllers(store) -> None:
-    """The Deployment controller (a changed pod template replaces the pods) and the EKS pod identity webhook
-    (env from the ServiceAccount's eks.amazonaws.com/role-arn), on top of the test API server's own."""
-    original = store._after_write
-    seen: dict[tuple[str, str], str] = {}
-
-    def after_write(resource, obj):
-        original(resource, obj)
-        if obj.get("kind") != "Deployment":
-            return
-        meta = obj["metadata"]
-        key = (meta["namespace"], meta["name"])
-        tpl = obj["spec"]["template"]
-        fingerprint = json.dumps(tpl, sort_keys=True)
-        if seen.get(key) in (None, fingerprint):
-            seen[key] = fingerprint
-            return
-        seen[key] = fingerprint
-        for (r, ns, name), pod in list(store.objects.items()):
-            if r[2] == "pods" and ns == meta["namespace"] and any(
-                    ref.get("uid") == meta["uid"] for ref in pod["metadata"].get("ownerReferences", [])):
-                del store.objects[(r, ns, name)]
-        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:5]
-        for i in range(obj["spec"].get("replicas", 1)):
-            spec = copy.deepcopy(tpl["spec"])
-            account = store.get("ServiceAccount", spec.get("serviceAccountName") or "default", meta["namespace"]) or {}
-            role = (account.get("metadata", {}).get("annotations") or {}).get("eks.amazonaws.com/role-arn")
-            if role:
-                for container in spec["containers"]:
-                    container["env"] = [{"name": "AWS_ROLE_ARN", "value": role},
-                                        {"name": "AWS_WEB_IDENTITY_TOKEN_FILE",
-                                         "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}]
-            store.put({"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "name": f"{meta['name']}-{digest}-{i}", "namespace": meta["namespace"], "labels": tpl["metadata"]["labels"],
-                "annotations": tpl["metadata"].get("annotations", {}),
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"], "uid": meta["uid"],
-                                     "controller": True}]},
-                "spec": spec, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
-
-    store._after_write = after_write
-
-
 class Cluster:
     def __init__(self, kube_api, sandbox, tmp_path):
         self.kube_api, self.sandbox, self.store, self.iam = kube_api, sandbox, kube_api.store, sandbox.client("iam")
@@ -140,7 +98,8 @@ class Cluster:
             store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         for namespace, name in (("tenant-a", "default"), ("tenant-a", "web"), ("tenant-a", "etl"), ("tenant-b", "default")):
             store.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}})
-        play_controllers(store)
+        store.rollouts = True  # the Deployment controller: a changed pod template replaces the pods
+        store.webhook = IdentityWebhook(region="us-east-1")  # EKS's injecting webhook (IRSA)
         for obj in (deployment("tenant-a", "web", "alpha-app", "web"), deployment("tenant-b", "api", "beta-app"),
                     deployment("tenant-b", "plain", None)):
             self.kube_post("/apis/apps/v1/namespaces/%s/deployments" % obj["metadata"]["namespace"], obj)
