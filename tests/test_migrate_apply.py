@@ -325,10 +325,10 @@ def test_cutover_restarts_onto_irsa_status_and_rollback(cluster):
     assert cluster.trusts() == trusts_before
 
 
-def test_pod_identity_is_refused_while_the_eks_api_is_not_read(cluster):
+def test_pod_identity_is_refused_when_the_eks_api_cannot_be_read(cluster):  # moto has no add-ons: 404
     done = cluster.run("apply", "--phase", "dual", "--to", "pod-identity", "--cluster-name", "prod-1", "--yes")
     assert done.returncode == 1 and done.stderr.startswith(
-        "error: 1 blocker(s), nothing changed: unknown EKS cluster prod-1: cannot check: EKS API not reachable")
+        "error: 1 blocker(s), nothing changed: unknown EKS cluster prod-1: cannot check: EKS API: describe_addon answered 404")
     assert not cluster.store.mutating_requests() and cluster.migration_record() is None
 
 
@@ -499,3 +499,95 @@ def test_every_iam_call_of_the_phases_is_allowed_by_permissions_migrate(cluster,
     write = next(s for s in policy["Statement"] if s["Sid"] == "WriteRecord")
     assert write["Condition"]["ForAllValues:StringLike"]["aws:TagKeys"] == [
         f"rbacbridge:record:{INSTALL}:*", f"rbacbridge:migration:{INSTALL}:*"]
+
+
+# --- Pod Identity, against the EKS stand-in (tests/eks_standin.py) ---------------------------------------------
+
+
+@pytest.fixture
+def eks_cluster(cluster, moto_url):  # noqa: F811
+    from tests.eks_standin import EksStandin
+    from tests.identity_webhook import associations_in
+
+    eks = EksStandin(moto_url).start()
+    eks.add_cluster("prod-1", ISSUER)
+    cluster.eks = eks
+    cluster.store.webhook = IdentityWebhook(region="us-east-1", pod_identity=associations_in(eks.url, "prod-1"))
+    base_env = cluster.env
+    cluster.env = lambda **extra: base_env(AWS_ENDPOINT_URL_EKS=eks.url, AWS_ENDPOINT_URL_EKS_AUTH=eks.url, **extra)
+    yield cluster
+    eks.stop()
+
+
+def pod_identity_statement(namespace: str, account: str) -> dict:
+    return {"Sid": "RbacbridgePodIdentity" + hashlib.sha256(f"{namespace}/{account}".encode()).hexdigest()[:8],
+            "Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+            "Action": ["sts:AssumeRole", "sts:TagSession"],
+            "Condition": {"StringEquals": {"aws:RequestTag/kubernetes-namespace": namespace,
+                                           "aws:RequestTag/kubernetes-service-account": account}}}
+
+
+def associations(eks_cluster) -> dict:
+    client = eks_cluster.sandbox.session().client("eks", endpoint_url=eks_cluster.eks.url)
+    found = {}
+    for summary in client.list_pod_identity_associations(clusterName="prod-1")["associations"]:
+        full = client.describe_pod_identity_association(clusterName="prod-1", associationId=summary["associationId"])["association"]
+        found[(full["namespace"], full["serviceAccount"])] = (full["roleArn"], full["associationId"])
+    return found
+
+
+def pi(cluster, command: str, *args: str) -> subprocess.CompletedProcess:
+    extra = ("--to", "pod-identity", "--cluster-name", "prod-1") if command == "apply" else ()
+    return cluster.run(command, *args, *extra, "--timeout", "20", "--yes", "-o", "json")
+
+
+def test_pod_identity_dual_cutover_and_rollback(eks_cluster):
+    cluster = eks_cluster
+    before = cluster.trusts()
+    done = pi(cluster, "apply", "--phase", "dual")
+    assert done.returncode == 0, done.stderr
+    assert {k: v[0] for k, v in associations(cluster).items()} == {
+        ("tenant-a", "etl"): ROLE + "alpha-etl", ("tenant-a", "web"): ROLE + "alpha-app", ("tenant-b", API_SA): ROLE + "beta-app"}
+    assert cluster.trust("alpha-app") == node_trust([pod_identity_statement("tenant-a", "web")])
+    assert cluster.trust("beta-app") == node_trust([pod_identity_statement("tenant-b", API_SA)])
+    made = cluster.accounts()[("tenant-b", API_SA)]["metadata"]
+    assert made["labels"] == {"managed-by": "rbacbridge"} and not made.get("annotations")
+    assert not cluster.accounts()[("tenant-a", "web")]["metadata"].get("annotations")  # Pod Identity needs no annotation
+    record = cluster.migration_record()
+    assert {k: v["id"] for k, v in record["associations"].items()} == {f"{ns}/{sa}": i for (ns, sa), (_, i) in associations(cluster).items()}
+    again = json.loads(pi(cluster, "apply", "--phase", "dual").stdout)
+    assert again["applied"] == []
+    time.sleep(1.1)
+    cut = pi(cluster, "apply", "--phase", "cutover")
+    assert cut.returncode == 0, cut.stderr
+    status = json.loads(cluster.run("status", "-o", "json").stdout)
+    assert {w["name"]: w["path"] for w in status["workloads"] if w["kind"] == "Deployment"} == {"web": "pod-identity", "api": "pod-identity"}
+    assert pi(cluster, "rollback").returncode == 0
+    back = pi(cluster, "rollback")
+    assert back.returncode == 0, back.stderr
+    assert associations(cluster) == {} and cluster.trusts() == before and cluster.migration_record() is None
+    status = json.loads(cluster.run("status", "-o", "json").stdout)
+    assert {w["name"]: w["path"] for w in status["workloads"] if w["kind"] == "Deployment"} == {"web": "kube2iam", "api": "kube2iam"}
+
+
+def test_a_foreign_association_is_never_touched_and_a_missing_agent_blocks(eks_cluster):
+    cluster = eks_cluster
+    client = cluster.sandbox.session().client("eks", endpoint_url=cluster.eks.url)
+    cluster.iam.create_role(RoleName="other", AssumeRolePolicyDocument=json.dumps(node_trust()))
+    foreign = client.create_pod_identity_association(clusterName="prod-1", namespace="tenant-a", serviceAccount="web",
+                                                     roleArn=ROLE + "other")["association"]["associationId"]
+    done = pi(cluster, "apply", "--phase", "dual")
+    assert done.returncode == 1
+    assert ("error: 1 blocker(s), nothing changed: association Pod Identity association tenant-a/web: exists with role "
+            f"{ROLE}other ({foreign})") in done.stderr
+    assert associations(cluster) == {("tenant-a", "web"): (ROLE + "other", foreign)} and cluster.migration_record() is None
+    # the same role: kept as it is, and rollback leaves it (its id is not in the record)
+    client.delete_pod_identity_association(clusterName="prod-1", associationId=foreign)
+    same = client.create_pod_identity_association(clusterName="prod-1", namespace="tenant-a", serviceAccount="web",
+                                                  roleArn=ROLE + "alpha-app")["association"]["associationId"]
+    assert pi(cluster, "apply", "--phase", "dual").returncode == 0
+    assert pi(cluster, "rollback").returncode == 0
+    assert associations(cluster) == {("tenant-a", "web"): (ROLE + "alpha-app", same)}
+    cluster.eks.set_agent("prod-1", None)
+    done = pi(cluster, "apply", "--phase", "dual")
+    assert done.returncode == 1 and "pod-identity-agent EKS cluster prod-1: the eks-pod-identity-agent add-on is not installed" in done.stderr

@@ -103,7 +103,11 @@ def _dual(result: PhasePlan, migration, record, aws_gw, kube_gw) -> None:
             record.provider["created"] = True
     by_name = {t["role_arn"].rsplit("/", 1)[-1]: t for t in migration.trust}
     for step in migration.plan.steps:
-        if step.details.get("phase") != "dual" or step.kind == "pod-identity-association":
+        if step.details.get("phase") != "dual":
+            continue
+        if step.kind == "pod-identity-association":
+            _association(step, record, aws_gw, migration.cluster_name or "", intents, created_after_intent)
+            steps.append(step)
             continue
         if step.kind == "iam-role-trust" and step.action == UPDATE:
             entry = by_name[step.name]
@@ -142,6 +146,40 @@ def _dual(result: PhasePlan, migration, record, aws_gw, kube_gw) -> None:
     if not changes and record.state != "done" and result.store.record is not None:
         steps.append(Step("aws", UPDATE, "migration-record", record.install, "dual: record the dual phase as done",
                           run=lambda: None))
+
+
+def _association(step: Step, record, aws_gw, cluster: str, intents: list, created_after_intent) -> None:
+    """A Pod Identity association dual makes (its id recorded), or one a stopped run made (claimed by its creation time)."""
+    from rbacbridge.migrate.record import stamp as now
+
+    namespace, name = step.name.split("/", 1)
+    entry = record.associations.get(step.name)
+    if step.action == UNCHANGED:
+        if entry and not entry.get("id") and created_after_intent(entry.get("intent"), _eks_time(step.details.get("created_at"))):
+            entry["id"] = step.details.get("association_id")
+        return
+    if step.action != CREATE or "role_arn" not in step.details:
+        return
+
+    def intend() -> None:
+        if not (record.associations.get(step.name) or {}).get("id"):
+            record.associations[step.name] = {"id": None, "intent": now()}
+
+    def create() -> None:
+        made = aws_gw.call("eks", "create_pod_identity_association", clusterName=cluster, namespace=namespace,
+                           serviceAccount=name, roleArn=step.details["role_arn"], tags={MANAGED_BY_KEY: MANAGED_BY_VALUE})
+        record.associations[step.name]["id"] = made["association"]["associationId"]
+    intents.append(intend)
+    step.run = create
+
+
+def _eks_time(text: str | None):
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def _provider_arn(migration, aws_gw) -> str | None:

@@ -16,6 +16,7 @@ Content (canonical JSON, zlib, base64, 256-character chunks):
     trust       role name -> {"dual": trust before dual, "finish": trust before finish}
     accounts    "ns/name" -> {"uid": uid|null, "created": bool, "intent": stamp, "annotated": bool}
     workloads   "Kind ns/name" -> {"from": SA before cutover, "to": SA after, "restarted_at": stamp}
+    associations "ns/name" -> {"id": the Pod Identity association dual made | null, "intent": stamp}
 """
 
 from __future__ import annotations
@@ -81,12 +82,13 @@ class MigrationRecord:
     trust: dict[str, dict[str, Any]] = field(default_factory=dict)
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    associations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"v": VERSION, "install": self.install, "account": self.account, "target": self.target,
                 "phase": self.phase, "state": self.state, "issuer": self.issuer, "cluster_name": self.cluster_name,
                 "dual_at": self.dual_at, "provider": self.provider, "trust": self.trust, "accounts": self.accounts,
-                "workloads": self.workloads}
+                "workloads": self.workloads, "associations": self.associations}
 
     @classmethod
     def from_json(cls, data: Any) -> "MigrationRecord":
@@ -100,7 +102,7 @@ class MigrationRecord:
             raise MigrationRecordInvalid("migration record content is malformed: phase or state")
         return cls(data["install"], data["account"], data["target"], data["phase"], data["state"], data.get("issuer"),
                    data.get("cluster_name"), data["dual_at"], data["provider"], data["trust"], data["accounts"],
-                   data["workloads"])
+                   data["workloads"], data.get("associations") if isinstance(data.get("associations"), dict) else {})
 
 
 def _statement(install: str, chunks: int, payload: str) -> bytes:

@@ -2,8 +2,9 @@
 
 cutover: each workload the record names back on the ServiceAccount it had, restarted. dual: each role's trust
 policy recorded before dual, restored exactly (a conflict when someone else changed it since, beyond rbacbridge's
-statements), the ServiceAccounts whose uid the record names deleted, the annotations dual added removed, the OIDC
-provider deleted when the record says dual created it; then the record itself is erased.
+statements), the ServiceAccounts whose uid the record names deleted, the annotations dual added removed, the Pod
+Identity associations whose id it names deleted, the OIDC provider deleted when the record says dual created it;
+then the record itself is erased.
 """
 
 from __future__ import annotations
@@ -125,7 +126,18 @@ def _rollback_dual(store, record, aws_gw, kube_gw, timeout: float) -> PhasePlan:
             if IRSA_ANNOTATION in (meta.get("annotations") or {}):
                 unannotate.append(Step("kube", UPDATE, "ServiceAccount", ref, f"rollback dual: remove {IRSA_ANNOTATION} from "
                                        f"ServiceAccount {ref}", run=_annotator(kube_gw, namespace, name, {IRSA_ANNOTATION: None})))
-    restarts = _restarts_off_irsa(kube_gw, set(record.accounts), timeout)
+    for ref, entry in sorted(record.associations.items()):
+        if not entry.get("id"):
+            continue
+        live = aws_gw.get_or_none("eks", "describe_pod_identity_association", ("ResourceNotFoundException",),
+                                  clusterName=record.cluster_name, associationId=entry["id"])
+        if live is None:
+            unannotate.append(Step("aws", UNCHANGED, "pod-identity-association", ref, f"association {entry['id']} of {ref} is already gone"))
+            continue
+        unannotate.append(Step("aws", DELETE, "pod-identity-association", ref, f"rollback dual: delete the Pod Identity "
+                               f"association {entry['id']} of {ref} (made by dual: its id is in the record)",
+                               run=_association_deleter(aws_gw, record.cluster_name, entry["id"])))
+    restarts = _restarts_off_the_new_path(kube_gw, set(record.accounts) | set(record.associations), timeout)
     steps = unannotate + restarts + trust_steps + steps
     provider = record.provider
     if provider.get("created") and provider.get("arn"):
@@ -145,10 +157,10 @@ def _rollback_dual(store, record, aws_gw, kube_gw, timeout: float) -> PhasePlan:
     return result
 
 
-def _restarts_off_irsa(kube_gw, accounts: set[str], timeout: float) -> list[Step]:
-    """Workloads running as a ServiceAccount dual annotated or created whose pods were given the web identity (a
-    restart since dual): restarted, once the annotation is off, and waited for, so no pod holds a token its role
-    no longer trusts."""
+def _restarts_off_the_new_path(kube_gw, accounts: set[str], timeout: float) -> list[Step]:
+    """Workloads running as a ServiceAccount dual annotated, created or associated whose pods were given the new path
+    (a restart since dual): restarted once the annotation or association is gone, and waited for, so no pod holds
+    a token its role no longer trusts."""
     from rbacbridge.migrate.rollout import pod_path, wait_for_rollouts, workload_pods
     from rbacbridge.migrate.record import stamp
 
@@ -160,14 +172,14 @@ def _restarts_off_irsa(kube_gw, accounts: set[str], timeout: float) -> list[Step
                 name = obj["metadata"]["name"]
                 if f"{namespace}/{_service_account(kind, obj)}" not in accounts:
                     continue
-                if not any(pod_path(p) == "irsa" for p in workload_pods(kube_gw, kind, namespace, name)):
+                if all(pod_path(p) == "kube2iam" for p in workload_pods(kube_gw, kind, namespace, name)):
                     continue
 
                 def run(kind=kind, name=name, namespace=namespace) -> None:
                     _repointer(kube_gw, kind, namespace, name, None, stamp())()
                     wait_for_rollouts(kube_gw, [(kind, namespace, name)], timeout, _Quiet())
                 steps.append(Step("kube", RESTORE, kind, f"{namespace}/{name}", f"rollback dual: {kind} {namespace}/{name}: "
-                                  "restart its pods (they were given the web identity) and wait for them",
+                                  "restart its pods (they were given the new path) and wait for them",
                                   reason="before its role stops trusting their token", run=run))
     return steps
 
@@ -175,6 +187,12 @@ def _restarts_off_irsa(kube_gw, accounts: set[str], timeout: float) -> list[Step
 class _Quiet:
     def progress(self, message: str) -> None:
         pass
+
+
+def _association_deleter(aws_gw, cluster: str | None, association_id: str) -> Callable[[], None]:
+    def delete() -> None:
+        aws_gw.call("eks", "delete_pod_identity_association", clusterName=cluster, associationId=association_id)
+    return delete
 
 
 def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
