@@ -59,7 +59,9 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
         roles = [t.existing_role_arn or config.role_arn(account, t.role) for t in config.tenants]
         roles += [r if r.startswith("arn:") else config.role_arn(account, _role_name(r)) for r in pod_roles]
         policy["Statement"] += render_json("operator-policy-migrate.json.j2", pod_role_arns=list(dict.fromkeys(roles)),
-                                           any_provider_arn=f"{iam}:oidc-provider/*")
+                                           any_provider_arn=f"{iam}:oidc-provider/*",
+                                           eks_arns=[partition.arn("eks", config.region, account, f"{kind}/*")
+                                                     for kind in ("cluster", "addon", "podidentityassociation")])
     return policy
 
 
