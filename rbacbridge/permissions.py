@@ -24,9 +24,11 @@ def _role_name(text: str) -> str:
     return role_name("--restore-role", name)
 
 
-def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...] = ()) -> dict[str, Any]:
+def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...] = (), migrate: bool = False,
+                    pod_roles: tuple[str, ...] = ()) -> dict[str, Any]:
     """The policy document; `restore_roles`: roles of instance profiles the nodes had before setup,
-    which teardown gives back (that passes their role to EC2 too)."""
+    which teardown gives back (that passes their role to EC2 too). `migrate`: also what `migrate` needs
+    (templates/operator-policy-migrate.json.j2) on the tenants' roles and `pod_roles`."""
     if not account:
         raise UsageError("permissions needs --account-id (or account_id in the config): the policy names the account's ARNs")
     partition = config.partition
@@ -52,11 +54,18 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
         instance_arns=[partition.arn("ec2", config.region, account, f"instance/{i}") for i in instances],
         passed_to_ec2=partition.passed_to_ec2,
     )
-    policy["Statement"] += record_key_statements(config, account)
+    policy["Statement"] += record_key_statements(config, account, migrate or bool(pod_roles))
+    if migrate or pod_roles:
+        roles = [t.existing_role_arn or config.role_arn(account, t.role) for t in config.tenants]
+        roles += [r if r.startswith("arn:") else config.role_arn(account, _role_name(r)) for r in pod_roles]
+        policy["Statement"] += render_json("operator-policy-migrate.json.j2", pod_role_arns=list(dict.fromkeys(roles)),
+                                           any_provider_arn=f"{iam}:oidc-provider/*",
+                                           eks_arns=[partition.arn("eks", config.region, account, f"{kind}/*")
+                                                     for kind in ("cluster", "addon", "podidentityassociation")])
     return policy
 
 
-def record_key_statements(config: Config, account: str) -> list[dict[str, Any]]:
+def record_key_statements(config: Config, account: str, migrate: bool = False) -> list[dict[str, Any]]:
     """The KMS statements: the key behind alias/rbacbridge/<install id>, or the pinned record.kms_key."""
     install = config.effective_install_id
     kms = f"arn:{config.partition.name}:kms:{config.region}:{account}"
@@ -72,4 +81,4 @@ def record_key_statements(config: Config, account: str) -> list[dict[str, Any]]:
             key_arn, by_alias = f"{kms}:key/{pinned}", False
     return render_json("operator-policy-kms.json.j2", creates_key=pinned is None, install_id=install, alias=alias,
                        alias_arn=f"{kms}:{alias}", any_key_arn=f"{kms}:key/*", key_arn=key_arn, by_alias=by_alias,
-                       record_tags=f"rbacbridge:record:{install}:*")
+                       record_tags=[f"rbacbridge:record:{install}:*"] + ([f"rbacbridge:migration:{install}:*"] if migrate else []))

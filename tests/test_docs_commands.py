@@ -34,6 +34,7 @@ SKIP: tuple[tuple[str, str], ...] = (
     (r"--node\b", "needs nodes over SSH"),
     (r"\bdemo\b", "runs the sandbox (tests/test_demo.py)"),
     (r"\bmigrate\s+plan\b", "needs a cluster (tests/test_migrate_plan.py)"),
+    (r"\bmigrate\s+(apply|rollback|status)\b", "needs a cluster (tests/test_migrate_apply.py)"),
     (r"rbl-lab-|XXXX", "the lab's generated files (tests/test_lab.py)"),
     (r"\[[A-Z_ ]+\]|\.\.\.|<[^>]*>|\|\S", "a synopsis with placeholders, not a command"),
     (r"\$[A-Za-z_{(]", "needs shell variables"),

@@ -37,6 +37,8 @@ def config_schema() -> None:
 
 def permissions(
     restore_role: Annotated[Optional[list[str]], typer.Option("--restore-role", help="role of an instance profile the nodes had before setup (teardown gives it back; repeatable)", show_default=False)] = None,
+    migrate: Annotated[bool, typer.Option("--migrate", help="also what `rbacbridge migrate` needs: the OIDC provider, the pod roles' trust (the tenants' roles and each --pod-role), the migration record's tags")] = False,
+    pod_role: Annotated[Optional[list[str]], typer.Option("--pod-role", help="with --migrate: another role pods get from kube2iam (a name or ARN; repeatable; `migrate plan` lists them)", show_default=False)] = None,
     config: ConfigOpt = None, account_id: AccountOpt = None,
     profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None, instance_id: InstanceOpt = None,
 ) -> None:
@@ -48,7 +50,7 @@ def permissions(
 
     from rbacbridge.permissions import operator_policy
 
-    document = operator_policy(cfg, cfg.account_id, tuple(restore_role or ()))
+    document = operator_policy(cfg, cfg.account_id, tuple(restore_role or ()), migrate, tuple(pod_role or ()))
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 

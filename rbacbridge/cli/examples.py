@@ -78,10 +78,25 @@ _EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "migrate": (
         ("rbacbridge migrate plan --to irsa", "what moving off kube2iam would take (changes nothing)"),
+        ("rbacbridge migrate apply --phase dual --to irsa --dry-run", "the dual phase's steps"),
+        ("rbacbridge migrate status", "the phase and each workload's path"),
     ),
     "migrate plan": (
         ("rbacbridge migrate plan --to irsa -c rbacbridge.yaml", "inventory, ServiceAccounts, trust, blockers"),
         ("rbacbridge migrate plan --to pod-identity --cluster-name prod --exit-code -o json", "CI: 1 on a blocker, 4 on changes"),
+    ),
+    "migrate apply": (
+        ("rbacbridge migrate apply --phase dual --to irsa --dry-run", "the steps only: trust beside kube2iam's, ServiceAccounts"),
+        ("rbacbridge migrate apply --phase dual --to irsa --yes", "no restart: kube2iam keeps serving"),
+        ("rbacbridge migrate apply --phase cutover --to irsa --timeout 600 --yes", "restart onto the new path, wait, check"),
+    ),
+    "migrate rollback": (
+        ("rbacbridge migrate rollback --dry-run", "what going back one phase would restore"),
+        ("rbacbridge migrate rollback --yes", ""),
+    ),
+    "migrate status": (
+        ("rbacbridge migrate status", "phase, each workload's path, restarted or not"),
+        ("rbacbridge migrate status -o json", ""),
     ),
     "iptables remove": (
         ("rbacbridge iptables remove --node 10.0.1.5 --dry-run", ""),

@@ -9,8 +9,8 @@ Read-only: Kubernetes lists and GETs (one list per kind, the issuer's discovery 
     blockers   what stops the migration before anything changes
     render     the tables
 
-The phases that change things (apply dual|cutover|finish, status, rollback) are not built yet; the plan's
-steps say which phase would take them.
+The plan's steps say which phase takes them: `apply --phase dual|cutover` (phases.py) runs them, `rollback`
+(rollback.py) undoes them from the signed record (record.py), `status` (status.py) shows where each workload is.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class MigratePlan:
     plan: Any  # rbacbridge.plan.Plan: the steps of the phases to come
     blockers: list[Any] = field(default_factory=list)
     trust: list[dict[str, Any]] = field(default_factory=list)
+    # pod-identity: the cluster's associations, (namespace, ServiceAccount) -> {associationId, roleArn, createdAt};
+    # None when the EKS API could not be read
+    associations: dict[tuple[str, str], dict[str, Any]] | None = None
 
     @property
     def changes(self) -> list[Any]:
@@ -107,12 +110,40 @@ def plan_migration(ctx, target: str, issuer: str | None = None, cluster_name: st
         if result.issuer:
             provider = _provider_step(plan, aws_gw, account, partition, result.issuer, blockers)
     else:
-        blockers += blk.pod_identity_blockers(cluster_name or "")
+        result.associations = _read_associations(aws_gw, cluster_name or "", blockers)
     blockers += blk.workload_blockers(inventory, account)
     blockers += [blk.Blocker(*p) for p in mapping.problems]
     _trust_steps(result, aws_gw, account, provider)
     _service_account_steps(result)
     return result
+
+
+def _read_associations(aws_gw, cluster_name: str, blockers: list) -> dict | None:
+    """The Pod Identity agent add-on and the cluster's associations (EKS reads), or a blocker saying why not."""
+    from rbacbridge.errors import RbacbridgeError
+    from rbacbridge.migrate import blockers as blk
+
+    try:
+        addon = aws_gw.get_or_none("eks", "describe_addon", ("ResourceNotFoundException",), clusterName=cluster_name,
+                                   addonName=blk.POD_IDENTITY_AGENT)
+        associations: dict = {}
+        params: dict[str, Any] = {"clusterName": cluster_name}
+        while True:
+            page = aws_gw.call("eks", "list_pod_identity_associations", **params)
+            for summary in page.get("associations", []):
+                found = aws_gw.call("eks", "describe_pod_identity_association", clusterName=cluster_name,
+                                    associationId=summary["associationId"])["association"]
+                associations[(found["namespace"], found["serviceAccount"])] = found
+            if not page.get("nextToken"):
+                break
+            params["nextToken"] = page["nextToken"]
+    except RbacbridgeError as exc:
+        code = getattr(exc, "code", None)
+        reason = f"{exc.operation} answered {code}" if code else str(exc).removeprefix("AWS ")
+        blockers += blk.pod_identity_blockers(cluster_name, None, reason)
+        return None
+    blockers += blk.pod_identity_blockers(cluster_name, (addon or {}).get("addon"), None)
+    return associations
 
 
 def _read_issuer(kube_gw) -> tuple[str | None, str | None]:
@@ -196,9 +227,12 @@ def _service_account_steps(result: MigratePlan) -> None:
             steps.append(Step("kube", UNCHANGED, "ServiceAccount", ref, f"ServiceAccount {ref} already has {role}",
                               details={"phase": "dual"}))
         if result.target != IRSA and sa.action != "taken":
-            steps.append(Step("aws", CREATE, "pod-identity-association", ref,
-                              f"dual: associate {ref} with role {role} in cluster {result.cluster_name} "
-                              "(existing associations not read: EKS API not reachable)", details={"phase": "dual"}))
+            steps.append(_association_step(result, sa, ref, role))
+    if result.target != IRSA and result.associations is not None:
+        from rbacbridge.migrate.blockers import association_quota_blocker
+
+        new = sum(1 for s in steps if s.kind == "pod-identity-association" and s.action == CREATE)
+        result.blockers += association_quota_blocker(result.cluster_name or "", len(result.associations), new)
     for change in result.mapping.changes:
         ref = f"{change.namespace}/{change.name}"
         steps.append(Step("kube", UPDATE, change.kind, ref, f"cutover: {change.kind} {ref}: {change.how}",
@@ -212,3 +246,24 @@ def _service_account_steps(result: MigratePlan) -> None:
         how = "recreate the pod" if w.kind == "Pod" else "restart its pods (as kubectl rollout restart does)"
         steps.append(Step("kube", UPDATE, w.kind, ref, f"cutover: {w.kind} {ref}: {how}",
                           reason="running pods keep kube2iam's path until they restart", details={"phase": "cutover"}))
+
+
+def _association_step(result: MigratePlan, sa, ref: str, role: str):
+    from rbacbridge.migrate.blockers import Blocker
+    from rbacbridge.plan import CREATE, UNCHANGED, Step
+
+    if result.associations is None:
+        return Step("aws", CREATE, "pod-identity-association", ref, f"dual: associate {ref} with role {role} in cluster "
+                    f"{result.cluster_name} (existing associations not read: EKS API not readable)", details={"phase": "dual"})
+    live = result.associations.get((sa.namespace, sa.name))
+    if live is None:
+        return Step("aws", CREATE, "pod-identity-association", ref,
+                    f"dual: associate {ref} with role {role} in cluster {result.cluster_name}",
+                    details={"phase": "dual", "role_arn": sa.role_arn})
+    if live.get("roleArn") != sa.role_arn:
+        result.blockers.append(Blocker("association", f"Pod Identity association {ref}",
+                                       f"exists with role {live.get('roleArn')} ({live.get('associationId')}): its pods "
+                                       f"would get that role, not {role}; rbacbridge does not change it"))
+    return Step("aws", UNCHANGED, "pod-identity-association", ref, f"{ref} is already associated with role "
+                f"{live.get('roleArn', '').rsplit('/', 1)[-1]} ({live.get('associationId')})",
+                details={"phase": "dual", "association_id": live.get("associationId"), "created_at": str(live.get("createdAt"))})

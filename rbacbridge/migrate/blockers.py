@@ -1,6 +1,7 @@
 """What stops the migration before anything changes: each a kind, the object, and one line of reason.
 
-kinds: issuer, oidc-provider, provider-quota (irsa); unknown (pod-identity: the EKS API is not read yet);
+kinds: issuer, oidc-provider, provider-quota (irsa); unknown (the EKS API unreadable), pod-identity-agent,
+association-quota, association (pod-identity);
 trust-size, role-missing, cross-account, host-network, service-account (both). Pure functions.
 """
 
@@ -52,17 +53,36 @@ def provider_blockers(issuer: str, provider: str, providers: list[str]) -> list[
         return []
     blockers = [Blocker("oidc-provider", f"OIDC provider {issuer_host(issuer)}",
                         "no IAM OIDC provider for the cluster's issuer: create it (aws iam create-open-id-connect-provider; "
-                        "the dual phase will offer it, not built yet)")]
+                        "or let `migrate apply --phase dual` create it)")]
     if len(providers) >= OIDC_PROVIDER_QUOTA:
         blockers.append(Blocker("provider-quota", "IAM OIDC providers",
                                 f"the account has {len(providers)} of {OIDC_PROVIDER_QUOTA}: no room for the cluster's"))
     return blockers
 
 
-def pod_identity_blockers(cluster_name: str) -> list[Blocker]:
-    return [Blocker("unknown", f"EKS cluster {cluster_name}",
-                    "cannot check: EKS API not reachable (the Pod Identity agent add-on and the association quota are "
-                    "not read yet)")]
+POD_IDENTITY_AGENT = "eks-pod-identity-agent"
+ASSOCIATION_QUOTA = 5000  # EKS: Pod Identity associations per cluster
+
+
+def pod_identity_blockers(cluster_name: str, agent: dict | None, error: str | None) -> list[Blocker]:
+    """`agent`: DescribeAddon's addon for the Pod Identity agent (None: not installed); `error`: the EKS API
+    could not be read (nothing else is then known)."""
+    if error:
+        return [Blocker("unknown", f"EKS cluster {cluster_name}", f"cannot check: EKS API: {error}")]
+    if agent is None:
+        return [Blocker("pod-identity-agent", f"EKS cluster {cluster_name}", f"the {POD_IDENTITY_AGENT} add-on is not "
+                        "installed: no pod could get credentials through an association")]
+    if agent.get("status") != "ACTIVE":
+        return [Blocker("pod-identity-agent", f"EKS cluster {cluster_name}",
+                        f"the {POD_IDENTITY_AGENT} add-on is {agent.get('status')}, not ACTIVE")]
+    return []
+
+
+def association_quota_blocker(cluster_name: str, existing: int, new: int) -> list[Blocker]:
+    if existing + new <= ASSOCIATION_QUOTA:
+        return []
+    return [Blocker("association-quota", f"EKS cluster {cluster_name}", f"{existing} associations and {new} to make: "
+                    f"over EKS's {ASSOCIATION_QUOTA} per cluster")]
 
 
 def workload_blockers(inventory, account: str) -> list[Blocker]:
