@@ -41,7 +41,8 @@ def migration_status(ctx) -> dict[str, Any]:
         restarted = None
         if since is not None:
             created = [(p.get("metadata") or {}).get("creationTimestamp") for p in pods]
-            restarted = bool(pods) and all(c and parse_stamp(c) >= since for c in created)
+            # creation times are whole seconds: a pod made in the second dual began is not known to be newer
+            restarted = bool(pods) and all(c and parse_stamp(c) > since for c in created)
             if stamp:
                 try:
                     restarted = restarted or parse_stamp(stamp) >= since
