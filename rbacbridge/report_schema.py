@@ -1,19 +1,19 @@
-"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v5).
+"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v6).
 
 `docs/verify-schema.json` is a copy of it (a test keeps them equal). Data only."""
 
 from __future__ import annotations
 
-from rbacbridge.verify import CHECKS, LAYERS, PROBE_FROM
+from rbacbridge.verify import CHECKS, EXPLAINERS, LAYERS, PROBE_FROM
 
-SCHEMA = "rbacbridge.verify/v5"
+SCHEMA = "rbacbridge.verify/v6"
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _CELL_SCHEMA = {
     "type": "object",
     "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame",
-                 "owners", "cross_tenant", "probed_from"],
+                 "owners", "cross_tenant", "probed_from", "settle"],
     "additionalProperties": False,
     "properties": {
         "check": {"enum": list(CHECKS)},
@@ -28,13 +28,22 @@ _CELL_SCHEMA = {
         "blame": {
             "oneOf": [
                 {"type": "null"},
-                {"type": "object", "required": ["layer", "message"], "additionalProperties": False,
-                 "properties": {"layer": {"enum": list(LAYERS)}, "message": {"type": "string"}}},
+                {"type": "object", "required": ["layer", "message", "explained_by"], "additionalProperties": False,
+                 "properties": {"layer": {"enum": list(LAYERS)}, "message": {"type": "string"},
+                                "explained_by": {"enum": [*EXPLAINERS, None]}}},
             ]
         },
         "owners": {"type": "array", "items": {"type": "string"}},
         "cross_tenant": {"type": "boolean"},
         "probed_from": {"enum": list(PROBE_FROM)},
+        "settle": {  # null: observed once (no settle window, or it agreed)
+            "oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["attempts", "settled", "after_seconds"], "additionalProperties": False,
+                 "properties": {"attempts": {"type": "integer", "minimum": 1}, "settled": {"type": "boolean"},
+                                "after_seconds": {"type": "number", "minimum": 0}}},
+            ]
+        },
     },
 }
 
@@ -79,7 +88,7 @@ JSON_SCHEMA = {
     "$id": SCHEMA,
     "type": "object",
     "required": ["schema", "stage", "account", "region", "buckets", "roles", "ok", "exit_code", "summary", "unverified",
-                 "accept_unverified", "drift", "tenants", "others", "findings", "notes"],
+                 "accept_unverified", "drift", "tenants", "others", "findings", "settle", "notes"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA},
@@ -140,6 +149,13 @@ JSON_SCHEMA = {
                 },
             },
         },
+        "settle": {"type": "object", "required": ["source", "seconds", "until", "changed_at", "retried", "settled"],
+                   "additionalProperties": False,
+                   "properties": {"source": {"enum": ["record", "--settle", "none"]},
+                                  "seconds": {"type": "number", "minimum": 0},
+                                  "until": _NULLABLE_STRING, "changed_at": _NULLABLE_STRING,
+                                  "retried": {"type": "integer", "minimum": 0},
+                                  "settled": {"type": "integer", "minimum": 0}}},
         "notes": {"type": "array", "items": {"type": "string"}},
     },
 }
