@@ -247,6 +247,7 @@ def _kube_step(what: str, call: Callable[[], Any]) -> Any:
 def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     config: Config = ctx.config
     account = config.account_id or _caller_account(config)
+    window = _settle_window(ctx, options, account)  # --settle counts from the start of verify
     findings: list[Finding] = []
     drift_steps = 0
     if options.drift_check:  # before probing: cached credentials can hide drift from the cells
@@ -262,7 +263,6 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
             except Exception as exc:  # noqa: BLE001 - e.g. no permission to list namespaces: say so
                 ctx.facts.setdefault("notes", []).append(f"could not look for hostNetwork pods in restricted namespaces: {exc}")
         diagnostics = live_diagnostics(ctx)
-        window = _settle_window(ctx, options, account)
         if options.explain:
             diagnostics.simulator = _simulator(ctx, account)
         pod_nodes = {p.node for p, _ in targets if p.kind == "pod" and p.node}
