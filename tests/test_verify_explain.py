@@ -78,7 +78,7 @@ def blamed(result, config):
     return cells
 
 
-def test_simulator_quotes_the_deciding_statement_once_per_role_action_resource(planted, monkeypatch):
+def test_simulator_quotes_the_deciding_statement_once_per_role_action_resource(planted, monkeypatch, capsys):
     url, config, session, text, documents = planted
     role_arn = config.role_arn(ACCOUNT, config.pod_role)
     with SimulatorStandIn(url, {role_arn: [("planted-deny", "role", text)]}) as standin:
@@ -103,6 +103,9 @@ def test_simulator_quotes_the_deciding_statement_once_per_role_action_resource(p
         [c["blame"] for p in document["others"] for c in p["cells"] if c["blame"]]
     assert [b["explained_by"] for b in blames] == ["iam:SimulatePrincipalPolicy"] * 2
     assert "explained by iam:SimulatePrincipalPolicy" in report.to_junit(result)
+    monkeypatch.setenv("COLUMNS", "500")
+    report.print_table(result)
+    assert capsys.readouterr().out.count("(explained by iam:SimulatePrincipalPolicy)") == 2
 
 
 def test_bucket_policy_is_passed_as_resource_policy_and_its_statement_quoted(planted, monkeypatch):

@@ -93,8 +93,8 @@ def settle(result: VerifyResult, window: SettleWindow | None, observe_again: Cal
     """Observe again, with backoff, the principals whose cells disagree, while the window is open; replace their
     results in `result` and mark the retried cells (Cell.settle). Returns how many observations were made again."""
     result.settle = window
-    if window is None or window.until is None:
-        return 0
+    if window is None or window.until is None or datetime.now(timezone.utc) >= window.until:
+        return 0  # outside the window (or it ended before the cells were compared): nothing is retried
     clock = time.monotonic
     start = clock() if first_seen is None else first_seen
     since: dict[tuple[Any, ...], float] = {k: start for k in _disagreeing(result.principals)}
@@ -135,7 +135,7 @@ def settle(result: VerifyResult, window: SettleWindow | None, observe_again: Cal
             key = _key(p.principal.name, c)
             if key in since and attempts[key] > 1:
                 c.settle = Settled(attempts[key], c.match, round(last[key] - since[key], 1))
-            elif key in since:  # the window closed before it could be observed again
+            elif key in since:  # agreed at first, disagreed in the last observation the window allowed
                 c.settle = Settled(1, False, 0.0)
     return rounds
 
