@@ -418,3 +418,25 @@ def test_a_record_without_the_change_stamp_still_reads():
 
     with pytest.raises(RecordInvalid, match="changed"):
         Record.from_json({**record.to_json(), "changed": "yesterday"})
+
+
+def test_verify_reads_its_settle_window_from_setups_record(sandbox, monkeypatch):
+    """The live run's window (verify.live._settle_window): right after setup, until 60 s after the record's stamp.
+    moto stands in for AWS here: the endpoint override that normally turns the default window off is set aside."""
+    from datetime import datetime, timedelta, timezone
+
+    from rbacbridge.verify import settle
+    from rbacbridge.verify.live import LiveOptions, _settle_window
+
+    ctx = sandbox.context()
+    assert _settle_window(ctx, LiveOptions(), ACCOUNT).until is None  # an endpoint override: no default window
+    monkeypatch.setattr(settle, "real_aws", lambda endpoint_url: True)
+    assert _settle_window(ctx, LiveOptions(), ACCOUNT).why.startswith("setup's record notes no")  # no record yet
+    _setup(sandbox)
+    stamp = signed_record(sandbox)["changed"]
+    changed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    window = _settle_window(sandbox.context(), LiveOptions(), ACCOUNT)
+    assert (window.source, window.changed_at, window.until) == ("record", changed, changed + timedelta(seconds=60))
+    assert window.until > datetime.now(timezone.utc)
+    explicit = _settle_window(sandbox.context(), LiveOptions(settle=0), ACCOUNT)  # --settle wins over the record
+    assert (explicit.source, explicit.until) == ("--settle", None)
