@@ -75,7 +75,8 @@ class Simulator:
             for action in actions:
                 answer = self._answers[(role_arn, action, resource)]
                 quoted = "; ".join(answer.statements)
-                parts.append(f"{action} {answer.decision}" + (f" by {quoted}" if quoted else ""))
+                why = f" by {quoted}" if quoted else " (no statement allows it)" if answer.decision == "implicitDeny" else ""
+                parts.append(f"{action} {answer.decision}{why}")
             return "AWS's policy simulator: " + ", ".join(parts)
 
     def _simulate(self, role_arn: str, actions: tuple[str, ...], resource: str, bucket: str | None) -> bool:
