@@ -162,3 +162,14 @@ def test_sandbox_explains_with_the_evaluator(sandbox):
     result = sandbox_matrix(url, config, ACCOUNT, "after", fault="policy")
     explained = [c for c in result.mismatches if c.blame.layer == v.PERMISSIONS]
     assert explained and {c.blame.explained_by for c in explained} == {v.EXPLAINED_BY_EVALUATOR}
+
+
+def test_the_simulators_answer_is_reported_even_where_no_statement_decides(planted, monkeypatch):
+    url, config, session, _, documents = planted
+    with SimulatorStandIn(url) as standin:  # given no document: every action is an implicit deny to it
+        monkeypatch.setenv("AWS_ENDPOINT_URL_IAM", standin.url)
+        result, _, _ = verify_with(url, config, session, documents)
+    for cell in blamed(result, config):
+        assert cell.blame.explained_by == v.EXPLAINED_BY_SIMULATOR
+        assert cell.blame.message.endswith("AWS's policy simulator: s3:ListBucket implicitDeny (no statement allows it)")
+        assert "PlantedDeny" not in cell.blame.message  # AWS's word, not rbacbridge's evaluator's
