@@ -1,4 +1,4 @@
-"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v6), JUnit XML,
+"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v7), JUnit XML,
 GitHub Actions annotations and job summary. No work here.
 
 The JSON Schema is `JSON_SCHEMA` (rbacbridge/report_schema.py); `docs/verify-schema.json` is a copy of it
@@ -100,6 +100,7 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
             "owners": list(c.owners),
             "cross_tenant": c.cross_tenant,
             "probed_from": c.probed_from,
+            "source": c.source,
             "settle": {"attempts": c.settle.attempts, "settled": c.settle.settled,
                        "after_seconds": c.settle.after_seconds} if c.settle else None,
         }
@@ -167,6 +168,7 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
                       "layer": f.layer, "node": f.node} for f in result.findings],
         "settle": settle_dict(result),
         "notes": list(result.notes),
+        "baseline": dict(result.baseline) if result.baseline is not None else None,
     }
 
 

@@ -1,19 +1,20 @@
-"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v6).
+"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v7).
 
 `docs/verify-schema.json` is a copy of it (a test keeps them equal). Data only."""
 
 from __future__ import annotations
 
 from rbacbridge.verify import CHECKS, EXPLAINERS, LAYERS, PROBE_FROM
+from rbacbridge.verify.credential_source import SOURCES
 
-SCHEMA = "rbacbridge.verify/v6"
+SCHEMA = "rbacbridge.verify/v7"
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _CELL_SCHEMA = {
     "type": "object",
     "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame",
-                 "owners", "cross_tenant", "probed_from", "settle"],
+                 "owners", "cross_tenant", "probed_from", "source", "settle"],
     "additionalProperties": False,
     "properties": {
         "check": {"enum": list(CHECKS)},
@@ -44,6 +45,8 @@ _CELL_SCHEMA = {
                                 "after_seconds": {"type": "number", "minimum": 0}}},
             ]
         },
+        # identity cells: the path that served the credentials (kube2iam, web-identity, pod-identity, ...); else null
+        "source": {"enum": [*SOURCES, None]},
     },
 }
 
@@ -88,7 +91,7 @@ JSON_SCHEMA = {
     "$id": SCHEMA,
     "type": "object",
     "required": ["schema", "stage", "account", "region", "buckets", "roles", "ok", "exit_code", "summary", "unverified",
-                 "accept_unverified", "drift", "tenants", "others", "findings", "settle", "notes"],
+                 "accept_unverified", "drift", "tenants", "others", "findings", "settle", "notes", "baseline"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA},
@@ -157,5 +160,11 @@ JSON_SCHEMA = {
                                   "retried": {"type": "integer", "minimum": 0},
                                   "settled": {"type": "integer", "minimum": 0}}},
         "notes": {"type": "array", "items": {"type": "string"}},
+        # verify --baseline FILE: how the cells compare with that earlier report (null: no baseline given)
+        "baseline": {"oneOf": [{"type": "null"}, {
+            "type": "object", "additionalProperties": False,
+            "required": ["compared", "changed", "gained", "lost", "source_changed", "new", "missing"],
+            "properties": {k: {"type": "integer", "minimum": 0} for k in (
+                "compared", "changed", "gained", "lost", "source_changed", "new", "missing")}}]},
     },
 }

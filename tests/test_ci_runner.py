@@ -12,6 +12,10 @@ import pytest
 from tests.ci_runner import GitHubRunner, GitLabRunner, NotEmulated, runner_python
 
 
+# The module fixture is built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_ci_runner")
+
+
 @pytest.fixture(scope="module")
 def python_bin(tmp_path_factory) -> Path:
     return runner_python(tmp_path_factory.mktemp("python") / "venv", with_pip=False)

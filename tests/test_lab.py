@@ -22,7 +22,7 @@ from tests.ci_runner import GitHubRunner, GitLabRunner
 from tests.lab import ACCOUNT, ALLOWED_ROLES, LEGACY_PROFILE, LEGACY_ROLE, METADATA_IP, REPO, Lab, available
 
 _why = available()
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.xdist_group("lab"), pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=f"lab: {_why}"), pytest.mark.timeout(300)]
 
 NODE_ROLE, POD_ROLE = "nettech-s3-read-only", "nettech-s3-read-write"
 DEFAULT_ROLE = "nettech-pod-default"  # what unannotated pods get (never the node role)

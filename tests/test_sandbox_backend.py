@@ -97,6 +97,10 @@ def test_a_backend_that_flips_one_iam_answer_is_named_with_the_probe(moto_url):
     assert f"pip install 'moto[server]=={LOCKED_MOTO}'" in message and "\n" not in message
 
 
+# The module fixture is built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_sandbox_backend")
+
+
 @pytest.fixture(scope="module")
 def moto_526(tmp_path_factory):
     """moto 5.2.6 (the release that denies ListBucket-granted listings) beside the locked one, for one process."""

@@ -23,6 +23,10 @@ SCHEMA_FILE = ROOT / "docs" / "verify-schema.json"
 CELLS = 3 * 5 + 2 * 3  # identity + read/write x 2 buckets per principal; a chain cell per managed role per pod
 
 
+# The module fixture is built once: every test here runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_verify_report")
+
+
 @pytest.fixture(scope="module")
 def results(moto_url):
     url = moto_url
@@ -69,7 +73,7 @@ def test_json_matches_the_schema_file(results):
     for result in (good, bad, drifted):
         document = json.loads(report.to_json(result))
         jsonschema.validate(document, schema)
-        assert document["schema"] == "rbacbridge.verify/v6"
+        assert document["schema"] == "rbacbridge.verify/v7"
         assert document["summary"]["cells"] == CELLS
     document = json.loads(report.to_json(bad))
     assert document["ok"] is False and document["exit_code"] == 1 and document["summary"]["mismatched"] == 5

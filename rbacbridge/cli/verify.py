@@ -26,6 +26,7 @@ def verify(
     every_node: Annotated[bool, typer.Option("--every-node", help="probe every cell on every node (default: bucket and chain cells once per workload and observed role)")] = False,
     tenant: Annotated[Optional[str], typer.Option("--tenant", metavar="NAME", help="only this tenant's pods (their own and cross-tenant cells); no host, no default-role pod", show_default=False)] = None,
     no_annotation_probe: Annotated[bool, typer.Option("--no-annotation-probe", help="skip the annotation cells: no probe pod in one tenant's namespace annotated with another tenant's role")] = False,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", metavar="FILE", help="compare every cell with an earlier `verify -o json` report (e.g. taken before a migration): a cell that gained or lost access, or now gets another role, fails on the layer migration", show_default=False)] = None,
     allow_unverified: Annotated[bool, typer.Option("--allow-unverified", help="a tenant with no running pod whose probe pod could not run (admission, RBAC, no node, image) is reported \"not verified\" but does not fail the run (else exit 3)")] = False,
     config: ConfigOpt = None, account_id: AccountOpt = None,
     profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
@@ -50,6 +51,11 @@ def verify(
     from rbacbridge.verify.settle import parse_settle
 
     settle_seconds = parse_settle(settle)
+    earlier = None
+    if baseline is not None:
+        from rbacbridge.verify.migration import load_baseline
+
+        earlier = load_baseline(baseline)  # unreadable or not a report: one line, exit 2, before anything is contacted
     if tenant is not None:
         cfg.tenant(tenant)  # an unknown name: one line, exit 2, before anything is contacted
     if node is not None:
@@ -72,6 +78,10 @@ def verify(
     except IncompleteError as exc:
         report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
         raise
+    if earlier is not None:
+        from rbacbridge.verify.migration import apply_baseline
+
+        apply_baseline(result, earlier, f"--baseline {baseline}")
     _render_verify(result, output, junit_file)
     raise typer.Exit(result.exit_code)
 

@@ -15,6 +15,8 @@ Work only; rendering lives in `rbacbridge.report`. The package, in reading order
   annotation_probe  annotation cells, live: a probe pod per tenant namespace annotated with another tenant's role
   tenant_probe  a tenant (or the default role) with no running pod on a node: a probe pod there with its role
   live       the live run: principals found in the cluster, probed where they run
+  credential_source  which path served an identity (kube2iam, web identity, Pod Identity, node role, none)
+  migration  --baseline FILE: every cell compared with an earlier report (layer migration)
 
 Principals come from the configuration's tenants: the host node, the default-role pod (nginx-vanilla)
 and every tenant's workloads; a tenant (or the default role) with no running, ready pod on a node verify

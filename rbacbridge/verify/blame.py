@@ -18,6 +18,7 @@ from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, ANNOTATION, ASSUM
                                      NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE, PROBED_FROM_POD, PROBED_FROM_RBACBRIDGE,
                                      READ, ROLE_ANNOTATION, TRUST, WRITE, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents, SettleWindow,
                                      Expected, Observation, Observed, Principal, PrincipalResult, VerifyResult)
+from rbacbridge.verify.credential_source import credential_source
 from rbacbridge.verify.probes import ProbeBackend, can_request_roles, observe
 
 
@@ -112,6 +113,8 @@ def _identity_cell(config: Config, account: str, exp: Expected, obs: Observed, d
     match = (obs.role == exp.role) if exp.role else refused
     cell = Cell(exp.principal.name, IDENTITY, None, exp.role, obs.role if ident.ok else None, match,
                 None if ident.ok else ident.category, obs.arn or ident.detail)
+    env = dict(exp.principal.credential_env) if exp.principal.credential_env is not None else None
+    cell.source = credential_source(env, obs.role if ident.ok else None, config.node_role)
     drifted = annotation_drift(exp.principal)
     if drifted and exp.principal.kind == "pod" and not exp.principal.host_network:
         # The expectation comes from the configuration: a live annotation that differs is a mismatch

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from rbacbridge import policy_eval as pe
 from rbacbridge.config import grant_bucket
 from rbacbridge.verify.expected import probe_key
+from rbacbridge.verify.credential_source import KUBE2IAM, credential_source
 from rbacbridge.verify.model import (CHAIN, ERROR, NETWORK, NO_CREDENTIALS, PROBED_FROM_POD, PROBED_FROM_RBACBRIDGE, READ,
                                      WRITE, CallResult, Observation, Observed, Principal)
 from rbacbridge.verify.probes import (AwsCliBackend, KubeExecRunner, ProbeBackend, _outcome, can_request_roles, classify,
@@ -204,9 +205,12 @@ def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], bucke
     notes = notes if notes is not None else []
     fetched: dict[str, Any] = {}
     asked: dict[tuple[str, str], Any] = {}
+    elsewhere = {principal.name: source for principal, _ in targets
+                 if (source := _sdk_source(principal)) not in (None, KUBE2IAM)}
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rbv-fetch") as pool:
         for principal, backend in targets:
-            fetched[principal.name] = pool.submit(fetch_from_pod, backend)
+            if principal.name not in elsewhere:
+                fetched[principal.name] = pool.submit(fetch_from_pod, backend)
             if can_request_roles(backend):
                 for target, arn in annotations.get(principal.name, []):
                     asked[(principal.name, target)] = pool.submit(probe_annotation, backend, target, arn)
@@ -214,6 +218,13 @@ def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], bucke
     holders: list[_Holder] = []
     in_pod: list[tuple[Principal, ProbeBackend]] = []
     for principal, backend in targets:
+        if principal.name in elsewhere:
+            # The metadata path is not where this pod's SDK gets its credentials: what kube2iam would hand out
+            # there proves nothing about the pod's own calls.
+            notes.append(f"{principal.name}: its SDK takes credentials from {elsewhere[principal.name]}, not the "
+                         f"metadata path: its cells probed in the pod")
+            in_pod.append((principal, backend))
+            continue
         got = _outcome_of(fetched[principal.name])
         if got is None or got[1] is None:
             in_pod.append((principal, backend))
@@ -256,6 +267,13 @@ def observe_from_rbacbridge(targets: list[tuple[Principal, ProbeBackend]], bucke
         obs.annotations.update({t: _outcome(f) for (name, t), f in asked.items() if name == principal.name})
         out.append(obs)
     return out
+
+
+def _sdk_source(principal: Principal) -> str | None:
+    """Where the pod's SDK looks first for credentials, from its admitted environment (None: not known)."""
+    if principal.credential_env is None:
+        return None
+    return credential_source(dict(principal.credential_env), "?", None)
 
 
 def _outcome_of(future: Any) -> Any:

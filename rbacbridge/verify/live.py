@@ -142,7 +142,8 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
                 f"not trusted; its expected role still comes from the configuration")
         principal = replace(want, name=f"{want.name}@{node_name}" if several else want.name, pod=pod_name,
                             host_network=bool(_get(pod, "spec.hostNetwork")), node=node_name,
-                            annotation_seen=True, live_annotation=annotations.get(ROLE_ANNOTATION), managed=managed)
+                            annotation_seen=True, live_annotation=annotations.get(ROLE_ANNOTATION), managed=managed,
+                            credential_env=_credential_env(pod))
         if options.probe == "ephemeral":
             container = ensure_ephemeral_probe(_api_client(gateway, config), namespace, pod_name, config.probe_image)
             runner = KubeExecRunner(gateway, namespace, pod_name, container=container)
@@ -206,6 +207,15 @@ def _targets(ctx: Any, options: LiveOptions, gateway: Any, configured: list[Prin
             runner.close()
         raise
     return out + principals
+
+
+def _credential_env(pod: Any) -> tuple[tuple[str, str], ...]:
+    """The credential variables of the pod's first container (the one verify execs into), as admitted."""
+    from rbacbridge.verify.credential_source import credential_variables
+
+    containers = _get(pod, "spec.containers") or []
+    env = _get(containers[0], "env") or [] if containers else []
+    return credential_variables((_get(e, "name"), _get(e, "value")) for e in env)
 
 
 def _pods_of(gateway: Any, namespace: str, name: str) -> tuple[list[Any], str]:

@@ -40,7 +40,8 @@ BUCKET = "bucket"  # the bucket does not exist
 PROBE = "probe"  # the probe itself could not run (no AWS CLI in the pod, unexpected output)
 ESCALATION = "escalation"  # a principal can obtain a managed role by calling sts:AssumeRole itself
 DRIFT = "drift"  # live state differs from what setup wants, in a part no other layer names (profile, RBAC)
-LAYERS = (INTERCEPTION, KUBE2IAM, TRUST, PERMISSIONS, NETWORK_LAYER, BUCKET, PROBE, ESCALATION, DRIFT)
+MIGRATION = "migration"  # verify --baseline: a cell whose answer differs from the baseline's (gained or lost access)
+LAYERS = (INTERCEPTION, KUBE2IAM, TRUST, PERMISSIONS, NETWORK_LAYER, BUCKET, PROBE, ESCALATION, DRIFT, MIGRATION)
 
 # Kinds of finding (not cells: facts that fail verify on their own)
 DRIFT_FINDING = "drift"
@@ -71,6 +72,9 @@ class Principal:
     tenant: str | None = None  # the tenant whose workload it is (from the configuration); None: host, default-role pod
     workload: str | None = None  # the Deployment (pods); the principal's name without @node
     probe_pod: bool = False  # a short-lived pod verify started for a tenant (or the default role) with no pod there
+    # The credential variables the pod's spec gives its container (verify.credential_source), as admitted; None:
+    # not read (a host node, the sandbox)
+    credential_env: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass
@@ -159,6 +163,7 @@ class Cell:
     tenant: str | None = None  # the principal's tenant (None: host, default-role pod)
     probed_from: str = PROBED_FROM_POD  # who made the AWS call: inside the principal, or rbacbridge with its credentials
     settle: "Settled | None" = None  # retried within the settle window (verify.settle); None: observed once
+    source: str | None = None  # identity cells: the path that served the credentials (verify.credential_source)
 
     @property
     def cross_tenant(self) -> bool:
@@ -244,6 +249,7 @@ class VerifyResult:
     unverified: list[Unverified] = field(default_factory=list)  # tenants (or the default role) with no evidence on a node
     accept_unverified: bool = False  # --allow-unverified: they are reported, and do not fail the run
     settle: SettleWindow | None = None  # the settle window verify ran in (None: not asked, e.g. the sandbox)
+    baseline: dict[str, int] | None = None  # --baseline: counts of the comparison (verify.migration)
 
     @property
     def all_cells(self) -> list[Cell]:
