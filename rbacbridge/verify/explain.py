@@ -25,6 +25,8 @@ CALLER_STAND_IN = "rbacbridge-verify-simulated-caller"
 # Botocore turns these into dicts; the statement positions AWS gives refer to the raw text.
 _DECODED_EVENT = "after-call.iam"
 _DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
+# An explanation only sharpens a blame: a throttled simulator is given up quickly (the evaluator explains).
+EXPLAIN_RETRIES = {"mode": "standard", "total_max_attempts": 3}
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,21 @@ class Simulator:
 
     @classmethod
     def for_gateway(cls, gateway: Any, account: str, partition: str) -> "Simulator":
-        """Clients made the SDK way, as the gateway makes them (profile, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_IAM),
-        but their own: the IAM client returns policy documents raw."""
-        from rbacbridge.aws.client import AwsGateway
-
-        own = AwsGateway(gateway.config, session=gateway.session)
-        iam = own.client("iam")
+        """Clients made the SDK way from the gateway's session (profile, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_IAM,
+        aws.endpoint_url), but their own: the IAM client returns policy documents raw; at most EXPLAIN_RETRIES."""
+        from botocore.config import Config as BotoConfig
         from botocore.handlers import json_decode_policies
 
+        from rbacbridge.aws.client import CONNECT_TIMEOUT, READ_TIMEOUT, check_environment
+
+        check_environment()
+        config = gateway.config
+        settings = BotoConfig(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT, retries=dict(EXPLAIN_RETRIES))
+        kwargs = {"region_name": config.region, "config": settings,
+                  **({"endpoint_url": config.endpoint_url} if config.endpoint_url else {})}
+        iam = gateway.session.client("iam", **kwargs)
         iam.meta.events.unregister(_DECODED_EVENT, json_decode_policies)
-        return cls(iam, own.client("s3"), account, partition)
+        return cls(iam, gateway.session.client("s3", **kwargs), account, partition)
 
     def explain(self, role_arn: str, actions: tuple[str, ...], resource: str, bucket: str | None = None) -> str | None:
         """In words, how AWS decides each action on `resource` for the role, quoting the deciding statements;
