@@ -45,9 +45,11 @@ def _listed(value) -> list[str]:
 
 
 class SimulatorStandIn:
-    def __init__(self, moto_url: str, documents: dict[str, tuple[str, str, str]] | None = None, deny: bool = False):
-        """`documents`: role ARN -> [(policy id, policy type, raw text)] it decides with."""
-        self.moto_url, self.documents, self.deny = moto_url, documents or {}, deny
+    def __init__(self, moto_url: str, documents: dict[str, tuple[str, str, str]] | None = None, deny: bool = False,
+                 throttle: bool = False):
+        """`documents`: role ARN -> [(policy id, policy type, raw text)] it decides with; `throttle`: every
+        SimulatePrincipalPolicy answered Throttling (HTTP 400), as AWS does to a caller over its rate."""
+        self.moto_url, self.documents, self.deny, self.throttle = moto_url, documents or {}, deny, throttle
         self.simulations: list[dict[str, list[str]]] = []
         self.proxied: list[str] = []
         standin = self
@@ -98,6 +100,9 @@ class SimulatorStandIn:
         self.thread.join()
 
     def answer(self, params: dict[str, list[str]]) -> tuple[int, str]:
+        if self.throttle:
+            return 400, (f'<ErrorResponse xmlns="{NS}"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate '
+                         "exceeded</Message></Error><RequestId>standin-3</RequestId></ErrorResponse>")
         if self.deny:
             return 403, (f'<ErrorResponse xmlns="{NS}"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: '
                          "arn:aws:iam::123456789012:user/operator is not authorized to perform: iam:SimulatePrincipalPolicy"

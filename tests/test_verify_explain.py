@@ -173,3 +173,13 @@ def test_the_simulators_answer_is_reported_even_where_no_statement_decides(plant
         assert cell.blame.explained_by == v.EXPLAINED_BY_SIMULATOR
         assert cell.blame.message.endswith("AWS's policy simulator: s3:ListBucket implicitDeny (no statement allows it)")
         assert "PlantedDeny" not in cell.blame.message  # AWS's word, not rbacbridge's evaluator's
+
+
+def test_a_throttled_simulator_is_given_up_after_three_attempts(planted, monkeypatch):
+    url, config, session, _, documents = planted
+    with SimulatorStandIn(url, throttle=True) as standin:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_IAM", standin.url)
+        result, _, _ = verify_with(url, config, session, documents)
+    assert {c.blame.explained_by for c in blamed(result, config)} == {v.EXPLAINED_BY_EVALUATOR}
+    assert len(standin.simulations) == 3  # botocore's standard retries, capped: then not asked again
+    assert any("the endpoint answered Throttling" in n for n in result.notes)
