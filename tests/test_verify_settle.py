@@ -51,11 +51,11 @@ def detached(url, config):
     return attached["PolicyArn"]
 
 
-def run(url, config, backend, window):
+def run(url, config, backend, window, progress=None):
     set_enforcement(url, True)
     try:
         return v.run_matrix(config, ACCOUNT, "after", [(pod(v.ANNOTATED, "node-a", config, True), backend)],
-                            probe_from=v.PROBED_FROM_RBACBRIDGE, endpoint_url=url, settle_window=window)
+                            probe_from=v.PROBED_FROM_RBACBRIDGE, endpoint_url=url, settle_window=window, progress=progress)
     finally:
         set_enforcement(url, False)
 
@@ -82,8 +82,10 @@ def test_fault_lasting_past_the_window_still_fails(sandbox):
     url, config = sandbox
     detached(url, config)
     backend = CountedPod(url, config, config.pod_role)
-    result = run(url, config, backend, settle_window(2.5))
+    said = []
+    result = run(url, config, backend, settle_window(2.5), progress=said.append)
     assert result.exit_code == 1 and denied_cells(result)
+    assert said and said[0].startswith(f"settle window: {len(denied_cells(result))} cell(s) disagree; observing them again in 1 s")
     assert backend.observations >= 2  # observed again within the window
     retried = [c for c in result.mismatches if c.settle]
     assert retried and all(not c.settle.settled and c.settle.attempts >= 2 for c in retried)

@@ -272,7 +272,7 @@ def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Pri
                diagnostics: Diagnostics | None = None, share: bool = True,
                asked: "dict[str, dict[str, Observation]] | Callable[[], dict[str, dict[str, Observation]]] | None" = None,
                probe_from: str = PROBED_FROM_POD, endpoint_url: str | None = None,
-               settle_window: SettleWindow | None = None) -> VerifyResult:
+               settle_window: SettleWindow | None = None, progress: Callable[[str], None] | None = None) -> VerifyResult:
     """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe).
 
     `asked` (the live runner): annotation cells already observed elsewhere (probe pods annotated with another
@@ -320,7 +320,7 @@ def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Pri
             return fresh
 
         settle(result, settle_window, again, lambda exp, obs: compare(config, account, stage, exp, obs, diagnostics),
-               first_seen=first_seen)
+               first_seen=first_seen, progress=progress)
         notes.extend(settle_notes(result))
     simulator = diagnostics.simulator if diagnostics is not None else None
     if simulator is not None:

@@ -286,7 +286,8 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rbv-annot-run") as pool:  # probe pods start now
             annotation = pool.submit(_annotation_cells, gateway, config, options, targets)
             result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share,
-                                asked=lambda: annotation.result()[0], probe_from=options.probe_from, settle_window=window)
+                                asked=lambda: annotation.result()[0], probe_from=options.probe_from, settle_window=window,
+                                progress=getattr(getattr(ctx, "reporter", None), "progress", None))
         result.notes.extend(annotation.result()[1])
         if not result.ok and pod_nodes and options.node is None:
             try:

@@ -89,7 +89,8 @@ def _disagreeing(results: list[PrincipalResult]) -> list[tuple[Any, ...]]:
 
 def settle(result: VerifyResult, window: SettleWindow | None, observe_again: Callable[[list[str]], list[Observed]],
            compare_again: Callable[[list[Expected], list[Observed]], VerifyResult],
-           sleep: Callable[[float], None] = time.sleep, first_seen: float | None = None) -> int:
+           sleep: Callable[[float], None] = time.sleep, first_seen: float | None = None,
+           progress: Callable[[str], None] | None = None) -> int:
     """Observe again, with backoff, the principals whose cells disagree, while the window is open; replace their
     results in `result` and mark the retried cells (Cell.settle). Returns how many observations were made again."""
     result.settle = window
@@ -106,6 +107,9 @@ def settle(result: VerifyResult, window: SettleWindow | None, observe_again: Cal
         remaining = (window.until - datetime.now(timezone.utc)).total_seconds()
         if remaining <= 0:
             break
+        if progress is not None:  # a pipeline waiting in silence looks hung
+            progress(f"settle window: {len(pending)} cell(s) disagree; observing them again in {min(delay, remaining):.0f} s "
+                     f"(until {window.until.strftime('%H:%M:%SZ')})")
         sleep(min(delay, remaining))
         delay = min(delay * 2, MAX_BACKOFF)
         names = sorted({k[0] for k in pending})
