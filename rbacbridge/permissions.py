@@ -49,7 +49,8 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
                      dict.fromkeys((config.node_policy, config.kube2iam_policy, *(t.policy for t in config.tenants if t.policy)))],
         managed_role_arns=[config.role_arn(account, name) for name in managed_roles],
         read_role_arns=list(dict.fromkeys([config.role_arn(account, name) for name in read_roles] + existing)),
-        bucket_arns=[f"arn:{partition.name}:s3:::{bucket}" for bucket in buckets],
+        explain_arns=list(dict.fromkeys([config.role_arn(account, name) for name in read_roles] + existing))
+        + [f"arn:{partition.name}:s3:::{bucket}" for bucket in buckets],
         instance_profile_arn=f"{iam}:instance-profile/{config.instance_profile}",
         any_instance_profile_arn=f"{iam}:instance-profile/*",
         pass_role_arns=[config.role_arn(account, name) for name in
