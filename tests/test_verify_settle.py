@@ -101,18 +101,21 @@ def test_fault_fixed_during_the_window_settles_and_says_after_how_long(sandbox):
     policy_arn = detached(url, config)
     admin = admin_iam(url)
     backend = CountedPod(url, config, config.pod_role)
+    compared = threading.Event()  # verify said the cells disagree: the first observation is done
     first_denied = []
 
     def fix():
-        time.sleep(2.0)
+        assert compared.wait(60)
+        time.sleep(1.0)
         first_denied.append(backend.observations)
         admin.attach_role_policy(RoleName=config.pod_role, PolicyArn=policy_arn)
 
     fixer = threading.Thread(target=fix)
     fixer.start()
     try:
-        result = run(url, config, backend, settle_window(30))
+        result = run(url, config, backend, settle_window(30), progress=lambda _: compared.set())
     finally:
+        compared.set()
         fixer.join()
     assert first_denied and first_denied[0] >= 1  # verify had observed the fault before it was fixed
     assert result.ok, [(c.principal, c.check, c.bucket, c.detail) for c in result.mismatches]
