@@ -160,3 +160,38 @@ def test_bad_settle_values_are_refused(value):
 
 def test_good_settle_values():
     assert parse_settle("0") == 0 and parse_settle("2.5") == 2.5 and parse_settle("900") == 900
+
+
+def _scripted(rounds):
+    """A principal whose read and write cells follow `rounds` (one (read ok, write ok) per observation) and the
+    settle loop's observe/compare driven by it, with no waiting: what each retried cell is marked with."""
+    principal = v.Principal("p", "pod")
+    expected = v.Expected(principal, "role", "configured", {("b", v.READ): True, ("b", v.WRITE): True})
+    script = iter(rounds)
+
+    def result_of(observation):
+        read_ok, write_ok = observation
+        obs = v.Observed(principal, v.CallResult(True), "arn", "role", {})
+        cells = [v.Cell("p", v.READ, "b", True, read_ok, read_ok), v.Cell("p", v.WRITE, "b", True, write_ok, write_ok)]
+        identity = v.Cell("p", v.IDENTITY, None, "role", "role", True)
+        return v.VerifyResult("after", ACCOUNT, "us-east-1", "node", ["b"], [v.PrincipalResult(principal, expected, obs, identity, cells)])
+
+    result = result_of(next(script))
+    latest = []
+
+    def observe_again(names):
+        latest[:] = [result_of(next(script))]
+        return [latest[0].principals[0].observed]
+
+    v.settle.settle(result, settle_window(60), observe_again, lambda exp, observations: latest[0],
+                    sleep=lambda seconds: None)
+    return {c.check: c.settle for c in result.all_cells}
+
+
+def test_a_cell_that_agreed_keeps_when_it_did_and_one_that_flips_back_is_never_hidden():
+    marks = _scripted([(False, False), (True, False), (True, False), (True, True)])
+    assert (marks[v.READ].settled, marks[v.READ].attempts) == (True, 2)  # agreed on its 2nd observation
+    assert (marks[v.WRITE].settled, marks[v.WRITE].attempts) == (True, 4)
+    assert marks[v.IDENTITY] is None
+    marks = _scripted([(False, True), (True, False), (True, True)])  # write agreed first, disagreed, agreed again
+    assert marks[v.READ].settled and marks[v.WRITE].settled and marks[v.WRITE].attempts == 2  # from its disagreeing one

@@ -101,6 +101,7 @@ def settle(result: VerifyResult, window: SettleWindow | None, observe_again: Cal
     since: dict[tuple[Any, ...], float] = {k: start for k in _disagreeing(result.principals)}
     attempts: dict[tuple[Any, ...], int] = {k: 1 for k in since}
     last: dict[tuple[Any, ...], float] = {}
+    agreed: dict[tuple[Any, ...], tuple[int, float]] = {}  # (observations, time) when it came to agree
     pending = set(since)
     rounds, delay = 0, FIRST_BACKOFF
     while pending:
@@ -130,14 +131,19 @@ def settle(result: VerifyResult, window: SettleWindow | None, observe_again: Cal
                     last[key] = now
                 if c.match:
                     pending.discard(key)
+                    if key in since and key not in agreed:
+                        agreed[key] = (attempts[key], now)
                 elif c.check in SETTLED_CHECKS:
                     if key not in since:  # agreed first, disagrees now: tracked from here, never hidden
                         since[key], attempts[key], last[key] = now, 1, now
+                    agreed.pop(key, None)
                     pending.add(key)
     for p in result.principals:
         for c in [p.identity, *p.cells]:
             key = _key(p.principal.name, c)
-            if key in since and attempts[key] > 1:
+            if key in agreed and c.match:  # after how long it first agreed (and has agreed since)
+                c.settle = Settled(agreed[key][0], True, round(agreed[key][1] - since[key], 1))
+            elif key in since and attempts[key] > 1:
                 c.settle = Settled(attempts[key], c.match, round(last[key] - since[key], 1))
             elif key in since:  # agreed at first, disagreed in the last observation the window allowed
                 c.settle = Settled(1, False, 0.0)
