@@ -41,12 +41,18 @@ def operator_policy(config: Config, account: str, restore_roles: tuple[str, ...]
     read_roles = list(dict.fromkeys(managed_roles + [config.effective_default_role]))
     existing = list(dict.fromkeys(t.existing_role_arn for t in config.tenants if t.existing_role_arn))
     instances = config.instance_ids or ("*",)
+    from rbacbridge.verify.expected import buckets_of
+    from rbacbridge.config import grant_bucket
+
+    buckets = list(dict.fromkeys(grant_bucket(location) for location in buckets_of(config)))
     policy = render_json(
         TEMPLATE,
         policy_arns=[config.policy_arn(account, name) for name in
                      dict.fromkeys((config.node_policy, config.kube2iam_policy, *(t.policy for t in config.tenants if t.policy)))],
         managed_role_arns=[config.role_arn(account, name) for name in managed_roles],
         read_role_arns=list(dict.fromkeys([config.role_arn(account, name) for name in read_roles] + existing)),
+        explain_arns=list(dict.fromkeys([config.role_arn(account, name) for name in read_roles] + existing))
+        + [f"arn:{partition.name}:s3:::{bucket}" for bucket in buckets],
         instance_profile_arn=f"{iam}:instance-profile/{config.instance_profile}",
         any_instance_profile_arn=f"{iam}:instance-profile/*",
         pass_role_arns=[config.role_arn(account, name) for name in

@@ -1,4 +1,4 @@
-"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v6), JUnit XML,
+"""Rendering of a VerifyResult: table (fits 80 columns), JSON (schema rbacbridge.verify/v7), JUnit XML,
 GitHub Actions annotations and job summary. No work here.
 
 The JSON Schema is `JSON_SCHEMA` (rbacbridge/report_schema.py); `docs/verify-schema.json` is a copy of it
@@ -46,6 +46,20 @@ def failure_text(cell: Cell) -> str:
             + (cell.blame.message if cell.blame else cell.detail))
 
 
+def cell_notes(cell: Cell) -> list[str]:
+    """What the settle window did with a cell, and who explained its blame (JUnit, the table's failures)."""
+    notes = []
+    if cell.settle and cell.settle.settled:
+        notes.append(f"settled after {cell.settle.after_seconds:g} s ({cell.settle.attempts} observations): "
+                     "IAM propagation right after a change")
+    elif cell.settle:
+        notes.append(f"still disagreed after {cell.settle.after_seconds:g} s ({cell.settle.attempts} observations) "
+                     "when the settle window ended")
+    if cell.blame and cell.blame.explained_by:
+        notes.append(f"explained by {cell.blame.explained_by}")
+    return notes
+
+
 def finding_text(finding: Finding) -> str:
     return f"[{finding.layer}] {finding.message}" + (f" ({finding.reason})" if finding.reason else "")
 
@@ -81,11 +95,14 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
             "match": c.match,
             "error": c.error,
             "detail": c.detail,
-            "blame": {"layer": c.blame.layer, "message": c.blame.message} if c.blame else None,
+            "blame": {"layer": c.blame.layer, "message": c.blame.message, "explained_by": c.blame.explained_by}
+            if c.blame else None,
             "owners": list(c.owners),
             "cross_tenant": c.cross_tenant,
             "probed_from": c.probed_from,
             "source": c.source,
+            "settle": {"attempts": c.settle.attempts, "settled": c.settle.settled,
+                       "after_seconds": c.settle.after_seconds} if c.settle else None,
         }
 
     def principal(p: PrincipalResult) -> dict[str, Any]:
@@ -149,9 +166,20 @@ def to_dict(result: VerifyResult) -> dict[str, Any]:
         "others": [principal(p) for p in result.principals if p.principal.tenant is None],
         "findings": [{"kind": f.kind, "subject": f.subject, "message": f.message, "reason": f.reason,
                       "layer": f.layer, "node": f.node} for f in result.findings],
+        "settle": settle_dict(result),
         "notes": list(result.notes),
         "baseline": dict(result.baseline) if result.baseline is not None else None,
     }
+
+
+def settle_dict(result: VerifyResult) -> dict[str, Any]:
+    """The settle window verify ran in (verify.settle) and what it did: cells retried, settled."""
+    window = result.settle
+    retried = [c for c in result.all_cells if c.settle]
+    return {"source": window.source if window else "none", "seconds": window.seconds if window else 0,
+            "until": window.until.strftime("%Y-%m-%dT%H:%M:%SZ") if window and window.until else None,
+            "changed_at": window.changed_at.strftime("%Y-%m-%dT%H:%M:%SZ") if window and window.changed_at else None,
+            "retried": len(retried), "settled": sum(c.settle.settled for c in retried)}
 
 
 def principals_of(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -187,9 +215,9 @@ def to_junit(result: VerifyResult) -> str:
             case = ET.SubElement(suite, "testcase", classname=f"rbacbridge.verify.{p.principal.name}", name=cell_name(c))
             if not c.match:
                 failure = ET.SubElement(case, "failure", message=failure_text(c), type=_layer(c))
-                failure.text = c.detail
+                failure.text = c.detail + "".join(f"\n{n}" for n in cell_notes(c))
             else:
-                ET.SubElement(case, "system-out").text = c.detail
+                ET.SubElement(case, "system-out").text = c.detail + "".join(f"\n{n}" for n in cell_notes(c))
     suite = ET.SubElement(suites, "testsuite", name=f"rbacbridge.verify.{result.stage}.drift", tests=str(drift_cases),
                           failures=str(len(drift)), errors="0", skipped="0" if result.drift_checked else "1")
     if drift:
@@ -309,8 +337,9 @@ def print_table(result: VerifyResult) -> None:
         mark = f"[green]{OK_GLYPH}[/green]" if p.identity.match else f"[red]{BAD_GLYPH}[/red]"
         out.print(f"  {mark} {escape(p.principal.name)}: {escape(got)}" + ("" if p.identity.match else f" [dim](want {escape(want)})[/dim]"))
     for c in result.mismatches:
+        extra = cell_notes(c)
         out.print(f"[red]{BAD_GLYPH}[/red] {escape(cell_name(c))}: [bold]{_layer(c)}[/bold]: "
-                  + escape(c.blame.message if c.blame else c.detail))
+                  + escape(c.blame.message if c.blame else c.detail) + (f" [dim]({escape('; '.join(extra))})[/dim]" if extra else ""))
     if result.drift_checked:
         drift = [f for f in result.findings if f.kind == "drift"]
         out.print(f"drift check: {result.drift_steps} planned steps compared, "

@@ -1,20 +1,20 @@
-"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v6).
+"""The JSON Schema (draft 2020-12) of `rbacbridge verify -o json` (schema rbacbridge.verify/v7).
 
 `docs/verify-schema.json` is a copy of it (a test keeps them equal). Data only."""
 
 from __future__ import annotations
 
-from rbacbridge.verify import CHECKS, LAYERS, PROBE_FROM
+from rbacbridge.verify import CHECKS, EXPLAINERS, LAYERS, PROBE_FROM
 from rbacbridge.verify.credential_source import SOURCES
 
-SCHEMA = "rbacbridge.verify/v6"
+SCHEMA = "rbacbridge.verify/v7"
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _CELL_SCHEMA = {
     "type": "object",
     "required": ["check", "bucket", "target", "expected", "observed", "predicted", "match", "error", "detail", "blame",
-                 "owners", "cross_tenant", "probed_from", "source"],
+                 "owners", "cross_tenant", "probed_from", "source", "settle"],
     "additionalProperties": False,
     "properties": {
         "check": {"enum": list(CHECKS)},
@@ -29,13 +29,22 @@ _CELL_SCHEMA = {
         "blame": {
             "oneOf": [
                 {"type": "null"},
-                {"type": "object", "required": ["layer", "message"], "additionalProperties": False,
-                 "properties": {"layer": {"enum": list(LAYERS)}, "message": {"type": "string"}}},
+                {"type": "object", "required": ["layer", "message", "explained_by"], "additionalProperties": False,
+                 "properties": {"layer": {"enum": list(LAYERS)}, "message": {"type": "string"},
+                                "explained_by": {"enum": [*EXPLAINERS, None]}}},
             ]
         },
         "owners": {"type": "array", "items": {"type": "string"}},
         "cross_tenant": {"type": "boolean"},
         "probed_from": {"enum": list(PROBE_FROM)},
+        "settle": {  # null: observed once (no settle window, or it agreed)
+            "oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["attempts", "settled", "after_seconds"], "additionalProperties": False,
+                 "properties": {"attempts": {"type": "integer", "minimum": 1}, "settled": {"type": "boolean"},
+                                "after_seconds": {"type": "number", "minimum": 0}}},
+            ]
+        },
         # identity cells: the path that served the credentials (kube2iam, web-identity, pod-identity, ...); else null
         "source": {"enum": [*SOURCES, None]},
     },
@@ -82,7 +91,7 @@ JSON_SCHEMA = {
     "$id": SCHEMA,
     "type": "object",
     "required": ["schema", "stage", "account", "region", "buckets", "roles", "ok", "exit_code", "summary", "unverified",
-                 "accept_unverified", "drift", "tenants", "others", "findings", "notes", "baseline"],
+                 "accept_unverified", "drift", "tenants", "others", "findings", "settle", "notes", "baseline"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA},
@@ -143,6 +152,13 @@ JSON_SCHEMA = {
                 },
             },
         },
+        "settle": {"type": "object", "required": ["source", "seconds", "until", "changed_at", "retried", "settled"],
+                   "additionalProperties": False,
+                   "properties": {"source": {"enum": ["record", "--settle", "none"]},
+                                  "seconds": {"type": "number", "minimum": 0},
+                                  "until": _NULLABLE_STRING, "changed_at": _NULLABLE_STRING,
+                                  "retried": {"type": "integer", "minimum": 0},
+                                  "settled": {"type": "integer", "minimum": 0}}},
         "notes": {"type": "array", "items": {"type": "string"}},
         # verify --baseline FILE: how the cells compare with that earlier report (null: no baseline given)
         "baseline": {"oneOf": [{"type": "null"}, {

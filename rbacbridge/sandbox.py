@@ -212,9 +212,11 @@ def _assume(sts, role_arn: str, session: str) -> dict[str, str]:
 
 def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str = "after", fault: str | None = None,
                    tenant: str | None = None, starting_point: bool = False,
-                   probe_from: str = v.DEFAULT_PROBE_FROM, paths: Any = None) -> v.VerifyResult:
+                   probe_from: str = v.DEFAULT_PROBE_FROM, settle: float | None = None, paths: Any = None) -> v.VerifyResult:
     """Run the verification matrix against a moto server holding the resources `setup` creates.
     `tenant`: that tenant's pods only. `starting_point` (stage before): the article's starting point.
+    `settle`: seconds of settle window (verify.settle); none unless asked (moto applies IAM changes at once).
+    Blamed cells are explained by rbacbridge's evaluator (moto has no iam:SimulatePrincipalPolicy).
     `paths` (rbacbridge.demo_migrate.PodPaths): the migration demo's pods that take web identity credentials
     and whether kube2iam still serves the others."""
     if fault is not None and fault not in FAULTS:
@@ -246,8 +248,11 @@ def sandbox_matrix(endpoint_url: str, config: Config, account: str, stage: str =
         documents = starting_point_documents(config, account) if starting_point else None
         set_enforcement(endpoint_url, True)
         try:
+            from rbacbridge.verify.settle import settle_window
+
             result = v.run_matrix(config, account, stage, targets, documents=documents, diagnostics=diagnostics,
-                                  probe_from=probe_from, endpoint_url=endpoint_url)
+                                  probe_from=probe_from, endpoint_url=endpoint_url,
+                                  settle_window=settle_window(settle) if settle is not None else None)
         finally:
             set_enforcement(endpoint_url, False)
         result.require_evidence()  # never triggers: every tenant has a workload's pod or a probe pod here

@@ -372,3 +372,71 @@ def test_a_pending_create_is_this_installs_only_inside_its_window(sandbox, monke
     plan, _ = _setup(sandbox, config)
     assert not plan.conflicts and signed_record(sandbox)["roles"][role_id] == [RW, "nginx-annotated"]
     assert signed_record(sandbox)["pending"] == []
+
+
+def test_the_record_notes_when_setup_last_changed_iam_for_verifys_settle_window(sandbox, monkeypatch):
+    """Record.changed (verify.settle): set by a setup that changed a trust, policy or association, left alone by
+    one that changed nothing; read back by an independent reader (kms verify) and by rbacbridge's."""
+    from datetime import datetime, timedelta, timezone
+
+    from rbacbridge.aws.record import changed_at, read
+
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    _setup(sandbox)
+    first = signed_record(sandbox)["changed"]
+    stamp = datetime.strptime(first, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert started - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc)
+    plan, _ = _setup(sandbox)  # nothing to change: no record write, the stamp stays
+    assert not plan.changes and signed_record(sandbox)["changed"] == first
+    wrong = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                               "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}}]})
+    sandbox.client("iam").update_assume_role_policy(RoleName=RW, PolicyDocument=wrong)
+    from rbacbridge.aws import record_store
+
+    later_clock = record_store.now() + timedelta(minutes=2)  # stamps are whole seconds: a clock that moved on
+    monkeypatch.setattr(record_store, "now", lambda: later_clock)
+    plan, _ = _setup(sandbox)  # repairs the trust: the record notes when
+    assert [s.kind for s in plan.changes][-1] == "record"
+    later = signed_record(sandbox)["changed"]
+    assert later > first and later == later_clock.strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = record_key(sandbox)
+    tags = key_tags(sandbox, key["KeyId"])
+    public = sandbox.client("kms").get_public_key(KeyId=key["KeyId"])["PublicKey"]
+    assert changed_at(read(tags, "nettech-instance-profile", ACCOUNT, key["Arn"], public)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ") == later
+
+
+def test_a_record_without_the_change_stamp_still_reads():
+    record = Record("i", ACCOUNT, "arn:aws:kms:us-east-1:123456789012:key/k", 1, "2026-01-01T00:00:00Z")
+    data = record.to_json()
+    assert "changed" not in data and Record.from_json(data).changed == ""
+    record.changed = "2026-01-01T00:00:05Z"
+    assert Record.from_json(record.to_json()).changed == "2026-01-01T00:00:05Z"
+    import pytest
+
+    from rbacbridge.aws.record import RecordInvalid
+
+    with pytest.raises(RecordInvalid, match="changed"):
+        Record.from_json({**record.to_json(), "changed": "yesterday"})
+
+
+def test_verify_reads_its_settle_window_from_setups_record(sandbox, monkeypatch):
+    """The live run's window (verify.live._settle_window): right after setup, until 60 s after the record's stamp.
+    moto stands in for AWS here: the endpoint override that normally turns the default window off is set aside."""
+    from datetime import datetime, timedelta, timezone
+
+    from rbacbridge.verify import settle
+    from rbacbridge.verify.live import LiveOptions, _settle_window
+
+    ctx = sandbox.context()
+    assert _settle_window(ctx, LiveOptions(), ACCOUNT).until is None  # an endpoint override: no default window
+    monkeypatch.setattr(settle, "real_aws", lambda endpoint_url: True)
+    assert _settle_window(ctx, LiveOptions(), ACCOUNT).why.startswith("setup's record notes no")  # no record yet
+    _setup(sandbox)
+    stamp = signed_record(sandbox)["changed"]
+    changed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    window = _settle_window(sandbox.context(), LiveOptions(), ACCOUNT)
+    assert (window.source, window.changed_at, window.until) == ("record", changed, changed + timedelta(seconds=60))
+    assert window.until > datetime.now(timezone.utc)
+    explicit = _settle_window(sandbox.context(), LiveOptions(settle=0), ACCOUNT)  # --settle wins over the record
+    assert (explicit.source, explicit.until) == ("--settle", None)

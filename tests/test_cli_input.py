@@ -147,6 +147,10 @@ CASES = [
     ("verify-bad-probe", ["verify", "--probe", "magic"], {}, "--probe"),
     ("verify-bad-output", ["verify", "-o", "xml"], {}, "--output"),
     ("verify-bad-host-ip", ["verify", "--host-ip", "nope"], {}, "--host-ip"),
+    ("verify-negative-settle", ["verify", "--settle", "-1"], {}, "--settle"),
+    ("verify-word-settle", ["verify", "--settle", "soon"], {}, "--settle"),
+    ("verify-nan-settle", ["verify", "--settle", "nan"], {}, "--settle"),
+    ("verify-huge-settle", ["verify", "--settle", "901"], {}, "--settle"),
     ("demo-bad-break", ["demo", "--break", "everything"], {}, "--break"),
 ] + [(f"config-{name}", VALID + ["--config", f"@{name}"], {}, None) for name in CONFIGS] + [
     ("config-non-utf8", VALID + ["--config", "@non-utf8-config"], {}, "UTF-8"),

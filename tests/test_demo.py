@@ -173,7 +173,7 @@ def test_demo_json_prints_both_matrices():
     assert len(asks) == 6 and set(asks.values()) == {False}
     assert {b["principal"] for b in document["before"]["breaches"]} == {"nginx-client-a", "nginx-client-b", "nginx-vanilla"}
     assert document["after"]["breaches"] == [] and document["after"]["reach"] == {"client-c-data": ["nginx-client-c"]}
-    assert document["after"]["verify"]["schema"] == "rbacbridge.verify/v6"
+    assert document["after"]["verify"]["schema"] == "rbacbridge.verify/v7"
     assert [t["name"] for t in document["after"]["verify"]["tenants"]] == ["client-a", "client-b", "client-c"]
     assert document["teardown"] == {"left": [], "instance_profile": "legacy-node-profile"}
 

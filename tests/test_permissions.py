@@ -409,3 +409,13 @@ def test_permissions_cover_every_tenant_and_no_existing_role(sandbox, tmp_path):
     denied = [(a, r) for a, r, c in calls if not decide(policy, a, r, c).allowed]
     assert denied == []
     assert not decide(policy, "iam:DeleteRole", "arn:aws:iam::111122223333:role/team/e", {}).allowed
+
+
+def test_verify_may_explain_with_the_policy_simulator():
+    """The optional statement verify's explanations use (tests/test_verify_explain.py: verify works without it)."""
+    policy = printed_policy()
+    explain = next(s for s in policy["Statement"] if s["Sid"] == "ExplainForVerify")
+    assert explain["Action"] == ["iam:SimulatePrincipalPolicy", "s3:GetBucketPolicy"]
+    assert f"arn:aws:iam::{ACCOUNT}:role/nettech-s3-read-write" in explain["Resource"]
+    assert {"arn:aws:s3:::nettech-helm-test", "arn:aws:s3:::lanre.k8s.dev"} <= set(explain["Resource"])
+    assert not any(r.endswith("*") for r in explain["Resource"])

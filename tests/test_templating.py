@@ -33,7 +33,7 @@ CASES = [
     ("kube2iam-node-policy.json.j2", {"assumable_role_arns": [ARN, ARN + "2"]}),
     ("kube2iam-node-policy.json.j2", {"assumable_role_arns": [AWKWARD]}),
     ("operator-policy.json.j2", {k: [AWKWARD, ARN] for k in (
-        "policy_arns", "managed_role_arns", "read_role_arns", "pass_role_arns", "instance_arns")}
+        "policy_arns", "managed_role_arns", "read_role_arns", "explain_arns", "pass_role_arns", "instance_arns")}
      | {"instance_profile_arn": AWKWARD, "any_instance_profile_arn": "*", "previous_profile_tag": "rbacbridge:x",
         "passed_to_ec2": ["ec2.amazonaws.com", "ec2.amazonaws.com.cn"]}),
 ]

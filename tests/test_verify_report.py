@@ -73,7 +73,7 @@ def test_json_matches_the_schema_file(results):
     for result in (good, bad, drifted):
         document = json.loads(report.to_json(result))
         jsonschema.validate(document, schema)
-        assert document["schema"] == "rbacbridge.verify/v6"
+        assert document["schema"] == "rbacbridge.verify/v7"
         assert document["summary"]["cells"] == CELLS
     document = json.loads(report.to_json(bad))
     assert document["ok"] is False and document["exit_code"] == 1 and document["summary"]["mismatched"] == 5

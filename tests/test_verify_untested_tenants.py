@@ -52,7 +52,7 @@ def test_demo_checks_a_tenant_without_workloads_from_a_probe_pod(tmp_path):
     assert demo.returncode == 0, demo.stderr[-3000:]
     document = json.loads(demo.stdout)
     after = document["after"]["verify"]
-    assert after["schema"] == "rbacbridge.verify/v6"
+    assert after["schema"] == "rbacbridge.verify/v7"
     x = next(t for t in after["tenants"] if t["name"] == "client-x")
     (probe,) = x["principals"]
     assert (probe["name"], probe["probe_pod"], probe["namespace"], probe["configured_annotation"]) == (

@@ -74,6 +74,11 @@ def _parse_stamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
+def changed_at(record: "Record | None") -> datetime | None:
+    """When setup last changed a trust or policy, as its record says (None: it does not say)."""
+    return _parse_stamp(record.changed) if record is not None and record.changed else None
+
+
 def accept_pending(intent_at: str, create_date: Any) -> bool:
     """Is a resource AWS says was created at `create_date` the one whose creation was signed at `intent_at`?"""
     if not isinstance(create_date, datetime):
@@ -143,6 +148,9 @@ class Record:
     associations: dict[str, str] = field(default_factory=dict)  # instance -> association id setup made
     replaced: dict[str, Replaced] = field(default_factory=dict)  # instance -> what it had before
     pending: list[Pending] = field(default_factory=list)
+    # When setup last changed a trust or policy (or an association): verify's settle window starts there
+    # (verify.settle). "" in records written before it was kept; optional in the format, version unchanged.
+    changed: str = ""
 
     def copy(self) -> "Record":
         return replace(self, owned={k: dict(v) for k, v in self.owned.items()}, associations=dict(self.associations),
@@ -170,6 +178,7 @@ class Record:
             "associations": dict(sorted(self.associations.items())),
             "replaced": {i: r.to_json() for i, r in sorted(self.replaced.items())},
             "pending": [[p.kind, p.name, p.tenant, p.at] for p in self.pending],
+            **({"changed": self.changed} if self.changed else {}),
         }
 
     @classmethod
@@ -185,6 +194,9 @@ class Record:
                            ("replaced", dict), ("pending", list)):
             need(isinstance(data.get(name), kind) and not isinstance(data.get(name), bool), f"field {name}")
         record = cls(data["install"], data["account"], data["key"], data["serial"], data["at"])
+        if "changed" in data:
+            need(isinstance(data["changed"], str) and _TIME.fullmatch(data["changed"]) is not None, "field changed")
+            record.changed = data["changed"]
         for kind in KINDS:
             for unique_id, value in data[_PLURAL[kind]].items():
                 need(_UNIQUE_ID[kind].fullmatch(unique_id) is not None and isinstance(value, list) and len(value) == 2

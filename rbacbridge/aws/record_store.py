@@ -190,6 +190,7 @@ class Draft:
     results: list[tuple[str, str, Owned]] = field(default_factory=list)  # filled while running
     made_associations: dict[str, str] = field(default_factory=dict)  # filled while running
     kept: list[str] = field(default_factory=list)  # teardown: what the record names that stays
+    changes_iam: bool = False  # setup changes a trust, policy or association: the record notes when (Record.changed)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -216,7 +217,7 @@ class Draft:
 
     @property
     def last_needed(self) -> bool:
-        return bool(self.intents or self.removed or self.replaced)
+        return bool(self.intents or self.removed or self.replaced or self.changes_iam)
 
     def _claim_into(self, record: Record, kind: str, unique_id: str, owned: Owned) -> None:
         record.owned[kind][unique_id] = owned
@@ -234,6 +235,8 @@ class Draft:
         for instance in self.replaced:
             record.associations.pop(instance, None)  # about to be replaced: the new id comes with the last write
         record.associations.update(self.associations)
+        if self.changes_iam:  # a lower bound until the last write (a setup that stops half-way leaves this one)
+            record.changed = stamp
         return record
 
     def last(self, record: Record) -> Record:
@@ -246,6 +249,8 @@ class Draft:
         record.associations.update(self.made_associations)
         for kind, unique_id in self.removed:
             record.owned[kind].pop(unique_id, None)
+        if self.changes_iam:
+            record.changed = _stamp(now())
         return record
 
     def projected(self) -> Record:

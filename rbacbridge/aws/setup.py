@@ -19,7 +19,7 @@ from rbacbridge.aws.removed import _plan_removed
 from rbacbridge.aws.resources import SYSTEM, InstanceProfile, ManagedPolicy, Role, desired_resources
 from rbacbridge.config import Config, iam_key
 from rbacbridge.errors import RbacbridgeError
-from rbacbridge.plan import CONFLICT, CREATE, UPDATE, Step
+from rbacbridge.plan import ACTIONS_THAT_CHANGE, CONFLICT, CREATE, UPDATE, Step
 
 
 def plan_setup(ctx) -> list[Step]:
@@ -51,6 +51,7 @@ def plan_setup(ctx) -> list[Step]:
     steps += _plan_removed(ctx, gw, account, draft, keep_roles, keep_policies, teardown=False)
     if profile_ok:  # else the profile's conflict blocks the run: nothing to associate
         steps += _plan_associations(ctx, gw, account, ids, live_profile, draft)
+    draft.changes_iam = any(s.action in ACTIONS_THAT_CHANGE for s in steps)  # the record notes when (verify's settle window)
     first, last = _record_steps(draft)
     return permission_set.without_repeats(_key_steps(key) + first + steps + last)
 
@@ -93,11 +94,17 @@ def _record_steps(draft: Draft) -> tuple[list[Step], list[Step]]:
                                                          for i, e in sorted(draft.replaced.items())}}))
     last: list[Step] = []
     if draft.last_needed:
+        ids = bool(draft.intents or draft.removed or draft.replaced)
         last.append(Step(SYSTEM, UPDATE, "record", key.ref,
-                         "sign and store the unique ids of what setup created and associated"
+                         ("sign and store the unique ids of what setup created and associated" if ids else
+                          "sign and store when setup last changed a trust, policy or association (verify's settle window)")
                          + (f", forget the {len(draft.removed)} resource(s) it deleted" if draft.removed else ""),
-                         "setup's last step: from then on only these ids make a resource this install's", draft.write_last))
+                         "setup's last step: from then on only these ids make a resource this install's", draft.write_last,
+                         {} if ids else {STAMP_ONLY: True}))
     return first, last
+
+
+STAMP_ONLY = "stamp_only"  # a record write that only notes when setup changed IAM: no drift of its own (verify)
 
 
 def _kept_names(config: Config, account: str) -> tuple[set[str], set[str]]:

@@ -18,6 +18,7 @@ def verify(
     junit_file: Annotated[Optional[str], typer.Option("--junit-file", metavar="FILE", help="also write a JUnit XML report here", show_default=False)] = None,
     probe: Annotated[str, typer.Option("--probe", metavar="[exec|ephemeral]", help="exec: the AWS CLI inside the pod; ephemeral: an ephemeral AWS CLI container")] = "exec",
     probe_from: Annotated[str, typer.Option("--probe-from", metavar="[rbacbridge|pod]", help="rbacbridge: one exec per pod reads its identity and the credentials it received, and rbacbridge makes the bucket and chain calls with them (one per role, location and action), spot-checked in each pod; pod: every cell's call made inside the pod")] = "rbacbridge",
+    settle: Annotated[Optional[str], typer.Option("--settle", metavar="SECONDS", help="observe cells that disagree again, with backoff, for up to SECONDS from the start (IAM propagation right after a change); 0: never. Default: on real AWS, until 60 s after the last trust or policy change setup's record notes; none with an endpoint override", show_default=False)] = None,
     install_cli: Annotated[bool, typer.Option("--install-cli", help="install the AWS CLI in pods that lack it (article step 9)")] = False,
     node: Annotated[Optional[str], typer.Option("--node", metavar="HOST[:PORT]", help="SSH address of the host node (else the nodes the pods run on)", show_default=False)] = None,
     host_ip: Annotated[Optional[str], typer.Option("--host-ip", metavar="IP", help="node IP kube2iam's DNAT rule should point at (for messages)", show_default=False)] = None,
@@ -47,6 +48,9 @@ def verify(
     choice("--output", output, tuple(report.FORMATS) + ("yaml",))
     choice("--probe", probe, ("exec", "ephemeral"))
     choice("--probe-from", probe_from, PROBE_FROM)
+    from rbacbridge.verify.settle import parse_settle
+
+    settle_seconds = parse_settle(settle)
     earlier = None
     if baseline is not None:
         from rbacbridge.verify.migration import load_baseline
@@ -70,7 +74,7 @@ def verify(
         result = run_live(ctx, LiveOptions(stage=stage, probe=probe, install_cli=install_cli, node=node, host_ip=host_ip,
                                            drift_check=not no_drift_check, tenant=tenant, share=not every_node,
                                            annotation_probe=not no_annotation_probe, allow_unverified=allow_unverified,
-                                           probe_from=probe_from))
+                                           probe_from=probe_from, settle=settle_seconds))
     except IncompleteError as exc:
         report.github_error(str(exc))  # only under GITHUB_ACTIONS=true; the one-line error follows
         raise

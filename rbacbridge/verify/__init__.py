@@ -8,6 +8,8 @@ Work only; rendering lives in `rbacbridge.report`. The package, in reading order
   inprocess  --probe-from rbacbridge: one exec per pod reads identity + credentials; rbacbridge makes the
              bucket and chain calls with them once per role (boto3), spot-checked in the pods
   blame      expected vs observed, cell by cell; each mismatch blamed on a layer; run_matrix
+  explain    a blamed cell's policy decision from iam:SimulatePrincipalPolicy (else the evaluator explains)
+  settle     the settle window right after setup: disagreeing cells observed again with backoff
   diagnose   live facts that sharpen the blame or fail verify on their own (drift, hostNetwork pods)
   ephemeral  --probe ephemeral: an AWS CLI container added to a pod
   annotation_probe  annotation cells, live: a probe pod per tenant namespace annotated with another tenant's role

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from typing import Callable
 
 from rbacbridge import policy_eval as pe
@@ -11,12 +13,21 @@ from rbacbridge.config import grant_bucket
 from rbacbridge.verify.expected import (_role_name, buckets_of, chain_path, expected_matrix, location_owners, probe_key,
                                         role_allowed_in_namespace, role_arns, role_owners)
 from rbacbridge.verify.model import (ALLOWED_ROLES_ANNOTATION, ANNOTATION, ASSUME_DENIED, CHAIN, CHAIN_SESSION, CLI_MISSING, ERROR,
+                                     EXPLAINED_BY_EVALUATOR, EXPLAINED_BY_SIMULATOR,
                                      ESCALATION, IDENTITY, INTERCEPTION, INVALID_CREDENTIALS, KUBE2IAM, NETWORK,
                                      NETWORK_LAYER, NO_CREDENTIALS, NO_SUCH_BUCKET, PERMISSIONS, PROBE, PROBED_FROM_POD, PROBED_FROM_RBACBRIDGE,
-                                     READ, ROLE_ANNOTATION, TRUST, WRITE, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents,
+                                     READ, ROLE_ANNOTATION, TRUST, WRITE, BUCKET, Blame, CallResult, Cell, Diagnostics, Documents, SettleWindow,
                                      Expected, Observation, Observed, Principal, PrincipalResult, VerifyResult)
 from rbacbridge.verify.credential_source import credential_source
 from rbacbridge.verify.probes import ProbeBackend, can_request_roles, observe
+
+
+def explained_note(result: VerifyResult) -> list[str]:
+    """Which explained the blamed cells' policy decisions (verify.explain), when any was."""
+    counts = Counter(c.blame.explained_by for c in result.mismatches if c.blame and c.blame.explained_by)
+    if not counts:
+        return []
+    return ["blamed cells' policy decisions explained by " + ", ".join(f"{by} ({n})" for by, n in sorted(counts.items()))]
 
 
 def compare(config: Config, account: str, stage: str, expected: list[Expected], observed: list[Observed],
@@ -149,7 +160,8 @@ def _chain_cell(config: Config, account: str, exp: Expected, obs: Observed, targ
         session = f"arn:{config.partition.name}:sts::{account}:assumed-role/{held}/{CHAIN_SESSION}"
         trust_note = f"; live trust policy of {target}: {pe.trust_decision(trust, principal_arn=session)}"
     if seen.allowed:
-        cell.blame = Blame(ESCALATION, f"{path} was granted: a pod must only get the role kube2iam hands it{trust_note}")
+        cell.blame = Blame(ESCALATION, f"{path} was granted: a pod must only get the role kube2iam hands it{trust_note}",
+                           EXPLAINED_BY_EVALUATOR if trust_note else None)
     elif predicted:
         cell.blame = Blame(ESCALATION, f"{path}: the configuration grants it ({held}'s policies allow sts:AssumeRole on "
                                        f"{target} and {target} trusts {held}); observed: {result.detail or 'denied'}")
@@ -232,20 +244,35 @@ def _cell_blame(config: Config, account: str, exp: Expected, obs: Observed, buck
     else:
         actions, resource = pe.WRITE_ACTIONS, pe.object_arn(grant_bucket(bucket), seen.key or probe_key(exp.principal.name, bucket),
                                                            config.partition.name)
-    live = diag.documents.policies.get(role or "")
-    verdicts = ""
-    if live is not None:
-        verdicts = "; live policies: " + ", ".join(f"{a} {pe.evaluate(live, a, resource)}" for a in actions)
+    verdicts, explained_by = _explained(config, account, diag, role, actions, resource, grant_bucket(bucket))
     if exp.access.get((bucket, op)):
-        return Blame(PERMISSIONS, f"role {role} was denied {'/'.join(actions)} on {resource} that it should have{verdicts}")
-    return Blame(PERMISSIONS, f"role {role} was allowed {'/'.join(actions)} on {resource} that it should not have{verdicts}")
+        return Blame(PERMISSIONS, f"role {role} was denied {'/'.join(actions)} on {resource} that it should have{verdicts}",
+                     explained_by)
+    return Blame(PERMISSIONS, f"role {role} was allowed {'/'.join(actions)} on {resource} that it should not have{verdicts}",
+                 explained_by)
+
+
+def _explained(config: Config, account: str, diag: Diagnostics, role: str | None, actions: tuple[str, ...], resource: str,
+               bucket: str) -> tuple[str, str | None]:
+    """How the role's policies decide the actions: AWS's simulator when the run has one that answers (verify.explain),
+    else rbacbridge's evaluator over the live identity policies; and which explained it (None: neither could)."""
+    if diag.simulator is not None and role:
+        arn = role_arns(config, account).get(role) or config.role_arn(account, role)
+        said = diag.simulator.explain(arn, tuple(actions), resource, bucket)
+        if said is not None:
+            return f"; {said}", EXPLAINED_BY_SIMULATOR
+    live = diag.documents.policies.get(role or "")
+    if live is None:
+        return "", None
+    return "; live policies: " + ", ".join(f"{a} {pe.evaluate(live, a, resource)}" for a in actions), EXPLAINED_BY_EVALUATOR
 
 
 def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Principal, ProbeBackend]],
                allowed_roles: dict[str, list[str]] | None = None, documents: Documents | None = None,
                diagnostics: Diagnostics | None = None, share: bool = True,
                asked: "dict[str, dict[str, Observation]] | Callable[[], dict[str, dict[str, Observation]]] | None" = None,
-               probe_from: str = PROBED_FROM_POD, endpoint_url: str | None = None) -> VerifyResult:
+               probe_from: str = PROBED_FROM_POD, endpoint_url: str | None = None,
+               settle_window: SettleWindow | None = None, progress: Callable[[str], None] | None = None) -> VerifyResult:
     """Expected from the configuration, observed from the targets, compared and blamed (`share`: see observe).
 
     `asked` (the live runner): annotation cells already observed elsewhere (probe pods annotated with another
@@ -254,29 +281,55 @@ def run_matrix(config: Config, account: str, stage: str, targets: list[tuple[Pri
     Without it, backends that implement request_role (the sandbox) are asked.
 
     `probe_from` rbacbridge (verify.inprocess): pods' bucket and chain cells are calls rbacbridge makes with the
-    credentials each pod received, at `endpoint_url` (default: the configuration's), spot-checked in the pods."""
+    credentials each pod received, at `endpoint_url` (default: the configuration's), spot-checked in the pods.
+
+    `settle_window` open (verify.settle): cells that disagree are observed again with backoff until they agree or it
+    ends; `diagnostics.simulator` (verify.explain): blamed cells explained by AWS's policy simulator."""
     principals = [p for p, _ in targets]
     expected = expected_matrix(config, account, stage, principals, allowed_roles, documents)
     arns = role_arns(config, account)
     chains = {e.principal.name: [(t, arns.get(t) or config.role_arn(account, t)) for t in e.chains] for e in expected if e.chains}
     asks = {e.principal.name: [(t, arns[t]) for t in e.annotations] for e in expected if e.annotations} if asked is None else {}
     notes: list[str] = []
-    if probe_from == PROBED_FROM_RBACBRIDGE:
-        from rbacbridge.verify.inprocess import observe_from_rbacbridge
 
-        buckets = buckets_of(config)
-        observed = observe_from_rbacbridge(targets, buckets, config.region, endpoint_url or config.endpoint_url,
-                                           chains=chains, annotations=asks, share=share, notes=notes,
+    def observe_all(which: list[tuple[Principal, ProbeBackend]], annotations: dict, said: list[str]) -> list[Observed]:
+        if probe_from == PROBED_FROM_RBACBRIDGE:
+            from rbacbridge.verify.inprocess import observe_from_rbacbridge
+
+            buckets = buckets_of(config)
+            return observe_from_rbacbridge(which, buckets, config.region, endpoint_url or config.endpoint_url,
+                                           chains=chains, annotations=annotations, share=share, notes=said,
                                            hints={e.principal.name: e.role for e in expected},
                                            readable={e.principal.name: [b for b in buckets if e.access.get((b, READ))]
                                                      for e in expected})
-    else:
-        observed = observe(targets, buckets_of(config), chains=chains, annotations=asks, share=share)
+        return observe(which, buckets_of(config), chains=chains, annotations=annotations, share=share)
+
+    observed = observe_all(targets, asks, notes)
+    first_seen = time.monotonic()
     if asked is not None:
         asked = asked() if callable(asked) else asked
         for obs in observed:
             obs.annotations.update(asked.get(obs.principal.name, {}))
     result = compare(config, account, stage, expected, observed, diagnostics)
+    if settle_window is not None:
+        from rbacbridge.verify.settle import settle, settle_notes
+
+        def again(names: list[str]) -> list[Observed]:
+            before = {o.principal.name: o for o in (p.observed for p in result.principals)}
+            said: list[str] = []
+            fresh = observe_all([(p, b) for p, b in targets if p.name in names], {}, said)
+            for obs in fresh:  # annotation cells are kube2iam's answers: observed once
+                obs.annotations = before[obs.principal.name].annotations
+            notes.extend(n for n in said if n not in notes)
+            return fresh
+
+        settle(result, settle_window, again, lambda exp, obs: compare(config, account, stage, exp, obs, diagnostics),
+               first_seen=first_seen, progress=progress)
+        notes.extend(settle_notes(result))
+    simulator = diagnostics.simulator if diagnostics is not None else None
+    if simulator is not None:
+        notes.extend(n for n in simulator.notes if n not in notes)
+    notes.extend(explained_note(result))
     if probe_from == PROBED_FROM_RBACBRIDGE:
         made = [c for c in result.all_cells if c.check in (READ, WRITE, CHAIN)]
         ours = sum(c.probed_from == PROBED_FROM_RBACBRIDGE for c in made)

@@ -103,7 +103,7 @@ def drift_findings(ctx: Any) -> tuple[list[Finding], int]:
     plan = planner.plan_setup(ctx, parts=("aws", "kube"))
     findings = []
     for step in plan.steps:
-        if step.action == UNCHANGED:
+        if step.action == UNCHANGED or (step.details or {}).get("stamp_only"):  # aws.setup.STAMP_ONLY: bookkeeping
             continue
         layer = KUBE2IAM if step.system == "kube" else DRIFT_LAYERS.get((step.system, step.kind), DRIFT)
         tenant = tenant_of_step(ctx.config, step)

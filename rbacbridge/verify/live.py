@@ -40,6 +40,8 @@ class LiveOptions:
     annotation_probe: bool = True  # probe pods annotated with another tenant's role (--no-annotation-probe: skip)
     allow_unverified: bool = False  # --allow-unverified: a tenant whose probe pod could not run does not fail the run
     probe_from: str = DEFAULT_PROBE_FROM  # --probe-from: pods' bucket and chain cells made by rbacbridge with their credentials, or in the pod
+    settle: float | None = None  # --settle SECONDS (verify.settle); None: setup's record decides, on real AWS
+    explain: bool = True  # blamed cells explained by iam:SimulatePrincipalPolicy where the operator may call it
 
 
 def configured_annotation(config: Config, workload: str) -> str | None:
@@ -265,6 +267,7 @@ def _kube_step(what: str, call: Callable[[], Any]) -> Any:
 def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
     config: Config = ctx.config
     account = config.account_id or _caller_account(config)
+    window = _settle_window(ctx, options, account)  # --settle counts from the start of verify
     findings: list[Finding] = []
     drift_steps = 0
     if options.drift_check:  # before probing: cached credentials can hide drift from the cells
@@ -280,6 +283,8 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
             except Exception as exc:  # noqa: BLE001 - e.g. no permission to list namespaces: say so
                 ctx.facts.setdefault("notes", []).append(f"could not look for hostNetwork pods in restricted namespaces: {exc}")
         diagnostics = live_diagnostics(ctx)
+        if options.explain:
+            diagnostics.simulator = _simulator(ctx, account)
         pod_nodes = {p.node for p, _ in targets if p.kind == "pod" and p.node}
         if options.stage == "after" and pod_nodes:
             try:
@@ -291,7 +296,8 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rbv-annot-run") as pool:  # probe pods start now
             annotation = pool.submit(_annotation_cells, gateway, config, options, targets)
             result = run_matrix(config, account, options.stage, targets, diagnostics=diagnostics, share=options.share,
-                                asked=lambda: annotation.result()[0], probe_from=options.probe_from)
+                                asked=lambda: annotation.result()[0], probe_from=options.probe_from, settle_window=window,
+                                progress=getattr(getattr(ctx, "reporter", None), "progress", None))
         result.notes.extend(annotation.result()[1])
         if not result.ok and pod_nodes and options.node is None:
             try:
@@ -299,10 +305,11 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
             except Exception as exc:  # noqa: BLE001 - diagnostics only sharpen the blame
                 result.notes.append(f"could not read the nodes' iptables rules for diagnosis: {exc}")
             if diagnostics.interception:
-                notes = result.notes
+                before = result
                 result = compare(config, account, options.stage, [p.expected for p in result.principals],
                                  [p.observed for p in result.principals], diagnostics)
-                result.notes = notes
+                result.notes, result.settle = before.notes, before.settle
+                carry_settled(before, result)
     finally:
         for _, backend in targets:
             close = getattr(getattr(backend, "runner", None), "close", None)
@@ -322,6 +329,48 @@ def run_live(ctx: Any, options: LiveOptions) -> VerifyResult:
         result.notes.append(f"kube2iam's DNAT rule should send 169.254.169.254:80 to {options.host_ip}:{config.kube2iam_port}")
     result.notes.extend(n for n in dict.fromkeys(ctx.facts.get("notes", [])) if n not in result.notes)
     return result
+
+
+def _settle_window(ctx: Any, options: LiveOptions, account: str) -> Any:
+    """--settle, else (real AWS only) DEFAULT_WINDOW after the last change setup's record notes (verify.settle)."""
+    from rbacbridge.verify.settle import real_aws, settle_window
+
+    config: Config = ctx.config
+    aws = real_aws(config.endpoint_url)
+    if options.settle is not None or not aws:
+        return settle_window(options.settle, aws=aws)
+    try:
+        from rbacbridge.aws import gateway as aws_gateway
+        from rbacbridge.aws.record import changed_at
+        from rbacbridge.aws.record_store import RecordKey
+
+        record = RecordKey(aws_gateway(ctx), config, account).load().record
+    except Exception as exc:  # noqa: BLE001 - no record to read: no window, and the report says why
+        return settle_window(None, aws=True, unknown=f"could not read setup's record ({type(exc).__name__}): no cell is "
+                                                     "retried (--settle SECONDS asks for a window)")
+    return settle_window(None, changed_at(record), aws=True)
+
+
+def _simulator(ctx: Any, account: str) -> Any:
+    """iam:SimulatePrincipalPolicy with the operator's credentials (verify.explain); None: the evaluator explains."""
+    try:
+        from rbacbridge.aws import gateway as aws_gateway
+        from rbacbridge.verify.explain import Simulator
+
+        return Simulator.for_gateway(aws_gateway(ctx), account, ctx.config.partition.name)
+    except Exception as exc:  # noqa: BLE001 - explanations only sharpen the blame
+        ctx.facts.setdefault("notes", []).append(f"iam:SimulatePrincipalPolicy not used ({type(exc).__name__}): blamed "
+                                                 "cells explained by rbacbridge's evaluator")
+        return None
+
+
+def carry_settled(before: VerifyResult, after: VerifyResult) -> None:
+    """A comparison made again (sharper diagnostics) keeps what the settle window observed of each cell."""
+    marks = {(p.principal.name, c.check, c.bucket, c.target): c.settle
+             for p in before.principals for c in [p.identity, *p.cells] if c.settle}
+    for p in after.principals:
+        for c in [p.identity, *p.cells]:
+            c.settle = marks.get((p.principal.name, c.check, c.bucket, c.target), c.settle)
 
 
 def _annotation_cells(gateway: Any, config: Config, options: LiveOptions,

@@ -132,10 +132,18 @@ class Observed:
 
 
 
+# Who explained a blamed cell's policy decision (verify.explain): AWS's simulator with the bucket policy, or
+# rbacbridge's own evaluator (rbacbridge.policy_eval) over the live identity policies
+EXPLAINED_BY_SIMULATOR = "iam:SimulatePrincipalPolicy"
+EXPLAINED_BY_EVALUATOR = "rbacbridge evaluator"
+EXPLAINERS = (EXPLAINED_BY_SIMULATOR, EXPLAINED_BY_EVALUATOR)
+
+
 @dataclass
 class Blame:
     layer: str
     message: str
+    explained_by: str | None = None  # EXPLAINERS; None: no policy decision quoted (network, bucket, interception...)
 
 
 @dataclass
@@ -154,12 +162,39 @@ class Cell:
     owners: tuple[str, ...] = ()  # the tenants whose bucket grant or role the cell is about (none: shared, node, default)
     tenant: str | None = None  # the principal's tenant (None: host, default-role pod)
     probed_from: str = PROBED_FROM_POD  # who made the AWS call: inside the principal, or rbacbridge with its credentials
+    settle: "Settled | None" = None  # retried within the settle window (verify.settle); None: observed once
     source: str | None = None  # identity cells: the path that served the credentials (verify.credential_source)
 
     @property
     def cross_tenant(self) -> bool:
         """About a bucket grant or role of other tenants only (not of the principal's own)."""
         return bool(self.owners) and self.tenant not in self.owners
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A cell that disagreed with its expectation within the settle window and was observed again (verify.settle)."""
+
+    attempts: int  # observations in all, the first included
+    settled: bool  # True: it came to agree; False: it still disagreed when the window ended
+    after_seconds: float  # from the first observation that disagreed to the last observation
+
+
+@dataclass(frozen=True)
+class SettleWindow:
+    """When verify retries cells that disagree (IAM changes take seconds to reach every endpoint)."""
+
+    source: str  # "record" (setup's record: its last trust or policy change), "--settle", or "none"
+    seconds: float  # the window's length (0: no retries)
+    until: Any = None  # datetime (UTC) the window ends; None: no window
+    changed_at: Any = None  # source "record": when setup last changed a trust or policy (datetime, UTC)
+    why: str = ""  # in words, for the notes
+
+    @property
+    def open(self) -> bool:
+        from datetime import datetime, timezone
+
+        return self.until is not None and datetime.now(timezone.utc) < self.until
 
 
 @dataclass
@@ -213,6 +248,7 @@ class VerifyResult:
     drift_steps: int = 0  # planned steps compared (aws + kube parts)
     unverified: list[Unverified] = field(default_factory=list)  # tenants (or the default role) with no evidence on a node
     accept_unverified: bool = False  # --allow-unverified: they are reported, and do not fail the run
+    settle: SettleWindow | None = None  # the settle window verify ran in (None: not asked, e.g. the sandbox)
     baseline: dict[str, int] | None = None  # --baseline: counts of the comparison (verify.migration)
 
     @property
@@ -277,5 +313,7 @@ class Diagnostics:
     interception: dict[str, tuple[bool, str]] = field(default_factory=dict)
     # node name -> why no kube2iam pod runs there (e.g. a taint it does not tolerate), from the API server
     kube2iam_missing: dict[str, str] = field(default_factory=dict)
+    # verify.explain.Simulator: iam:SimulatePrincipalPolicy for blamed cells (None: rbacbridge's evaluator explains)
+    simulator: Any = None
 
 
