@@ -341,7 +341,11 @@ def test_cutover_before_dual_and_bad_input(cluster):
             (("apply", "--phase", "half", "--to", "irsa"), "error: invalid --phase 'half': choose from dual, cutover, finish"),
             (("apply", "--phase", "dual"), "error: migrate apply needs --to: choose from irsa, pod-identity"),
             (("apply", "--phase", "dual", "--to", "irsa", "--timeout", "0"), "error: invalid --timeout 0: seconds, more than 0 and at most 3600"),
-            (("rollback", "--timeout", "-1"), "error: invalid --timeout -1: seconds, more than 0 and at most 3600")):
+            (("rollback", "--timeout", "-1"), "error: invalid --timeout -1: seconds, more than 0 and at most 3600"),
+            # finish is not built: the line must never send users to teardown (it deletes the roles pods now use)
+            (("apply", "--phase", "finish", "--to", "irsa", "--yes"),
+             "error: migrate apply --phase finish is not built yet: keep kube2iam serving beside the new path (it keeps "
+             "pods off the node role); do not run teardown for it (teardown deletes the pod roles)")):
         done = cluster.run(*args)
         assert done.returncode == 2 and done.stderr.strip() == message and done.stdout == "", (args, done.stderr)
     assert not cluster.store.mutating_requests()

@@ -110,8 +110,8 @@ def migrate_apply(
     target = _check_target(to, issuer, cluster_name, "apply")
     _check_timeout(timeout)
     if phase == "finish":
-        raise UsageError("migrate apply --phase finish is not built yet: kube2iam keeps serving beside the new path "
-                         "(rbacbridge teardown removes kube2iam when you are ready)")
+        raise UsageError("migrate apply --phase finish is not built yet: keep kube2iam serving beside the new path (it "
+                         "keeps pods off the node role); do not run teardown for it (teardown deletes the pod roles)")
     fmt = output_format(output)
     cfg = config_from(migrate_apply, locals())
 
