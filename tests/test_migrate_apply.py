@@ -595,3 +595,20 @@ def test_a_foreign_association_is_never_touched_and_a_missing_agent_blocks(eks_c
     cluster.eks.set_agent("prod-1", None)
     done = pi(cluster, "apply", "--phase", "dual")
     assert done.returncode == 1 and "pod-identity-agent EKS cluster prod-1: the eks-pod-identity-agent add-on is not installed" in done.stderr
+
+
+def test_teardown_is_refused_while_a_migration_is_recorded(cluster):
+    """After dual the pod roles carry the new trust (and after cutover the workloads use them): teardown would
+    delete them. It is refused, nothing changes; after the rollback it runs."""
+    cluster.apply("dual")
+    roles = cluster.trusts()
+    teardown = [sys.executable, "-m", "rbacbridge", "teardown", "--only", "aws", "--yes", "-c", str(cluster.config)]
+    done = subprocess.run(teardown, capture_output=True, text=True, env=cluster.env(), timeout=180, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: a migration off kube2iam is recorded for this install (KMS key arn:aws:kms:") and \
+        line.endswith("run `rbacbridge migrate rollback` until none is recorded, then teardown")
+    assert cluster.trusts() == roles  # every pod role still there, untouched
+    cluster.rollback()
+    done = subprocess.run(teardown, capture_output=True, text=True, env=cluster.env(), timeout=180, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr

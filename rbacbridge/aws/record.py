@@ -36,6 +36,7 @@ MESSAGE_TYPE = "RAW"
 ALIAS_PREFIX = "alias/rbacbridge/"
 INSTALL_TAG = "rbacbridge:install"
 RECORD_TAG = "rbacbridge:record:"  # + "<install id>:sig" and "<install id>:<n>", n = 1..chunks
+MIGRATION_TAG = "rbacbridge:migration:"  # `rbacbridge migrate`'s record on the same key (rbacbridge.migrate.record)
 KMS_TAGS_PER_KEY = 50
 KMS_TAG_VALUE_MAX = 256
 DELETION_WINDOW_DAYS = 7

@@ -13,18 +13,30 @@ from rbacbridge.aws.client import _checked_account, gateway
 from rbacbridge.aws.iam import _live_profile
 from rbacbridge.aws.iam_teardown import _plan_policy_teardown, _plan_profile_teardown, _plan_role_teardown
 from rbacbridge.aws.ownership import claim
-from rbacbridge.aws.record import DELETION_WINDOW_DAYS, INSTALL_TAG
+from rbacbridge.aws.record import DELETION_WINDOW_DAYS, INSTALL_TAG, MIGRATION_TAG
 from rbacbridge.aws.record_store import Draft, RecordKey, record_key
 from rbacbridge.aws.removed import _plan_removed
 from rbacbridge.aws.resources import SYSTEM, InstanceProfile, ManagedPolicy, Role, desired_resources
 from rbacbridge.config import iam_key
+from rbacbridge.errors import UsageError
 from rbacbridge.plan import DELETE, LEFT_ALONE, Step
+
+
+def _refuse_during_migration(key: RecordKey) -> None:
+    """A migration off kube2iam (`rbacbridge migrate`) under way: its workloads may already use the pod roles
+    through IRSA or Pod Identity, and teardown would delete those roles. Refused on the tags alone (a forged tag
+    can only stop a teardown, never cause a deletion); `migrate rollback` until none is recorded comes first."""
+    if any(k.startswith(f"{MIGRATION_TAG}{key.install}:") for k in key.tags):
+        raise UsageError(f"a migration off kube2iam is recorded for this install (KMS key {key.arn}): teardown would "
+                         "delete the pod roles its workloads may now use; run `rbacbridge migrate rollback` until none "
+                         "is recorded, then teardown")
 
 
 def plan_teardown(ctx) -> list[Step]:
     gw = gateway(ctx)
     account = _checked_account(ctx, gw)
     key = record_key(ctx, gw, account)
+    _refuse_during_migration(key)
     draft = Draft(key)
     resources = desired_resources(ctx.config, account, [], teardown=True)
     profiles = {r.name: _live_profile(gw, key.recorded_name("profile", r.name))

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from rbacbridge.aws.record import MIGRATION_TAG
 from rbacbridge.errors import RbacbridgeError
 
 VERSION = 1
-TAG = "rbacbridge:migration:"  # + "<install id>:sig" and "<install id>:<n>"
+TAG = MIGRATION_TAG  # + "<install id>:sig" and "<install id>:<n>"
 PHASES = ("dual", "cutover", "finish")
 CLOCK_SKEW = timedelta(minutes=5)
 CREATE_WINDOW = timedelta(hours=1)
